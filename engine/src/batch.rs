@@ -1,0 +1,526 @@
+//! Kafka RecordBatch v2: header parsing, validation, and the two fields the broker patches.
+//!
+//! Layout (big-endian), as on the wire and on disk:
+//! ```text
+//!  0 baseOffset i64 | 8 batchLength i32 | 12 partitionLeaderEpoch i32 | 16 magic i8
+//! 17 crc u32 (CRC-32C of bytes 21..end) | 21 attributes i16 | 23 lastOffsetDelta i32
+//! 27 baseTimestamp i64 | 35 maxTimestamp i64 | 43 producerId i64 | 51 producerEpoch i16
+//! 53 baseSequence i32 | 57 recordCount i32 | 61 records...
+//! ```
+//! `baseOffset` and `partitionLeaderEpoch` sit outside the CRC, so assigning offsets never
+//! recomputes it.
+
+use crate::error::BatchError;
+
+/// Bytes before the first record.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// `baseOffset` + `batchLength`: the bytes not counted by `batchLength`.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+
+const BASE_OFFSET_AT: usize = 0;
+const BATCH_LENGTH_AT: usize = 8;
+const LEADER_EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const BASE_TIMESTAMP_AT: usize = 27;
+const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+const RECORD_COUNT_AT: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+/// Smallest encoding of one record: length, attributes, timestamp delta, offset delta,
+/// key length, value length and header count, one byte each.
+const RECORD_BYTES_MIN: usize = 7;
+
+/// Compression codec from the batch attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+/// The fixed-size header of a record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(a)
+}
+
+impl BatchHeader {
+    /// Reads the header fields; checks only that enough bytes are there.
+    pub fn parse(bytes: &[u8]) -> Result<Self, BatchError> {
+        if bytes.len() < BATCH_HEADER_BYTES {
+            return Err(BatchError::TooShort {
+                len: bytes.len(),
+                min: BATCH_HEADER_BYTES,
+            });
+        }
+        Ok(Self {
+            base_offset: be_i64(bytes, BASE_OFFSET_AT),
+            batch_length: be_i32(bytes, BATCH_LENGTH_AT),
+            partition_leader_epoch: be_i32(bytes, LEADER_EPOCH_AT),
+            magic: bytes[MAGIC_AT] as i8,
+            crc: be_i32(bytes, CRC_AT) as u32,
+            attributes: be_i16(bytes, ATTRIBUTES_AT),
+            last_offset_delta: be_i32(bytes, LAST_OFFSET_DELTA_AT),
+            base_timestamp: be_i64(bytes, BASE_TIMESTAMP_AT),
+            max_timestamp: be_i64(bytes, MAX_TIMESTAMP_AT),
+            producer_id: be_i64(bytes, PRODUCER_ID_AT),
+            producer_epoch: be_i16(bytes, PRODUCER_EPOCH_AT),
+            base_sequence: be_i32(bytes, BASE_SEQUENCE_AT),
+            record_count: be_i32(bytes, RECORD_COUNT_AT),
+        })
+    }
+
+    /// Whole batch size in bytes as the length field declares it (may be negative or
+    /// absurd in damaged input: callers bound it before use).
+    pub fn declared_total_bytes(&self) -> i64 {
+        i64::from(self.batch_length) + LOG_OVERHEAD_BYTES as i64
+    }
+
+    /// Offset of the last record of the batch.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
+    }
+
+    /// Number of offsets the batch occupies.
+    pub fn offset_count(&self) -> i64 {
+        i64::from(self.last_offset_delta) + 1
+    }
+
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        match (self.attributes & COMPRESSION_MASK) as u8 {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Gzip),
+            2 => Ok(Compression::Snappy),
+            3 => Ok(Compression::Lz4),
+            4 => Ok(Compression::Zstd),
+            codec => Err(BatchError::UnknownCompression { codec }),
+        }
+    }
+
+    /// True when timestamps were set by the broker (LogAppendTime), false for CreateTime.
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & TIMESTAMP_TYPE_BIT != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_BIT != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_BIT != 0
+    }
+}
+
+/// CRC-32C over `attributes..end`, the span the header's `crc` field covers.
+/// The caller guarantees `bytes.len() >= BATCH_HEADER_BYTES`.
+pub fn compute_crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(&bytes[ATTRIBUTES_AT..])
+}
+
+/// Validates one complete batch as a producer sent it, or as recovery reads it back.
+///
+/// `bytes` must be exactly one batch. Checks, in order: size bounds, length field,
+/// magic, CRC-32C, attributes, header fields against each other, and, for uncompressed
+/// batches, that the records frame exactly the body.
+pub fn validate(bytes: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
+    if bytes.len() > batch_bytes_max {
+        return Err(BatchError::TooLarge {
+            len: bytes.len(),
+            max: batch_bytes_max,
+        });
+    }
+    let header = BatchHeader::parse(bytes)?;
+    if header.declared_total_bytes() != bytes.len() as i64 {
+        return Err(BatchError::LengthMismatch {
+            declared: header.declared_total_bytes(),
+            actual: bytes.len(),
+        });
+    }
+    if header.magic != 2 {
+        return Err(BatchError::UnsupportedMagic {
+            magic: header.magic,
+        });
+    }
+    let computed = compute_crc(bytes);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    validate_fields(&header)?;
+    if header.compression()? == Compression::None {
+        validate_record_framing(bytes, header.record_count)?;
+    }
+    Ok(header)
+}
+
+fn validate_fields(header: &BatchHeader) -> Result<(), BatchError> {
+    header.compression()?;
+    if header.record_count <= 0
+        || header.last_offset_delta < 0
+        || i64::from(header.record_count) != header.offset_count()
+    {
+        return Err(BatchError::InconsistentCount {
+            count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    if !header.is_log_append_time() && header.max_timestamp < header.base_timestamp {
+        return Err(BatchError::InconsistentTimestamps {
+            base: header.base_timestamp,
+            max: header.max_timestamp,
+        });
+    }
+    if header.producer_id >= 0 && header.base_sequence < 0 {
+        return Err(BatchError::InvalidSequence {
+            producer_id: header.producer_id,
+            base_sequence: header.base_sequence,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `count` length-prefixed records tile the body exactly.
+fn validate_record_framing(bytes: &[u8], count: i32) -> Result<(), BatchError> {
+    let body = &bytes[BATCH_HEADER_BYTES..];
+    // A count the body cannot possibly hold is refused before any loop runs over it.
+    if (count as usize).saturating_mul(RECORD_BYTES_MIN) > body.len() {
+        return Err(BatchError::MalformedRecord {
+            index: 0,
+            reason: "record count exceeds what the body can hold",
+        });
+    }
+    let mut at = 0usize;
+    for index in 0..count {
+        let (len, used) = read_varint(&body[at..]).ok_or(BatchError::MalformedRecord {
+            index,
+            reason: "bad length varint",
+        })?;
+        let len = usize::try_from(len).map_err(|_| BatchError::MalformedRecord {
+            index,
+            reason: "negative record length",
+        })?;
+        at += used;
+        if len < RECORD_BYTES_MIN - 1 || len > body.len() - at {
+            return Err(BatchError::MalformedRecord {
+                index,
+                reason: "record length out of bounds",
+            });
+        }
+        at += len;
+    }
+    if at != body.len() {
+        return Err(BatchError::TrailingBytes {
+            end: BATCH_HEADER_BYTES + at,
+            len: bytes.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a zigzag varint (i32 range), returning the value and the bytes used.
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
+    read_zigzag(bytes, 5)
+}
+
+/// Decodes a zigzag varlong, returning the value and the bytes used.
+pub(crate) fn read_varlong(bytes: &[u8]) -> Option<(i64, usize)> {
+    read_zigzag(bytes, 10)
+}
+
+fn read_zigzag(bytes: &[u8], max_len: usize) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, &b) in bytes.iter().take(max_len).enumerate() {
+        raw |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Writes the broker-assigned base offset into a batch (outside the CRC).
+pub fn set_base_offset(bytes: &mut [u8], base_offset: i64) {
+    bytes[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Writes the partition leader epoch into a batch (outside the CRC).
+pub fn set_partition_leader_epoch(bytes: &mut [u8], epoch: i32) {
+    bytes[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// Finds, in an uncompressed, validated batch, the offset and timestamp of the first
+/// record whose timestamp is at least `target`. `None` when no record qualifies or the
+/// batch is compressed (the caller then falls back to the batch's base offset).
+pub fn first_record_at_or_after(bytes: &[u8], target: i64) -> Option<(i64, i64)> {
+    let header = BatchHeader::parse(bytes).ok()?;
+    if header.compression().ok()? != Compression::None {
+        return None;
+    }
+    let body = bytes.get(BATCH_HEADER_BYTES..)?;
+    let mut at = 0usize;
+    for _ in 0..header.record_count {
+        let (len, used) = read_varint(body.get(at..)?)?;
+        let start = at + used;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        let record = body.get(start..end)?;
+        // attributes (1 byte), then timestampDelta varlong, then offsetDelta varint.
+        let (ts_delta, ts_used) = read_varlong(record.get(1..)?)?;
+        let (offset_delta, _) = read_varint(record.get(1 + ts_used..)?)?;
+        let timestamp = header.base_timestamp.saturating_add(ts_delta);
+        if timestamp >= target {
+            return Some((header.base_offset.saturating_add(offset_delta), timestamp));
+        }
+        at = end;
+    }
+    None
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Encodes a zigzag varint (test helper for building batches by hand).
+    pub fn put_varint(out: &mut Vec<u8>, value: i64) {
+        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+        loop {
+            let byte = (raw & 0x7f) as u8;
+            raw >>= 7;
+            if raw == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    /// Builds a valid uncompressed batch of `values`, timestamps `base_ts + i`.
+    pub fn build_batch(values: &[&[u8]], base_ts: i64) -> Vec<u8> {
+        let mut records = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let mut rec = Vec::new();
+            rec.push(0); // attributes
+            put_varint(&mut rec, i as i64); // timestamp delta
+            put_varint(&mut rec, i as i64); // offset delta
+            put_varint(&mut rec, -1); // null key
+            put_varint(&mut rec, value.len() as i64);
+            rec.extend_from_slice(value);
+            put_varint(&mut rec, 0); // no headers
+            put_varint(&mut records, rec.len() as i64);
+            records.extend_from_slice(&rec);
+        }
+        let count = values.len() as i32;
+        let mut b = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(
+            &((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32).to_be_bytes(),
+        );
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.push(2);
+        b.extend_from_slice(&[0; 4]); // crc, filled below
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(count - 1).to_be_bytes());
+        b.extend_from_slice(&base_ts.to_be_bytes());
+        b.extend_from_slice(&(base_ts + i64::from(count) - 1).to_be_bytes());
+        b.extend_from_slice(&(-1i64).to_be_bytes());
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&count.to_be_bytes());
+        b.extend_from_slice(&records);
+        let crc = compute_crc(&b);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    fn refix_crc(b: &mut [u8]) {
+        let crc = compute_crc(b);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    fn check(bytes: &[u8], expect: Result<(), BatchError>) {
+        assert_eq!(validate(bytes, 1 << 20).map(|_| ()), expect);
+    }
+
+    #[test]
+    fn given_valid_batch_when_validated_should_return_its_header() {
+        let b = build_batch(&[b"a", b"bc", b"def"], 1000);
+        let h = validate(&b, 1 << 20).unwrap();
+        assert_eq!(h.record_count, 3);
+        assert_eq!(h.last_offset_delta, 2);
+        assert_eq!(h.max_timestamp, 1002);
+        assert_eq!(h.compression().unwrap(), Compression::None);
+    }
+
+    #[test]
+    fn given_damaged_batches_when_validated_should_name_the_fault() {
+        let good = build_batch(&[b"hello"], 5);
+        check(&good[..40], Err(BatchError::TooShort { len: 40, min: 61 }));
+        check(
+            &good[..good.len() - 1],
+            Err(BatchError::LengthMismatch {
+                declared: good.len() as i64,
+                actual: good.len() - 1,
+            }),
+        );
+        assert_eq!(
+            validate(&good, 10).unwrap_err(),
+            BatchError::TooLarge {
+                len: good.len(),
+                max: 10
+            }
+        );
+
+        let mut magic = good.clone();
+        magic[MAGIC_AT] = 1;
+        check(&magic, Err(BatchError::UnsupportedMagic { magic: 1 }));
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(matches!(
+            validate(&flipped, 1 << 20),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+
+        let mut codec = good.clone();
+        codec[ATTRIBUTES_AT + 1] = 6;
+        refix_crc(&mut codec);
+        check(&codec, Err(BatchError::UnknownCompression { codec: 6 }));
+
+        let mut count = good.clone();
+        count[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&2i32.to_be_bytes());
+        refix_crc(&mut count);
+        check(
+            &count,
+            Err(BatchError::InconsistentCount {
+                count: 2,
+                last_offset_delta: 0,
+            }),
+        );
+
+        let mut ts = good.clone();
+        ts[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&1i64.to_be_bytes());
+        refix_crc(&mut ts);
+        check(
+            &ts,
+            Err(BatchError::InconsistentTimestamps { base: 5, max: 1 }),
+        );
+
+        let mut seq = good.clone();
+        seq[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&7i64.to_be_bytes());
+        refix_crc(&mut seq);
+        check(
+            &seq,
+            Err(BatchError::InvalidSequence {
+                producer_id: 7,
+                base_sequence: -1,
+            }),
+        );
+    }
+
+    #[test]
+    fn given_record_length_beyond_body_when_validated_should_refuse() {
+        let mut b = build_batch(&[b"xyz"], 0);
+        b[BATCH_HEADER_BYTES] = 0x7e; // record length varint = 63, past the end
+        refix_crc(&mut b);
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::MalformedRecord { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn given_huge_record_count_when_validated_should_refuse_without_looping() {
+        let mut b = build_batch(&[b"xyz"], 0);
+        b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        refix_crc(&mut b);
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::MalformedRecord { .. })
+        ));
+    }
+
+    #[test]
+    fn given_patched_offset_and_epoch_when_validated_should_keep_crc() {
+        let mut b = build_batch(&[b"x", b"y"], 0);
+        set_base_offset(&mut b, 42);
+        set_partition_leader_epoch(&mut b, 3);
+        let h = validate(&b, 1 << 20).unwrap();
+        assert_eq!(
+            (h.base_offset, h.partition_leader_epoch, h.last_offset()),
+            (42, 3, 43)
+        );
+    }
+
+    #[test]
+    fn given_timestamp_when_searching_records_should_find_first_at_or_after() {
+        let mut b = build_batch(&[b"a", b"b", b"c"], 100);
+        set_base_offset(&mut b, 10);
+        assert_eq!(first_record_at_or_after(&b, 0), Some((10, 100)));
+        assert_eq!(first_record_at_or_after(&b, 101), Some((11, 101)));
+        assert_eq!(first_record_at_or_after(&b, 102), Some((12, 102)));
+        assert_eq!(first_record_at_or_after(&b, 103), None);
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            300,
+            -300,
+            i32::MAX as i64,
+            i32::MIN as i64,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(read_varlong(&out), Some((v, out.len())));
+        }
+        assert_eq!(read_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]), None);
+    }
+}

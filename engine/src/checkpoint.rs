@@ -1,0 +1,93 @@
+//! Small durable files of a partition directory: the recovery checkpoint and the
+//! clean-shutdown marker. Both are written atomically (temp file, fsync, rename, fsync dir).
+
+use std::path::Path;
+
+use compio::fs::File;
+
+use crate::error::{LogError, Result};
+
+/// Offset below which every batch is known to be on disk.
+pub(crate) const CHECKPOINT_FILE: &str = "recovery-checkpoint";
+/// Present only between a clean close and the next open.
+pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+const TEMP_SUFFIX: &str = ".tmp";
+const CHECKPOINT_BYTES: usize = 12;
+
+pub(crate) fn is_temp_file(name: &str) -> bool {
+    name.ends_with(TEMP_SUFFIX)
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it persist.
+pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
+    let file = File::open(dir).await.map_err(|e| LogError::io(dir, e))?;
+    file.sync_all().await.map_err(|e| LogError::io(dir, e))
+}
+
+async fn write_atomically(dir: &Path, name: &str, bytes: Vec<u8>) -> Result<()> {
+    let final_path = dir.join(name);
+    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let file = File::create(&temp_path)
+        .await
+        .map_err(|e| LogError::io(&temp_path, e))?;
+    {
+        use compio::io::AsyncWriteAtExt;
+        let mut f = &file;
+        f.write_all_at(bytes, 0)
+            .await
+            .0
+            .map_err(|e| LogError::io(&temp_path, e))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| LogError::io(&temp_path, e))?;
+    compio::fs::rename(&temp_path, &final_path)
+        .await
+        .map_err(|e| LogError::io(&final_path, e))?;
+    sync_dir(dir).await
+}
+
+pub(crate) async fn write_checkpoint(dir: &Path, offset: i64) -> Result<()> {
+    let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
+    bytes.extend_from_slice(&offset.to_be_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&offset.to_be_bytes()).to_be_bytes());
+    write_atomically(dir, CHECKPOINT_FILE, bytes).await
+}
+
+/// The recovery checkpoint, or 0 (recover everything) when it is missing or damaged.
+pub(crate) async fn read_checkpoint(dir: &Path) -> i64 {
+    let path = dir.join(CHECKPOINT_FILE);
+    let Ok(bytes) = compio::fs::read(&path).await else {
+        return 0;
+    };
+    if bytes.len() != CHECKPOINT_BYTES {
+        tracing::warn!(path = %path.display(), "recovery checkpoint has the wrong size; recovering everything");
+        return 0;
+    }
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&bytes[..8]);
+    let crc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if crc32c::crc32c(&offset) != crc {
+        tracing::warn!(path = %path.display(), "recovery checkpoint fails its CRC; recovering everything");
+        return 0;
+    }
+    i64::from_be_bytes(offset).max(0)
+}
+
+pub(crate) async fn write_clean_marker(dir: &Path) -> Result<()> {
+    write_atomically(dir, CLEAN_SHUTDOWN_FILE, Vec::new()).await
+}
+
+pub(crate) fn clean_marker_exists(dir: &Path) -> bool {
+    dir.join(CLEAN_SHUTDOWN_FILE).exists()
+}
+
+/// Removes the marker durably: a crash after `open` must not look like a clean shutdown.
+pub(crate) async fn remove_clean_marker(dir: &Path) -> Result<()> {
+    let path = dir.join(CLEAN_SHUTDOWN_FILE);
+    match compio::fs::remove_file(&path).await {
+        Ok(()) => sync_dir(dir).await,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io(path, e)),
+    }
+}

@@ -1,0 +1,92 @@
+//! Typed errors of the engine. Each names what was wrong and with which value.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why a record batch was refused. The log is untouched when `append` returns one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch of {len} bytes is shorter than the {min}-byte batch header")]
+    TooShort { len: usize, min: usize },
+    #[error("batch of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("batch length field says {declared} bytes but {actual} bytes were given")]
+    LengthMismatch { declared: i64, actual: usize },
+    #[error("unsupported record batch magic {magic} (only v2 is accepted)")]
+    UnsupportedMagic { magic: i8 },
+    #[error("CRC-32C mismatch: header says {stored:#010x}, bytes give {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("unknown compression codec {codec}")]
+    UnknownCompression { codec: u8 },
+    #[error("record count {count} does not match last offset delta {last_offset_delta}")]
+    InconsistentCount { count: i32, last_offset_delta: i32 },
+    #[error("max timestamp {max} is below base timestamp {base}")]
+    InconsistentTimestamps { base: i64, max: i64 },
+    #[error("producer id {producer_id} with negative base sequence {base_sequence}")]
+    InvalidSequence {
+        producer_id: i64,
+        base_sequence: i32,
+    },
+    #[error("record {index} of the batch is malformed: {reason}")]
+    MalformedRecord { index: i32, reason: &'static str },
+    #[error("records end at byte {end} but the batch has {len} bytes")]
+    TrailingBytes { end: usize, len: usize },
+}
+
+/// A configuration value out of its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} = {value} is outside [{min}, {max}]")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("flush interval must be greater than zero")]
+    ZeroFlushInterval,
+}
+
+/// Errors of the partition log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("offset {requested} is out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        requested: i64,
+        log_start: i64,
+        log_end: i64,
+    },
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopic { name: String, reason: &'static str },
+    #[error("{path} is not a partition directory ({reason})")]
+    NotAPartitionDir { path: PathBuf, reason: &'static str },
+    #[error("{path} holds more than {max} segments")]
+    TooManySegments { path: PathBuf, max: usize },
+    #[error("offset {offset} would overflow the log")]
+    OffsetOverflow { offset: i64 },
+    #[error("the partition log is closed")]
+    Closed,
+    #[error("the partition log failed earlier and refuses further writes: {0}")]
+    Failed(String),
+}
+
+impl LogError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        LogError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! The durable partition log: Kafka RecordBatch v2 segments written through io_uring,
+//! sparse offset and time indexes, crash recovery and retention.
+//!
+//! This crate knows nothing about sockets or the Kafka wire protocol beyond the record
+//! batch format, which is also its on-disk format. It keeps no global state: each
+//! [`Partition`] is owned by the core that opened it.
+
+pub mod batch;
+mod checkpoint;
+pub mod config;
+pub mod data_dir;
+pub mod error;
+pub mod io_mode;
+pub mod limits;
+pub mod offset_index;
+pub mod partition;
+mod recovery;
+pub mod segment;
+pub mod time_index;
+
+pub use batch::{BatchHeader, Compression};
+pub use config::{FlushPolicy, LogConfig, RecoveryScope};
+pub use data_dir::{TopicPartition, list_partitions};
+pub use error::{BatchError, ConfigError, LogError};
+pub use io_mode::IoMode;
+pub use partition::{
+    AppendInfo, AppendWait, FileRange, LogOffsets, Partition, ReadSlice, RecoveryReport,
+    RetentionReport, TimestampOffset, WriterStats,
+};
+pub use segment::SegmentFiles;
+
+/// Wall-clock milliseconds since the Unix epoch (Kafka's timestamp unit).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

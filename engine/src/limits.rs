@@ -1,0 +1,52 @@
+//! Every bound the engine enforces, in one place, with the unit in the name.
+//!
+//! Nothing read from the wire or from disk sizes an allocation unless it was
+//! first checked against one of these.
+
+/// Largest record batch the engine accepts, in bytes (Kafka's `message.max.bytes`
+/// default is 1 MiB; the hard ceiling here leaves room for raising it by config).
+pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Default for [`crate::LogConfig::batch_bytes_max`]: Kafka's `message.max.bytes` default
+/// plus the batch overhead Kafka adds to it.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 1024 * 1024 + 12;
+
+/// Default segment size before a roll (Kafka's `log.segment.bytes`).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+/// Segment positions are stored as `u32` in the offset index, as in Kafka.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+
+/// Smallest segment the config accepts: one maximal default batch must fit.
+pub const SEGMENT_BYTES_MIN: u64 = 1024;
+
+/// Default bytes of log between two sparse index entries (Kafka's `log.index.interval.bytes`).
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 4096;
+
+/// Bytes per offset index entry: relative offset (u32) + position (u32).
+pub const OFFSET_INDEX_ENTRY_BYTES: usize = 8;
+
+/// Bytes per time index entry: timestamp (i64) + relative offset (u32).
+pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
+
+/// Most entries one index may hold: a segment of `SEGMENT_BYTES_MAX` indexed at the
+/// smallest interval the config allows. An index file claiming more is rebuilt.
+pub const INDEX_ENTRIES_MAX: usize = (SEGMENT_BYTES_MAX / INDEX_INTERVAL_BYTES_MIN) as usize;
+
+/// Smallest index interval the config accepts.
+pub const INDEX_INTERVAL_BYTES_MIN: u64 = 64;
+
+/// Appends waiting for the partition's writer before `append` applies backpressure.
+pub const APPEND_QUEUE_DEPTH_MAX: usize = 1024;
+
+/// Appends the writer coalesces into one vectored write (and one sync).
+pub const WRITE_GROUP_BATCHES_MAX: usize = 256;
+
+/// Bytes the writer coalesces into one vectored write.
+pub const WRITE_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Bytes read per step when scanning a segment (recovery, lookups).
+pub const SCAN_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Segments one partition may hold; opening a directory with more is refused.
+pub const SEGMENTS_PER_PARTITION_MAX: usize = 1_000_000;

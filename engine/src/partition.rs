@@ -1,0 +1,872 @@
+//! A partition log: the handle the broker holds, the read paths, and the single writer
+//! task that owns every write to the partition's files.
+//!
+//! A `Partition` lives on one core (it is `!Send`). Appends are validated by the caller,
+//! then queued to the writer, which assigns offsets, coalesces queued batches into one
+//! vectored write (one write in flight per partition, so writes land in order), updates
+//! the in-memory indexes and, under `FlushPolicy::EveryAppend`, runs one fdatasync for the
+//! whole group (group commit). Readers consult the in-memory state, which only ever
+//! describes bytes whose write has completed.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use compio::io::AsyncWriteAtExt;
+use futures_channel::{mpsc, oneshot};
+use futures_util::{SinkExt, StreamExt};
+
+use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
+use crate::checkpoint;
+use crate::config::{FlushPolicy, LogConfig};
+use crate::error::{LogError, Result};
+use crate::limits::{
+    APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, WRITE_GROUP_BATCHES_MAX,
+    WRITE_GROUP_BYTES_MAX,
+};
+use crate::segment::{BatchScanner, Scanned, Segment, SegmentFiles, read_at_most};
+use crate::{now_ms, recovery};
+
+pub use crate::recovery::RecoveryReport;
+
+/// What an append waits for before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendWait {
+    /// The bytes are in the page cache (Kafka `acks=1`).
+    Written,
+    /// The bytes are durable under the flush policy (Kafka `acks=all`, single node).
+    Durable,
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_start_offset: i64,
+    /// True when the batch was on disk before the append returned.
+    pub durable: bool,
+}
+
+/// The offsets a fetch or ListOffsets reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start_offset: i64,
+    /// Offset after the last written batch; single node, so also the high watermark.
+    pub log_end_offset: i64,
+    /// Every offset below this is on disk.
+    pub durable_offset: i64,
+}
+
+/// A contiguous span of one segment file, for a zero-copy send.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    pub files: Arc<SegmentFiles>,
+    pub position: u64,
+    pub len: u64,
+}
+
+/// The answer to a read: file ranges starting at the batch that holds the offset.
+#[derive(Debug, Clone)]
+pub struct ReadSlice {
+    pub ranges: Vec<FileRange>,
+    pub offsets: LogOffsets,
+}
+
+impl ReadSlice {
+    pub fn total_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.len).sum()
+    }
+}
+
+/// The first record at or after a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start_offset: i64,
+}
+
+/// Counters of the writer, for tests and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Vectored writes issued to segment files.
+    pub writes: u64,
+    /// Batches appended.
+    pub batches: u64,
+    /// fdatasync calls on segment files (group commits, rolls, flushes).
+    pub syncs: u64,
+    pub rolls: u64,
+}
+
+/// Segments a single read may span.
+const READ_SEGMENTS_MAX: usize = 4;
+
+/// In-memory state of a partition, shared by the handle and the writer on one core.
+/// Never borrowed across an `.await`.
+pub(crate) struct LogState {
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    /// Oldest first; the last one is active. Never empty.
+    pub segments: VecDeque<Segment>,
+    pub durable_offset: i64,
+    pub failed: Option<String>,
+    pub closed: bool,
+    pub stats: WriterStats,
+}
+
+impl LogState {
+    pub fn active(&self) -> &Segment {
+        // Invariant: `segments` is never empty (open creates one, retention keeps one).
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        LogOffsets {
+            log_start_offset: self.segments[0].base_offset,
+            log_end_offset: self.active().next_offset,
+            durable_offset: self.durable_offset,
+        }
+    }
+
+    /// Index of the segment holding `offset` (the last one whose base is at or below it).
+    fn segment_for(&self, offset: i64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+}
+
+enum Command {
+    Append {
+        bytes: Vec<u8>,
+        header: BatchHeader,
+        wait: AppendWait,
+        reply: oneshot::Sender<Result<AppendInfo>>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// Handle to one partition log. Clones share the log; all live on one core.
+#[derive(Clone)]
+pub struct Partition {
+    state: Rc<RefCell<LogState>>,
+    commands: mpsc::Sender<Command>,
+    batch_bytes_max: usize,
+}
+
+impl Partition {
+    /// Opens (or creates) the partition log in `dir`, recovering it if the last shutdown
+    /// was not clean, and starts its writer on the current compio runtime.
+    pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<(Self, RecoveryReport)> {
+        config.validate()?;
+        crate::io_mode::warn_once_if_fallback();
+        let batch_bytes_max = config.batch_bytes_max;
+        let (state, report) = recovery::open_log(dir.as_ref(), config).await?;
+        let state = Rc::new(RefCell::new(state));
+        let (commands, rx) = mpsc::channel(APPEND_QUEUE_DEPTH_MAX);
+        let writer = Writer {
+            state: Rc::clone(&state),
+            durable_waiters: Vec::new(),
+            unsynced: Vec::new(),
+            last_sync: Instant::now(),
+        };
+        compio::runtime::spawn(writer.run(rx)).detach();
+        Ok((
+            Self {
+                state,
+                commands,
+                batch_bytes_max,
+            },
+            report,
+        ))
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.state.borrow().dir.clone()
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        self.state.borrow().offsets()
+    }
+
+    /// Validates `batch` and appends it, returning once it is written (or durable, as
+    /// `wait` asks). An invalid batch is refused with the reason and the log is untouched.
+    pub async fn append(&self, batch: Vec<u8>, wait: AppendWait) -> Result<AppendInfo> {
+        let header = batch::validate(&batch, self.batch_bytes_max)?;
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .clone()
+            .send(Command::Append {
+                bytes: batch,
+                header,
+                wait,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Forces everything written so far to disk; returns the durable offset.
+    pub async fn flush(&self) -> Result<i64> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .clone()
+            .send(Command::Flush { reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Finishes queued appends, syncs, and writes the clean-shutdown marker.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, response) = oneshot::channel();
+        if self
+            .commands
+            .clone()
+            .send(Command::Close { reply })
+            .await
+            .is_err()
+        {
+            return Ok(()); // already closed
+        }
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Closes the log and removes its directory. Readers holding file ranges keep
+    /// working: their open files outlive the names.
+    pub async fn delete(self) -> Result<()> {
+        self.close().await?;
+        let dir = self.dir();
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+            return Err(LogError::NotAPartitionDir {
+                path: dir.clone(),
+                reason: "no directory name",
+            });
+        };
+        let doomed = dir.with_file_name(format!("{name}{}", crate::data_dir::DELETED_DIR_SUFFIX));
+        compio::fs::rename(&dir, &doomed)
+            .await
+            .map_err(|e| LogError::io(&dir, e))?;
+        if let Some(parent) = dir.parent() {
+            checkpoint::sync_dir(parent).await?;
+        }
+        std::fs::remove_dir_all(&doomed).map_err(|e| LogError::io(&doomed, e))
+    }
+
+    /// File ranges covering up to `max_bytes` from the batch that contains `offset`. The
+    /// first batch is always whole even when larger than `max_bytes`; the last range may
+    /// end inside a batch, as Kafka's fetch does. Empty at the log end.
+    pub async fn read_ranges(&self, offset: i64, max_bytes: u64) -> Result<ReadSlice> {
+        let (snapshots, start, offsets) = {
+            let st = self.state.borrow();
+            let offsets = st.offsets();
+            if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: offsets.log_start_offset,
+                    log_end: offsets.log_end_offset,
+                });
+            }
+            if offset == offsets.log_end_offset {
+                return Ok(ReadSlice {
+                    ranges: Vec::new(),
+                    offsets,
+                });
+            }
+            let first = st.segment_for(offset);
+            let seg = &st.segments[first];
+            let start = u64::from(seg.offset_index.floor(seg.relative(offset)).position);
+            let snapshots: Vec<(Arc<SegmentFiles>, u64)> = st
+                .segments
+                .iter()
+                .skip(first)
+                .take(READ_SEGMENTS_MAX)
+                .map(|s| (Arc::clone(&s.files), s.size))
+                .collect();
+            (snapshots, start, offsets)
+        };
+        let (files, size) = &snapshots[0];
+        let (position, first_len) = find_batch(files, *size, start, offset).await?;
+        let mut ranges = Vec::new();
+        let first = (size - position).min(max_bytes.max(first_len));
+        ranges.push(FileRange {
+            files: Arc::clone(files),
+            position,
+            len: first,
+        });
+        let mut budget = max_bytes.saturating_sub(first);
+        for (files, size) in snapshots.iter().skip(1) {
+            if budget == 0 || first < size - position {
+                break;
+            }
+            let len = (*size).min(budget);
+            if len > 0 {
+                ranges.push(FileRange {
+                    files: Arc::clone(files),
+                    position: 0,
+                    len,
+                });
+            }
+            budget -= len;
+        }
+        Ok(ReadSlice { ranges, offsets })
+    }
+
+    /// Copying read of whole batches from `offset`, up to `max_bytes` (at least one
+    /// batch). For tests and tools; the broker sends `read_ranges` by zero-copy.
+    pub async fn read(&self, offset: i64, max_bytes: u64) -> Result<Vec<u8>> {
+        let slice = self.read_ranges(offset, max_bytes).await?;
+        let mut out = Vec::with_capacity(slice.total_bytes() as usize);
+        for range in &slice.ranges {
+            let bytes = read_at_most(&range.files.log, range.position, range.len as usize)
+                .await
+                .map_err(|e| LogError::io(range.files.log_path(), e))?;
+            out.extend_from_slice(&bytes);
+        }
+        out.truncate(whole_batches_len(&out));
+        Ok(out)
+    }
+
+    /// The first record whose timestamp is at least `target`, or `None` past the newest.
+    pub async fn offset_for_timestamp(&self, target: i64) -> Result<Option<TimestampOffset>> {
+        let candidates: Vec<(Arc<SegmentFiles>, u64, u64)> = {
+            let st = self.state.borrow();
+            let Some(first) = st.segments.iter().position(|s| s.max_timestamp >= target) else {
+                return Ok(None);
+            };
+            st.segments
+                .iter()
+                .skip(first)
+                .map(|s| {
+                    let rel = s.time_index.scan_start(target);
+                    let pos = u64::from(s.offset_index.floor(rel).position);
+                    (Arc::clone(&s.files), s.size, pos)
+                })
+                .collect()
+        };
+        for (files, size, start) in candidates {
+            let mut scanner = BatchScanner::new(&files.log, size);
+            let mut pos = start;
+            loop {
+                let scanned = scanner
+                    .batch_at(pos)
+                    .await
+                    .map_err(|e| LogError::io(files.log_path(), e))?;
+                let Scanned::Batch { header, bytes } = scanned else {
+                    break;
+                };
+                if header.max_timestamp >= target {
+                    // Compressed batches are not decompressed: their base offset answers.
+                    let (offset, timestamp) = batch::first_record_at_or_after(bytes, target)
+                        .unwrap_or((header.base_offset, header.max_timestamp));
+                    return Ok(Some(TimestampOffset { offset, timestamp }));
+                }
+                pos += bytes.len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole oldest segments past the retention limits; never the active one.
+    /// Segments still held by readers are unlinked when the last reader lets go.
+    pub fn apply_retention(&self, now_ms: i64) -> RetentionReport {
+        let mut st = self.state.borrow_mut();
+        let mut report = RetentionReport::default();
+        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+        while st.segments.len() > 1 {
+            let oldest = &st.segments[0];
+            let by_size = st
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - oldest.size >= limit);
+            let newest_ms = if oldest.max_timestamp >= 0 {
+                oldest.max_timestamp
+            } else {
+                oldest.first_batch_ms.unwrap_or(now_ms)
+            };
+            let by_age = st
+                .config
+                .retention_age
+                .is_some_and(|age| now_ms.saturating_sub(newest_ms) > age.as_millis() as i64);
+            if !by_size && !by_age {
+                break;
+            }
+            let Some(gone) = st.segments.pop_front() else {
+                break;
+            };
+            total -= gone.size;
+            report.segments_deleted += 1;
+            report.bytes_deleted += gone.size;
+            gone.files.unlink_when_unused();
+            tracing::info!(path = %gone.files.log_path().display(), base_offset = gone.base_offset, "retention deleted segment");
+        }
+        report.log_start_offset = st.segments[0].base_offset;
+        report
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.state.borrow().stats
+    }
+
+    /// Number of segments, for tests and metrics.
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
+    /// Total bytes of written batches across segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.iter().map(|s| s.size).sum()
+    }
+}
+
+/// Scans batch headers from `start` for the batch whose last offset is at least `offset`.
+/// Returns its position and length.
+async fn find_batch(
+    files: &SegmentFiles,
+    size: u64,
+    start: u64,
+    offset: i64,
+) -> Result<(u64, u64)> {
+    let mut pos = start;
+    let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
+    loop {
+        if pos + BATCH_HEADER_BYTES as u64 > size {
+            break;
+        }
+        let got = read_at_most(&files.log, pos, BATCH_HEADER_BYTES)
+            .await
+            .map_err(|e| LogError::io(files.log_path(), e))?;
+        if got.len() < BATCH_HEADER_BYTES {
+            break;
+        }
+        header_bytes.copy_from_slice(&got);
+        let header = BatchHeader::parse(&header_bytes)?;
+        let total = header.declared_total_bytes().max(BATCH_HEADER_BYTES as i64) as u64;
+        if header.last_offset() >= offset {
+            return Ok((pos, total));
+        }
+        pos += total;
+    }
+    Err(LogError::Failed(format!(
+        "offset {offset} not found in {} from position {start}",
+        files.log_path().display()
+    )))
+}
+
+/// Length of the longest prefix of `bytes` made of whole batches (at least the first
+/// batch's declared length when it is all there).
+pub(crate) fn whole_batches_len(bytes: &[u8]) -> usize {
+    let mut at = 0usize;
+    while let Ok(header) = BatchHeader::parse(&bytes[at..]) {
+        let total = header.declared_total_bytes();
+        if total < BATCH_HEADER_BYTES as i64 || at as i64 + total > bytes.len() as i64 {
+            break;
+        }
+        at += total as usize;
+    }
+    at
+}
+
+struct DurableWaiter {
+    last_offset: i64,
+    info: AppendInfo,
+    reply: oneshot::Sender<Result<AppendInfo>>,
+}
+
+/// A batch placed in the current write group.
+struct Placed {
+    header: BatchHeader,
+    total: u64,
+    wait: AppendWait,
+    reply: oneshot::Sender<Result<AppendInfo>>,
+}
+
+/// The partition's single writer. Owns the order of writes and syncs.
+struct Writer {
+    state: Rc<RefCell<LogState>>,
+    durable_waiters: Vec<DurableWaiter>,
+    /// Segments written since the last sync.
+    unsynced: Vec<Arc<SegmentFiles>>,
+    last_sync: Instant,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut deferred: Option<Command> = None;
+        loop {
+            let command = match deferred.take() {
+                Some(c) => c,
+                None => match self.next_command(&mut rx).await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            match command {
+                Command::Append {
+                    bytes,
+                    header,
+                    wait,
+                    reply,
+                } => {
+                    let mut group = vec![(bytes, header, wait, reply)];
+                    let mut group_bytes = group[0].0.len();
+                    while group.len() < WRITE_GROUP_BATCHES_MAX
+                        && group_bytes < WRITE_GROUP_BYTES_MAX
+                    {
+                        match rx.try_recv() {
+                            Ok(Command::Append {
+                                bytes,
+                                header,
+                                wait,
+                                reply,
+                            }) => {
+                                group_bytes += bytes.len();
+                                group.push((bytes, header, wait, reply));
+                            }
+                            Ok(other) => {
+                                deferred = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_group(group).await;
+                    if self.policy() == FlushPolicy::EveryAppend && !self.durable_waiters.is_empty()
+                    {
+                        self.sync_and_answer().await;
+                    }
+                }
+                Command::Flush { reply } => {
+                    self.sync_and_answer().await;
+                    let st = self.state.borrow();
+                    let result = match &st.failed {
+                        Some(why) => Err(LogError::Failed(why.clone())),
+                        None => Ok(st.durable_offset),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Close { reply } => {
+                    let result = self.close().await;
+                    let _ = reply.send(result);
+                    break;
+                }
+            }
+        }
+        self.state.borrow_mut().closed = true;
+    }
+
+    fn policy(&self) -> FlushPolicy {
+        self.state.borrow().config.flush_policy
+    }
+
+    /// Waits for the next command; under an interval policy, syncs when the interval
+    /// passes with unsynced writes.
+    async fn next_command(&mut self, rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
+        loop {
+            let FlushPolicy::Interval(every) = self.policy() else {
+                return rx.next().await;
+            };
+            if self.unsynced.is_empty() {
+                return rx.next().await;
+            }
+            let deadline = self.last_sync + every;
+            match compio::time::timeout_at(deadline, rx.next()).await {
+                Ok(command) => return command,
+                Err(_) => self.sync_and_answer().await,
+            }
+        }
+    }
+
+    fn fail(&self, error: &LogError) {
+        let mut st = self.state.borrow_mut();
+        if st.failed.is_none() {
+            tracing::error!(dir = %st.dir.display(), %error, "partition log failed; refusing further writes");
+            st.failed = Some(error.to_string());
+        }
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.state.borrow().failed.clone()
+    }
+
+    async fn write_group(
+        &mut self,
+        group: Vec<(
+            Vec<u8>,
+            BatchHeader,
+            AppendWait,
+            oneshot::Sender<Result<AppendInfo>>,
+        )>,
+    ) {
+        let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(group.len());
+        let mut placed: Vec<Placed> = Vec::with_capacity(group.len());
+        let mut next_offset = self.state.borrow().active().next_offset;
+        for (mut bytes, mut header, wait, reply) in group {
+            if let Some(why) = self.failed() {
+                let _ = reply.send(Err(LogError::Failed(why)));
+                continue;
+            }
+            let total = bytes.len() as u64;
+            if self.needs_roll(&placed, total, header.offset_count()) {
+                self.write_placed(std::mem::take(&mut bufs), std::mem::take(&mut placed))
+                    .await;
+                if let Err(e) = self.roll().await {
+                    self.fail(&e);
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+                next_offset = self.state.borrow().active().next_offset;
+            }
+            let Some(after) = next_offset.checked_add(header.offset_count()) else {
+                let _ = reply.send(Err(LogError::OffsetOverflow {
+                    offset: next_offset,
+                }));
+                continue;
+            };
+            batch::set_base_offset(&mut bytes, next_offset);
+            header.base_offset = next_offset;
+            next_offset = after;
+            bufs.push(bytes);
+            placed.push(Placed {
+                header,
+                total,
+                wait,
+                reply,
+            });
+        }
+        self.write_placed(bufs, placed).await;
+    }
+
+    /// Whether the active segment must roll before a batch of `total` bytes and
+    /// `offset_count` offsets joins the `placed` ones.
+    fn needs_roll(&self, placed: &[Placed], total: u64, offset_count: i64) -> bool {
+        let st = self.state.borrow();
+        let active = st.active();
+        let pending_bytes: u64 = placed.iter().map(|p| p.total).sum();
+        let pending_offsets: i64 = placed.iter().map(|p| p.header.offset_count()).sum();
+        if active.is_empty() && placed.is_empty() {
+            return false;
+        }
+        let by_size = active.size + pending_bytes + total > st.config.segment_bytes;
+        let relative_end = active.next_offset - active.base_offset + pending_offsets + offset_count;
+        let by_offsets = relative_end > i64::from(u32::MAX);
+        let by_age = match (st.config.segment_age_max, active.first_batch_ms) {
+            (Some(age), Some(first)) => now_ms().saturating_sub(first) > age.as_millis() as i64,
+            _ => false,
+        };
+        by_size || by_offsets || by_age
+    }
+
+    /// Writes the placed batches at the end of the active segment in one vectored write,
+    /// then publishes them to readers and answers the callers.
+    async fn write_placed(&mut self, bufs: Vec<Vec<u8>>, placed: Vec<Placed>) {
+        if placed.is_empty() {
+            return;
+        }
+        let (files, position) = {
+            let st = self.state.borrow();
+            (Arc::clone(&st.active().files), st.active().size)
+        };
+        let mut log = &files.log;
+        let written = log.write_vectored_all_at(bufs, position).await.0;
+        if let Err(e) = written {
+            let error = LogError::io(files.log_path(), e);
+            self.fail(&error);
+            for p in placed {
+                let _ = p.reply.send(Err(LogError::Failed(error.to_string())));
+            }
+            return;
+        }
+        let mut answers = Vec::with_capacity(placed.len());
+        {
+            let mut st = self.state.borrow_mut();
+            let interval = st.config.index_interval_bytes.max(INDEX_INTERVAL_BYTES_MIN);
+            let log_start_offset = st.segments[0].base_offset;
+            let never = st.config.flush_policy == FlushPolicy::Never;
+            st.stats.writes += 1;
+            st.stats.batches += placed.len() as u64;
+            let active = st.active_mut();
+            if active.first_batch_ms.is_none() {
+                active.first_batch_ms = Some(now_ms());
+            }
+            let mut pos = position;
+            for p in placed {
+                active.note_batch(pos, &p.header, p.total, interval);
+                pos += p.total;
+                let info = AppendInfo {
+                    base_offset: p.header.base_offset,
+                    last_offset: p.header.last_offset(),
+                    log_start_offset,
+                    durable: false,
+                };
+                answers.push((p.wait, info, p.reply));
+            }
+            for (wait, info, reply) in answers {
+                if wait == AppendWait::Written || never {
+                    let _ = reply.send(Ok(info));
+                } else {
+                    self.durable_waiters.push(DurableWaiter {
+                        last_offset: info.last_offset,
+                        info,
+                        reply,
+                    });
+                }
+            }
+        }
+        if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, &files)) {
+            self.unsynced.push(Arc::clone(&files));
+        }
+        if let Err(e) = self.persist_active_indexes().await {
+            self.fail(&e);
+        }
+    }
+
+    async fn persist_active_indexes(&mut self) -> Result<()> {
+        let writes = self.state.borrow_mut().active_mut().take_index_writes();
+        writes.write().await
+    }
+
+    /// Syncs every segment written since the last sync, then answers durable waiters.
+    async fn sync_and_answer(&mut self) {
+        let target = self.state.borrow().active().next_offset;
+        let mut result = Ok(());
+        for files in std::mem::take(&mut self.unsynced) {
+            self.state.borrow_mut().stats.syncs += 1;
+            if let Err(e) = files.sync_log().await {
+                self.fail(&e);
+                result = Err(e);
+                break;
+            }
+        }
+        self.last_sync = Instant::now();
+        if result.is_ok() {
+            let mut st = self.state.borrow_mut();
+            st.durable_offset = st.durable_offset.max(target);
+        }
+        let durable = self.state.borrow().durable_offset;
+        let waiters = std::mem::take(&mut self.durable_waiters);
+        for w in waiters {
+            if w.last_offset < durable {
+                let _ = w.reply.send(Ok(AppendInfo {
+                    durable: true,
+                    ..w.info
+                }));
+            } else {
+                let why = self
+                    .failed()
+                    .unwrap_or_else(|| "sync did not cover the batch".to_owned());
+                let _ = w.reply.send(Err(LogError::Failed(why)));
+            }
+        }
+    }
+
+    /// Seals the active segment (sync, indexes) and starts a new one at the log end.
+    async fn roll(&mut self) -> Result<()> {
+        let (files, dir, base) = {
+            let st = self.state.borrow();
+            (
+                Arc::clone(&st.active().files),
+                st.dir.clone(),
+                st.active().next_offset,
+            )
+        };
+        files.sync_log().await?;
+        files.sync_indexes().await?;
+        self.unsynced.retain(|f| !Arc::ptr_eq(f, &files));
+        let segment = Segment::open_files(&dir, base, true).await?;
+        checkpoint::sync_dir(&dir).await?;
+        checkpoint::write_checkpoint(&dir, base).await?;
+        let mut st = self.state.borrow_mut();
+        st.durable_offset = st.durable_offset.max(base);
+        st.segments.push_back(segment);
+        st.stats.rolls += 1;
+        st.stats.syncs += 1;
+        tracing::debug!(dir = %dir.display(), base_offset = base, "rolled segment");
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.sync_and_answer().await;
+        if let Some(why) = self.failed() {
+            return Err(LogError::Failed(why));
+        }
+        let (files, dir, end) = {
+            let st = self.state.borrow();
+            (
+                Arc::clone(&st.active().files),
+                st.dir.clone(),
+                st.active().next_offset,
+            )
+        };
+        files.sync_log().await?;
+        files.sync_indexes().await?;
+        checkpoint::write_checkpoint(&dir, end).await?;
+        checkpoint::write_clean_marker(&dir).await?;
+        Ok(())
+    }
+}
+
+/// Pending writes of index entries, taken from a segment so no borrow spans the I/O.
+pub(crate) struct IndexWrites {
+    files: Arc<SegmentFiles>,
+    index: (Vec<u8>, u64),
+    time_index: (Vec<u8>, u64),
+}
+
+impl IndexWrites {
+    pub async fn write(self) -> Result<()> {
+        let (bytes, at) = self.index;
+        if !bytes.is_empty() {
+            let mut f = &self.files.index;
+            f.write_all_at(bytes, at)
+                .await
+                .0
+                .map_err(|e| LogError::io(self.files.log_path(), e))?;
+        }
+        let (bytes, at) = self.time_index;
+        if !bytes.is_empty() {
+            let mut f = &self.files.time_index;
+            f.write_all_at(bytes, at)
+                .await
+                .0
+                .map_err(|e| LogError::io(self.files.log_path(), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Segment {
+    pub(crate) fn take_index_writes(&mut self) -> IndexWrites {
+        let index_at = self.offset_index.persisted_bytes();
+        let index = self.offset_index.take_unpersisted();
+        let time_at = self.time_index.persisted_bytes();
+        let time_index = self.time_index.take_unpersisted();
+        IndexWrites {
+            files: Arc::clone(&self.files),
+            index: (index, index_at),
+            time_index: (time_index, time_at),
+        }
+    }
+}

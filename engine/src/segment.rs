@@ -1,0 +1,428 @@
+//! One segment of a partition log: `{base_offset:020}.log` with its `.index` and
+//! `.timeindex`, the in-memory indexes, and the scan that recovery and lookups share.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use compio::fs::{File, OpenOptions};
+use compio::io::AsyncReadAt;
+
+use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
+use crate::error::{LogError, Result};
+use crate::limits::{BATCH_BYTES_MAX, SCAN_CHUNK_BYTES};
+use crate::offset_index::{OffsetEntry, OffsetIndex};
+use crate::time_index::{TimeEntry, TimeIndex};
+
+pub(crate) const LOG_SUFFIX: &str = ".log";
+pub(crate) const INDEX_SUFFIX: &str = ".index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+
+pub(crate) fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// Parses `00000000000000000042.log` into 42; `None` for any other name.
+pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(LOG_SUFFIX)?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// The open files of a segment, shared with readers. When the segment is deleted by
+/// retention while a reader still holds this, the files are unlinked only when the last
+/// holder lets go.
+#[derive(Debug)]
+pub struct SegmentFiles {
+    pub(crate) log: File,
+    pub(crate) index: File,
+    pub(crate) time_index: File,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    time_index_path: PathBuf,
+    unlink_on_drop: AtomicBool,
+}
+
+impl SegmentFiles {
+    /// The segment's log file, for zero-copy reads (sendfile, splice).
+    pub fn log_file(&self) -> &File {
+        &self.log
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub(crate) async fn sync_log(&self) -> Result<()> {
+        self.log
+            .sync_data()
+            .await
+            .map_err(|e| LogError::io(&self.log_path, e))
+    }
+
+    pub(crate) async fn sync_indexes(&self) -> Result<()> {
+        self.index
+            .sync_data()
+            .await
+            .map_err(|e| LogError::io(&self.index_path, e))?;
+        self.time_index
+            .sync_data()
+            .await
+            .map_err(|e| LogError::io(&self.time_index_path, e))
+    }
+
+    /// Cuts the log file to `bytes` (dropping a torn or corrupt tail).
+    pub(crate) async fn truncate_log(&self, bytes: u64) -> Result<()> {
+        self.log
+            .set_len(bytes)
+            .await
+            .map_err(|e| LogError::io(&self.log_path, e))
+    }
+
+    async fn truncate_indexes(&self) -> Result<()> {
+        self.index
+            .set_len(0)
+            .await
+            .map_err(|e| LogError::io(&self.index_path, e))?;
+        self.time_index
+            .set_len(0)
+            .await
+            .map_err(|e| LogError::io(&self.time_index_path, e))
+    }
+
+    pub(crate) fn unlink_when_unused(&self) {
+        self.unlink_on_drop.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for SegmentFiles {
+    fn drop(&mut self) {
+        if !self.unlink_on_drop.load(Ordering::Acquire) {
+            return;
+        }
+        for path in [&self.log_path, &self.index_path, &self.time_index_path] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete segment file")
+                }
+            }
+        }
+    }
+}
+
+/// A segment and what the engine knows about it in memory.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub files: Arc<SegmentFiles>,
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    /// Bytes of whole, written batches. Readers never see past this.
+    pub size: u64,
+    /// Offset after the last batch.
+    pub next_offset: i64,
+    /// Largest batch max timestamp, -1 when there is none.
+    pub max_timestamp: i64,
+    pub bytes_since_index: u64,
+    /// Wall-clock ms of the segment's first batch, for roll by age.
+    pub first_batch_ms: Option<i64>,
+}
+
+async fn open_rw(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .open(path)
+        .await
+        .map_err(|e| LogError::io(path, e))
+}
+
+impl Segment {
+    /// Opens (creating if asked) the three files of the segment at `base_offset`.
+    pub async fn open_files(dir: &Path, base_offset: i64, create: bool) -> Result<Self> {
+        let stem = file_stem(base_offset);
+        let log_path = dir.join(format!("{stem}{LOG_SUFFIX}"));
+        let index_path = dir.join(format!("{stem}{INDEX_SUFFIX}"));
+        let time_index_path = dir.join(format!("{stem}{TIME_INDEX_SUFFIX}"));
+        let log = open_rw(&log_path, create).await?;
+        let index = open_rw(&index_path, true).await?;
+        let time_index = open_rw(&time_index_path, true).await?;
+        Ok(Self {
+            base_offset,
+            files: Arc::new(SegmentFiles {
+                log,
+                index,
+                time_index,
+                log_path,
+                index_path,
+                time_index_path,
+                unlink_on_drop: AtomicBool::new(false),
+            }),
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            bytes_since_index: 0,
+            first_batch_ms: None,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Offset relative to the segment base; callers roll before this could overflow.
+    pub fn relative(&self, offset: i64) -> u32 {
+        debug_assert!(offset >= self.base_offset);
+        u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX)
+    }
+
+    /// Records that a whole batch now sits at `position`: the one place that advances a
+    /// segment, shared by the append path and by recovery.
+    pub fn note_batch(
+        &mut self,
+        position: u64,
+        header: &BatchHeader,
+        total_bytes: u64,
+        index_interval_bytes: u64,
+    ) {
+        debug_assert_eq!(position, self.size);
+        if header.max_timestamp > self.max_timestamp {
+            self.max_timestamp = header.max_timestamp;
+        }
+        if position > 0 && self.bytes_since_index >= index_interval_bytes {
+            let relative_offset = self.relative(header.base_offset);
+            let pos = u32::try_from(position).unwrap_or(u32::MAX);
+            if self.offset_index.push(OffsetEntry {
+                relative_offset,
+                position: pos,
+            }) {
+                self.time_index.push(TimeEntry {
+                    timestamp: self.max_timestamp,
+                    relative_offset,
+                });
+            }
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += total_bytes;
+        self.size = position + total_bytes;
+        self.next_offset = header.last_offset() + 1;
+    }
+
+    /// Rewrites both index files from memory (after a rebuild or truncation).
+    pub async fn rewrite_indexes(&mut self) -> Result<()> {
+        self.files.truncate_indexes().await?;
+        self.offset_index.mark_unpersisted();
+        self.time_index.mark_unpersisted();
+        self.take_index_writes().write().await
+    }
+
+    pub async fn file_len(&self) -> Result<u64> {
+        let meta = self
+            .files
+            .log
+            .metadata()
+            .await
+            .map_err(|e| LogError::io(&self.files.log_path, e))?;
+        Ok(meta.len())
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.files.log_path
+    }
+
+    pub async fn read_index_files(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        let index = read_whole(&self.files.index, &self.files.index_path).await?;
+        let time_index = read_whole(&self.files.time_index, &self.files.time_index_path).await?;
+        Ok((index, time_index))
+    }
+}
+
+/// Reads a whole index file, refusing one larger than any valid index.
+async fn read_whole(file: &File, path: &Path) -> Result<Vec<u8>> {
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| LogError::io(path, e))?
+        .len();
+    let max = (crate::limits::INDEX_ENTRIES_MAX * crate::limits::TIME_INDEX_ENTRY_BYTES) as u64;
+    if len > max {
+        // Too large to be ours: hand back a length the decoder refuses.
+        return Ok(vec![0; 1]);
+    }
+    read_at_most(file, 0, len as usize)
+        .await
+        .map_err(|e| LogError::io(path, e))
+}
+
+/// Reads up to `len` bytes at `pos`, fewer only at end of file.
+pub(crate) async fn read_at_most(file: &File, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let want = len - filled;
+        let chunk = Vec::with_capacity(want);
+        let compio::BufResult(res, chunk) = file.read_at(chunk, pos + filled as u64).await;
+        let n = res?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(buf)
+}
+
+/// Walks the batches of one segment file through a read window, so recovery and
+/// lookups touch each byte once. It bounds every length before reading.
+pub(crate) struct BatchScanner<'a> {
+    file: &'a File,
+    /// Bytes of the file the scan may look at.
+    end: u64,
+    window_start: u64,
+    window: Vec<u8>,
+}
+
+/// What the scanner found at a position.
+pub(crate) enum Scanned<'w> {
+    /// A whole batch whose declared length fits within the bounds.
+    Batch {
+        header: BatchHeader,
+        bytes: &'w [u8],
+    },
+    /// Clean end of the scanned range.
+    End,
+    /// Bytes that cannot be a batch start here: torn tail or corruption.
+    Invalid(&'static str),
+}
+
+impl<'a> BatchScanner<'a> {
+    pub fn new(file: &'a File, end: u64) -> Self {
+        Self {
+            file,
+            end,
+            window_start: 0,
+            window: Vec::new(),
+        }
+    }
+
+    async fn ensure(&mut self, pos: u64, len: usize) -> io::Result<bool> {
+        let window_end = self.window_start + self.window.len() as u64;
+        if pos >= self.window_start && pos + len as u64 <= window_end {
+            return Ok(true);
+        }
+        let available = self.end.saturating_sub(pos);
+        let want = (len.max(SCAN_CHUNK_BYTES) as u64).min(available) as usize;
+        if want < len {
+            return Ok(false);
+        }
+        self.window = read_at_most(self.file, pos, want).await?;
+        self.window_start = pos;
+        Ok(self.window.len() >= len)
+    }
+
+    /// The batch starting at `pos`; only its framing is checked here.
+    pub async fn batch_at(&mut self, pos: u64) -> io::Result<Scanned<'_>> {
+        if pos >= self.end {
+            return Ok(Scanned::End);
+        }
+        if !self.ensure(pos, BATCH_HEADER_BYTES).await? {
+            return Ok(Scanned::Invalid("torn batch header"));
+        }
+        let at = (pos - self.window_start) as usize;
+        let header = match BatchHeader::parse(&self.window[at..]) {
+            Ok(h) => h,
+            Err(_) => return Ok(Scanned::Invalid("torn batch header")),
+        };
+        let total = header.declared_total_bytes();
+        if total < BATCH_HEADER_BYTES as i64 || total > BATCH_BYTES_MAX as i64 {
+            return Ok(Scanned::Invalid("batch length out of bounds"));
+        }
+        if header.magic != 2 {
+            return Ok(Scanned::Invalid("bad magic"));
+        }
+        let total = total as usize;
+        if !self.ensure(pos, total).await? {
+            return Ok(Scanned::Invalid("torn batch"));
+        }
+        let at = (pos - self.window_start) as usize;
+        Ok(Scanned::Batch {
+            header,
+            bytes: &self.window[at..at + total],
+        })
+    }
+}
+
+/// Outcome of scanning a segment during open.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ScanOutcome {
+    pub batches: u64,
+    pub valid_bytes: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub stopped: Option<&'static str>,
+}
+
+impl Segment {
+    /// Re-reads the segment from `from` (a batch boundary the caller trusts, with the
+    /// in-memory state already describing everything before it), re-validating every
+    /// batch when `verify` is set, and advances the in-memory state batch by batch.
+    /// Stops at the first batch that fails; the caller truncates there.
+    pub async fn scan_from(
+        &mut self,
+        from: u64,
+        verify: bool,
+        index_interval_bytes: u64,
+    ) -> Result<ScanOutcome> {
+        let file_len = self.file_len().await?;
+        let files = Arc::clone(&self.files);
+        let mut scanner = BatchScanner::new(&files.log, file_len);
+        let mut outcome = ScanOutcome::default();
+        let mut pos = from;
+        loop {
+            let scanned = scanner
+                .batch_at(pos)
+                .await
+                .map_err(|e| LogError::io(self.log_path(), e))?;
+            let (header, total) = match scanned {
+                Scanned::End => break,
+                Scanned::Invalid(why) => {
+                    outcome.stopped = Some(why);
+                    break;
+                }
+                Scanned::Batch { header, bytes } => {
+                    if verify && let Err(e) = batch::validate(bytes, BATCH_BYTES_MAX) {
+                        tracing::debug!(position = pos, error = %e, "batch failed validation");
+                        outcome.stopped = Some("batch failed validation");
+                        break;
+                    }
+                    (header, bytes.len() as u64)
+                }
+            };
+            if header.base_offset != self.next_offset {
+                outcome.stopped = Some("batch offset does not follow the previous batch");
+                break;
+            }
+            if header.last_offset() - self.base_offset > i64::from(u32::MAX) {
+                outcome.stopped = Some("batch offset beyond the segment's range");
+                break;
+            }
+            if self.first_batch_ms.is_none() {
+                // Kafka ages a segment by its first batch's timestamp; a batch without
+                // one is aged from now.
+                let ts = header.max_timestamp;
+                self.first_batch_ms = Some(if ts > 0 { ts } else { crate::now_ms() });
+            }
+            self.note_batch(pos, &header, total, index_interval_bytes);
+            outcome.batches += 1;
+            pos += total;
+        }
+        outcome.valid_bytes = pos;
+        Ok(outcome)
+    }
+}

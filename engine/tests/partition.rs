@@ -1,0 +1,389 @@
+//! Behaviour of a partition log through its public API, on a real compio runtime and
+//! real files.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use engine::{AppendWait, BatchError, FlushPolicy, LogConfig, LogError, Partition};
+
+#[test]
+fn given_appends_when_read_back_should_get_assigned_offsets_and_same_bytes() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, report) = Partition::open(dir.path(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!((report.log_start_offset, report.log_end_offset), (0, 0));
+        let a = batch(3, 10, 1000);
+        let b = batch(2, 10, 2000);
+        let ia = p.append(a.clone(), AppendWait::Written).await.unwrap();
+        let ib = p.append(b.clone(), AppendWait::Written).await.unwrap();
+        assert_eq!((ia.base_offset, ia.last_offset), (0, 2));
+        assert_eq!((ib.base_offset, ib.last_offset), (3, 4));
+        assert_eq!(p.offsets().log_end_offset, 5);
+
+        let all = p.read(0, 1 << 20).await.unwrap();
+        assert_eq!(
+            all,
+            [with_base_offset(&a, 0), with_base_offset(&b, 3)].concat()
+        );
+        // An offset inside a batch returns the whole batch that contains it.
+        assert_eq!(p.read(4, 1).await.unwrap(), with_base_offset(&b, 3));
+        assert!(p.read(5, 100).await.unwrap().is_empty());
+        assert!(matches!(
+            p.read(6, 100).await,
+            Err(LogError::OffsetOutOfRange { requested: 6, .. })
+        ));
+    });
+}
+
+#[test]
+fn given_invalid_batch_when_appended_should_refuse_and_leave_log_untouched() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), LogConfig::default())
+            .await
+            .unwrap();
+        p.append(batch(1, 5, 0), AppendWait::Written).await.unwrap();
+        let before = p.read(0, 1 << 20).await.unwrap();
+
+        let mut corrupt = batch(1, 5, 0);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        let err = p.append(corrupt, AppendWait::Written).await.unwrap_err();
+        assert!(
+            matches!(err, LogError::InvalidBatch(BatchError::CrcMismatch { .. })),
+            "{err}"
+        );
+
+        let too_big = batch(1, 2 << 20, 0);
+        let err = p.append(too_big, AppendWait::Written).await.unwrap_err();
+        assert!(
+            matches!(err, LogError::InvalidBatch(BatchError::TooLarge { .. })),
+            "{err}"
+        );
+
+        let err = p
+            .append(vec![0; 10], AppendWait::Written)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LogError::InvalidBatch(BatchError::TooShort { .. })),
+            "{err}"
+        );
+
+        assert_eq!(p.read(0, 1 << 20).await.unwrap(), before);
+        assert_eq!(p.offsets().log_end_offset, 1);
+    });
+}
+
+#[test]
+fn given_small_segments_when_appending_should_roll_and_read_across_segments() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), small_config()).await.unwrap();
+        let mut expected = Vec::new();
+        for i in 0..100 {
+            let b = batch(2, 50, i * 10);
+            let info = p.append(b.clone(), AppendWait::Written).await.unwrap();
+            assert_eq!(info.base_offset, i * 2);
+            expected.extend_from_slice(&with_base_offset(&b, i * 2));
+        }
+        assert!(p.segment_count() > 3, "segments: {}", p.segment_count());
+        assert_eq!(read_everything(&p).await, expected);
+        // Every offset is readable and starts at its own batch.
+        for offset in 0..200 {
+            let got = p.read(offset, 1).await.unwrap();
+            let first = &split_batches(&got)[0];
+            assert_eq!(
+                i64::from_be_bytes(first[..8].try_into().unwrap()),
+                offset - offset % 2
+            );
+        }
+        // A read spanning segments returns several ranges.
+        let slice = p.read_ranges(0, 1 << 20).await.unwrap();
+        assert!(slice.ranges.len() > 1);
+        assert_eq!(slice.offsets.log_end_offset, 200);
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(files.contains(&"00000000000000000000.log".to_owned()));
+        assert!(
+            files.iter().any(|f| f.ends_with(".index"))
+                && files.iter().any(|f| f.ends_with(".timeindex"))
+        );
+    });
+}
+
+#[test]
+fn given_timestamps_when_searching_should_find_first_record_at_or_after() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), small_config()).await.unwrap();
+        for i in 0..50 {
+            p.append(batch(4, 40, 10_000 + i * 100), AppendWait::Written)
+                .await
+                .unwrap();
+        }
+        let found = p.offset_for_timestamp(0).await.unwrap().unwrap();
+        assert_eq!((found.offset, found.timestamp), (0, 10_000));
+        let found = p
+            .offset_for_timestamp(10_000 + 7 * 100 + 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.offset, found.timestamp), (7 * 4 + 2, 10_702));
+        let found = p
+            .offset_for_timestamp(10_000 + 7 * 100 + 50)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.offset, found.timestamp), (8 * 4, 10_800));
+        assert_eq!(p.offset_for_timestamp(1_000_000).await.unwrap(), None);
+    });
+}
+
+#[test]
+fn given_concurrent_durable_appends_should_share_syncs() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_policy: FlushPolicy::EveryAppend,
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let p = p.clone();
+                compio::runtime::spawn(async move {
+                    p.append(batch(1, 100, i), AppendWait::Durable).await
+                })
+            })
+            .collect();
+        let mut offsets = Vec::new();
+        for t in tasks {
+            let info = t.await.unwrap().unwrap();
+            assert!(info.durable);
+            offsets.push(info.base_offset);
+        }
+        offsets.sort();
+        assert_eq!(offsets, (0..64).collect::<Vec<_>>());
+        let stats = p.stats();
+        assert_eq!(stats.batches, 64);
+        assert!(
+            stats.syncs < 64,
+            "group commit should share syncs: {stats:?}"
+        );
+        assert_eq!(p.offsets().durable_offset, 64);
+    });
+}
+
+#[test]
+fn given_written_wait_under_every_append_policy_should_not_wait_for_sync() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_policy: FlushPolicy::EveryAppend,
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        let info = p
+            .append(batch(1, 10, 0), AppendWait::Written)
+            .await
+            .unwrap();
+        assert!(!info.durable);
+        assert_eq!(p.stats().syncs, 0);
+        assert_eq!(p.flush().await.unwrap(), 1);
+        assert_eq!(p.stats().syncs, 1);
+    });
+}
+
+#[test]
+fn given_interval_policy_when_durable_append_should_resolve_at_next_tick() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_policy: FlushPolicy::Interval(Duration::from_millis(50)),
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        let info = p
+            .append(batch(1, 10, 0), AppendWait::Durable)
+            .await
+            .unwrap();
+        assert!(info.durable);
+        assert_eq!(p.offsets().durable_offset, 1);
+        assert_eq!(p.stats().syncs, 1);
+    });
+}
+
+#[test]
+fn given_retention_by_size_should_delete_oldest_segments_but_never_active() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: Some(4096),
+            retention_age: None,
+            ..small_config()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        for i in 0..100 {
+            p.append(batch(2, 50, i), AppendWait::Written)
+                .await
+                .unwrap();
+        }
+        let before = p.segment_count();
+        let report = p.apply_retention(engine::now_ms());
+        assert!(report.segments_deleted > 0);
+        assert_eq!(p.segment_count(), before - report.segments_deleted);
+        assert!(p.size_bytes() >= 4096);
+        assert_eq!(p.offsets().log_start_offset, report.log_start_offset);
+        assert!(matches!(
+            p.read(0, 10).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert!(
+            !p.read(report.log_start_offset, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!dir.path().join("00000000000000000000.log").exists());
+    });
+}
+
+#[test]
+fn given_retention_by_time_when_reader_holds_segment_should_unlink_after_reader() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_age: Some(Duration::from_secs(60)),
+            ..small_config()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        for i in 0..60 {
+            p.append(batch(2, 50, 1_000 + i), AppendWait::Written)
+                .await
+                .unwrap();
+        }
+        let held = p.read_ranges(0, 100).await.unwrap();
+        let first = dir.path().join("00000000000000000000.log");
+        let report = p.apply_retention(engine::now_ms());
+        assert_eq!(
+            report.segments_deleted,
+            p.segment_count() + report.segments_deleted - 1
+        );
+        assert_eq!(p.segment_count(), 1, "only the active segment survives");
+        assert!(
+            first.exists(),
+            "a segment a reader holds is not unlinked under it"
+        );
+        drop(held);
+        assert!(!first.exists());
+    });
+}
+
+#[test]
+fn given_clean_close_when_reopened_should_skip_validation_and_continue_offsets() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), small_config()).await.unwrap();
+        for i in 0..40 {
+            p.append(batch(3, 30, i), AppendWait::Written)
+                .await
+                .unwrap();
+        }
+        let before = read_everything(&p).await;
+        p.close().await.unwrap();
+        assert!(matches!(
+            p.append(batch(1, 1, 0), AppendWait::Written).await,
+            Err(LogError::Closed)
+        ));
+        drop(p);
+
+        let (p, report) = Partition::open(dir.path(), small_config()).await.unwrap();
+        assert!(report.clean_shutdown);
+        assert_eq!(report.segments_validated, 0);
+        assert_eq!(report.log_end_offset, 120);
+        assert_eq!(read_everything(&p).await, before);
+        let info = p.append(batch(1, 1, 0), AppendWait::Written).await.unwrap();
+        assert_eq!(info.base_offset, 120);
+        // The marker is gone once open: a crash now must not look clean.
+        drop(p);
+        let (_, report) = Partition::open(dir.path(), small_config()).await.unwrap();
+        assert!(!report.clean_shutdown);
+        assert_eq!(report.log_end_offset, 121);
+    });
+}
+
+#[test]
+fn given_unclean_shutdown_when_reopened_should_validate_since_checkpoint() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), small_config()).await.unwrap();
+        for i in 0..40 {
+            p.append(batch(3, 30, i), AppendWait::Written)
+                .await
+                .unwrap();
+        }
+        let segments = p.segment_count();
+        drop(p); // no close: as after a crash
+        let (_, report) = Partition::open(dir.path(), small_config()).await.unwrap();
+        assert!(!report.clean_shutdown);
+        // Rolled segments were synced and checkpointed; only the active one is re-validated.
+        assert_eq!(report.segments_validated, 1);
+        assert_eq!(report.segments, segments);
+        assert_eq!(report.log_end_offset, 120);
+    });
+}
+
+#[test]
+fn given_partition_when_deleted_should_remove_directory() {
+    run(async {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("orders-0");
+        let (p, _) = Partition::open(&dir, small_config()).await.unwrap();
+        for i in 0..20 {
+            p.append(batch(2, 50, i), AppendWait::Written)
+                .await
+                .unwrap();
+        }
+        let held = p.read_ranges(0, 100).await.unwrap();
+        p.delete().await.unwrap();
+        assert!(!dir.exists());
+        // A reader holding ranges keeps reading from the open file.
+        let mut buf = vec![0u8; 12];
+        use std::os::unix::fs::FileExt;
+        let std_file = std::fs::File::open(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            held.ranges[0].files.log_file().as_raw_fd()
+        }))
+        .unwrap();
+        std_file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..8], &0i64.to_be_bytes());
+        let (p, report) = Partition::open(&dir, small_config()).await.unwrap();
+        assert_eq!(
+            report.log_end_offset, 0,
+            "a recreated partition starts empty"
+        );
+        drop(p);
+    });
+}
+
+#[test]
+fn given_bad_config_when_opening_should_refuse() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 10,
+            ..LogConfig::default()
+        };
+        assert!(matches!(
+            Partition::open(dir.path(), config).await,
+            Err(LogError::Config(_))
+        ));
+    });
+}
