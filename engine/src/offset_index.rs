@@ -83,7 +83,7 @@ impl OffsetIndex {
 
     /// Decodes an index file, refusing anything inconsistent with a log of `log_bytes`.
     pub fn decode(bytes: &[u8], log_bytes: u64) -> Result<Self, &'static str> {
-        if bytes.len() % OFFSET_INDEX_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_INDEX_ENTRY_BYTES) {
             return Err("length is not a whole number of entries");
         }
         if bytes.len() / OFFSET_INDEX_ENTRY_BYTES > INDEX_ENTRIES_MAX {

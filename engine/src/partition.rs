@@ -12,7 +12,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use compio::io::AsyncWriteAtExt;
@@ -64,7 +63,7 @@ pub struct LogOffsets {
 /// A contiguous span of one segment file, for a zero-copy send.
 #[derive(Debug, Clone)]
 pub struct FileRange {
-    pub files: Arc<SegmentFiles>,
+    pub files: Rc<SegmentFiles>,
     pub position: u64,
     pub len: u64,
 }
@@ -298,12 +297,12 @@ impl Partition {
             let first = st.segment_for(offset);
             let seg = &st.segments[first];
             let start = u64::from(seg.offset_index.floor(seg.relative(offset)).position);
-            let snapshots: Vec<(Arc<SegmentFiles>, u64)> = st
+            let snapshots: Vec<(Rc<SegmentFiles>, u64)> = st
                 .segments
                 .iter()
                 .skip(first)
                 .take(READ_SEGMENTS_MAX)
-                .map(|s| (Arc::clone(&s.files), s.size))
+                .map(|s| (Rc::clone(&s.files), s.size))
                 .collect();
             (snapshots, start, offsets)
         };
@@ -312,7 +311,7 @@ impl Partition {
         let mut ranges = Vec::new();
         let first = (size - position).min(max_bytes.max(first_len));
         ranges.push(FileRange {
-            files: Arc::clone(files),
+            files: Rc::clone(files),
             position,
             len: first,
         });
@@ -324,7 +323,7 @@ impl Partition {
             let len = (*size).min(budget);
             if len > 0 {
                 ranges.push(FileRange {
-                    files: Arc::clone(files),
+                    files: Rc::clone(files),
                     position: 0,
                     len,
                 });
@@ -351,7 +350,7 @@ impl Partition {
 
     /// The first record whose timestamp is at least `target`, or `None` past the newest.
     pub async fn offset_for_timestamp(&self, target: i64) -> Result<Option<TimestampOffset>> {
-        let candidates: Vec<(Arc<SegmentFiles>, u64, u64)> = {
+        let candidates: Vec<(Rc<SegmentFiles>, u64, u64)> = {
             let st = self.state.borrow();
             let Some(first) = st.segments.iter().position(|s| s.max_timestamp >= target) else {
                 return Ok(None);
@@ -362,7 +361,7 @@ impl Partition {
                 .map(|s| {
                     let rel = s.time_index.scan_start(target);
                     let pos = u64::from(s.offset_index.floor(rel).position);
-                    (Arc::clone(&s.files), s.size, pos)
+                    (Rc::clone(&s.files), s.size, pos)
                 })
                 .collect()
         };
@@ -489,6 +488,9 @@ pub(crate) fn whole_batches_len(bytes: &[u8]) -> usize {
     at
 }
 
+/// An append as the writer receives it.
+type QueuedAppend = (Vec<u8>, BatchHeader, AppendWait, oneshot::Sender<Result<AppendInfo>>);
+
 struct DurableWaiter {
     last_offset: i64,
     info: AppendInfo,
@@ -508,7 +510,7 @@ struct Writer {
     state: Rc<RefCell<LogState>>,
     durable_waiters: Vec<DurableWaiter>,
     /// Segments written since the last sync.
-    unsynced: Vec<Arc<SegmentFiles>>,
+    unsynced: Vec<Rc<SegmentFiles>>,
     last_sync: Instant,
 }
 
@@ -613,12 +615,7 @@ impl Writer {
 
     async fn write_group(
         &mut self,
-        group: Vec<(
-            Vec<u8>,
-            BatchHeader,
-            AppendWait,
-            oneshot::Sender<Result<AppendInfo>>,
-        )>,
+        group: Vec<QueuedAppend>,
     ) {
         let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(group.len());
         let mut placed: Vec<Placed> = Vec::with_capacity(group.len());
@@ -687,7 +684,7 @@ impl Writer {
         }
         let (files, position) = {
             let st = self.state.borrow();
-            (Arc::clone(&st.active().files), st.active().size)
+            (Rc::clone(&st.active().files), st.active().size)
         };
         let mut log = &files.log;
         let written = log.write_vectored_all_at(bufs, position).await.0;
@@ -735,8 +732,8 @@ impl Writer {
                 }
             }
         }
-        if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, &files)) {
-            self.unsynced.push(Arc::clone(&files));
+        if !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &files)) {
+            self.unsynced.push(Rc::clone(&files));
         }
         if let Err(e) = self.persist_active_indexes().await {
             self.fail(&e);
@@ -787,14 +784,14 @@ impl Writer {
         let (files, dir, base) = {
             let st = self.state.borrow();
             (
-                Arc::clone(&st.active().files),
+                Rc::clone(&st.active().files),
                 st.dir.clone(),
                 st.active().next_offset,
             )
         };
         files.sync_log().await?;
         files.sync_indexes().await?;
-        self.unsynced.retain(|f| !Arc::ptr_eq(f, &files));
+        self.unsynced.retain(|f| !Rc::ptr_eq(f, &files));
         let segment = Segment::open_files(&dir, base, true).await?;
         checkpoint::sync_dir(&dir).await?;
         checkpoint::write_checkpoint(&dir, base).await?;
@@ -815,7 +812,7 @@ impl Writer {
         let (files, dir, end) = {
             let st = self.state.borrow();
             (
-                Arc::clone(&st.active().files),
+                Rc::clone(&st.active().files),
                 st.dir.clone(),
                 st.active().next_offset,
             )
@@ -830,7 +827,7 @@ impl Writer {
 
 /// Pending writes of index entries, taken from a segment so no borrow spans the I/O.
 pub(crate) struct IndexWrites {
-    files: Arc<SegmentFiles>,
+    files: Rc<SegmentFiles>,
     index: (Vec<u8>, u64),
     time_index: (Vec<u8>, u64),
 }
@@ -864,7 +861,7 @@ impl Segment {
         let time_at = self.time_index.persisted_bytes();
         let time_index = self.time_index.take_unpersisted();
         IndexWrites {
-            files: Arc::clone(&self.files),
+            files: Rc::clone(&self.files),
             index: (index, index_at),
             time_index: (time_index, time_at),
         }

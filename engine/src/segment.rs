@@ -3,8 +3,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::rc::Rc;
+use std::cell::Cell;
 
 use compio::fs::{File, OpenOptions};
 use compio::io::AsyncReadAt;
@@ -43,7 +43,7 @@ pub struct SegmentFiles {
     log_path: PathBuf,
     index_path: PathBuf,
     time_index_path: PathBuf,
-    unlink_on_drop: AtomicBool,
+    unlink_on_drop: Cell<bool>,
 }
 
 impl SegmentFiles {
@@ -94,13 +94,13 @@ impl SegmentFiles {
     }
 
     pub(crate) fn unlink_when_unused(&self) {
-        self.unlink_on_drop.store(true, Ordering::Release);
+        self.unlink_on_drop.set(true);
     }
 }
 
 impl Drop for SegmentFiles {
     fn drop(&mut self) {
-        if !self.unlink_on_drop.load(Ordering::Acquire) {
+        if !self.unlink_on_drop.get() {
             return;
         }
         for path in [&self.log_path, &self.index_path, &self.time_index_path] {
@@ -119,7 +119,7 @@ impl Drop for SegmentFiles {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub base_offset: i64,
-    pub files: Arc<SegmentFiles>,
+    pub files: Rc<SegmentFiles>,
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
     /// Bytes of whole, written batches. Readers never see past this.
@@ -155,14 +155,14 @@ impl Segment {
         let time_index = open_rw(&time_index_path, true).await?;
         Ok(Self {
             base_offset,
-            files: Arc::new(SegmentFiles {
+            files: Rc::new(SegmentFiles {
                 log,
                 index,
                 time_index,
                 log_path,
                 index_path,
                 time_index_path,
-                unlink_on_drop: AtomicBool::new(false),
+                unlink_on_drop: Cell::new(false),
             }),
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
@@ -380,7 +380,7 @@ impl Segment {
         index_interval_bytes: u64,
     ) -> Result<ScanOutcome> {
         let file_len = self.file_len().await?;
-        let files = Arc::clone(&self.files);
+        let files = Rc::clone(&self.files);
         let mut scanner = BatchScanner::new(&files.log, file_len);
         let mut outcome = ScanOutcome::default();
         let mut pos = from;

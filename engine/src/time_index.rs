@@ -73,7 +73,7 @@ impl TimeIndex {
 
     /// Decodes a time index file; `relative_offset_end` bounds the offsets it may name.
     pub fn decode(bytes: &[u8], relative_offset_end: u64) -> Result<Self, &'static str> {
-        if bytes.len() % TIME_INDEX_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(TIME_INDEX_ENTRY_BYTES) {
             return Err("length is not a whole number of entries");
         }
         if bytes.len() / TIME_INDEX_ENTRY_BYTES > INDEX_ENTRIES_MAX {
