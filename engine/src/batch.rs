@@ -315,11 +315,13 @@ pub fn first_record_at_or_after(bytes: &[u8], target: i64) -> Option<(i64, i64)>
     None
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// A minimal encoder of uncompressed batches, for unit tests and benchmarks. Integration
+/// tests use an independent encoder (the `kafka-protocol` crate) instead.
+#[cfg(any(test, feature = "testing"))]
+pub mod build {
     use super::*;
 
-    /// Encodes a zigzag varint (test helper for building batches by hand).
+    /// Encodes a zigzag varint.
     pub fn put_varint(out: &mut Vec<u8>, value: i64) {
         let mut raw = ((value << 1) ^ (value >> 63)) as u64;
         loop {
@@ -370,6 +372,12 @@ pub(crate) mod tests {
         b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         b
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::{build_batch, put_varint};
+    use super::*;
 
     fn refix_crc(b: &mut [u8]) {
         let crc = compute_crc(b);

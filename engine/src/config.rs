@@ -18,6 +18,18 @@ pub enum FlushPolicy {
     Never,
 }
 
+/// How appends reach the segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePath {
+    /// An io_uring write per group of batches (compio). Never blocks the core; on
+    /// filesystems without non-blocking buffered writes (ext4) the kernel hands each
+    /// write to an io-wq worker thread, which costs a thread wake-up per write.
+    IoUring,
+    /// `pwritev` on the core's own thread: a memcpy into the page cache, with no worker
+    /// hand-off, but it blocks the core if the kernel throttles dirty pages.
+    Inline,
+}
+
 /// How much of the log `open` re-validates when the last shutdown was not clean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryScope {
@@ -40,6 +52,7 @@ pub struct LogConfig {
     /// Largest batch `append` accepts.
     pub batch_bytes_max: usize,
     pub flush_policy: FlushPolicy,
+    pub write_path: WritePath,
     /// Retention by size: delete oldest segments while the log is larger than this.
     pub retention_bytes: Option<u64>,
     /// Retention by time: delete segments whose newest timestamp is older than this.
@@ -55,6 +68,7 @@ impl Default for LogConfig {
             index_interval_bytes: limits::INDEX_INTERVAL_BYTES_DEFAULT,
             batch_bytes_max: limits::BATCH_BYTES_MAX_DEFAULT,
             flush_policy: FlushPolicy::Never,
+            write_path: WritePath::IoUring,
             retention_bytes: None,
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
             recovery_scope: RecoveryScope::SinceCheckpoint,

@@ -19,7 +19,7 @@ pub mod segment;
 pub mod time_index;
 
 pub use batch::{BatchHeader, Compression};
-pub use config::{FlushPolicy, LogConfig, RecoveryScope};
+pub use config::{FlushPolicy, LogConfig, RecoveryScope, WritePath};
 pub use data_dir::{TopicPartition, list_partitions};
 pub use error::{BatchError, ConfigError, LogError};
 pub use io_mode::IoMode;

@@ -14,19 +14,18 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
-use compio::io::AsyncWriteAtExt;
 use futures_channel::{mpsc, oneshot};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
 use crate::checkpoint;
-use crate::config::{FlushPolicy, LogConfig};
+use crate::config::{FlushPolicy, LogConfig, WritePath};
 use crate::error::{LogError, Result};
 use crate::limits::{
     APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, WRITE_GROUP_BATCHES_MAX,
     WRITE_GROUP_BYTES_MAX,
 };
-use crate::segment::{BatchScanner, Scanned, Segment, SegmentFiles, read_at_most};
+use crate::segment::{BatchScanner, Scanned, Segment, SegmentFile, SegmentFiles, read_at_most};
 use crate::{now_ms, recovery};
 
 pub use crate::recovery::RecoveryReport;
@@ -489,7 +488,12 @@ pub(crate) fn whole_batches_len(bytes: &[u8]) -> usize {
 }
 
 /// An append as the writer receives it.
-type QueuedAppend = (Vec<u8>, BatchHeader, AppendWait, oneshot::Sender<Result<AppendInfo>>);
+type QueuedAppend = (
+    Vec<u8>,
+    BatchHeader,
+    AppendWait,
+    oneshot::Sender<Result<AppendInfo>>,
+);
 
 struct DurableWaiter {
     last_offset: i64,
@@ -613,10 +617,7 @@ impl Writer {
         self.state.borrow().failed.clone()
     }
 
-    async fn write_group(
-        &mut self,
-        group: Vec<QueuedAppend>,
-    ) {
+    async fn write_group(&mut self, group: Vec<QueuedAppend>) {
         let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(group.len());
         let mut placed: Vec<Placed> = Vec::with_capacity(group.len());
         let mut next_offset = self.state.borrow().active().next_offset;
@@ -686,10 +687,11 @@ impl Writer {
             let st = self.state.borrow();
             (Rc::clone(&st.active().files), st.active().size)
         };
-        let mut log = &files.log;
-        let written = log.write_vectored_all_at(bufs, position).await.0;
-        if let Err(e) = written {
-            let error = LogError::io(files.log_path(), e);
+        let write_path = self.state.borrow().config.write_path;
+        let written = files
+            .write_all_at(SegmentFile::Log, bufs, position, write_path)
+            .await;
+        if let Err(error) = written {
             self.fail(&error);
             for p in placed {
                 let _ = p.reply.send(Err(LogError::Failed(error.to_string())));
@@ -741,7 +743,10 @@ impl Writer {
     }
 
     async fn persist_active_indexes(&mut self) -> Result<()> {
-        let writes = self.state.borrow_mut().active_mut().take_index_writes();
+        let mut st = self.state.borrow_mut();
+        let write_path = st.config.write_path;
+        let writes = st.active_mut().take_index_writes(write_path);
+        drop(st);
         writes.write().await
     }
 
@@ -830,32 +835,27 @@ pub(crate) struct IndexWrites {
     files: Rc<SegmentFiles>,
     index: (Vec<u8>, u64),
     time_index: (Vec<u8>, u64),
+    write_path: WritePath,
 }
 
 impl IndexWrites {
     pub async fn write(self) -> Result<()> {
-        let (bytes, at) = self.index;
-        if !bytes.is_empty() {
-            let mut f = &self.files.index;
-            f.write_all_at(bytes, at)
-                .await
-                .0
-                .map_err(|e| LogError::io(self.files.log_path(), e))?;
-        }
-        let (bytes, at) = self.time_index;
-        if !bytes.is_empty() {
-            let mut f = &self.files.time_index;
-            f.write_all_at(bytes, at)
-                .await
-                .0
-                .map_err(|e| LogError::io(self.files.log_path(), e))?;
+        for (which, (bytes, at)) in [
+            (SegmentFile::Index, self.index),
+            (SegmentFile::TimeIndex, self.time_index),
+        ] {
+            if !bytes.is_empty() {
+                self.files
+                    .write_all_at(which, vec![bytes], at, self.write_path)
+                    .await?;
+            }
         }
         Ok(())
     }
 }
 
 impl Segment {
-    pub(crate) fn take_index_writes(&mut self) -> IndexWrites {
+    pub(crate) fn take_index_writes(&mut self, write_path: WritePath) -> IndexWrites {
         let index_at = self.offset_index.persisted_bytes();
         let index = self.offset_index.take_unpersisted();
         let time_at = self.time_index.persisted_bytes();
@@ -864,6 +864,7 @@ impl Segment {
             files: Rc::clone(&self.files),
             index: (index, index_at),
             time_index: (time_index, time_at),
+            write_path,
         }
     }
 }

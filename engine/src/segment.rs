@@ -1,15 +1,16 @@
 //! One segment of a partition log: `{base_offset:020}.log` with its `.index` and
 //! `.timeindex`, the in-memory indexes, and the scan that recovery and lookups share.
 
+use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::cell::Cell;
 
 use compio::fs::{File, OpenOptions};
-use compio::io::AsyncReadAt;
+use compio::io::{AsyncReadAt, AsyncWriteAtExt};
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
+use crate::config::WritePath;
 use crate::error::{LogError, Result};
 use crate::limits::{BATCH_BYTES_MAX, SCAN_CHUNK_BYTES};
 use crate::offset_index::{OffsetEntry, OffsetIndex};
@@ -93,6 +94,29 @@ impl SegmentFiles {
             .map_err(|e| LogError::io(&self.time_index_path, e))
     }
 
+    /// Writes `bufs` back to back at `pos` of the log (`Log`), offset index or time index.
+    pub(crate) async fn write_all_at(
+        &self,
+        which: SegmentFile,
+        bufs: Vec<Vec<u8>>,
+        pos: u64,
+        path: WritePath,
+    ) -> Result<()> {
+        let (file, name) = match which {
+            SegmentFile::Log => (&self.log, &self.log_path),
+            SegmentFile::Index => (&self.index, &self.index_path),
+            SegmentFile::TimeIndex => (&self.time_index, &self.time_index_path),
+        };
+        let result = match path {
+            WritePath::IoUring => {
+                let mut f = file;
+                f.write_vectored_all_at(bufs, pos).await.0
+            }
+            WritePath::Inline => pwritev_all(file, &bufs, pos),
+        };
+        result.map_err(|e| LogError::io(name, e))
+    }
+
     pub(crate) fn unlink_when_unused(&self) {
         self.unlink_on_drop.set(true);
     }
@@ -113,6 +137,50 @@ impl Drop for SegmentFiles {
             }
         }
     }
+}
+
+/// The three files of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SegmentFile {
+    Log,
+    Index,
+    TimeIndex,
+}
+
+/// `pwritev` until every byte of `bufs` is written at `pos`, on the calling thread.
+fn pwritev_all(file: &File, bufs: &[Vec<u8>], mut pos: u64) -> io::Result<()> {
+    let mut index = 0usize;
+    let mut skip = 0usize;
+    while index < bufs.len() {
+        if skip == bufs[index].len() {
+            index += 1;
+            skip = 0;
+            continue;
+        }
+        let mut slices = Vec::with_capacity(bufs.len() - index);
+        slices.push(io::IoSlice::new(&bufs[index][skip..]));
+        slices.extend(bufs[index + 1..].iter().map(|b| io::IoSlice::new(b)));
+        let written = match rustix::io::pwritev(file, &slices, pos) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        pos += written as u64;
+        let mut left = written;
+        while left > 0 {
+            let remaining = bufs[index].len() - skip;
+            if left >= remaining {
+                left -= remaining;
+                index += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A segment and what the engine knows about it in memory.
@@ -221,7 +289,8 @@ impl Segment {
         self.files.truncate_indexes().await?;
         self.offset_index.mark_unpersisted();
         self.time_index.mark_unpersisted();
-        self.take_index_writes().write().await
+        // Recovery rewrites through io_uring: it runs once, before any append.
+        self.take_index_writes(WritePath::IoUring).write().await
     }
 
     pub async fn file_len(&self) -> Result<u64> {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use engine::{AppendWait, BatchError, FlushPolicy, LogConfig, LogError, Partition};
+use engine::{AppendWait, BatchError, FlushPolicy, LogConfig, LogError, Partition, WritePath};
 
 #[test]
 fn given_appends_when_read_back_should_get_assigned_offsets_and_same_bytes() {
@@ -81,9 +81,19 @@ fn given_invalid_batch_when_appended_should_refuse_and_leave_log_untouched() {
 
 #[test]
 fn given_small_segments_when_appending_should_roll_and_read_across_segments() {
+    for write_path in [WritePath::IoUring, WritePath::Inline] {
+        roll_and_read_across_segments(write_path);
+    }
+}
+
+fn roll_and_read_across_segments(write_path: WritePath) {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let (p, _) = Partition::open(dir.path(), small_config()).await.unwrap();
+        let config = LogConfig {
+            write_path,
+            ..small_config()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
         let mut expected = Vec::new();
         for i in 0..100 {
             let b = batch(2, 50, i * 10);
@@ -148,10 +158,17 @@ fn given_timestamps_when_searching_should_find_first_record_at_or_after() {
 
 #[test]
 fn given_concurrent_durable_appends_should_share_syncs() {
+    for write_path in [WritePath::IoUring, WritePath::Inline] {
+        concurrent_durable_appends_share_syncs(write_path);
+    }
+}
+
+fn concurrent_durable_appends_share_syncs(write_path: WritePath) {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let config = LogConfig {
             flush_policy: FlushPolicy::EveryAppend,
+            write_path,
             ..LogConfig::default()
         };
         let (p, _) = Partition::open(dir.path(), config).await.unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use engine::{AppendWait, LogConfig, Partition, RecoveryScope};
+use engine::{AppendWait, LogConfig, Partition, RecoveryScope, WritePath};
 use proptest::prelude::*;
 
 fn files_with(dir: &Path, suffix: &str) -> Vec<PathBuf> {
@@ -347,6 +347,7 @@ proptest! {
         damage in damage(),
         segment_bytes in 1024u64..6000,
         full_scope in any::<bool>(),
+        inline in any::<bool>(),
     ) {
         run(async {
             let dir = tempfile::tempdir().unwrap();
@@ -355,6 +356,7 @@ proptest! {
                 index_interval_bytes: 128,
                 batch_bytes_max: 1024,
                 recovery_scope: if full_scope { RecoveryScope::Full } else { RecoveryScope::SinceCheckpoint },
+                write_path: if inline { WritePath::Inline } else { WritePath::IoUring },
                 ..LogConfig::default()
             };
             let batches: Vec<_> = shapes.iter().enumerate().map(|(i, &(n, v))| batch(n, v.min(150), i as i64 * 10)).collect();
