@@ -743,10 +743,11 @@ impl Writer {
     }
 
     async fn persist_active_indexes(&mut self) -> Result<()> {
-        let mut st = self.state.borrow_mut();
-        let write_path = st.config.write_path;
-        let writes = st.active_mut().take_index_writes(write_path);
-        drop(st);
+        let writes = {
+            let mut st = self.state.borrow_mut();
+            let write_path = st.config.write_path;
+            st.active_mut().take_index_writes(write_path)
+        };
         writes.write().await
     }
 
