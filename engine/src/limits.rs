@@ -36,6 +36,10 @@ pub const INDEX_ENTRIES_MAX: usize = (SEGMENT_BYTES_MAX / INDEX_INTERVAL_BYTES_M
 /// Smallest index interval the config accepts.
 pub const INDEX_INTERVAL_BYTES_MIN: u64 = 64;
 
+/// New index entries of the active segment gathered before they are written to the
+/// index files (rolls and closes write them all).
+pub const INDEX_PERSIST_ENTRIES_MIN: usize = 128;
+
 /// Appends waiting for the partition's writer before `append` applies backpressure.
 pub const APPEND_QUEUE_DEPTH_MAX: usize = 1024;
 

@@ -77,6 +77,11 @@ impl OffsetIndex {
     }
 
     /// Bytes the persisted entries take in the file.
+    /// Entries added since the file was last written.
+    pub fn unpersisted(&self) -> usize {
+        self.entries.len() - self.persisted
+    }
+
     pub fn persisted_bytes(&self) -> u64 {
         (self.persisted * OFFSET_INDEX_ENTRY_BYTES) as u64
     }

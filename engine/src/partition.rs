@@ -22,8 +22,8 @@ use crate::checkpoint;
 use crate::config::{FlushPolicy, LogConfig, WritePath};
 use crate::error::{LogError, Result};
 use crate::limits::{
-    APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, WRITE_GROUP_BATCHES_MAX,
-    WRITE_GROUP_BYTES_MAX,
+    APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, INDEX_PERSIST_ENTRIES_MIN,
+    WRITE_GROUP_BATCHES_MAX, WRITE_GROUP_BYTES_MAX,
 };
 use crate::segment::{BatchScanner, Scanned, Segment, SegmentFile, SegmentFiles, read_at_most};
 use crate::{now_ms, recovery};
@@ -737,16 +737,24 @@ impl Writer {
         if !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &files)) {
             self.unsynced.push(Rc::clone(&files));
         }
-        if let Err(e) = self.persist_active_indexes().await {
+        if let Err(e) = self.persist_active_indexes(false).await {
             self.fail(&e);
         }
     }
 
-    async fn persist_active_indexes(&mut self) -> Result<()> {
+    /// Writes the active segment's new index entries to its index files: always when
+    /// `all`, otherwise once enough have gathered to be worth the syscalls. Entries not
+    /// yet written are safe to lose: the active segment's indexes are rebuilt by
+    /// recovery, and rolls and closes write everything first.
+    async fn persist_active_indexes(&mut self, all: bool) -> Result<()> {
         let writes = {
             let mut st = self.state.borrow_mut();
             let write_path = st.config.write_path;
-            st.active_mut().take_index_writes(write_path)
+            let active = st.active_mut();
+            if !all && active.unpersisted_index_entries() < INDEX_PERSIST_ENTRIES_MIN {
+                return Ok(());
+            }
+            active.take_index_writes(write_path)
         };
         writes.write().await
     }
@@ -795,6 +803,7 @@ impl Writer {
                 st.active().next_offset,
             )
         };
+        self.persist_active_indexes(true).await?;
         files.sync_log().await?;
         files.sync_indexes().await?;
         self.unsynced.retain(|f| !Rc::ptr_eq(f, &files));
@@ -823,6 +832,7 @@ impl Writer {
                 st.active().next_offset,
             )
         };
+        self.persist_active_indexes(true).await?;
         files.sync_log().await?;
         files.sync_indexes().await?;
         checkpoint::write_checkpoint(&dir, end).await?;
@@ -856,6 +866,10 @@ impl IndexWrites {
 }
 
 impl Segment {
+    fn unpersisted_index_entries(&self) -> usize {
+        self.offset_index.unpersisted() + self.time_index.unpersisted()
+    }
+
     pub(crate) fn take_index_writes(&mut self, write_path: WritePath) -> IndexWrites {
         let index_at = self.offset_index.persisted_bytes();
         let index = self.offset_index.take_unpersisted();

@@ -67,6 +67,11 @@ impl TimeIndex {
         out
     }
 
+    /// Entries added since the file was last written.
+    pub fn unpersisted(&self) -> usize {
+        self.entries.len() - self.persisted
+    }
+
     pub fn persisted_bytes(&self) -> u64 {
         (self.persisted * TIME_INDEX_ENTRY_BYTES) as u64
     }

@@ -404,3 +404,60 @@ fn given_bad_config_when_opening_should_refuse() {
         ));
     });
 }
+
+#[test]
+fn given_polling_fallback_driver_should_append_read_and_recover() {
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    proactor.driver_type(compio::driver::DriverType::Poll);
+    let rt = compio::runtime::Runtime::builder()
+        .with_proactor(proactor)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        assert_eq!(engine::io_mode::current(), Some(engine::IoMode::Fallback));
+        let (p, _) = Partition::open(dir.path(), small_config()).await.unwrap();
+        let mut expected = Vec::new();
+        for i in 0..30 {
+            let b = batch(2, 50, i);
+            let info = p.append(b.clone(), AppendWait::Written).await.unwrap();
+            expected.extend_from_slice(&with_base_offset(&b, info.base_offset));
+        }
+        assert_eq!(read_everything(&p).await, expected);
+        drop(p);
+        let (p, report) = Partition::open(dir.path(), small_config()).await.unwrap();
+        assert!(!report.clean_shutdown);
+        assert_eq!(read_everything(&p).await, expected);
+    });
+}
+
+#[test]
+fn given_segment_age_limit_when_appending_later_should_roll_by_age() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_age_max: Some(Duration::from_millis(30)),
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        let now = engine::now_ms();
+        p.append(batch(1, 10, now), AppendWait::Written)
+            .await
+            .unwrap();
+        p.append(batch(1, 10, now), AppendWait::Written)
+            .await
+            .unwrap();
+        assert_eq!(p.segment_count(), 1);
+        compio::time::sleep(Duration::from_millis(60)).await;
+        let info = p
+            .append(batch(1, 10, engine::now_ms()), AppendWait::Written)
+            .await
+            .unwrap();
+        assert_eq!(p.segment_count(), 2);
+        assert!(
+            dir.path()
+                .join(format!("{:020}.log", info.base_offset))
+                .exists()
+        );
+    });
+}
