@@ -115,7 +115,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
     report.log_start_offset = segments[0].base_offset;
     report.log_end_offset = log_end;
     report.duration = started.elapsed();
-    if !clean {
+    if report.segments_validated > 0 || report.bytes_truncated > 0 {
         tracing::info!(dir = %dir.display(), ?report, "recovered partition log");
     }
     let state = LogState {

@@ -1,0 +1,191 @@
+//! Starting and stopping the broker: one pinned thread per core, each with its own compio
+//! runtime, its own SO_REUSEPORT listener on the shared port, and its own partitions.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_channel::mpsc;
+
+use crate::config::BrokerConfig;
+use crate::connection;
+use crate::shard::{BrokerShared, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand};
+use crate::topics::Registry;
+
+/// Longest a stopping core waits for its connections to finish their current request.
+const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
+const LISTEN_BACKLOG: i32 = 1024;
+
+pub struct RunningBroker {
+    pub shared: Arc<BrokerShared>,
+    pub addr: SocketAddr,
+    pub io_uring: bool,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    /// Stops accepting, lets in-flight requests finish, closes every partition cleanly.
+    pub fn shutdown(self) {
+        self.shared.begin_shutdown();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
+    let cores = config.core_count();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    // The first listener fixes the port (the configured one may be 0); the others join it.
+    let first = reuseport_listener(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = first.local_addr()?;
+    config.listen = addr;
+    let mut listeners = vec![first];
+    for _ in 1..cores {
+        listeners
+            .push(reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?);
+    }
+    let registry = Registry::open(&config.data_dir, cores).context("cannot load topics")?;
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
+        .map(|_| mpsc::channel::<ShardCommand>(SHARD_INBOX_DEPTH_MAX))
+        .unzip();
+    let shared = Arc::new(BrokerShared::new(config, registry, senders));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<bool, String>>();
+    let mut threads = Vec::with_capacity(cores);
+    for (id, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let shared = Arc::clone(&shared);
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("core-{id}"))
+            .spawn(move || run_core(id, id % cpus, shared, listener, inbox, ready))
+            .context("cannot start core thread")?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let mut io_uring = true;
+    let mut failure = None;
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(uring)) => io_uring &= uring,
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a core thread died during start".to_owned()),
+        }
+    }
+    let broker = RunningBroker {
+        shared,
+        addr,
+        io_uring,
+        threads,
+    };
+    if let Some(e) = failure {
+        broker.shutdown();
+        bail!(e);
+    }
+    Ok(broker)
+}
+
+fn run_core(
+    id: usize,
+    cpu: usize,
+    shared: Arc<BrokerShared>,
+    listener: std::net::TcpListener,
+    inbox: mpsc::Receiver<ShardCommand>,
+    ready: std::sync::mpsc::Sender<Result<bool, String>>,
+) {
+    let runtime = match compio::runtime::RuntimeBuilder::new()
+        .thread_affinity(HashSet::from([cpu]))
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("core {id}: cannot start runtime: {e}")));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let shard = std::rc::Rc::new(Shard::new(id, Arc::clone(&shared)));
+        for meta in shared.registry.list() {
+            if let Err(e) = shard.open_topic(&meta).await {
+                let _ = ready.send(Err(format!(
+                    "core {id}: cannot open topic {}: {e}",
+                    meta.name
+                )));
+                return;
+            }
+        }
+        let listener = match compio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("core {id}: listener: {e}")));
+                return;
+            }
+        };
+        compio::runtime::spawn(std::rc::Rc::clone(&shard).serve_inbox(inbox)).detach();
+        compio::runtime::spawn(retention_loop(std::rc::Rc::clone(&shard))).detach();
+        let uring = engine::io_mode::current() == Some(engine::IoMode::IoUring);
+        let _ = ready.send(Ok(uring));
+        accept_loop(&shard, &listener).await;
+        drop(listener);
+        let deadline = Instant::now() + DRAIN_WAIT_MAX;
+        while shard.connections.get() > 0 && Instant::now() < deadline {
+            compio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shared.drained_and_wait_for_all().await;
+        shard.close_all().await;
+        tracing::debug!(core = id, "core stopped");
+    });
+}
+
+async fn accept_loop(shard: &std::rc::Rc<Shard>, listener: &compio::net::TcpListener) {
+    let max = shard.config().connections_per_core_max;
+    loop {
+        let accept = std::pin::pin!(listener.accept());
+        let stop = std::pin::pin!(shard.shared.stopped());
+        let (stream, peer) = match futures_util::future::select(accept, stop).await {
+            futures_util::future::Either::Left((Ok(conn), _)) => conn,
+            futures_util::future::Either::Left((Err(e), _)) => {
+                tracing::warn!(error = %e, "accept failed");
+                compio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            futures_util::future::Either::Right(_) => return,
+        };
+        if shard.connections.get() >= max {
+            tracing::warn!(%peer, max, "too many connections on this core; closing");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        compio::runtime::spawn(connection::serve(std::rc::Rc::clone(shard), stream, peer)).detach();
+    }
+}
+
+async fn retention_loop(shard: std::rc::Rc<Shard>) {
+    let every = Duration::from_millis(shard.config().log_retention_check_interval_ms.max(1000));
+    loop {
+        let sleep = std::pin::pin!(compio::time::sleep(every));
+        let stop = std::pin::pin!(shard.shared.stopped());
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(sleep, stop).await
+        {
+            return;
+        }
+        shard.apply_retention();
+    }
+}

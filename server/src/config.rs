@@ -1,0 +1,265 @@
+//! Broker configuration: Kafka's defaults, overridden by a TOML file, then by
+//! `BROKER_*` environment variables, then by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use engine::{FlushPolicy, LogConfig, WritePath};
+use serde::Deserialize;
+
+/// Prefix of environment variables that override config keys: `BROKER_MESSAGE_MAX_BYTES`
+/// sets `message_max_bytes`.
+pub const ENV_PREFIX: &str = "BROKER_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// When appended data is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushMode {
+    /// fdatasync per write group; acks=all answers after it (group commit).
+    PerAppend,
+    /// fdatasync every `flush_interval_ms`.
+    Interval,
+    /// Leave it to the OS (Kafka's default); acks=all answers once written.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    IoUring,
+    Inline,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Host name given to clients in Metadata; the listen address when unset.
+    pub advertised_host: Option<String>,
+    pub data_dir: PathBuf,
+    /// Cores to run on (one pinned runtime each); 0 means all.
+    pub cores: usize,
+    /// Largest record batch accepted (Kafka `message.max.bytes`).
+    pub message_max_bytes: usize,
+    /// Largest request frame accepted (Kafka `socket.request.max.bytes`).
+    pub socket_request_max_bytes: usize,
+    /// Create topics on first Metadata request for them (`auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic (`num.partitions`).
+    pub num_partitions: i32,
+    pub log_segment_bytes: u64,
+    pub log_segment_ms: u64,
+    pub log_retention_ms: i64,
+    /// -1: no size limit.
+    pub log_retention_bytes: i64,
+    pub log_retention_check_interval_ms: u64,
+    pub flush: FlushMode,
+    pub flush_interval_ms: u64,
+    pub write_path: WriteMode,
+    /// Longest a fetch may wait for data, whatever the client asks.
+    pub fetch_max_wait_ms_max: u64,
+    /// Open connections per core; more are closed at accept.
+    pub connections_per_core_max: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: None,
+            data_dir: PathBuf::from("./data"),
+            cores: 0,
+            message_max_bytes: 1_048_588,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            auto_create_topics: true,
+            num_partitions: 1,
+            log_segment_bytes: 1024 * 1024 * 1024,
+            log_segment_ms: 7 * 24 * 3600 * 1000,
+            log_retention_ms: 7 * 24 * 3600 * 1000,
+            log_retention_bytes: -1,
+            log_retention_check_interval_ms: 5 * 60 * 1000,
+            flush: FlushMode::PerAppend,
+            flush_interval_ms: 1000,
+            write_path: WriteMode::IoUring,
+            fetch_max_wait_ms_max: 30_000,
+            connections_per_core_max: 10_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Defaults, then the TOML file if given, then `BROKER_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Toml {
+                        path: path.to_owned(),
+                        source: Box::new(source),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            table.insert(name.to_ascii_lowercase(), env_value(&value));
+        }
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.num_partitions < 1 {
+            return bad(format!(
+                "num_partitions = {} must be at least 1",
+                self.num_partitions
+            ));
+        }
+        if self.message_max_bytes > self.socket_request_max_bytes {
+            return bad("message_max_bytes exceeds socket_request_max_bytes".into());
+        }
+        if self.socket_request_max_bytes > i32::MAX as usize {
+            return bad("socket_request_max_bytes exceeds 2 GiB".into());
+        }
+        self.log_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Cores to run on.
+    pub fn core_count(&self) -> usize {
+        if self.cores == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.cores
+        }
+    }
+
+    /// The engine configuration every partition starts from.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.log_segment_bytes,
+            segment_age_max: Some(Duration::from_millis(self.log_segment_ms)),
+            batch_bytes_max: self.message_max_bytes,
+            flush_policy: match self.flush {
+                FlushMode::PerAppend => FlushPolicy::EveryAppend,
+                FlushMode::Interval => {
+                    FlushPolicy::Interval(Duration::from_millis(self.flush_interval_ms.max(1)))
+                }
+                FlushMode::None => FlushPolicy::Never,
+            },
+            write_path: match self.write_path {
+                WriteMode::IoUring => WritePath::IoUring,
+                WriteMode::Inline => WritePath::Inline,
+            },
+            retention_bytes: u64::try_from(self.log_retention_bytes).ok(),
+            retention_age: u64::try_from(self.log_retention_ms)
+                .ok()
+                .map(Duration::from_millis),
+            ..LogConfig::default()
+        }
+    }
+
+    pub fn advertised_host(&self) -> String {
+        self.advertised_host
+            .clone()
+            .unwrap_or_else(|| self.listen.ip().to_string())
+    }
+}
+
+/// Environment values are typed the way TOML would read them: integers, booleans,
+/// otherwise strings.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(raw.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_are_kafkas() {
+        let c = BrokerConfig::load(None, env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.message_max_bytes, 1_048_588);
+        assert_eq!(c.socket_request_max_bytes, 100 * 1024 * 1024);
+        assert!(c.auto_create_topics);
+        assert_eq!(c.num_partitions, 1);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "num_partitions = 3\nflush = \"none\"\nlisten = \"127.0.0.1:1234\"\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::load(
+            Some(&path),
+            env(&[
+                ("BROKER_NUM_PARTITIONS", "6"),
+                ("OTHER", "x"),
+                ("BROKER_AUTO_CREATE_TOPICS", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.num_partitions, 6);
+        assert_eq!(c.flush, FlushMode::None);
+        assert!(!c.auto_create_topics);
+        assert_eq!(c.listen.port(), 1234);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(BrokerConfig::load(None, env(&[("BROKER_NO_SUCH_KEY", "1")])).is_err());
+        assert!(BrokerConfig::load(None, env(&[("BROKER_NUM_PARTITIONS", "0")])).is_err());
+        assert!(BrokerConfig::load(None, env(&[("BROKER_FLUSH", "sometimes")])).is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! CreateTopics (v2-4), DeleteTopics (v1-3) and DescribeConfigs (v1-3).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, TopicName,
+};
+
+use super::{Request, str_bytes};
+use crate::fetch_response::Piece;
+use crate::protocol::{DecodeError, error_code};
+use crate::shard::Shard;
+use crate::topics::{TOPIC_CONFIG_KEYS, TopicError, TopicMeta, check_config};
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// `config_source` values of DescribeConfigs v1+.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    let req: CreateTopicsRequest = request.decode("CreateTopics request")?;
+    let mut results = Vec::with_capacity(req.topics.len());
+    for topic in &req.topics {
+        let name = topic.name.0.to_string();
+        let outcome = create_one(shard, topic, req.validate_only).await;
+        let result = CreatableTopicResult::default().with_name(TopicName(str_bytes(&name)));
+        results.push(match outcome {
+            // num_partitions and replication_factor exist from v5 on.
+            Ok(meta) if request.version >= 5 => result
+                .with_num_partitions(meta.partitions)
+                .with_replication_factor(1),
+            Ok(_) => result,
+            Err((code, message)) => {
+                tracing::debug!(topic = %name, code, %message, "create topic refused");
+                result
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(&message)))
+            }
+        });
+    }
+    request.respond(&CreateTopicsResponse::default().with_topics(results))
+}
+
+async fn create_one(
+    shard: &Rc<Shard>,
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+    validate_only: bool,
+) -> Result<TopicMeta, (i16, String)> {
+    let name = topic.name.0.to_string();
+    if !matches!(topic.replication_factor, -1 | 1) {
+        return Err((
+            error_code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {} is not available on a single broker",
+                topic.replication_factor
+            ),
+        ));
+    }
+    if !topic.assignments.is_empty() {
+        return Err((
+            error_code::INVALID_REPLICA_ASSIGNMENT,
+            "manual replica assignment is not supported".into(),
+        ));
+    }
+    let partitions = if topic.num_partitions == -1 {
+        shard.config().num_partitions
+    } else {
+        topic.num_partitions
+    };
+    let mut configs = BTreeMap::new();
+    for c in &topic.configs {
+        let key = c.name.to_string();
+        let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        check_config(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
+        configs.insert(key, value);
+    }
+    let meta = TopicMeta {
+        name: name.clone(),
+        partitions,
+        configs,
+    };
+    if validate_only {
+        if shard.shared.registry.get(&name).is_some() {
+            return Err((
+                error_code::TOPIC_ALREADY_EXISTS,
+                format!("topic {name} already exists"),
+            ));
+        }
+        return Ok(meta);
+    }
+    let meta = shard.shared.registry.create(meta).map_err(|e| {
+        let code = match e {
+            TopicError::AlreadyExists(_) => error_code::TOPIC_ALREADY_EXISTS,
+            TopicError::InvalidName(_) => error_code::INVALID_TOPIC_EXCEPTION,
+            TopicError::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,
+            TopicError::InvalidConfig { .. } => error_code::INVALID_CONFIG,
+            TopicError::Storage(_) => error_code::UNKNOWN_SERVER_ERROR,
+        };
+        (code, e.to_string())
+    })?;
+    shard
+        .open_topic_everywhere(&meta)
+        .await
+        .map_err(|e| (error_code::UNKNOWN_SERVER_ERROR, e))?;
+    tracing::info!(topic = %meta.name, partitions = meta.partitions, "created topic");
+    Ok(meta)
+}
+
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    let req: DeleteTopicsRequest = request.decode("DeleteTopics request")?;
+    let mut results = Vec::with_capacity(req.topic_names.len());
+    for name in &req.topic_names {
+        let topic = name.0.to_string();
+        let result = DeletableTopicResult::default().with_name(Some(name.clone()));
+        let code = match shard.shared.registry.delete(&topic) {
+            None => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            Some(_) => match shard.delete_topic_everywhere(&topic).await {
+                Ok(()) => {
+                    tracing::info!(%topic, "deleted topic");
+                    error_code::NONE
+                }
+                Err(e) => {
+                    tracing::error!(%topic, error = %e, "deleting topic failed");
+                    error_code::UNKNOWN_SERVER_ERROR
+                }
+            },
+        };
+        results.push(result.with_error_code(code));
+    }
+    request.respond(&DeleteTopicsResponse::default().with_responses(results))
+}
+
+pub fn describe_configs(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    let req: DescribeConfigsRequest = request.decode("DescribeConfigs request")?;
+    let mut results = Vec::with_capacity(req.resources.len());
+    for resource in &req.resources {
+        let name = resource.resource_name.to_string();
+        let wanted = |key: &str| {
+            resource
+                .configuration_keys
+                .as_ref()
+                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
+        };
+        let result = DescribeConfigsResult::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        let entries = match resource.resource_type {
+            RESOURCE_TOPIC => match shard.shared.registry.get(&name) {
+                Some(meta) => Ok(topic_configs(shard, &meta)),
+                None => Err((
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic {name}"),
+                )),
+            },
+            RESOURCE_BROKER => Ok(broker_configs(shard)),
+            other => Err((
+                error_code::INVALID_REQUEST,
+                format!("resource type {other} is not supported"),
+            )),
+        };
+        results.push(match entries {
+            Ok(entries) => result.with_configs(
+                entries
+                    .into_iter()
+                    .filter(|(key, _, _)| wanted(key))
+                    .map(|(key, value, source)| {
+                        DescribeConfigsResourceResult::default()
+                            .with_name(str_bytes(&key))
+                            .with_value(Some(str_bytes(&value)))
+                            .with_read_only(resource.resource_type == RESOURCE_BROKER)
+                            .with_config_source(source)
+                    })
+                    .collect(),
+            ),
+            Err((code, message)) => result
+                .with_error_code(code)
+                .with_error_message(Some(str_bytes(&message))),
+        });
+    }
+    request.respond(&DescribeConfigsResponse::default().with_results(results))
+}
+
+/// (name, value, source) of a topic's configs: its overrides, else the broker's values.
+fn topic_configs(shard: &Shard, meta: &TopicMeta) -> Vec<(String, String, i8)> {
+    let c = shard.config();
+    let defaults: BTreeMap<&str, String> = BTreeMap::from([
+        ("cleanup.policy", "delete".to_owned()),
+        ("retention.ms", c.log_retention_ms.to_string()),
+        ("retention.bytes", c.log_retention_bytes.to_string()),
+        ("segment.bytes", c.log_segment_bytes.to_string()),
+        ("segment.ms", c.log_segment_ms.to_string()),
+        ("max.message.bytes", c.message_max_bytes.to_string()),
+    ]);
+    let mut out: Vec<(String, String, i8)> = TOPIC_CONFIG_KEYS
+        .iter()
+        .map(|key| match meta.configs.get(*key) {
+            Some(v) => (key.to_string(), v.clone(), SOURCE_TOPIC),
+            None => (
+                key.to_string(),
+                defaults.get(key).cloned().unwrap_or_default(),
+                SOURCE_DEFAULT,
+            ),
+        })
+        .collect();
+    out.push(("min.insync.replicas".into(), "1".into(), SOURCE_DEFAULT));
+    out.push((
+        "message.timestamp.type".into(),
+        "CreateTime".into(),
+        SOURCE_DEFAULT,
+    ));
+    out.push(("compression.type".into(), "producer".into(), SOURCE_DEFAULT));
+    out
+}
+
+fn broker_configs(shard: &Shard) -> Vec<(String, String, i8)> {
+    let c = shard.config();
+    [
+        ("broker.id", "0".to_owned()),
+        ("log.dirs", c.data_dir.display().to_string()),
+        ("message.max.bytes", c.message_max_bytes.to_string()),
+        (
+            "socket.request.max.bytes",
+            c.socket_request_max_bytes.to_string(),
+        ),
+        (
+            "auto.create.topics.enable",
+            c.auto_create_topics.to_string(),
+        ),
+        ("num.partitions", c.num_partitions.to_string()),
+        ("default.replication.factor", "1".to_owned()),
+        ("log.segment.bytes", c.log_segment_bytes.to_string()),
+        ("log.retention.ms", c.log_retention_ms.to_string()),
+        ("log.retention.bytes", c.log_retention_bytes.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v, SOURCE_STATIC_BROKER))
+    .collect()
+}

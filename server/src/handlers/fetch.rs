@@ -1,0 +1,128 @@
+//! Fetch (v4-11): for each partition, file ranges from the batch that holds the fetch
+//! offset, sent by zero-copy. Long-polls until `min_bytes` arrive or `max_wait_ms`
+//! passes, woken by the partitions' append events rather than by polling.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use engine::TopicPartition;
+use kafka_protocol::messages::FetchRequest;
+
+use super::Request;
+use crate::fetch_response::{self, PartitionData, Piece, TopicData};
+use crate::protocol::{DecodeError, error_code};
+use crate::shard::Shard;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    let req: FetchRequest = request.decode("Fetch request")?;
+    let wait_cap = Duration::from_millis(shard.config().fetch_max_wait_ms_max);
+    let max_wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(wait_cap);
+    let deadline = Instant::now() + max_wait;
+    let min_bytes = req.min_bytes.max(0) as u64;
+    let response_max = if req.max_bytes > 0 {
+        req.max_bytes as u64
+    } else {
+        u64::MAX
+    };
+    loop {
+        // Listen before reading, so an append between the read and the wait is not missed.
+        let listeners: Vec<_> = req
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().filter_map(|p| {
+                    shard
+                        .shared
+                        .registry
+                        .data_event(t.topic.0.as_str(), p.partition)
+                })
+            })
+            .map(|event| event.listen())
+            .collect();
+        let (topics, bytes, any_error) = read_all(shard, &req, response_max).await;
+        let now = Instant::now();
+        if bytes >= min_bytes
+            || any_error
+            || now >= deadline
+            || listeners.is_empty()
+            || shard.shared.stopping()
+        {
+            let pieces = fetch_response::encode(
+                request.version,
+                request.correlation_id,
+                error_code::NONE,
+                topics,
+            );
+            return Ok(Some(pieces));
+        }
+        drop(topics);
+        let woken = futures_util::future::select_all(listeners);
+        let _ = compio::time::timeout_at(deadline, woken).await;
+    }
+}
+
+async fn read_all(
+    shard: &Rc<Shard>,
+    req: &FetchRequest,
+    response_max: u64,
+) -> (Vec<TopicData>, u64, bool) {
+    let mut budget = response_max;
+    let mut total = 0u64;
+    let mut any_error = false;
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for topic in &req.topics {
+        let name = topic.topic.0.to_string();
+        let known = shard.shared.registry.get(&name);
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let valid = known
+                .as_ref()
+                .is_some_and(|m| (0..m.partitions).contains(&p.partition));
+            let limit = (p.partition_max_bytes.max(0) as u64).min(budget);
+            let result = match TopicPartition::new(&name, p.partition) {
+                Ok(tp) if valid => shard.read(tp, p.fetch_offset, limit).await,
+                _ => Err(crate::shard::PartitionError::UnknownTopicOrPartition),
+            };
+            let data = match result {
+                Ok(read) => {
+                    let got: u64 = read.records.iter().map(Piece::len).sum();
+                    // The first batch is whole even past the limit (KIP-74); only later
+                    // partitions are cut by the response budget.
+                    let records = if limit == 0 && total > 0 {
+                        Vec::new()
+                    } else {
+                        read.records
+                    };
+                    let got = if records.is_empty() { 0 } else { got };
+                    total += got;
+                    budget = budget.saturating_sub(got);
+                    PartitionData {
+                        partition: p.partition,
+                        error_code: error_code::NONE,
+                        high_watermark: read.offsets.log_end_offset,
+                        last_stable_offset: read.offsets.log_end_offset,
+                        log_start_offset: read.offsets.log_start_offset,
+                        records,
+                    }
+                }
+                Err(e) => {
+                    any_error = true;
+                    PartitionData {
+                        partition: p.partition,
+                        error_code: e.code(),
+                        high_watermark: -1,
+                        last_stable_offset: -1,
+                        log_start_offset: -1,
+                        records: Vec::new(),
+                    }
+                }
+            };
+            partitions.push(data);
+        }
+        topics.push(TopicData { name, partitions });
+    }
+    (topics, total, any_error)
+}

@@ -1,0 +1,68 @@
+//! One module per Kafka API. Each takes a decoded request and returns the response
+//! frame as pieces (or nothing, for Produce with acks=0).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
+
+use crate::fetch_response::Piece;
+use crate::protocol::{self, DecodeError};
+use crate::shard::Shard;
+
+pub mod admin;
+pub mod api_versions;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+pub struct Request {
+    pub key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn decode<T: kafka_protocol::protocol::Decodable>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<T, DecodeError> {
+        protocol::decode_body(&mut self.body, self.version, what)
+    }
+
+    pub fn respond<T: kafka_protocol::protocol::Encodable>(
+        &self,
+        body: &T,
+    ) -> Result<Option<Vec<Piece>>, DecodeError> {
+        let frame = protocol::encode_response(self.key, self.version, self.correlation_id, body)?;
+        Ok(Some(vec![Piece::Bytes(frame)]))
+    }
+}
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    match request.key {
+        ApiKey::ApiVersions => api_versions::handle(request),
+        ApiKey::Metadata => metadata::handle(shard, request).await,
+        ApiKey::Produce => produce::handle(shard, request).await,
+        ApiKey::Fetch => fetch::handle(shard, request).await,
+        ApiKey::ListOffsets => list_offsets::handle(shard, request).await,
+        ApiKey::CreateTopics => admin::create_topics(shard, request).await,
+        ApiKey::DeleteTopics => admin::delete_topics(shard, request).await,
+        ApiKey::DescribeConfigs => admin::describe_configs(shard, request),
+        // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
+        other => Err(DecodeError::Malformed {
+            what: "request",
+            reason: format!("{other:?} is not served"),
+        }),
+    }
+}
+
+pub fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}

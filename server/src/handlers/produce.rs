@@ -1,0 +1,147 @@
+//! Produce (v3-8; v0-2 are advertised for librdkafka's sake and refused per partition).
+//! Each partition's batch goes to the core that owns it; acks=1 answers once written,
+//! acks=all once durable under the flush policy, acks=0 not at all.
+
+use std::rc::Rc;
+
+use engine::{AppendWait, TopicPartition};
+use kafka_protocol::messages::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+
+use super::{Request, str_bytes};
+use crate::fetch_response::Piece;
+use crate::protocol::{DecodeError, PRODUCE_VERSION_MIN_ACCEPTED, error_code};
+use crate::shard::{PartitionError, Shard};
+
+struct Outcome {
+    code: i16,
+    base_offset: i64,
+    log_start_offset: i64,
+    message: Option<String>,
+}
+
+impl Outcome {
+    fn error(code: i16, message: Option<String>) -> Self {
+        Self {
+            code,
+            base_offset: -1,
+            log_start_offset: -1,
+            message,
+        }
+    }
+}
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    let req: ProduceRequest = request.decode("Produce request")?;
+    let version_ok = request.version >= PRODUCE_VERSION_MIN_ACCEPTED;
+    let acks_ok = matches!(req.acks, -1..=1);
+    let wait = if req.acks == -1 {
+        AppendWait::Durable
+    } else {
+        AppendWait::Written
+    };
+
+    let mut pending = Vec::new();
+    for topic in &req.topic_data {
+        let name = topic.name.0.to_string();
+        for pd in &topic.partition_data {
+            let outcome = if !version_ok {
+                Err(Outcome::error(error_code::UNSUPPORTED_VERSION, None))
+            } else if !acks_ok {
+                Err(Outcome::error(error_code::INVALID_REQUIRED_ACKS, None))
+            } else {
+                check_partition(shard, &name, pd.index, pd.records.as_deref())
+            };
+            pending.push((name.clone(), pd.index, outcome, pd.records.clone()));
+        }
+    }
+    let appends = pending.into_iter().map(|(name, index, checked, records)| async move {
+        let outcome = match (checked, records) {
+            (Err(outcome), _) => outcome,
+            (Ok(tp), Some(records)) => match shard.append(tp, records.to_vec(), wait).await {
+                Ok(info) => Outcome {
+                    code: error_code::NONE,
+                    base_offset: info.base_offset,
+                    log_start_offset: info.log_start_offset,
+                    message: None,
+                },
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
+                    Outcome::error(e.code(), Some(e.to_string()))
+                }
+            },
+            (Ok(_), None) => Outcome::error(error_code::INVALID_RECORD, Some("no records".into())),
+        };
+        (name, index, outcome)
+    });
+    let results = futures_util::future::join_all(appends).await;
+    if req.acks == 0 {
+        return Ok(None);
+    }
+    let mut topics: Vec<TopicProduceResponse> = Vec::new();
+    for (name, index, outcome) in results {
+        let mut partition = PartitionProduceResponse::default()
+            .with_index(index)
+            .with_error_code(outcome.code)
+            .with_base_offset(outcome.base_offset);
+        // Fields the version does not carry must stay at their defaults.
+        if request.version >= 5 {
+            partition = partition.with_log_start_offset(outcome.log_start_offset);
+        }
+        if request.version >= 8 {
+            partition = partition.with_error_message(outcome.message.as_deref().map(str_bytes));
+        }
+        match topics.iter_mut().find(|t| t.name.0.as_str() == name) {
+            Some(t) => t.partition_responses.push(partition),
+            None => topics.push(
+                TopicProduceResponse::default()
+                    .with_name(kafka_protocol::messages::TopicName(str_bytes(&name)))
+                    .with_partition_responses(vec![partition]),
+            ),
+        }
+    }
+    request.respond(&ProduceResponse::default().with_responses(topics))
+}
+
+/// Checks what can be checked before the batch travels to its core: the partition
+/// exists, the records are one batch, and not larger than `message_max_bytes`.
+fn check_partition(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    records: Option<&[u8]>,
+) -> Result<TopicPartition, Outcome> {
+    let meta = shard
+        .shared
+        .registry
+        .get(topic)
+        .ok_or(Outcome::error(error_code::UNKNOWN_TOPIC_OR_PARTITION, None))?;
+    if partition < 0 || partition >= meta.partitions {
+        return Err(Outcome::error(error_code::UNKNOWN_TOPIC_OR_PARTITION, None));
+    }
+    let tp = TopicPartition::new(topic, partition)
+        .map_err(|e| Outcome::error(error_code::INVALID_TOPIC_EXCEPTION, Some(e.to_string())))?;
+    let records = records.unwrap_or_default();
+    let max = shard.config().message_max_bytes;
+    if records.len() > max {
+        let e = PartitionError::MessageTooLarge(format!(
+            "batch of {} bytes exceeds message.max.bytes {max}",
+            records.len()
+        ));
+        return Err(Outcome::error(e.code(), Some(e.to_string())));
+    }
+    if let Ok(header) = engine::BatchHeader::parse(records)
+        && header.declared_total_bytes() < records.len() as i64
+    {
+        return Err(Outcome::error(
+            error_code::INVALID_RECORD,
+            Some("produce requests must carry exactly one record batch per partition".into()),
+        ));
+    }
+    Ok(tp)
+}

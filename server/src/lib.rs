@@ -1,0 +1,11 @@
+//! The Kafka-compatible broker: a thread-per-core runtime over the `engine`'s partition
+//! logs, speaking the Kafka protocol, serving fetches by zero-copy.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod fetch_response;
+pub mod handlers;
+pub mod protocol;
+pub mod shard;
+pub mod topics;

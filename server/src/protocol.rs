@@ -1,0 +1,144 @@
+//! The Kafka protocol surface: which APIs and versions we serve, error codes, request
+//! framing, and response encoding. Bodies are decoded and encoded by the `kafka-protocol`
+//! crate, except the Fetch response, written by hand in `fetch_response.rs`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+/// Kafka error codes the broker answers with.
+pub mod error_code {
+    pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const INVALID_RECORD: i16 = 87;
+}
+
+/// The APIs we advertise, with version ranges (BRIEF §3). Only what works is listed.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    // v0-2 are advertised so that librdkafka enables compression (librdkafka#4956), and
+    // answered with UNSUPPORTED_VERSION.
+    (ApiKey::Produce, 0, 8),
+    (ApiKey::Fetch, 4, 11),
+    (ApiKey::ListOffsets, 1, 5),
+    (ApiKey::Metadata, 0, 8),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 4),
+    (ApiKey::DeleteTopics, 1, 3),
+    (ApiKey::DescribeConfigs, 1, 3),
+];
+
+/// The lowest Produce version we accept (record batch v2 needs 3).
+pub const PRODUCE_VERSION_MIN_ACCEPTED: i16 = 3;
+
+pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, min, max)| (min, max))
+}
+
+/// Size of api_key + api_version + correlation_id: the least a request can hold.
+pub const REQUEST_PREFIX_BYTES: usize = 8;
+
+/// The fixed start of every request, readable before anything else is trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestPrefix {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+}
+
+impl RequestPrefix {
+    pub fn parse(frame: &[u8]) -> Option<Self> {
+        let b = frame.get(..REQUEST_PREFIX_BYTES)?;
+        Some(Self {
+            api_key: i16::from_be_bytes([b[0], b[1]]),
+            api_version: i16::from_be_bytes([b[2], b[3]]),
+            correlation_id: i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+}
+
+/// Decodes the request header of `frame`, leaving `body` positioned at the request body.
+pub fn decode_header(
+    key: ApiKey,
+    version: i16,
+    frame: Bytes,
+) -> Result<(RequestHeader, Bytes), DecodeError> {
+    let mut buf = frame;
+    let header_version = key.request_header_version(version);
+    let header =
+        RequestHeader::decode(&mut buf, header_version).map_err(|e| DecodeError::Malformed {
+            what: "request header",
+            reason: e.to_string(),
+        })?;
+    Ok((header, buf))
+}
+
+pub fn decode_body<T: Decodable>(
+    body: &mut Bytes,
+    version: i16,
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    T::decode(body, version).map_err(|e| DecodeError::Malformed {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// Encodes a whole response frame: length, header, body.
+pub fn encode_response<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Vec<u8>, DecodeError> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0); // length, patched below
+    encode_response_header(&mut buf, key, version, correlation_id)?;
+    body.encode(&mut buf, version)
+        .map_err(|e| DecodeError::Malformed {
+            what: "response",
+            reason: e.to_string(),
+        })?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.to_vec())
+}
+
+pub fn encode_response_header(
+    buf: &mut BytesMut,
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+) -> Result<(), DecodeError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(buf, key.response_header_version(version))
+        .map_err(|e| DecodeError::Malformed {
+            what: "response header",
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,581 @@
+//! A shard: one core's runtime state. It owns a set of partitions exclusively and
+//! serves requests for them, whether they come from its own connections (direct calls)
+//! or from other cores (messages on its inbox). Nothing here is shared across threads
+//! but the inbox senders, the topic registry and the shutdown signal.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use engine::{AppendInfo, AppendWait, LogError, LogOffsets, Partition, TopicPartition};
+use event_listener::Event;
+use futures_channel::{mpsc, oneshot};
+use futures_util::{SinkExt, StreamExt};
+
+use crate::config::BrokerConfig;
+use crate::fetch_response::{Piece, SendFile};
+use crate::protocol::error_code;
+use crate::topics::{Registry, TopicMeta, log_config_for};
+
+/// Messages queued to another core before senders wait.
+pub const SHARD_INBOX_DEPTH_MAX: usize = 4096;
+
+/// State every core shares.
+pub struct BrokerShared {
+    pub config: BrokerConfig,
+    pub registry: Registry,
+    pub shards: Vec<mpsc::Sender<ShardCommand>>,
+    pub cluster_id: String,
+    stopping: AtomicBool,
+    shutdown: Event,
+    drained: AtomicUsize,
+    drained_event: Event,
+}
+
+impl BrokerShared {
+    pub fn new(
+        config: BrokerConfig,
+        registry: Registry,
+        shards: Vec<mpsc::Sender<ShardCommand>>,
+    ) -> Self {
+        Self {
+            config,
+            registry,
+            shards,
+            cluster_id: "rust-log-broker".to_owned(),
+            stopping: AtomicBool::new(false),
+            shutdown: Event::new(),
+            drained: AtomicUsize::new(0),
+            drained_event: Event::new(),
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Asks every core to stop accepting and finish in-flight work.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.shutdown.notify(usize::MAX);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let listener = self.shutdown.listen();
+            if self.stopping() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Marks this core's connections as finished and waits for every core's, so that no
+    /// core closes its partitions while another still forwards requests to them.
+    pub async fn drained_and_wait_for_all(&self) {
+        self.drained.fetch_add(1, Ordering::AcqRel);
+        self.drained_event.notify(usize::MAX);
+        loop {
+            if self.drained.load(Ordering::Acquire) >= self.shards.len() {
+                return;
+            }
+            let listener = self.drained_event.listen();
+            if self.drained.load(Ordering::Acquire) >= self.shards.len() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Why an operation on a partition failed, as Kafka error codes see it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PartitionError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("offset out of range")]
+    OffsetOutOfRange,
+    #[error("{0}")]
+    MessageTooLarge(String),
+    #[error("{0}")]
+    CorruptMessage(String),
+    #[error("{0}")]
+    InvalidRecord(String),
+    #[error("{0}")]
+    UnsupportedMessageFormat(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl PartitionError {
+    pub fn code(&self) -> i16 {
+        match self {
+            PartitionError::UnknownTopicOrPartition => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            PartitionError::OffsetOutOfRange => error_code::OFFSET_OUT_OF_RANGE,
+            PartitionError::MessageTooLarge(_) => error_code::MESSAGE_TOO_LARGE,
+            PartitionError::CorruptMessage(_) => error_code::CORRUPT_MESSAGE,
+            PartitionError::InvalidRecord(_) => error_code::INVALID_RECORD,
+            PartitionError::UnsupportedMessageFormat(_) => {
+                error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT
+            }
+            PartitionError::Storage(_) => error_code::KAFKA_STORAGE_ERROR,
+        }
+    }
+}
+
+impl From<LogError> for PartitionError {
+    fn from(e: LogError) -> Self {
+        use engine::BatchError as B;
+        match e {
+            LogError::InvalidBatch(b) => match b {
+                B::TooLarge { .. } => PartitionError::MessageTooLarge(b.to_string()),
+                B::CrcMismatch { .. } => PartitionError::CorruptMessage(b.to_string()),
+                B::UnsupportedMagic { .. } => {
+                    PartitionError::UnsupportedMessageFormat(b.to_string())
+                }
+                other => PartitionError::InvalidRecord(other.to_string()),
+            },
+            LogError::OffsetOutOfRange { .. } => PartitionError::OffsetOutOfRange,
+            other => PartitionError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// What ListOffsets asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum OffsetQuery {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+/// Records of one partition read on the core that owns it.
+pub struct ReadResult {
+    pub offsets: LogOffsets,
+    pub records: Vec<Piece>,
+}
+
+/// A read answered by another core: duplicated descriptors, since files are core-local.
+pub struct RemoteRead {
+    offsets: LogOffsets,
+    ranges: Vec<(OwnedFd, u64, u64)>,
+}
+
+/// Requests one core sends another.
+pub enum ShardCommand {
+    Append {
+        tp: TopicPartition,
+        batch: Vec<u8>,
+        wait: AppendWait,
+        reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
+    },
+    Read {
+        tp: TopicPartition,
+        offset: i64,
+        max_bytes: u64,
+        reply: oneshot::Sender<Result<RemoteRead, PartitionError>>,
+    },
+    Offsets {
+        tp: TopicPartition,
+        query: OffsetQuery,
+        reply: oneshot::Sender<Result<(i64, i64), PartitionError>>,
+    },
+    OpenTopic {
+        meta: TopicMeta,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    DeleteTopic {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+struct OwnedPartition {
+    log: Partition,
+    data_event: Arc<Event>,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<BrokerShared>,
+    partitions: RefCell<HashMap<TopicPartition, OwnedPartition>>,
+    pub connections: Cell<usize>,
+}
+
+impl Shard {
+    pub fn new(id: usize, shared: Arc<BrokerShared>) -> Self {
+        Self {
+            id,
+            shared,
+            partitions: RefCell::new(HashMap::new()),
+            connections: Cell::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.shared.config
+    }
+
+    fn local(&self, tp: &TopicPartition) -> Result<Partition, PartitionError> {
+        self.partitions
+            .borrow()
+            .get(tp)
+            .map(|p| p.log.clone())
+            .ok_or(PartitionError::UnknownTopicOrPartition)
+    }
+
+    fn owner(&self, tp: &TopicPartition) -> usize {
+        self.shared.registry.owner(tp.topic(), tp.partition())
+    }
+
+    async fn send(&self, owner: usize, command: ShardCommand) -> Result<(), PartitionError> {
+        let Some(sender) = self.shared.shards.get(owner) else {
+            return Err(PartitionError::Storage(format!("no core {owner}")));
+        };
+        sender
+            .clone()
+            .send(command)
+            .await
+            .map_err(|_| PartitionError::Storage(format!("core {owner} is gone")))
+    }
+
+    // ---- operations routed to the owning core ----
+
+    pub async fn append(
+        &self,
+        tp: TopicPartition,
+        batch: Vec<u8>,
+        wait: AppendWait,
+    ) -> Result<AppendInfo, PartitionError> {
+        let owner = self.owner(&tp);
+        if owner == self.id {
+            return self.local_append(&tp, batch, wait).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            owner,
+            ShardCommand::Append {
+                tp,
+                batch,
+                wait,
+                reply,
+            },
+        )
+        .await?;
+        answer.await.map_err(|_| gone(owner))?
+    }
+
+    pub async fn read(
+        &self,
+        tp: TopicPartition,
+        offset: i64,
+        max_bytes: u64,
+    ) -> Result<ReadResult, PartitionError> {
+        let owner = self.owner(&tp);
+        if owner == self.id {
+            return self.local_read(&tp, offset, max_bytes).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            owner,
+            ShardCommand::Read {
+                tp,
+                offset,
+                max_bytes,
+                reply,
+            },
+        )
+        .await?;
+        let remote = answer.await.map_err(|_| gone(owner))??;
+        let mut records = Vec::with_capacity(remote.ranges.len());
+        for (fd, position, len) in remote.ranges {
+            // SAFETY: `fd` is a descriptor we own (duplicated for us by the owning core);
+            // the compio File takes over closing it.
+            let file = unsafe { compio::fs::File::from_raw_fd(fd.into_raw_fd()) };
+            records.push(Piece::File {
+                file: SendFile::Owned(Rc::new(file)),
+                position,
+                len,
+            });
+        }
+        Ok(ReadResult {
+            offsets: remote.offsets,
+            records,
+        })
+    }
+
+    pub async fn offsets(
+        &self,
+        tp: TopicPartition,
+        query: OffsetQuery,
+    ) -> Result<(i64, i64), PartitionError> {
+        let owner = self.owner(&tp);
+        if owner == self.id {
+            return self.local_offsets(&tp, query).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(owner, ShardCommand::Offsets { tp, query, reply })
+            .await?;
+        answer.await.map_err(|_| gone(owner))?
+    }
+
+    /// Opens a new topic's partitions on every core that owns some.
+    pub async fn open_topic_everywhere(&self, meta: &TopicMeta) -> Result<(), String> {
+        let mut waits = Vec::new();
+        for core in 0..self.shared.shards.len() {
+            if core == self.id {
+                self.open_topic(meta).await?;
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            self.send(
+                core,
+                ShardCommand::OpenTopic {
+                    meta: meta.clone(),
+                    reply,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            waits.push(answer);
+        }
+        for w in waits {
+            w.await.map_err(|_| "a core went away".to_owned())??;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_topic_everywhere(&self, name: &str) -> Result<(), String> {
+        let mut waits = Vec::new();
+        for core in 0..self.shared.shards.len() {
+            if core == self.id {
+                self.delete_topic(name).await?;
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            self.send(
+                core,
+                ShardCommand::DeleteTopic {
+                    name: name.to_owned(),
+                    reply,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            waits.push(answer);
+        }
+        for w in waits {
+            w.await.map_err(|_| "a core went away".to_owned())??;
+        }
+        Ok(())
+    }
+
+    // ---- local operations: only ever on the owning core ----
+
+    async fn local_append(
+        &self,
+        tp: &TopicPartition,
+        batch: Vec<u8>,
+        wait: AppendWait,
+    ) -> Result<AppendInfo, PartitionError> {
+        let (log, event) = {
+            let partitions = self.partitions.borrow();
+            let p = partitions
+                .get(tp)
+                .ok_or(PartitionError::UnknownTopicOrPartition)?;
+            (p.log.clone(), Arc::clone(&p.data_event))
+        };
+        let info = log.append(batch, wait).await?;
+        event.notify(usize::MAX);
+        Ok(info)
+    }
+
+    async fn local_read(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        max_bytes: u64,
+    ) -> Result<ReadResult, PartitionError> {
+        let log = self.local(tp)?;
+        let slice = log.read_ranges(offset, max_bytes).await?;
+        let records = slice
+            .ranges
+            .into_iter()
+            .map(|r| Piece::File {
+                file: SendFile::Local(r.files),
+                position: r.position,
+                len: r.len,
+            })
+            .collect();
+        Ok(ReadResult {
+            offsets: slice.offsets,
+            records,
+        })
+    }
+
+    async fn local_read_for_remote(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        max_bytes: u64,
+    ) -> Result<RemoteRead, PartitionError> {
+        let log = self.local(tp)?;
+        let slice = log.read_ranges(offset, max_bytes).await?;
+        let mut ranges = Vec::with_capacity(slice.ranges.len());
+        for r in slice.ranges {
+            let fd = r
+                .files
+                .log_file()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| PartitionError::Storage(format!("dup segment fd: {e}")))?;
+            ranges.push((fd, r.position, r.len));
+        }
+        Ok(RemoteRead {
+            offsets: slice.offsets,
+            ranges,
+        })
+    }
+
+    async fn local_offsets(
+        &self,
+        tp: &TopicPartition,
+        query: OffsetQuery,
+    ) -> Result<(i64, i64), PartitionError> {
+        let log = self.local(tp)?;
+        let offsets = log.offsets();
+        Ok(match query {
+            OffsetQuery::Earliest => (-1, offsets.log_start_offset),
+            OffsetQuery::Latest => (-1, offsets.log_end_offset),
+            OffsetQuery::Timestamp(ts) => match log.offset_for_timestamp(ts).await? {
+                Some(found) => (found.timestamp, found.offset),
+                None => (-1, -1),
+            },
+        })
+    }
+
+    /// Opens the partitions of `meta` that this core owns.
+    pub async fn open_topic(&self, meta: &TopicMeta) -> Result<(), String> {
+        let base = self.shared.config.log_config();
+        let config = log_config_for(meta, &base);
+        for partition in 0..meta.partitions {
+            if self.shared.registry.owner(&meta.name, partition) != self.id {
+                continue;
+            }
+            let tp = TopicPartition::new(&meta.name, partition).map_err(|e| e.to_string())?;
+            if self.partitions.borrow().contains_key(&tp) {
+                continue;
+            }
+            let dir = tp.dir_in(&self.shared.config.data_dir);
+            let (log, _report) = Partition::open(&dir, config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let data_event = self
+                .shared
+                .registry
+                .data_event(&meta.name, partition)
+                .unwrap_or_else(|| Arc::new(Event::new()));
+            self.partitions
+                .borrow_mut()
+                .insert(tp, OwnedPartition { log, data_event });
+        }
+        Ok(())
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<(), String> {
+        let doomed: Vec<(TopicPartition, OwnedPartition)> = {
+            let mut partitions = self.partitions.borrow_mut();
+            let keys: Vec<TopicPartition> = partitions
+                .keys()
+                .filter(|tp| tp.topic() == name)
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| partitions.remove(&k).map(|p| (k, p)))
+                .collect()
+        };
+        for (tp, p) in doomed {
+            p.log
+                .delete()
+                .await
+                .map_err(|e| format!("{}: {e}", tp.dir_name()))?;
+            p.data_event.notify(usize::MAX);
+        }
+        Ok(())
+    }
+
+    /// Runs retention over this core's partitions.
+    pub fn apply_retention(&self) {
+        let now = engine::now_ms();
+        for (tp, p) in self.partitions.borrow().iter() {
+            let report = p.log.apply_retention(now);
+            if report.segments_deleted > 0 {
+                tracing::info!(partition = %tp.dir_name(), ?report, "retention");
+            }
+        }
+    }
+
+    /// Closes every partition cleanly (sync, checkpoint, clean marker).
+    pub async fn close_all(&self) {
+        let logs: Vec<(TopicPartition, Partition)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.log.clone()))
+            .collect();
+        for (tp, log) in logs {
+            if let Err(e) = log.close().await {
+                tracing::error!(partition = %tp.dir_name(), error = %e, "close failed");
+            }
+        }
+    }
+
+    /// Serves requests from other cores until every sender is gone.
+    pub async fn serve_inbox(self: Rc<Self>, mut inbox: mpsc::Receiver<ShardCommand>) {
+        while let Some(command) = inbox.next().await {
+            let shard = Rc::clone(&self);
+            compio::runtime::spawn(async move { shard.handle_command(command).await }).detach();
+        }
+    }
+
+    async fn handle_command(&self, command: ShardCommand) {
+        match command {
+            ShardCommand::Append {
+                tp,
+                batch,
+                wait,
+                reply,
+            } => {
+                let _ = reply.send(self.local_append(&tp, batch, wait).await);
+            }
+            ShardCommand::Read {
+                tp,
+                offset,
+                max_bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.local_read_for_remote(&tp, offset, max_bytes).await);
+            }
+            ShardCommand::Offsets { tp, query, reply } => {
+                let _ = reply.send(self.local_offsets(&tp, query).await);
+            }
+            ShardCommand::OpenTopic { meta, reply } => {
+                let _ = reply.send(self.open_topic(&meta).await);
+            }
+            ShardCommand::DeleteTopic { name, reply } => {
+                let _ = reply.send(self.delete_topic(&name).await);
+            }
+        }
+    }
+}
+
+fn gone(owner: usize) -> PartitionError {
+    PartitionError::Storage(format!("core {owner} dropped the request"))
+}

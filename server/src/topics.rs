@@ -1,0 +1,334 @@
+//! The topic registry: which topics exist, with how many partitions and which configs,
+//! and which core owns each partition. Shared by every core; read on metadata paths and
+//! written only by CreateTopics/DeleteTopics, never on the produce or fetch path.
+//!
+//! Each topic's definition is a small TOML file under `{data_dir}/.topics/`, written
+//! atomically; partition data lives in the engine's `{topic}-{partition}` directories.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use engine::LogConfig;
+use event_listener::Event;
+use serde::{Deserialize, Serialize};
+
+const TOPICS_DIR: &str = ".topics";
+/// Most partitions one topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
+/// Topic-level configs the broker understands (Kafka names), with what they change.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "max.message.bytes",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    pub partitions: i32,
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TopicError {
+    #[error("topic {0} already exists")]
+    AlreadyExists(String),
+    #[error("invalid topic name: {0}")]
+    InvalidName(String),
+    #[error("partition count {0} is out of range 1..={PARTITIONS_PER_TOPIC_MAX}")]
+    InvalidPartitions(i32),
+    #[error("invalid config {key}={value}: {reason}")]
+    InvalidConfig {
+        key: String,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("cannot store topic definition: {0}")]
+    Storage(String),
+}
+
+struct TopicEntry {
+    meta: TopicMeta,
+    /// Notified after every append to the partition, for long-polling fetches.
+    data_events: Vec<Arc<Event>>,
+}
+
+pub struct Registry {
+    dir: PathBuf,
+    cores: usize,
+    topics: RwLock<BTreeMap<String, TopicEntry>>,
+}
+
+impl Registry {
+    /// Loads the topic definitions in `data_dir`, adopting partition directories that
+    /// have none (data written before the definition was, or by an older version).
+    pub fn open(data_dir: &Path, cores: usize) -> Result<Self, TopicError> {
+        let dir = data_dir.join(TOPICS_DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TopicError::Storage(format!("{}: {e}", dir.display())))?;
+        let mut topics = BTreeMap::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| TopicError::Storage(e.to_string()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let meta = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| toml::from_str::<TopicMeta>(&text).ok());
+            match meta {
+                Some(meta) if validate(&meta).is_ok() => {
+                    topics.insert(meta.name.clone(), entry_for(meta));
+                }
+                _ => tracing::warn!(path = %path.display(), "ignoring unreadable topic definition"),
+            }
+        }
+        let on_disk =
+            engine::list_partitions(data_dir).map_err(|e| TopicError::Storage(e.to_string()))?;
+        for tp in on_disk {
+            let count = tp.partition() + 1;
+            match topics.get_mut(tp.topic()) {
+                Some(entry) if entry.meta.partitions >= count => {}
+                Some(entry) => {
+                    entry.meta.partitions = count;
+                    *entry = entry_for(entry.meta.clone());
+                }
+                None => {
+                    let meta = TopicMeta {
+                        name: tp.topic().to_owned(),
+                        partitions: count,
+                        configs: BTreeMap::new(),
+                    };
+                    topics.insert(meta.name.clone(), entry_for(meta));
+                }
+            }
+        }
+        let registry = Self {
+            dir,
+            cores: cores.max(1),
+            topics: RwLock::new(topics),
+        };
+        for meta in registry.list() {
+            registry.store(&meta)?;
+        }
+        Ok(registry)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TopicEntry>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, TopicEntry>> {
+        self.topics
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<TopicMeta> {
+        self.read().get(name).map(|e| e.meta.clone())
+    }
+
+    pub fn list(&self) -> Vec<TopicMeta> {
+        self.read().values().map(|e| e.meta.clone()).collect()
+    }
+
+    /// The core that owns a partition: a topic's partitions spread round-robin over the
+    /// cores from a start that depends on the topic name.
+    pub fn owner(&self, topic: &str, partition: i32) -> usize {
+        let start = crc32c::crc32c(topic.as_bytes()) as usize;
+        start.wrapping_add(partition.max(0) as usize) % self.cores
+    }
+
+    pub fn data_event(&self, topic: &str, partition: i32) -> Option<Arc<Event>> {
+        let topics = self.read();
+        let entry = topics.get(topic)?;
+        entry
+            .data_events
+            .get(usize::try_from(partition).ok()?)
+            .cloned()
+    }
+
+    /// Adds a topic and stores its definition. The caller opens its partitions.
+    pub fn create(&self, meta: TopicMeta) -> Result<TopicMeta, TopicError> {
+        validate(&meta)?;
+        let mut topics = self.write();
+        if topics.contains_key(&meta.name) {
+            return Err(TopicError::AlreadyExists(meta.name));
+        }
+        self.store(&meta)?;
+        topics.insert(meta.name.clone(), entry_for(meta.clone()));
+        Ok(meta)
+    }
+
+    /// Removes a topic's definition; the caller deletes its partitions.
+    pub fn delete(&self, name: &str) -> Option<TopicMeta> {
+        let removed = self.write().remove(name)?;
+        let path = self.dir.join(format!("{name}.toml"));
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove topic definition");
+        }
+        Some(removed.meta)
+    }
+
+    fn store(&self, meta: &TopicMeta) -> Result<(), TopicError> {
+        let text = toml::to_string(meta).map_err(|e| TopicError::Storage(e.to_string()))?;
+        let path = self.dir.join(format!("{}.toml", meta.name));
+        let temp = self.dir.join(format!("{}.toml.tmp", meta.name));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&temp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| TopicError::Storage(format!("{}: {e}", path.display())))
+    }
+}
+
+fn entry_for(meta: TopicMeta) -> TopicEntry {
+    let data_events = (0..meta.partitions)
+        .map(|_| Arc::new(Event::new()))
+        .collect();
+    TopicEntry { meta, data_events }
+}
+
+fn validate(meta: &TopicMeta) -> Result<(), TopicError> {
+    engine::data_dir::validate_topic_name(&meta.name)
+        .map_err(|e| TopicError::InvalidName(e.to_string()))?;
+    if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&meta.partitions) {
+        return Err(TopicError::InvalidPartitions(meta.partitions));
+    }
+    for (key, value) in &meta.configs {
+        check_config(key, value)?;
+    }
+    Ok(())
+}
+
+/// Checks one topic config against what the broker understands.
+pub fn check_config(key: &str, value: &str) -> Result<(), TopicError> {
+    let bad = |reason| {
+        Err(TopicError::InvalidConfig {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason,
+        })
+    };
+    match key {
+        "cleanup.policy" if value == "delete" => Ok(()),
+        "cleanup.policy" => bad("only \"delete\" is supported (no compaction yet)"),
+        "retention.ms" | "retention.bytes" => match value.parse::<i64>() {
+            Ok(v) if v >= -1 => Ok(()),
+            _ => bad("must be an integer >= -1"),
+        },
+        "segment.bytes" | "max.message.bytes" | "segment.ms" => match value.parse::<i64>() {
+            Ok(v) if v > 0 => Ok(()),
+            _ => bad("must be a positive integer"),
+        },
+        _ => bad("unknown or unsupported topic config"),
+    }
+}
+
+/// The engine configuration of a topic's partitions: the broker's, with the topic's
+/// overrides applied.
+pub fn log_config_for(meta: &TopicMeta, base: &LogConfig) -> LogConfig {
+    let mut config = base.clone();
+    let int = |key: &str| meta.configs.get(key).and_then(|v| v.parse::<i64>().ok());
+    if let Some(v) = int("retention.ms") {
+        config.retention_age = u64::try_from(v).ok().map(std::time::Duration::from_millis);
+    }
+    if let Some(v) = int("retention.bytes") {
+        config.retention_bytes = u64::try_from(v).ok();
+    }
+    if let Some(v) = int("segment.bytes").and_then(|v| u64::try_from(v).ok()) {
+        config.segment_bytes = v.clamp(
+            engine::limits::SEGMENT_BYTES_MIN,
+            engine::limits::SEGMENT_BYTES_MAX,
+        );
+    }
+    if let Some(v) = int("segment.ms").and_then(|v| u64::try_from(v).ok()) {
+        config.segment_age_max = Some(std::time::Duration::from_millis(v));
+    }
+    if let Some(v) = int("max.message.bytes").and_then(|v| usize::try_from(v).ok()) {
+        config.batch_bytes_max = v
+            .min(config.segment_bytes as usize)
+            .min(engine::limits::BATCH_BYTES_MAX);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str, partitions: i32) -> TopicMeta {
+        TopicMeta {
+            name: name.into(),
+            partitions,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn create_persist_reopen_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path(), 2).unwrap();
+        r.create(meta("orders", 3)).unwrap();
+        assert_eq!(
+            r.create(meta("orders", 1)),
+            Err(TopicError::AlreadyExists("orders".into()))
+        );
+        assert!(matches!(
+            r.create(meta("bad/name", 1)),
+            Err(TopicError::InvalidName(_))
+        ));
+        assert_eq!(
+            r.create(meta("zero", 0)),
+            Err(TopicError::InvalidPartitions(0))
+        );
+        drop(r);
+        let r = Registry::open(dir.path(), 2).unwrap();
+        assert_eq!(r.get("orders").unwrap().partitions, 3);
+        assert!(r.data_event("orders", 2).is_some());
+        assert!(r.data_event("orders", 3).is_none());
+        r.delete("orders").unwrap();
+        drop(r);
+        assert!(
+            Registry::open(dir.path(), 2)
+                .unwrap()
+                .get("orders")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn partitions_spread_over_cores() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path(), 4).unwrap();
+        let owners: std::collections::BTreeSet<usize> = (0..8).map(|p| r.owner("t", p)).collect();
+        assert_eq!(owners.len(), 4);
+        assert_eq!(r.owner("t", 1), r.owner("t", 1));
+    }
+
+    #[test]
+    fn topic_configs_are_checked_and_applied() {
+        assert!(check_config("retention.ms", "1000").is_ok());
+        assert!(check_config("cleanup.policy", "compact").is_err());
+        assert!(check_config("segment.bytes", "-5").is_err());
+        assert!(check_config("no.such", "1").is_err());
+        let mut m = meta("t", 1);
+        m.configs.insert("segment.bytes".into(), "1048576".into());
+        m.configs.insert("retention.ms".into(), "-1".into());
+        let c = log_config_for(&m, &LogConfig::default());
+        assert_eq!(c.segment_bytes, 1 << 20);
+        assert_eq!(c.retention_age, None);
+    }
+}
