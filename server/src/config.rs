@@ -74,6 +74,9 @@ pub struct BrokerConfig {
     pub flush: FlushMode,
     pub flush_interval_ms: u64,
     pub write_path: WriteMode,
+    /// Send fetched records by io_uring splice (page cache to socket); false copies them
+    /// through user space (for comparison). The polling fallback always copies.
+    pub fetch_zero_copy: bool,
     /// Longest a fetch may wait for data, whatever the client asks.
     pub fetch_max_wait_ms_max: u64,
     /// Open connections per core; more are closed at accept.
@@ -99,6 +102,7 @@ impl Default for BrokerConfig {
             flush: FlushMode::PerAppend,
             flush_interval_ms: 1000,
             write_path: WriteMode::IoUring,
+            fetch_zero_copy: true,
             fetch_max_wait_ms_max: 30_000,
             connections_per_core_max: 10_000,
         }

@@ -40,7 +40,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: std::net::SocketAd
     let mut sender = ResponseSender {
         stream: &stream,
         pipe: None,
-        zero_copy: compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring()),
+        zero_copy: shard.config().fetch_zero_copy
+            && compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring()),
     };
     let result = serve_requests(&shard, &stream, &mut sender).await;
     match result {

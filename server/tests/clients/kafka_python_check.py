@@ -1,0 +1,104 @@
+"""Drives the broker with kafka-python, a pure-Python client (its own protocol code).
+
+Usage: kafka_python_check.py BOOTSTRAP DATA_DIR
+Exits non-zero with a message on the first failed check.
+"""
+import struct
+import sys
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+bootstrap, data_dir = sys.argv[1], sys.argv[2]
+CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def check(cond, message):
+    if not cond:
+        print(f"FAIL: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def stored_codecs(topic):
+    with open(f"{data_dir}/{topic}-0/00000000000000000000.log", "rb") as f:
+        log = f.read()
+    codecs, at = [], 0
+    while at + 61 <= len(log):
+        codecs.append(struct.unpack(">h", log[at + 21:at + 23])[0] & 7)
+        at += struct.unpack(">i", log[at + 8:at + 12])[0] + 12
+    return codecs
+
+
+def consume(topic, partitions, count):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             consumer_timeout_ms=10000)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    got = []
+    deadline = time.time() + 20
+    while len(got) < count and time.time() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            got.extend(records)
+    consumer.close()
+    check(len(got) == count, f"{topic}: consumed {len(got)} of {count}")
+    return got
+
+
+admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+admin.create_topics([NewTopic("py-orders", num_partitions=3, replication_factor=1)])
+try:
+    admin.create_topics([NewTopic("py-orders", num_partitions=3, replication_factor=1)])
+    check(False, "creating an existing topic must fail")
+except TopicAlreadyExistsError:
+    pass
+check("py-orders" in admin.list_topics(), "topic listed")
+
+# kafka-python 3 is idempotent by default; InitProducerId arrives with the idempotent
+# producer (issue #4), so it is off here.
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=False)
+for i in range(300):
+    producer.send("py-orders", key=f"k{i % 7}".encode(), value=f"order {i}".encode(),
+                  headers=[("source", b"python")], timestamp_ms=1_700_000_000_000 + i)
+producer.flush()
+records = consume("py-orders", 3, 300)
+by_key = {}
+for r in records:
+    check(r.headers == [("source", b"python")], f"headers {r.headers}")
+    check(by_key.setdefault(r.key, r.partition) == r.partition, f"key {r.key} moved partition")
+last = {}
+for r in records:
+    n = int(r.value.split()[1])
+    check(last.get(r.partition, -1) < n, "per-partition order")
+    last[r.partition] = n
+
+for codec, code in CODECS.items():
+    topic = f"py-{codec}"
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    p = KafkaProducer(bootstrap_servers=bootstrap, compression_type=codec, linger_ms=50, batch_size=1 << 20,
+                      enable_idempotence=False)
+    values = [f"{codec} {i} ".encode() + b"x" * 100 for i in range(500)]
+    for v in values:
+        p.send(topic, value=v)
+    p.flush()
+    p.close()
+    got = [r.value for r in consume(topic, 1, 500)]
+    check(got == values, f"{codec}: values differ")
+    codecs = stored_codecs(topic)
+    check(code in codecs and all(c in (0, code) for c in codecs), f"{codec}: stored codecs {codecs}")
+
+consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+tp = TopicPartition("py-orders", 0)
+end = consumer.end_offsets([tp])[tp]
+check(end == sum(1 for r in records if r.partition == 0), "end offset")
+check(consumer.beginning_offsets([tp])[tp] == 0, "beginning offset")
+found = consumer.offsets_for_times({tp: 1_700_000_000_000})[tp]
+check(found is not None and found.offset == 0, f"offset for time {found}")
+consumer.close()
+
+admin.delete_topics(["py-orders"])
+check("py-orders" not in admin.list_topics(), "topic deleted")
+admin.close()
+print("kafka-python: all checks passed")
