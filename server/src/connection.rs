@@ -121,6 +121,13 @@ async fn handle_frame(
         });
     }
     let (header, body) = protocol::decode_header(key, prefix.api_version, Bytes::from(frame))?;
+    // Array counts are checked against the bytes present before the codec trusts them.
+    crate::request_bounds::check(key, prefix.api_version, &body).map_err(|reason| {
+        protocol::DecodeError::Malformed {
+            what: "request body",
+            reason: reason.to_owned(),
+        }
+    })?;
     let request = handlers::Request {
         key,
         version: prefix.api_version,

@@ -7,5 +7,6 @@ pub mod connection;
 pub mod fetch_response;
 pub mod handlers;
 pub mod protocol;
+pub mod request_bounds;
 pub mod shard;
 pub mod topics;

@@ -505,6 +505,21 @@ fn given_hostile_bytes_on_raw_sockets_should_close_them_and_keep_serving() {
             .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
             .collect(), // noise
         [&100i32.to_be_bytes()[..], &[0, 1, 0, 4]].concat(), // truncated frame, then close
+        // Metadata v1 claiming two billion topics: must not allocate for them.
+        [
+            &14i32.to_be_bytes()[..],
+            &[0, 3, 0, 1, 0, 0, 0, 9, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff],
+        ]
+        .concat(),
+        // Produce v3 claiming a billion topics after a valid prefix.
+        [
+            &22i32.to_be_bytes()[..],
+            &[
+                0, 0, 0, 3, 0, 0, 0, 9, 0xff, 0xff, 0xff, 0xff, 0, 1, 0, 0, 0x75, 0x30, 0x40, 0, 0,
+                0,
+            ],
+        ]
+        .concat(),
     ];
     for bytes in hostile {
         let mut s = std::net::TcpStream::connect(&broker.addr).unwrap();
@@ -515,6 +530,15 @@ fn given_hostile_bytes_on_raw_sockets_should_close_them_and_keep_serving() {
         // The broker closes the connection: read ends (EOF or reset), it does not hang.
         let _ = s.read_to_end(&mut sink);
     }
+    // No request made the broker reserve memory for counts it was only told about: its
+    // peak virtual size stays far below what the claimed arrays would need (tens of GiB).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kib < 8 * 1024 * 1024, "VmPeak {peak_kib} kB");
     // Everyone else is still served.
     create_topic(&broker, "after-hostile", 1);
     let p = producer(&broker, &[]);

@@ -1,0 +1,273 @@
+//! A pre-flight walk over a request body that checks every array count against the bytes
+//! actually present, before the `kafka-protocol` crate decodes it.
+//!
+//! Why by hand: the crate's array decoder calls `Vec::with_capacity(count)` with the count
+//! from the wire. A 12-byte request claiming two billion topics would make the broker try
+//! to allocate hundreds of gigabytes and abort. No crate offers a bounded decoder, so this
+//! walker follows the (non-flexible) request layouts of the APIs we serve and refuses any
+//! count that the remaining bytes could not hold.
+
+use kafka_protocol::messages::ApiKey;
+
+/// One field of a request layout, with the first version that carries it.
+#[derive(Clone, Copy)]
+enum F {
+    I8,
+    I16,
+    I32,
+    I64,
+    /// Nullable or not: an i16 length, then bytes.
+    Str,
+    /// Nullable or not: an i32 length, then bytes.
+    Bytes,
+    /// An i32 count (-1 = null), then elements of this layout.
+    Array(&'static [(i16, F)]),
+    /// An i32 count, then i32 elements.
+    I32Array,
+    /// An i32 count, then strings.
+    StrArray,
+}
+
+const ALL: i16 = 0;
+
+const PRODUCE_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::Bytes)];
+const PRODUCE_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(PRODUCE_PARTITION))];
+const PRODUCE: &[(i16, F)] = &[
+    (3, F::Str),
+    (ALL, F::I16),
+    (ALL, F::I32),
+    (ALL, F::Array(PRODUCE_TOPIC)),
+];
+
+const FETCH_PARTITION: &[(i16, F)] = &[
+    (ALL, F::I32),
+    (9, F::I32),
+    (ALL, F::I64),
+    (5, F::I64),
+    (ALL, F::I32),
+];
+const FETCH_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(FETCH_PARTITION))];
+const FORGOTTEN_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
+const FETCH: &[(i16, F)] = &[
+    (ALL, F::I32),
+    (ALL, F::I32),
+    (ALL, F::I32),
+    (3, F::I32),
+    (4, F::I8),
+    (7, F::I32),
+    (7, F::I32),
+    (ALL, F::Array(FETCH_TOPIC)),
+    (7, F::Array(FORGOTTEN_TOPIC)),
+    (11, F::Str),
+];
+
+const LIST_OFFSETS_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (4, F::I32), (ALL, F::I64)];
+const LIST_OFFSETS_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(LIST_OFFSETS_PARTITION))];
+const LIST_OFFSETS: &[(i16, F)] = &[
+    (ALL, F::I32),
+    (2, F::I8),
+    (ALL, F::Array(LIST_OFFSETS_TOPIC)),
+];
+
+const METADATA_TOPIC: &[(i16, F)] = &[(ALL, F::Str)];
+const METADATA: &[(i16, F)] = &[(ALL, F::Array(METADATA_TOPIC))];
+
+const ASSIGNMENT: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I32Array)];
+const CONFIG: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Str)];
+const CREATABLE_TOPIC: &[(i16, F)] = &[
+    (ALL, F::Str),
+    (ALL, F::I32),
+    (ALL, F::I16),
+    (ALL, F::Array(ASSIGNMENT)),
+    (ALL, F::Array(CONFIG)),
+];
+const CREATE_TOPICS: &[(i16, F)] = &[(ALL, F::Array(CREATABLE_TOPIC))];
+
+const DELETE_TOPICS: &[(i16, F)] = &[(ALL, F::StrArray)];
+
+const CONFIG_RESOURCE: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::Str), (ALL, F::StrArray)];
+const DESCRIBE_CONFIGS: &[(i16, F)] = &[(ALL, F::Array(CONFIG_RESOURCE))];
+
+fn layout(key: ApiKey) -> Option<&'static [(i16, F)]> {
+    Some(match key {
+        ApiKey::Produce => PRODUCE,
+        ApiKey::Fetch => FETCH,
+        ApiKey::ListOffsets => LIST_OFFSETS,
+        ApiKey::Metadata => METADATA,
+        ApiKey::CreateTopics => CREATE_TOPICS,
+        ApiKey::DeleteTopics => DELETE_TOPICS,
+        ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
+        _ => return None,
+    })
+}
+
+/// Fewest bytes one element of a layout takes on the wire.
+fn min_bytes(layout: &[(i16, F)], version: i16) -> usize {
+    layout
+        .iter()
+        .filter(|(since, _)| version >= *since)
+        .map(|(_, f)| match f {
+            F::I8 => 1,
+            F::I16 | F::Str => 2,
+            F::I32 | F::Bytes | F::Array(_) | F::I32Array | F::StrArray => 4,
+            F::I64 => 8,
+        })
+        .sum::<usize>()
+        .max(1)
+}
+
+struct Walker<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Walker<'_> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], &'static str> {
+        if n > self.remaining() {
+            return Err("request ends early");
+        }
+        let s = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+
+    fn i16(&mut self) -> Result<i16, &'static str> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, &'static str> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Reads an array count and checks that `element_min` bytes each fit.
+    fn count(&mut self, element_min: usize) -> Result<usize, &'static str> {
+        let n = self.i32()?;
+        if n < 0 {
+            return if n == -1 {
+                Ok(0)
+            } else {
+                Err("negative array count")
+            };
+        }
+        let n = n as usize;
+        if n.saturating_mul(element_min) > self.remaining() {
+            return Err("array count exceeds the bytes present");
+        }
+        Ok(n)
+    }
+
+    fn walk(&mut self, layout: &[(i16, F)], version: i16) -> Result<(), &'static str> {
+        for (since, field) in layout {
+            if version < *since {
+                continue;
+            }
+            match field {
+                F::I8 => drop(self.take(1)?),
+                F::I16 => drop(self.take(2)?),
+                F::I32 => drop(self.take(4)?),
+                F::I64 => drop(self.take(8)?),
+                F::Str => {
+                    let len = self.i16()?;
+                    if len > 0 {
+                        self.take(len as usize)?;
+                    }
+                }
+                F::Bytes => {
+                    let len = self.i32()?;
+                    if len > 0 {
+                        self.take(len as usize)?;
+                    }
+                }
+                F::Array(element) => {
+                    let n = self.count(min_bytes(element, version))?;
+                    for _ in 0..n {
+                        self.walk(element, version)?;
+                    }
+                }
+                F::I32Array => {
+                    let n = self.count(4)?;
+                    self.take(n * 4)?;
+                }
+                F::StrArray => {
+                    let n = self.count(2)?;
+                    for _ in 0..n {
+                        self.walk(&[(ALL, F::Str)], version)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the array counts of a request body (after its header) for `key` at `version`.
+/// APIs without arrays in their non-flexible bodies pass through.
+pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'static str> {
+    match layout(key) {
+        Some(layout) => Walker { bytes: body, at: 0 }.walk(layout, version),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, MetadataRequest, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    fn encoded<T: Encodable>(request: &T, version: i16) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        request.encode(&mut buf, version).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn real_requests_pass_for_every_version() {
+        let fetch = FetchRequest::default().with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![FetchPartition::default(); 3]),
+        ]);
+        for v in 4..=11 {
+            assert_eq!(
+                check(ApiKey::Fetch, v, &encoded(&fetch, v)),
+                Ok(()),
+                "fetch v{v}"
+            );
+        }
+        let metadata = MetadataRequest::default().with_topics(None);
+        for v in 1..=8 {
+            assert_eq!(
+                check(ApiKey::Metadata, v, &encoded(&metadata, v)),
+                Ok(()),
+                "metadata v{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_counts_are_refused_before_any_allocation() {
+        // Metadata: two billion topics in four bytes.
+        assert_eq!(
+            check(ApiKey::Metadata, 1, &i32::MAX.to_be_bytes()),
+            Err("array count exceeds the bytes present")
+        );
+        // Produce v3: null transactional id, acks, timeout, then a huge topic count.
+        let mut produce = vec![0xff, 0xff, 0, 1, 0, 0, 0, 0];
+        produce.extend_from_slice(&0x4000_0000i32.to_be_bytes());
+        assert!(check(ApiKey::Produce, 3, &produce).is_err());
+        // DeleteTopics: negative count.
+        assert_eq!(
+            check(ApiKey::DeleteTopics, 1, &(-7i32).to_be_bytes()),
+            Err("negative array count")
+        );
+    }
+}
