@@ -195,6 +195,7 @@ pub fn validate(bytes: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, Bat
 fn validate_fields(header: &BatchHeader) -> Result<(), BatchError> {
     header.compression()?;
     if header.record_count <= 0
+        || header.record_count > crate::limits::BATCH_RECORDS_MAX
         || header.last_offset_delta < 0
         || i64::from(header.record_count) != header.offset_count()
     {
@@ -478,10 +479,25 @@ mod tests {
 
     #[test]
     fn given_huge_record_count_when_validated_should_refuse_without_looping() {
+        for codec in [0u8, 1] {
+            let mut b = build_batch(&[b"xyz"], 0);
+            b[ATTRIBUTES_AT + 1] = codec;
+            b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+            b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+                .copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+            refix_crc(&mut b);
+            assert!(
+                matches!(
+                    validate(&b, 1 << 20),
+                    Err(BatchError::InconsistentCount { .. })
+                ),
+                "codec {codec}"
+            );
+        }
+        // Within the cap, an uncompressed body still has to hold the records it claims.
         let mut b = build_batch(&[b"xyz"], 0);
-        b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
-        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
-            .copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&1000i32.to_be_bytes());
+        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&999i32.to_be_bytes());
         refix_crc(&mut b);
         assert!(matches!(
             validate(&b, 1 << 20),

@@ -8,8 +8,10 @@ use crate::limits;
 /// When appended bytes are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
-    /// fdatasync after every write group: concurrent appends that were written together
-    /// share one sync (group commit). `AppendWait::Durable` resolves after it.
+    /// fdatasync after every write group that holds a durable append: concurrent appends
+    /// written together share one sync (group commit), and `AppendWait::Durable` resolves
+    /// after it. Groups of `Written` appends alone are synced by the next such group, a
+    /// roll, a flush or close.
     EveryAppend,
     /// fdatasync at most this often, if anything was written since the last sync.
     Interval(Duration),

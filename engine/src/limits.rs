@@ -11,6 +11,12 @@ pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// plus the batch overhead Kafka adds to it.
 pub const BATCH_BYTES_MAX_DEFAULT: usize = 1024 * 1024 + 12;
 
+/// Most records (offsets) one batch may hold. Compressed batches are not decompressed,
+/// so nothing else ties their record count to their size; without a cap a 61-byte batch
+/// could claim two billion offsets and force a segment roll every other append.
+/// (librdkafka's largest `batch.num.messages` is 1,000,000.)
+pub const BATCH_RECORDS_MAX: i32 = 1_000_000;
+
 /// Default segment size before a roll (Kafka's `log.segment.bytes`).
 pub const SEGMENT_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
 

@@ -305,10 +305,11 @@ impl Partition {
                 .collect();
             (snapshots, start, offsets)
         };
-        let (files, size) = &snapshots[0];
-        let (position, first_len) = find_batch(files, *size, start, offset).await?;
+        let (files, first_size) = &snapshots[0];
+        let (position, first_len) = find_batch(files, *first_size, start, offset).await?;
         let mut ranges = Vec::new();
-        let first = (size - position).min(max_bytes.max(first_len));
+        let first_available = first_size - position;
+        let first = first_available.min(max_bytes.max(first_len));
         ranges.push(FileRange {
             files: Rc::clone(files),
             position,
@@ -316,7 +317,8 @@ impl Partition {
         });
         let mut budget = max_bytes.saturating_sub(first);
         for (files, size) in snapshots.iter().skip(1) {
-            if budget == 0 || first < size - position {
+            // Continue into the next segment only once this one is read to its end.
+            if budget == 0 || first < first_available {
                 break;
             }
             let len = (*size).min(budget);
@@ -462,6 +464,10 @@ async fn find_batch(
         header_bytes.copy_from_slice(&got);
         let header = BatchHeader::parse(&header_bytes)?;
         let total = header.declared_total_bytes().max(BATCH_HEADER_BYTES as i64) as u64;
+        if header.base_offset > offset || header.last_offset_delta < 0 {
+            // The index pointed into the wrong batch: better an error than wrong bytes.
+            break;
+        }
         if header.last_offset() >= offset {
             return Ok((pos, total));
         }
@@ -630,6 +636,10 @@ impl Writer {
             if self.needs_roll(&placed, total, header.offset_count()) {
                 self.write_placed(std::mem::take(&mut bufs), std::mem::take(&mut placed))
                     .await;
+                if let Some(why) = self.failed() {
+                    let _ = reply.send(Err(LogError::Failed(why)));
+                    continue;
+                }
                 if let Err(e) = self.roll().await {
                     self.fail(&e);
                     let _ = reply.send(Err(e));
@@ -683,6 +693,12 @@ impl Writer {
         if placed.is_empty() {
             return;
         }
+        if let Some(why) = self.failed() {
+            for p in placed {
+                let _ = p.reply.send(Err(LogError::Failed(why.clone())));
+            }
+            return;
+        }
         let (files, position) = {
             let st = self.state.borrow();
             (Rc::clone(&st.active().files), st.active().size)
@@ -693,6 +709,9 @@ impl Writer {
             .await;
         if let Err(error) = written {
             self.fail(&error);
+            // Best effort: drop whatever part of the group reached the file, so the segment
+            // ends at its last whole batch (recovery would truncate it anyway).
+            let _ = files.truncate_log(position).await;
             for p in placed {
                 let _ = p.reply.send(Err(LogError::Failed(error.to_string())));
             }

@@ -65,9 +65,8 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
             && prev.next_offset != base
         {
             tracing::warn!(path = %seg.log_path().display(), expected = prev.next_offset, "segment does not follow the previous one");
+            // The cleanup below deletes this segment and every later one.
             cut_at = Some(i);
-            report.bytes_truncated += seg.file_len().await?;
-            seg.files.unlink_when_unused();
             break;
         }
         let next_base = bases.get(i + 1).copied();

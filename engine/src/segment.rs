@@ -477,6 +477,10 @@ impl Segment {
                 outcome.stopped = Some("batch offset does not follow the previous batch");
                 break;
             }
+            if header.last_offset_delta < 0 || header.record_count <= 0 {
+                outcome.stopped = Some("batch header counts are inconsistent");
+                break;
+            }
             if header.last_offset() - self.base_offset > i64::from(u32::MAX) {
                 outcome.stopped = Some("batch offset beyond the segment's range");
                 break;

@@ -366,3 +366,31 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn given_missing_middle_segment_when_reopened_should_keep_the_prefix_and_drop_the_rest() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_age_max: None,
+            ..small_config()
+        };
+        let batches: Vec<_> = (0..120).map(|i| batch(2, 50, i)).collect();
+        let stored = write_and_crash(dir.path(), &config, &batches).await;
+        let logs = files_with(dir.path(), ".log");
+        assert!(logs.len() >= 4);
+        let kept = split_batches(&std::fs::read(&logs[0]).unwrap()).len();
+        std::fs::remove_file(&logs[1]).unwrap();
+        let (p, report) = Partition::open(dir.path(), config.clone()).await.unwrap();
+        assert_eq!(report.segments, 1, "{report:?}");
+        assert_eq!(report.segments_deleted, logs.len() - 2);
+        drop(p);
+        for later in &logs[2..] {
+            assert!(!later.exists(), "{} should be deleted", later.display());
+        }
+        assert_eq!(
+            reopen_and_check(dir.path(), &config, &stored, kept).await,
+            kept
+        );
+    });
+}

@@ -12,7 +12,7 @@ use futures_channel::mpsc;
 
 use crate::config::BrokerConfig;
 use crate::connection;
-use crate::shard::{BrokerShared, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand};
+use crate::shard::{BrokerShared, DrainedGuard, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand};
 use crate::topics::Registry;
 
 /// Longest a stopping core waits for its connections to finish their current request.
@@ -109,6 +109,7 @@ fn run_core(
     inbox: mpsc::Receiver<ShardCommand>,
     ready: std::sync::mpsc::Sender<Result<bool, String>>,
 ) {
+    let mut drained = DrainedGuard::new(Arc::clone(&shared));
     let runtime = match compio::runtime::RuntimeBuilder::new()
         .thread_affinity(HashSet::from([cpu]))
         .build()
@@ -147,7 +148,8 @@ fn run_core(
         while shard.connections.get() > 0 && Instant::now() < deadline {
             compio::time::sleep(Duration::from_millis(5)).await;
         }
-        shared.drained_and_wait_for_all().await;
+        drained.mark();
+        shared.wait_all_drained().await;
         shard.close_all().await;
         tracing::debug!(core = id, "core stopped");
     });

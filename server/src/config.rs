@@ -81,6 +81,8 @@ pub struct BrokerConfig {
     pub fetch_max_wait_ms_max: u64,
     /// Open connections per core; more are closed at accept.
     pub connections_per_core_max: usize,
+    /// A connection idle (or stuck mid-frame) this long is closed.
+    pub connections_max_idle_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +107,7 @@ impl Default for BrokerConfig {
             fetch_zero_copy: true,
             fetch_max_wait_ms_max: 30_000,
             connections_per_core_max: 10_000,
+            connections_max_idle_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -152,6 +155,15 @@ impl BrokerConfig {
         }
         if self.message_max_bytes > self.socket_request_max_bytes {
             return bad("message_max_bytes exceeds socket_request_max_bytes".into());
+        }
+        if self.listen.ip().is_unspecified() && self.advertised_host.is_none() {
+            return bad(format!(
+                "listening on {} needs advertised_host (BROKER_ADVERTISED_HOST): clients cannot connect to a wildcard address",
+                self.listen
+            ));
+        }
+        if self.connections_max_idle_ms == 0 {
+            return bad("connections_max_idle_ms must be positive".into());
         }
         if self.socket_request_max_bytes > i32::MAX as usize {
             return bad("socket_request_max_bytes exceeds 2 GiB".into());

@@ -25,6 +25,8 @@ const SEND_CHUNK_BYTES: usize = 1024 * 1024;
 pub enum CloseReason {
     #[error("frame length {0} out of bounds")]
     FrameLength(i64),
+    #[error("idle for {0:?}")]
+    Idle(std::time::Duration),
     #[error("unknown api key {0}")]
     UnknownApi(i16),
     #[error("unsupported version {version} of {key:?}")]
@@ -58,9 +60,16 @@ async fn serve_requests(
     sender: &mut ResponseSender<'_>,
 ) -> Result<(), CloseReason> {
     let max = shard.config().socket_request_max_bytes;
+    let idle = std::time::Duration::from_millis(shard.config().connections_max_idle_ms);
     loop {
         let frame = {
-            let read = std::pin::pin!(read_frame(stream, max));
+            // A connection that sends nothing, or only part of a frame, for `idle` is
+            // closed (Kafka's connections.max.idle.ms), so it cannot hold a slot forever.
+            let read = std::pin::pin!(async {
+                compio::time::timeout(idle, read_frame(stream, max))
+                    .await
+                    .map_err(|_| CloseReason::Idle(idle))?
+            });
             let stop = std::pin::pin!(shard.shared.stopped());
             match futures_util::future::select(read, stop).await {
                 futures_util::future::Either::Left((frame, _)) => frame?,
@@ -76,7 +85,12 @@ async fn serve_requests(
     }
 }
 
-/// Reads one length-prefixed frame; `None` at a clean end of stream.
+/// Largest frame of any request but Produce: metadata, fetch and admin requests are small,
+/// and their decoded form is tens of times their wire size.
+pub const NON_PRODUCE_REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
+/// Reads one length-prefixed frame; `None` at a clean end of stream. Only Produce may use
+/// the full `max`; the API key is read before the rest of the frame is allocated.
 async fn read_frame(stream: &TcpStream, max: usize) -> Result<Option<Vec<u8>>, CloseReason> {
     let mut reader = stream;
     let BufResult(res, len) = reader.read_exact([0u8; 4]).await;
@@ -90,11 +104,16 @@ async fn read_frame(stream: &TcpStream, max: usize) -> Result<Option<Vec<u8>>, C
         return Err(CloseReason::FrameLength(len));
     }
     let len = len as usize;
-    let BufResult(res, body) = reader
-        .read_exact(Vec::with_capacity(len).slice(..len))
-        .await;
+    let BufResult(res, key) = reader.read_exact([0u8; 2]).await;
     res?;
-    Ok(Some(body.into_inner()))
+    if i16::from_be_bytes(key) != ApiKey::Produce as i16 && len > NON_PRODUCE_REQUEST_BYTES_MAX {
+        return Err(CloseReason::FrameLength(len as i64));
+    }
+    let mut frame = Vec::with_capacity(len);
+    frame.extend_from_slice(&key);
+    let BufResult(res, frame) = reader.read_exact(frame.slice(2..len)).await;
+    res?;
+    Ok(Some(frame.into_inner()))
 }
 
 async fn handle_frame(

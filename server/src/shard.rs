@@ -77,11 +77,16 @@ impl BrokerShared {
         }
     }
 
-    /// Marks this core's connections as finished and waits for every core's, so that no
-    /// core closes its partitions while another still forwards requests to them.
-    pub async fn drained_and_wait_for_all(&self) {
+    /// Marks one core as done serving connections (called once per core, on every exit
+    /// path, by `DrainedGuard`).
+    fn mark_drained(&self) {
         self.drained.fetch_add(1, Ordering::AcqRel);
         self.drained_event.notify(usize::MAX);
+    }
+
+    /// Waits until every core has drained its connections, so that no core closes its
+    /// partitions while another still forwards requests to them.
+    pub async fn wait_all_drained(&self) {
         loop {
             if self.drained.load(Ordering::Acquire) >= self.shards.len() {
                 return;
@@ -92,6 +97,35 @@ impl BrokerShared {
             }
             listener.await;
         }
+    }
+}
+
+/// Marks its core drained when dropped, so a core that stops early (or panics) never
+/// leaves the others waiting for it.
+pub struct DrainedGuard {
+    shared: Arc<BrokerShared>,
+    marked: bool,
+}
+
+impl DrainedGuard {
+    pub fn new(shared: Arc<BrokerShared>) -> Self {
+        Self {
+            shared,
+            marked: false,
+        }
+    }
+
+    pub fn mark(&mut self) {
+        if !self.marked {
+            self.marked = true;
+            self.shared.mark_drained();
+        }
+    }
+}
+
+impl Drop for DrainedGuard {
+    fn drop(&mut self) {
+        self.mark();
     }
 }
 

@@ -17,6 +17,9 @@ const TOPICS_DIR: &str = ".topics";
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
+/// Smallest `segment.ms`: every segment keeps files open, so rolls must not be too quick.
+pub const SEGMENT_MS_MIN: u64 = 1000;
+
 /// Topic-level configs the broker understands (Kafka names), with what they change.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
@@ -63,6 +66,9 @@ pub struct Registry {
     dir: PathBuf,
     cores: usize,
     topics: RwLock<BTreeMap<String, TopicEntry>>,
+    /// Serializes CreateTopics and auto-creation, so the definition can be written to
+    /// disk (with fsyncs) without holding `topics` for writing meanwhile.
+    creating: std::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -113,6 +119,7 @@ impl Registry {
             dir,
             cores: cores.max(1),
             topics: RwLock::new(topics),
+            creating: std::sync::Mutex::new(()),
         };
         for meta in registry.list() {
             registry.store(&meta)?;
@@ -159,12 +166,16 @@ impl Registry {
     /// Adds a topic and stores its definition. The caller opens its partitions.
     pub fn create(&self, meta: TopicMeta) -> Result<TopicMeta, TopicError> {
         validate(&meta)?;
-        let mut topics = self.write();
-        if topics.contains_key(&meta.name) {
+        let _creating = self
+            .creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.read().contains_key(&meta.name) {
             return Err(TopicError::AlreadyExists(meta.name));
         }
         self.store(&meta)?;
-        topics.insert(meta.name.clone(), entry_for(meta.clone()));
+        self.write()
+            .insert(meta.name.clone(), entry_for(meta.clone()));
         Ok(meta)
     }
 
@@ -229,9 +240,27 @@ pub fn check_config(key: &str, value: &str) -> Result<(), TopicError> {
             Ok(v) if v >= -1 => Ok(()),
             _ => bad("must be an integer >= -1"),
         },
-        "segment.bytes" | "max.message.bytes" | "segment.ms" => match value.parse::<i64>() {
-            Ok(v) if v > 0 => Ok(()),
-            _ => bad("must be a positive integer"),
+        "segment.bytes" => match value.parse::<u64>() {
+            Ok(v)
+                if (engine::limits::SEGMENT_BYTES_MIN..=engine::limits::SEGMENT_BYTES_MAX)
+                    .contains(&v) =>
+            {
+                Ok(())
+            }
+            _ => bad("must be between 1024 and 2147483647"),
+        },
+        "max.message.bytes" => match value.parse::<usize>() {
+            Ok(v)
+                if (engine::batch::BATCH_HEADER_BYTES..=engine::limits::BATCH_BYTES_MAX)
+                    .contains(&v) =>
+            {
+                Ok(())
+            }
+            _ => bad("must be between 61 and 67108864"),
+        },
+        "segment.ms" => match value.parse::<u64>() {
+            Ok(v) if v >= SEGMENT_MS_MIN => Ok(()),
+            _ => bad("must be at least 1000"),
         },
         _ => bad("unknown or unsupported topic config"),
     }
@@ -258,10 +287,19 @@ pub fn log_config_for(meta: &TopicMeta, base: &LogConfig) -> LogConfig {
         config.segment_age_max = Some(std::time::Duration::from_millis(v));
     }
     if let Some(v) = int("max.message.bytes").and_then(|v| usize::try_from(v).ok()) {
-        config.batch_bytes_max = v
-            .min(config.segment_bytes as usize)
-            .min(engine::limits::BATCH_BYTES_MAX);
+        config.batch_bytes_max = v;
     }
+    // Keep the combination valid whatever the overrides: a batch and an index interval
+    // never exceed a segment.
+    let segment = usize::try_from(config.segment_bytes).unwrap_or(usize::MAX);
+    config.batch_bytes_max = config
+        .batch_bytes_max
+        .clamp(
+            engine::batch::BATCH_HEADER_BYTES,
+            engine::limits::BATCH_BYTES_MAX,
+        )
+        .min(segment);
+    config.index_interval_bytes = config.index_interval_bytes.min(config.segment_bytes);
     config
 }
 
@@ -330,5 +368,15 @@ mod tests {
         let c = log_config_for(&m, &LogConfig::default());
         assert_eq!(c.segment_bytes, 1 << 20);
         assert_eq!(c.retention_age, None);
+        // A segment smaller than the broker's largest batch still gives a valid log config.
+        let base = LogConfig {
+            batch_bytes_max: 1_048_588,
+            ..LogConfig::default()
+        };
+        assert_eq!(log_config_for(&m, &base).validate(), Ok(()));
+        m.configs.insert("segment.bytes".into(), "1024".into());
+        assert_eq!(log_config_for(&m, &base).validate(), Ok(()));
+        assert!(check_config("segment.ms", "1").is_err());
+        assert!(check_config("max.message.bytes", "10").is_err());
     }
 }

@@ -549,3 +549,56 @@ fn given_hostile_bytes_on_raw_sockets_should_close_them_and_keep_serving() {
     let msgs = consume_all(&broker, "after-hostile", 1, 1);
     assert_eq!(msgs[0].payload(), Some(&b"still here"[..]));
 }
+
+#[test]
+fn given_topic_configs_when_created_should_apply_them_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    // A segment smaller than the broker's message.max.bytes: a common setting that must
+    // neither fail nor keep the broker from starting again.
+    let topic = NewTopic::new("small-segments", 1, TopicReplication::Fixed(1))
+        .set("segment.bytes", "1048576")
+        .set("retention.ms", "-1");
+    let created = block_on(admin(&broker).create_topics(&[topic], &opts)).unwrap();
+    assert_eq!(created[0], Ok("small-segments".to_owned()));
+    let p = producer(&broker, &[("linger.ms", "5")]);
+    let value = vec![b'v'; 100 * 1024];
+    for _ in 0..30 {
+        send(&p, FutureRecord::to("small-segments").payload(&value[..]));
+    }
+    let segments = std::fs::read_dir(dir.path().join("small-segments-0"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(segments >= 3, "segment.bytes applied: {segments} segments");
+    broker.stop();
+    broker.restart();
+    assert_eq!(consume_all(&broker, "small-segments", 1, 30).len(), 30);
+}
+
+#[test]
+fn given_idle_connection_should_be_closed_after_the_idle_limit() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(dir.path(), &[("BROKER_CONNECTIONS_MAX_IDLE_MS", "300")]);
+    for partial in [&[][..], &[0, 0, 0, 20, 0, 3][..]] {
+        let mut s = std::net::TcpStream::connect(&broker.addr).unwrap();
+        std::io::Write::write_all(&mut s, partial).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "closed without a response");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "closed by the idle limit"
+        );
+    }
+}

@@ -60,7 +60,8 @@ pub async fn handle(
         }
         drop(topics);
         let woken = futures_util::future::select_all(listeners);
-        let _ = compio::time::timeout_at(deadline, woken).await;
+        let stop = std::pin::pin!(shard.shared.stopped());
+        let _ = compio::time::timeout_at(deadline, futures_util::future::select(woken, stop)).await;
     }
 }
 

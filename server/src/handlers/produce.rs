@@ -135,13 +135,20 @@ fn check_partition(
         ));
         return Err(Outcome::error(e.code(), Some(e.to_string())));
     }
-    if let Ok(header) = engine::BatchHeader::parse(records)
-        && header.declared_total_bytes() < records.len() as i64
-    {
-        return Err(Outcome::error(
-            error_code::INVALID_RECORD,
-            Some("produce requests must carry exactly one record batch per partition".into()),
-        ));
+    if let Ok(header) = engine::BatchHeader::parse(records) {
+        if header.declared_total_bytes() < records.len() as i64 {
+            return Err(Outcome::error(
+                error_code::INVALID_RECORD,
+                Some("produce requests must carry exactly one record batch per partition".into()),
+            ));
+        }
+        if header.is_control() || header.is_transactional() {
+            // Control records are the broker's to write; transactions are not supported.
+            return Err(Outcome::error(
+                error_code::INVALID_RECORD,
+                Some("control and transactional batches are not accepted".into()),
+            ));
+        }
     }
     Ok(tp)
 }
