@@ -64,7 +64,9 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| mpsc::channel::<ShardCommand>(SHARD_INBOX_DEPTH_MAX))
         .unzip();
-    let shared = Arc::new(BrokerShared::new(config, registry, senders));
+    let offsets = crate::groups::offsets::OffsetStore::open(&config.data_dir.join(".groups"))
+        .context("cannot load committed offsets")?;
+    let shared = Arc::new(BrokerShared::new(config, registry, offsets, senders));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<bool, String>>();
@@ -140,6 +142,9 @@ fn run_core(
         };
         compio::runtime::spawn(std::rc::Rc::clone(&shard).serve_inbox(inbox)).detach();
         compio::runtime::spawn(retention_loop(std::rc::Rc::clone(&shard))).detach();
+        if id == 0 {
+            compio::runtime::spawn(group_timer_loop(std::rc::Rc::clone(&shard))).detach();
+        }
         let uring = engine::io_mode::current() == Some(engine::IoMode::IoUring);
         let _ = ready.send(Ok(uring));
         accept_loop(&shard, &listener).await;
@@ -189,5 +194,21 @@ async fn retention_loop(shard: std::rc::Rc<Shard>) {
             return;
         }
         shard.apply_retention();
+    }
+}
+
+/// How often group session and rebalance deadlines are checked.
+const GROUP_TICK: Duration = Duration::from_millis(100);
+
+async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
+    loop {
+        let sleep = std::pin::pin!(compio::time::sleep(GROUP_TICK));
+        let stop = std::pin::pin!(shard.shared.stopped());
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(sleep, stop).await
+        {
+            return;
+        }
+        shard.shared.groups().tick(Instant::now());
     }
 }

@@ -45,7 +45,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: std::net::SocketAd
         zero_copy: shard.config().fetch_zero_copy
             && compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring()),
     };
-    let result = serve_requests(&shard, &stream, &mut sender).await;
+    let result = serve_requests(&shard, &stream, &mut sender, peer).await;
     match result {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(CloseReason::Io(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
@@ -58,6 +58,7 @@ async fn serve_requests(
     shard: &Rc<Shard>,
     stream: &TcpStream,
     sender: &mut ResponseSender<'_>,
+    peer: std::net::SocketAddr,
 ) -> Result<(), CloseReason> {
     let max = shard.config().socket_request_max_bytes;
     let idle = std::time::Duration::from_millis(shard.config().connections_max_idle_ms);
@@ -79,7 +80,7 @@ async fn serve_requests(
         let Some(frame) = frame else {
             return Ok(());
         };
-        if let Some(pieces) = handle_frame(shard, frame).await? {
+        if let Some(pieces) = handle_frame(shard, frame, peer).await? {
             sender.send(pieces).await?;
         }
     }
@@ -119,6 +120,7 @@ async fn read_frame(stream: &TcpStream, max: usize) -> Result<Option<Vec<u8>>, C
 async fn handle_frame(
     shard: &Rc<Shard>,
     frame: Vec<u8>,
+    peer: std::net::SocketAddr,
 ) -> Result<Option<Vec<Piece>>, CloseReason> {
     let prefix =
         RequestPrefix::parse(&frame).ok_or(CloseReason::FrameLength(frame.len() as i64))?;
@@ -151,6 +153,12 @@ async fn handle_frame(
         key,
         version: prefix.api_version,
         correlation_id: header.correlation_id,
+        client_id: header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        client_host: format!("/{}", peer.ip()),
         body,
     };
     Ok(handlers::handle(shard, request).await?)

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod fetch_response;
+pub mod groups;
 pub mod handlers;
 pub mod protocol;
 pub mod request_bounds;

@@ -88,8 +88,56 @@ const DELETE_TOPICS: &[(i16, F)] = &[(ALL, F::StrArray)];
 const CONFIG_RESOURCE: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::Str), (ALL, F::StrArray)];
 const DESCRIBE_CONFIGS: &[(i16, F)] = &[(ALL, F::Array(CONFIG_RESOURCE))];
 
-fn layout(key: ApiKey) -> Option<&'static [(i16, F)]> {
+const PROTOCOL: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Bytes)];
+const JOIN_GROUP: &[(i16, F)] = &[
+    (ALL, F::Str),
+    (ALL, F::I32),
+    (1, F::I32),
+    (ALL, F::Str),
+    (5, F::Str),
+    (ALL, F::Str),
+    (ALL, F::Array(PROTOCOL)),
+];
+const SYNC_GROUP: &[(i16, F)] = &[
+    (ALL, F::Str),
+    (ALL, F::I32),
+    (ALL, F::Str),
+    (3, F::Str),
+    (ALL, F::Array(PROTOCOL)),
+];
+const LEAVE_GROUP_V0: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Str)];
+const MEMBER_IDENTITY: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Str)];
+const LEAVE_GROUP_V3: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(MEMBER_IDENTITY))];
+const COMMIT_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I64), (6, F::I32), (ALL, F::Str)];
+const COMMIT_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(COMMIT_PARTITION))];
+const OFFSET_COMMIT_V2: &[(i16, F)] = &[
+    (ALL, F::Str),
+    (ALL, F::I32),
+    (ALL, F::Str),
+    (ALL, F::I64),
+    (ALL, F::Array(COMMIT_TOPIC)),
+];
+const OFFSET_COMMIT_V5: &[(i16, F)] = &[
+    (ALL, F::Str),
+    (ALL, F::I32),
+    (ALL, F::Str),
+    (7, F::Str),
+    (ALL, F::Array(COMMIT_TOPIC)),
+];
+const FETCH_OFFSETS_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
+const OFFSET_FETCH: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(FETCH_OFFSETS_TOPIC))];
+const DESCRIBE_GROUPS: &[(i16, F)] = &[(ALL, F::StrArray), (3, F::I8)];
+
+fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
     Some(match key {
+        ApiKey::JoinGroup => JOIN_GROUP,
+        ApiKey::SyncGroup => SYNC_GROUP,
+        ApiKey::LeaveGroup if version >= 3 => LEAVE_GROUP_V3,
+        ApiKey::LeaveGroup => LEAVE_GROUP_V0,
+        ApiKey::OffsetCommit if version >= 5 => OFFSET_COMMIT_V5,
+        ApiKey::OffsetCommit => OFFSET_COMMIT_V2,
+        ApiKey::OffsetFetch => OFFSET_FETCH,
+        ApiKey::DescribeGroups => DESCRIBE_GROUPS,
         ApiKey::Produce => PRODUCE,
         ApiKey::Fetch => FETCH,
         ApiKey::ListOffsets => LIST_OFFSETS,
@@ -209,7 +257,7 @@ impl Walker<'_> {
 /// Checks the array counts of a request body (after its header) for `key` at `version`.
 /// APIs without arrays in their non-flexible bodies pass through.
 pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'static str> {
-    match layout(key) {
+    match layout(key, version) {
         Some(layout) => Walker { bytes: body, at: 0 }.walk(layout, version),
         None => Ok(()),
     }

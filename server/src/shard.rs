@@ -27,6 +27,8 @@ pub const SHARD_INBOX_DEPTH_MAX: usize = 4096;
 pub struct BrokerShared {
     pub config: BrokerConfig,
     pub registry: Registry,
+    groups: std::sync::Mutex<crate::groups::coordinator::Coordinator>,
+    offsets: std::sync::Mutex<crate::groups::offsets::OffsetStore>,
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
     pub cluster_id: String,
     stopping: AtomicBool,
@@ -39,11 +41,14 @@ impl BrokerShared {
     pub fn new(
         config: BrokerConfig,
         registry: Registry,
+        offsets: crate::groups::offsets::OffsetStore,
         shards: Vec<mpsc::Sender<ShardCommand>>,
     ) -> Self {
         Self {
             config,
             registry,
+            groups: std::sync::Mutex::new(Default::default()),
+            offsets: std::sync::Mutex::new(offsets),
             shards,
             cluster_id: "rust-log-broker".to_owned(),
             stopping: AtomicBool::new(false),
@@ -51,6 +56,20 @@ impl BrokerShared {
             drained: AtomicUsize::new(0),
             drained_event: Event::new(),
         }
+    }
+
+    /// The group coordinator (control plane; never locked on the produce/fetch path).
+    pub fn groups(&self) -> std::sync::MutexGuard<'_, crate::groups::coordinator::Coordinator> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Committed offsets (control plane).
+    pub fn offsets(&self) -> std::sync::MutexGuard<'_, crate::groups::offsets::OffsetStore> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn stopping(&self) -> bool {

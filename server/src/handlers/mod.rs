@@ -14,6 +14,7 @@ use crate::shard::Shard;
 pub mod admin;
 pub mod api_versions;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -22,6 +23,8 @@ pub struct Request {
     pub key: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
+    pub client_id: String,
+    pub client_host: String,
     pub body: Bytes,
 }
 
@@ -55,6 +58,15 @@ pub async fn handle(
         ApiKey::CreateTopics => admin::create_topics(shard, request).await,
         ApiKey::DeleteTopics => admin::delete_topics(shard, request).await,
         ApiKey::DescribeConfigs => admin::describe_configs(shard, request),
+        ApiKey::FindCoordinator => groups::find_coordinator(shard, request),
+        ApiKey::JoinGroup => groups::join_group(shard, request).await,
+        ApiKey::SyncGroup => groups::sync_group(shard, request).await,
+        ApiKey::Heartbeat => groups::heartbeat(shard, request),
+        ApiKey::LeaveGroup => groups::leave_group(shard, request),
+        ApiKey::OffsetCommit => groups::offset_commit(shard, request),
+        ApiKey::OffsetFetch => groups::offset_fetch(shard, request),
+        ApiKey::ListGroups => groups::list_groups(shard, request),
+        ApiKey::DescribeGroups => groups::describe_groups(shard, request),
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
             what: "request",

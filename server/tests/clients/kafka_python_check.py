@@ -9,7 +9,7 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import RebalanceInProgressError, TopicAlreadyExistsError
 
 bootstrap, data_dir = sys.argv[1], sys.argv[2]
 CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
@@ -97,6 +97,87 @@ check(consumer.beginning_offsets([tp])[tp] == 0, "beginning offset")
 found = consumer.offsets_for_times({tp: 1_700_000_000_000})[tp]
 check(found is not None and found.offset == 0, f"offset for time {found}")
 consumer.close()
+
+# Consumer groups: two members share a topic; a later member resumes at the commit.
+admin.create_topics([NewTopic("py-shared", num_partitions=4, replication_factor=1)])
+producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+for i in range(200):
+    producer.send("py-shared", value=f"s{i}".encode(), partition=i % 4)
+producer.flush()
+
+
+def group_member():
+    return KafkaConsumer("py-shared", bootstrap_servers=bootstrap, group_id="py-group",
+                         auto_offset_reset="earliest", enable_auto_commit=False,
+                         session_timeout_ms=6000, heartbeat_interval_ms=500)
+
+
+# Each member polls on its own thread, as members in separate processes would.
+import threading
+
+seen = {}
+seen_lock = threading.Lock()
+stop = threading.Event()
+members = [group_member(), group_member()]
+
+
+def run_member(m):
+    while not stop.is_set():
+        for records in m.poll(timeout_ms=100).values():
+            with seen_lock:
+                for r in records:
+                    seen[r.value] = seen.get(r.value, 0) + 1
+
+
+threads = [threading.Thread(target=run_member, args=(m,)) for m in members]
+for t in threads:
+    t.start()
+deadline = time.time() + 30
+while time.time() < deadline:
+    with seen_lock:
+        done = len(seen) >= 200
+    a1, a2 = members[0].assignment(), members[1].assignment()
+    if done and a1 and a2 and not (a1 & a2) and len(a1 | a2) == 4:
+        break
+    time.sleep(0.1)
+stop.set()
+for t in threads:
+    t.join()
+m1, m2 = members
+check(len(seen) == 200 and all(n == 1 for n in seen.values()), f"group consumed {len(seen)} distinct")
+check(m1.assignment() and m2.assignment() and not (m1.assignment() & m2.assignment()), "disjoint assignments")
+
+
+def commit(member):
+    # As with any Kafka broker, a commit during a rebalance is refused; poll and retry.
+    for _ in range(50):
+        try:
+            member.commit()
+            return
+        except RebalanceInProgressError:
+            member.poll(timeout_ms=100)
+    check(False, "commit kept failing")
+
+
+commit(m1)
+commit(m2)
+m1.close()
+m2.close()
+for i in range(10):
+    producer.send("py-shared", value=f"late{i}".encode(), partition=i % 4)
+producer.flush()
+m3 = group_member()
+late = []
+deadline = time.time() + 30
+while len(late) < 10 and time.time() < deadline:
+    for records in m3.poll(timeout_ms=200).values():
+        late.extend(r.value for r in records)
+check(sorted(late) == sorted(f"late{i}".encode() for i in range(10)), f"resumed at the commit: {late[:5]}")
+m3.close()
+listed = admin.list_groups()
+check("py-group" in str(listed), f"group listed: {listed}")
+described = admin.describe_groups(["py-group"])
+check("py-group" in str(described), f"group described: {described}")
 
 admin.delete_topics(["py-orders"])
 check("py-orders" not in admin.list_topics(), "topic deleted")

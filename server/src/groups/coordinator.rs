@@ -1,0 +1,664 @@
+//! The classic Kafka group coordinator: a state machine per group (empty, preparing
+//! rebalance, completing rebalance, stable, dead), member ids, generations, protocol
+//! selection, session and rebalance timeouts. The group leader client computes the
+//! assignment; the coordinator only relays it.
+//!
+//! This is control-plane state, shared by all cores behind one mutex (never taken on the
+//! produce or fetch path). Join and Sync answers that must wait are handed back as
+//! oneshot receivers, awaited after the lock is released.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use crate::protocol::error_code;
+
+/// Bounds on the session timeout a member may ask for (Kafka's
+/// group.min/max.session.timeout.ms, with a lower floor for tests).
+pub const SESSION_TIMEOUT_MS_MIN: i32 = 1_000;
+pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+/// Most members one group may hold (Kafka's group.max.size is unbounded by default).
+pub const GROUP_MEMBERS_MAX: usize = 1_000;
+/// Most groups the coordinator tracks.
+pub const GROUPS_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+}
+
+impl GroupState {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JoinOutcome {
+    pub error_code: i16,
+    pub generation_id: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Filled for the leader only: (member id, group instance id, metadata).
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncOutcome {
+    pub error_code: i16,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+/// An answer now, or one to await once the lock is released.
+pub enum Reply<T> {
+    Now(T),
+    Later(oneshot::Receiver<T>),
+}
+
+pub struct JoinArgs {
+    pub group_id: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub client_id: String,
+    pub client_host: String,
+    /// v4+ clients get MEMBER_ID_REQUIRED on their first join.
+    pub requires_known_member_id: bool,
+}
+
+struct Member {
+    seq: u64,
+    group_instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    last_seen: Instant,
+    join_waiter: Option<oneshot::Sender<JoinOutcome>>,
+    sync_waiter: Option<oneshot::Sender<SyncOutcome>>,
+}
+
+pub struct Group {
+    state: GroupState,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    pending: HashSet<String>,
+    rebalance_deadline: Option<Instant>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Self {
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashSet::new(),
+            rebalance_deadline: None,
+        }
+    }
+}
+
+/// A group as DescribeGroups shows it.
+pub struct GroupView {
+    pub state: GroupState,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+#[derive(Default)]
+pub struct Coordinator {
+    groups: HashMap<String, Group>,
+    next_member: u64,
+}
+
+impl Coordinator {
+    pub fn join(&mut self, args: JoinArgs, now: Instant) -> Reply<JoinOutcome> {
+        let fail = |code: i16, member_id: &str| {
+            Reply::Now(JoinOutcome {
+                error_code: code,
+                generation_id: -1,
+                member_id: member_id.to_owned(),
+                ..JoinOutcome::default()
+            })
+        };
+        if args.group_id.is_empty() {
+            return fail(error_code::INVALID_GROUP_ID, &args.member_id);
+        }
+        if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&args.session_timeout_ms) {
+            return fail(error_code::INVALID_SESSION_TIMEOUT, &args.member_id);
+        }
+        if args.protocols.is_empty() || args.protocol_type.is_empty() {
+            return fail(error_code::INCONSISTENT_GROUP_PROTOCOL, &args.member_id);
+        }
+        if !self.groups.contains_key(&args.group_id) && self.groups.len() >= GROUPS_MAX {
+            return fail(error_code::GROUP_MAX_SIZE_REACHED, &args.member_id);
+        }
+        self.next_member += 1;
+        let seq = self.next_member;
+        let group = self
+            .groups
+            .entry(args.group_id.clone())
+            .or_insert_with(Group::new);
+        if group.state != GroupState::Empty
+            && group
+                .protocol_type
+                .as_deref()
+                .is_some_and(|t| t != args.protocol_type)
+        {
+            return fail(error_code::INCONSISTENT_GROUP_PROTOCOL, &args.member_id);
+        }
+        let mut member_id = args.member_id.clone();
+        if member_id.is_empty() {
+            member_id = format!(
+                "{}-{seq:016x}",
+                if args.client_id.is_empty() {
+                    "member"
+                } else {
+                    &args.client_id
+                }
+            );
+            if args.requires_known_member_id {
+                group.pending.insert(member_id.clone());
+                return fail(error_code::MEMBER_ID_REQUIRED, &member_id);
+            }
+        } else if !group.members.contains_key(&member_id) && !group.pending.contains(&member_id) {
+            return fail(error_code::UNKNOWN_MEMBER_ID, &member_id);
+        }
+        group.pending.remove(&member_id);
+        if !group.members.contains_key(&member_id) && group.members.len() >= GROUP_MEMBERS_MAX {
+            return fail(error_code::GROUP_MAX_SIZE_REACHED, &member_id);
+        }
+        let (tx, rx) = oneshot::channel();
+        let rebalance_ms = if args.rebalance_timeout_ms > 0 {
+            args.rebalance_timeout_ms
+        } else {
+            args.session_timeout_ms
+        };
+        let member = group
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                seq,
+                group_instance_id: args.group_instance_id.clone(),
+                client_id: args.client_id.clone(),
+                client_host: args.client_host.clone(),
+                session_timeout: Duration::ZERO,
+                rebalance_timeout: Duration::ZERO,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_seen: now,
+                join_waiter: None,
+                sync_waiter: None,
+            });
+        member.session_timeout = Duration::from_millis(args.session_timeout_ms as u64);
+        member.rebalance_timeout =
+            Duration::from_millis(rebalance_ms.clamp(1, SESSION_TIMEOUT_MS_MAX) as u64);
+        member.protocols = args.protocols;
+        member.last_seen = now;
+        member.join_waiter = Some(tx);
+        if group.protocol_type.is_none() {
+            group.protocol_type = Some(args.protocol_type);
+        }
+        if group.state != GroupState::PreparingRebalance {
+            prepare_rebalance(group, now);
+        }
+        maybe_complete_join(group, now, false);
+        Reply::Later(rx)
+    }
+
+    pub fn sync(
+        &mut self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> Reply<SyncOutcome> {
+        let fail = |code| {
+            Reply::Now(SyncOutcome {
+                error_code: code,
+                ..SyncOutcome::default()
+            })
+        };
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return fail(error_code::UNKNOWN_MEMBER_ID);
+        };
+        let Some(member) = group.members.get_mut(member_id) else {
+            return fail(error_code::UNKNOWN_MEMBER_ID);
+        };
+        member.last_seen = now;
+        if generation != group.generation {
+            return fail(error_code::ILLEGAL_GENERATION);
+        }
+        match group.state {
+            GroupState::PreparingRebalance => fail(error_code::REBALANCE_IN_PROGRESS),
+            GroupState::Empty | GroupState::Dead => fail(error_code::UNKNOWN_MEMBER_ID),
+            GroupState::Stable => Reply::Now(SyncOutcome {
+                error_code: error_code::NONE,
+                protocol_type: group.protocol_type.clone(),
+                protocol_name: group.protocol.clone(),
+                assignment: member.assignment.clone(),
+            }),
+            GroupState::CompletingRebalance => {
+                let (tx, rx) = oneshot::channel();
+                member.sync_waiter = Some(tx);
+                if group.leader.as_deref() == Some(member_id) {
+                    for (id, assignment) in assignments {
+                        if let Some(m) = group.members.get_mut(&id) {
+                            m.assignment = assignment;
+                        }
+                    }
+                    group.state = GroupState::Stable;
+                    for m in group.members.values_mut() {
+                        if let Some(waiter) = m.sync_waiter.take() {
+                            let _ = waiter.send(SyncOutcome {
+                                error_code: error_code::NONE,
+                                protocol_type: group.protocol_type.clone(),
+                                protocol_name: group.protocol.clone(),
+                                assignment: m.assignment.clone(),
+                            });
+                        }
+                    }
+                }
+                Reply::Later(rx)
+            }
+        }
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        now: Instant,
+    ) -> i16 {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return error_code::UNKNOWN_MEMBER_ID;
+        };
+        let Some(member) = group.members.get_mut(member_id) else {
+            return error_code::UNKNOWN_MEMBER_ID;
+        };
+        member.last_seen = now;
+        if generation != group.generation {
+            return error_code::ILLEGAL_GENERATION;
+        }
+        match group.state {
+            GroupState::PreparingRebalance => error_code::REBALANCE_IN_PROGRESS,
+            _ => error_code::NONE,
+        }
+    }
+
+    /// Removes members; returns an error code per member id.
+    pub fn leave(
+        &mut self,
+        group_id: &str,
+        member_ids: &[String],
+        now: Instant,
+    ) -> Vec<(String, i16)> {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return member_ids
+                .iter()
+                .map(|m| (m.clone(), error_code::UNKNOWN_MEMBER_ID))
+                .collect();
+        };
+        let mut out = Vec::with_capacity(member_ids.len());
+        let mut removed = false;
+        for id in member_ids {
+            if group.members.remove(id).is_some() {
+                removed = true;
+                out.push((id.clone(), error_code::NONE));
+            } else {
+                out.push((id.clone(), error_code::UNKNOWN_MEMBER_ID));
+            }
+        }
+        if removed {
+            member_left(group, now);
+        }
+        out
+    }
+
+    /// Whether an offset commit from this member and generation may proceed.
+    pub fn check_commit(
+        &mut self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        now: Instant,
+    ) -> i16 {
+        if generation < 0 && member_id.is_empty() {
+            // A standalone consumer (no group membership) commits freely, as in Kafka.
+            return match self.groups.get(group_id) {
+                Some(g) if !g.members.is_empty() => error_code::UNKNOWN_MEMBER_ID,
+                _ => error_code::NONE,
+            };
+        }
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return error_code::UNKNOWN_MEMBER_ID;
+        };
+        let Some(member) = group.members.get_mut(member_id) else {
+            return error_code::UNKNOWN_MEMBER_ID;
+        };
+        member.last_seen = now;
+        if generation != group.generation {
+            return error_code::ILLEGAL_GENERATION;
+        }
+        if group.state == GroupState::PreparingRebalance {
+            return error_code::REBALANCE_IN_PROGRESS;
+        }
+        error_code::NONE
+    }
+
+    /// Expires members whose session ran out and completes rebalances whose deadline
+    /// passed. Called every `TICK` by one core.
+    pub fn tick(&mut self, now: Instant) {
+        for group in self.groups.values_mut() {
+            let expired: Vec<String> = group
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    m.join_waiter.is_none()
+                        && now.saturating_duration_since(m.last_seen) > m.session_timeout
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !expired.is_empty() {
+                for id in &expired {
+                    tracing::info!(member = %id, "member session expired");
+                    group.members.remove(id);
+                }
+                member_left(group, now);
+            }
+            if group.state == GroupState::PreparingRebalance
+                && group.rebalance_deadline.is_some_and(|d| now >= d)
+            {
+                maybe_complete_join(group, now, true);
+            }
+        }
+    }
+
+    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+        let mut out: Vec<_> = self
+            .groups
+            .iter()
+            .map(|(id, g)| {
+                (
+                    id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state,
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<GroupView> {
+        let g = self.groups.get(group_id)?;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        Some(GroupView {
+            state: g.state,
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: protocol.clone(),
+            members: g
+                .members
+                .iter()
+                .map(|(id, m)| {
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
+                    (
+                        id.clone(),
+                        m.group_instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        metadata,
+                        m.assignment.clone(),
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
+fn prepare_rebalance(group: &mut Group, now: Instant) {
+    // Members waiting for their assignment must rejoin instead.
+    for m in group.members.values_mut() {
+        if let Some(waiter) = m.sync_waiter.take() {
+            let _ = waiter.send(SyncOutcome {
+                error_code: error_code::REBALANCE_IN_PROGRESS,
+                ..SyncOutcome::default()
+            });
+        }
+    }
+    let timeout = group
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    group.state = GroupState::PreparingRebalance;
+    group.rebalance_deadline = Some(now + timeout);
+}
+
+fn member_left(group: &mut Group, now: Instant) {
+    if group.members.is_empty() {
+        group.state = GroupState::Empty;
+        group.leader = None;
+        group.protocol = None;
+        group.rebalance_deadline = None;
+        group.generation += 1;
+        return;
+    }
+    match group.state {
+        GroupState::Stable | GroupState::CompletingRebalance => prepare_rebalance(group, now),
+        GroupState::PreparingRebalance => maybe_complete_join(group, now, false),
+        GroupState::Empty | GroupState::Dead => {}
+    }
+}
+
+/// Completes the join phase when every member has rejoined, or, at the deadline, with the
+/// members that did (the others are removed).
+fn maybe_complete_join(group: &mut Group, now: Instant, deadline_passed: bool) {
+    let all_joined = group.members.values().all(|m| m.join_waiter.is_some());
+    if !all_joined && !deadline_passed {
+        return;
+    }
+    group.members.retain(|_, m| m.join_waiter.is_some());
+    if group.members.is_empty() {
+        member_left(group, now);
+        return;
+    }
+    // The first protocol of the oldest member that every member supports.
+    let oldest = group
+        .members
+        .values()
+        .min_by_key(|m| m.seq)
+        .map(|m| m.protocols.clone())
+        .unwrap_or_default();
+    let chosen = oldest.iter().map(|(name, _)| name.clone()).find(|name| {
+        group
+            .members
+            .values()
+            .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+    });
+    let Some(protocol) = chosen else {
+        for m in group.members.values_mut() {
+            if let Some(waiter) = m.join_waiter.take() {
+                let _ = waiter.send(JoinOutcome {
+                    error_code: error_code::INCONSISTENT_GROUP_PROTOCOL,
+                    generation_id: -1,
+                    ..JoinOutcome::default()
+                });
+            }
+        }
+        group.members.clear();
+        member_left(group, now);
+        return;
+    };
+    group.generation += 1;
+    group.protocol = Some(protocol.clone());
+    let leader = match &group.leader {
+        Some(l) if group.members.contains_key(l) => l.clone(),
+        _ => group
+            .members
+            .iter()
+            .min_by_key(|(_, m)| m.seq)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default(),
+    };
+    group.leader = Some(leader.clone());
+    group.state = GroupState::CompletingRebalance;
+    group.rebalance_deadline = None;
+    let roster: Vec<(String, Option<String>, Bytes)> = group
+        .members
+        .iter()
+        .map(|(id, m)| {
+            let metadata = m
+                .protocols
+                .iter()
+                .find(|(n, _)| *n == protocol)
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default();
+            (id.clone(), m.group_instance_id.clone(), metadata)
+        })
+        .collect();
+    for (id, m) in group.members.iter_mut() {
+        m.assignment = Bytes::new();
+        m.last_seen = now;
+        if let Some(waiter) = m.join_waiter.take() {
+            let _ = waiter.send(JoinOutcome {
+                error_code: error_code::NONE,
+                generation_id: group.generation,
+                protocol_type: group.protocol_type.clone(),
+                protocol_name: Some(protocol.clone()),
+                leader: leader.clone(),
+                member_id: id.clone(),
+                members: if *id == leader {
+                    roster.clone()
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(group: &str, member: &str) -> JoinArgs {
+        JoinArgs {
+            group_id: group.into(),
+            member_id: member.into(),
+            group_instance_id: None,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            requires_known_member_id: true,
+        }
+    }
+
+    fn now_of(reply: Reply<JoinOutcome>) -> JoinOutcome {
+        match reply {
+            Reply::Now(o) => o,
+            Reply::Later(mut rx) => rx.try_recv().ok().flatten().expect("answered"),
+        }
+    }
+
+    #[test]
+    fn first_join_requires_member_id_then_completes_alone() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        let first = now_of(c.join(args("g", ""), t));
+        assert_eq!(first.error_code, error_code::MEMBER_ID_REQUIRED);
+        let joined = now_of(c.join(args("g", &first.member_id), t));
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+        assert_eq!(joined.leader, first.member_id);
+        assert_eq!(joined.members.len(), 1);
+        match c.sync(
+            "g",
+            1,
+            &first.member_id,
+            vec![(first.member_id.clone(), Bytes::from_static(b"a"))],
+            t,
+        ) {
+            Reply::Later(mut rx) => assert_eq!(
+                rx.try_recv().unwrap().unwrap().assignment,
+                Bytes::from_static(b"a")
+            ),
+            Reply::Now(o) => panic!("{}", o.error_code),
+        }
+        assert_eq!(c.heartbeat("g", 1, &first.member_id, t), 0);
+        assert_eq!(
+            c.heartbeat("g", 0, &first.member_id, t),
+            error_code::ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            c.heartbeat("g", 1, "nobody", t),
+            error_code::UNKNOWN_MEMBER_ID
+        );
+    }
+
+    #[test]
+    fn second_member_triggers_rebalance_and_expired_member_is_removed() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        let a = now_of(c.join(args("g", ""), t)).member_id;
+        now_of(c.join(args("g", &a), t));
+        let _ = c.sync("g", 1, &a, vec![], t);
+        let b = now_of(c.join(args("g", ""), t)).member_id;
+        let b_join = c.join(args("g", &b), t);
+        assert_eq!(
+            c.heartbeat("g", 1, &a, t),
+            error_code::REBALANCE_IN_PROGRESS
+        );
+        let a_join = now_of(c.join(args("g", &a), t));
+        assert_eq!(a_join.generation_id, 2);
+        assert_eq!(now_of(b_join).generation_id, 2);
+        // b stops heartbeating: after its session timeout it is removed and a rebalances.
+        let _ = c.sync("g", 2, &a, vec![], t);
+        assert_eq!(c.heartbeat("g", 2, &a, t + Duration::from_secs(9)), 0);
+        c.tick(t + Duration::from_secs(11));
+        assert_eq!(
+            c.heartbeat("g", 2, &a, t + Duration::from_secs(11)),
+            error_code::REBALANCE_IN_PROGRESS
+        );
+        assert_eq!(c.describe("g").unwrap().members.len(), 1);
+    }
+}
