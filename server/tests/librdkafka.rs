@@ -250,15 +250,11 @@ fn given_each_compression_codec_when_producing_should_consume_same_values() {
                 as usize
                 + 12;
         }
-        // librdkafka enables LZ4 only for brokers that advertise FindCoordinator (its proxy
-        // for Kafka >= 0.10), which arrives with consumer groups; until then it sends
-        // LZ4 batches uncompressed. The Python client test covers stored LZ4 batches.
-        if codec != "lz4" {
-            assert!(
-                codecs.contains(&expected),
-                "codec {codec} not stored: {codecs:?}"
-            );
-        }
+        // (librdkafka enables LZ4 only for brokers that advertise FindCoordinator.)
+        assert!(
+            codecs.contains(&expected),
+            "codec {codec} not stored: {codecs:?}"
+        );
         assert!(
             codecs.iter().all(|c| *c == expected || *c == 0),
             "{codecs:?}"
