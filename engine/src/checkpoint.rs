@@ -9,6 +9,10 @@ use crate::error::{LogError, Result};
 
 /// Offset below which every batch is known to be on disk.
 pub(crate) const CHECKPOINT_FILE: &str = "recovery-checkpoint";
+/// Producer state as of an offset (see `producer_state.rs`).
+pub(crate) const PRODUCER_SNAPSHOT_FILE: &str = "producer-snapshot";
+/// Largest producer snapshot read back (10k producers x 5 batches).
+const PRODUCER_SNAPSHOT_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Present only between a clean close and the next open.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const TEMP_SUFFIX: &str = ".tmp";
@@ -90,4 +94,27 @@ pub(crate) async fn remove_clean_marker(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(LogError::io(path, e)),
     }
+}
+
+/// Writes the producer state that holds for every batch below `offset`.
+pub(crate) async fn write_producer_snapshot(dir: &Path, offset: i64, body: Vec<u8>) -> Result<()> {
+    let mut bytes = Vec::with_capacity(12 + body.len());
+    bytes.extend_from_slice(&offset.to_be_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    write_atomically(dir, PRODUCER_SNAPSHOT_FILE, bytes).await
+}
+
+/// The producer snapshot (offset, body), or `None` when missing or damaged.
+pub(crate) async fn read_producer_snapshot(dir: &Path) -> Option<(i64, Vec<u8>)> {
+    let bytes = compio::fs::read(dir.join(PRODUCER_SNAPSHOT_FILE))
+        .await
+        .ok()?;
+    if bytes.len() < 12 || bytes.len() > PRODUCER_SNAPSHOT_BYTES_MAX {
+        return None;
+    }
+    let offset = i64::from_be_bytes(bytes[..8].try_into().ok()?);
+    let crc = u32::from_be_bytes(bytes[8..12].try_into().ok()?);
+    let body = bytes[12..].to_vec();
+    (crc32c::crc32c(&body) == crc && offset >= 0).then_some((offset, body))
 }

@@ -74,6 +74,10 @@ pub enum LogError {
     TooManySegments { path: PathBuf, max: usize },
     #[error("offset {offset} would overflow the log")]
     OffsetOverflow { offset: i64 },
+    #[error("producer sequence {got} does not follow {expected}")]
+    OutOfOrderSequence { expected: i32, got: i32 },
+    #[error("producer epoch {got} is older than the current {current}")]
+    InvalidProducerEpoch { current: i16, got: i16 },
     #[error("the partition log is closed")]
     Closed,
     #[error("the partition log failed earlier and refuses further writes: {0}")]

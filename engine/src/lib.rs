@@ -14,6 +14,7 @@ pub mod io_mode;
 pub mod limits;
 pub mod offset_index;
 pub mod partition;
+pub mod producer_state;
 mod recovery;
 pub mod segment;
 pub mod time_index;

@@ -25,6 +25,7 @@ use crate::limits::{
     APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, INDEX_PERSIST_ENTRIES_MIN,
     WRITE_GROUP_BATCHES_MAX, WRITE_GROUP_BYTES_MAX,
 };
+use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::segment::{BatchScanner, Scanned, Segment, SegmentFile, SegmentFiles, read_at_most};
 use crate::{now_ms, recovery};
 
@@ -47,6 +48,9 @@ pub struct AppendInfo {
     pub log_start_offset: i64,
     /// True when the batch was on disk before the append returned.
     pub durable: bool,
+    /// True when this was a retry of a batch already in the log (idempotent producer):
+    /// nothing was written and the offsets are the original ones.
+    pub duplicate: bool,
 }
 
 /// The offsets a fetch or ListOffsets reports.
@@ -121,6 +125,7 @@ pub(crate) struct LogState {
     pub failed: Option<String>,
     pub closed: bool,
     pub stats: WriterStats,
+    pub producers: ProducerStates,
 }
 
 impl LogState {
@@ -632,6 +637,26 @@ impl Writer {
                 let _ = reply.send(Err(LogError::Failed(why)));
                 continue;
             }
+            // Idempotent producers: a retried batch is answered with its first offsets.
+            let check = self.state.borrow().producers.check(&header);
+            match check {
+                SequenceCheck::Append => {}
+                SequenceCheck::Duplicate {
+                    base_offset,
+                    last_offset,
+                } => {
+                    self.answer_duplicate(base_offset, last_offset, wait, reply);
+                    continue;
+                }
+                SequenceCheck::OutOfOrder { expected, got } => {
+                    let _ = reply.send(Err(LogError::OutOfOrderSequence { expected, got }));
+                    continue;
+                }
+                SequenceCheck::FencedEpoch { current, got } => {
+                    let _ = reply.send(Err(LogError::InvalidProducerEpoch { current, got }));
+                    continue;
+                }
+            }
             let total = bytes.len() as u64;
             if self.needs_roll(&placed, total, header.offset_count()) {
                 self.write_placed(std::mem::take(&mut bufs), std::mem::take(&mut placed))
@@ -656,6 +681,7 @@ impl Writer {
             batch::set_base_offset(&mut bytes, next_offset);
             header.base_offset = next_offset;
             next_offset = after;
+            self.state.borrow_mut().producers.record(&header);
             bufs.push(bytes);
             placed.push(Placed {
                 header,
@@ -665,6 +691,39 @@ impl Writer {
             });
         }
         self.write_placed(bufs, placed).await;
+    }
+
+    fn answer_duplicate(
+        &mut self,
+        base_offset: i64,
+        last_offset: i64,
+        wait: AppendWait,
+        reply: oneshot::Sender<Result<AppendInfo>>,
+    ) {
+        let (log_start_offset, durable_offset, policy) = {
+            let st = self.state.borrow();
+            (
+                st.segments[0].base_offset,
+                st.durable_offset,
+                st.config.flush_policy,
+            )
+        };
+        let info = AppendInfo {
+            base_offset,
+            last_offset,
+            log_start_offset,
+            durable: last_offset < durable_offset,
+            duplicate: true,
+        };
+        if wait == AppendWait::Durable && !info.durable && policy != FlushPolicy::Never {
+            self.durable_waiters.push(DurableWaiter {
+                last_offset,
+                info,
+                reply,
+            });
+        } else {
+            let _ = reply.send(Ok(info));
+        }
     }
 
     /// Whether the active segment must roll before a batch of `total` bytes and
@@ -738,6 +797,7 @@ impl Writer {
                     last_offset: p.header.last_offset(),
                     log_start_offset,
                     durable: false,
+                    duplicate: false,
                 };
                 answers.push((p.wait, info, p.reply));
             }
@@ -828,6 +888,8 @@ impl Writer {
         self.unsynced.retain(|f| !Rc::ptr_eq(f, &files));
         let segment = Segment::open_files(&dir, base, true).await?;
         checkpoint::sync_dir(&dir).await?;
+        let snapshot = self.state.borrow().producers.encode();
+        checkpoint::write_producer_snapshot(&dir, base, snapshot).await?;
         checkpoint::write_checkpoint(&dir, base).await?;
         let mut st = self.state.borrow_mut();
         st.durable_offset = st.durable_offset.max(base);
@@ -854,6 +916,8 @@ impl Writer {
         self.persist_active_indexes(true).await?;
         files.sync_log().await?;
         files.sync_indexes().await?;
+        let snapshot = self.state.borrow().producers.encode();
+        checkpoint::write_producer_snapshot(&dir, end, snapshot).await?;
         checkpoint::write_checkpoint(&dir, end).await?;
         checkpoint::write_clean_marker(&dir).await?;
         Ok(())

@@ -15,12 +15,14 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::batch::BatchHeader;
 use crate::checkpoint;
 use crate::config::{LogConfig, RecoveryScope};
 use crate::error::{LogError, Result};
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::offset_index::OffsetIndex;
 use crate::partition::LogState;
+use crate::producer_state::ProducerStates;
 use crate::segment::{self, Segment};
 use crate::time_index::TimeIndex;
 
@@ -56,6 +58,21 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
     };
     let interval = config.index_interval_bytes;
     let full = config.recovery_scope == RecoveryScope::Full;
+    // Producer state: the snapshot, then every batch from its offset on that the scan
+    // below reads (a snapshot is written at every roll and close, so the batches after it
+    // are in segments that recovery reads anyway).
+    let (snapshot_offset, mut producers) = match checkpoint::read_producer_snapshot(dir).await {
+        Some((offset, body)) => match ProducerStates::decode(&body) {
+            Some(states) => (offset, states),
+            None => (0, ProducerStates::default()),
+        },
+        None => (0, ProducerStates::default()),
+    };
+    let mut on_batch = |h: &BatchHeader| {
+        if h.base_offset >= snapshot_offset {
+            producers.record(h);
+        }
+    };
 
     let mut segments: VecDeque<Segment> = VecDeque::with_capacity(bases.len());
     let mut cut_at: Option<usize> = None;
@@ -73,14 +90,14 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         let vouched = !full && (clean || next_base.is_some_and(|next| next <= checkpoint));
         let file_len = seg.file_len().await?;
         let intact = if vouched {
-            load_trusted(&mut seg, file_len, interval, &mut report).await?
+            load_trusted(&mut seg, file_len, interval, &mut on_batch).await?
         } else {
             false
         };
         let valid = if intact {
             true
         } else {
-            validate(&mut seg, file_len, interval, &mut report).await?
+            validate(&mut seg, file_len, interval, &mut report, &mut on_batch).await?
         };
         segments.push_back(seg);
         if !valid {
@@ -105,6 +122,8 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
     checkpoint::remove_clean_marker(dir).await?;
 
     let log_end = segments[segments.len() - 1].next_offset;
+    // Nothing truncated away may still be remembered as written.
+    producers.truncate(log_end);
     let durable = if clean {
         log_end
     } else {
@@ -125,6 +144,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         failed: None,
         closed: false,
         stats: Default::default(),
+        producers,
     };
     Ok((state, report))
 }
@@ -161,7 +181,7 @@ async fn load_trusted(
     seg: &mut Segment,
     file_len: u64,
     interval: u64,
-    report: &mut RecoveryReport,
+    on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<bool> {
     let (index_bytes, time_bytes) = seg.read_index_files().await?;
     let Ok(offset_index) = OffsetIndex::decode(&index_bytes, file_len) else {
@@ -183,7 +203,7 @@ async fn load_trusted(
     seg.size = from_pos;
     seg.max_timestamp = seg.time_index.last().map_or(-1, |e| e.timestamp);
     seg.bytes_since_index = 0;
-    let outcome = seg.scan_from(from_pos, false, interval).await?;
+    let outcome = seg.scan_from(from_pos, false, interval, on_batch).await?;
     let relative_end = (seg.next_offset - seg.base_offset) as u64;
     let time_ok = seg
         .time_index
@@ -197,7 +217,6 @@ async fn load_trusted(
         tracing::warn!(path = %seg.log_path().display(), reason = outcome.stopped.unwrap_or("index disagrees with log"), "trusted segment did not check out; re-validating it");
         return Ok(false);
     }
-    let _ = report;
     Ok(true)
 }
 
@@ -208,6 +227,7 @@ async fn validate(
     file_len: u64,
     interval: u64,
     report: &mut RecoveryReport,
+    on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<bool> {
     seg.offset_index = OffsetIndex::default();
     seg.time_index = TimeIndex::default();
@@ -216,7 +236,7 @@ async fn validate(
     seg.max_timestamp = -1;
     seg.bytes_since_index = 0;
     seg.first_batch_ms = None;
-    let outcome = seg.scan_from(0, true, interval).await?;
+    let outcome = seg.scan_from(0, true, interval, on_batch).await?;
     report.segments_validated += 1;
     report.batches_validated += outcome.batches;
     report.bytes_validated += outcome.valid_bytes;

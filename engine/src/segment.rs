@@ -447,6 +447,7 @@ impl Segment {
         from: u64,
         verify: bool,
         index_interval_bytes: u64,
+        on_batch: &mut dyn FnMut(&BatchHeader),
     ) -> Result<ScanOutcome> {
         let file_len = self.file_len().await?;
         let files = Rc::clone(&self.files);
@@ -492,6 +493,7 @@ impl Segment {
                 self.first_batch_ms = Some(if ts > 0 { ts } else { crate::now_ms() });
             }
             self.note_batch(pos, &header, total, index_interval_bytes);
+            on_batch(&header);
             outcome.batches += 1;
             pos += total;
         }

@@ -461,3 +461,78 @@ fn given_segment_age_limit_when_appending_later_should_roll_by_age() {
         );
     });
 }
+
+#[test]
+fn given_idempotent_producer_when_batches_retried_or_skipped_should_dedupe_and_refuse_gaps_across_restarts()
+ {
+    for crash in [false, true] {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                segment_age_max: None,
+                ..small_config()
+            };
+            let (p, _) = Partition::open(dir.path(), config.clone()).await.unwrap();
+            let mut next_seq = 0;
+            let mut firsts = Vec::new();
+            for _ in 0..40 {
+                let info = p
+                    .append(idempotent_batch(42, 0, next_seq, 3), AppendWait::Written)
+                    .await
+                    .unwrap();
+                assert!(!info.duplicate);
+                firsts.push((next_seq, info.base_offset));
+                next_seq += 3;
+            }
+            assert!(p.segment_count() > 1, "rolled at least once (snapshots)");
+            // A retry of the last batch is answered with its original offsets, not written.
+            let end = p.offsets().log_end_offset;
+            let (seq, base) = *firsts.last().unwrap();
+            let again = p
+                .append(idempotent_batch(42, 0, seq, 3), AppendWait::Written)
+                .await
+                .unwrap();
+            assert!(again.duplicate);
+            assert_eq!(again.base_offset, base);
+            assert_eq!(p.offsets().log_end_offset, end);
+            // A gap is refused.
+            let gap = p
+                .append(
+                    idempotent_batch(42, 0, next_seq + 1, 1),
+                    AppendWait::Written,
+                )
+                .await;
+            assert!(
+                matches!(gap, Err(LogError::OutOfOrderSequence { expected, got }) if expected == next_seq && got == next_seq + 1)
+            );
+            if crash {
+                drop(p);
+            } else {
+                p.close().await.unwrap();
+                drop(p);
+            }
+            let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+            let again = p
+                .append(idempotent_batch(42, 0, seq, 3), AppendWait::Written)
+                .await
+                .unwrap();
+            assert!(
+                again.duplicate,
+                "producer state survives the restart (crash: {crash})"
+            );
+            assert_eq!(again.base_offset, base);
+            let next = p
+                .append(idempotent_batch(42, 0, next_seq, 1), AppendWait::Written)
+                .await
+                .unwrap();
+            assert_eq!(next.base_offset, end);
+            let old_epoch = p
+                .append(idempotent_batch(42, -1, 0, 1), AppendWait::Written)
+                .await;
+            assert!(matches!(
+                old_epoch,
+                Err(LogError::InvalidProducerEpoch { .. })
+            ));
+        });
+    }
+}

@@ -134,3 +134,33 @@ pub async fn read_everything(p: &Partition) -> Vec<u8> {
     }
     out
 }
+
+/// A batch from an idempotent producer: `count` records with sequences from `first_seq`.
+pub fn idempotent_batch(producer_id: i64, epoch: i16, first_seq: i32, count: usize) -> Vec<u8> {
+    let mut records: Vec<Record> = (0..count)
+        .map(|i| {
+            record(
+                None,
+                format!("p{producer_id} s{}", first_seq + i as i32).as_bytes(),
+                1000 + i as i64,
+            )
+        })
+        .collect();
+    for (i, r) in records.iter_mut().enumerate() {
+        r.producer_id = producer_id;
+        r.producer_epoch = epoch;
+        r.offset = i as i64;
+        r.sequence = first_seq + i as i32;
+    }
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf.to_vec()
+}
