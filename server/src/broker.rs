@@ -66,7 +66,16 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         .unzip();
     let offsets = crate::groups::offsets::OffsetStore::open(&config.data_dir.join(".groups"))
         .context("cannot load committed offsets")?;
-    let shared = Arc::new(BrokerShared::new(config, registry, offsets, senders));
+    let producer_ids =
+        crate::groups::producer_ids::ProducerIds::open(&config.data_dir.join(".groups"))
+            .context("cannot load producer ids")?;
+    let shared = Arc::new(BrokerShared::new(
+        config,
+        registry,
+        offsets,
+        producer_ids,
+        senders,
+    ));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<bool, String>>();

@@ -54,6 +54,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Host name given to clients in Metadata; the listen address when unset.
     pub advertised_host: Option<String>,
+    /// Port given to clients in Metadata; the listen port when unset (set it when
+    /// clients reach the broker through a proxy or NAT).
+    pub advertised_port: Option<u16>,
     pub data_dir: PathBuf,
     /// Cores to run on (one pinned runtime each); 0 means all.
     pub cores: usize,
@@ -90,6 +93,7 @@ impl Default for BrokerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             advertised_host: None,
+            advertised_port: None,
             data_dir: PathBuf::from("./data"),
             cores: 0,
             message_max_bytes: 1_048_588,
@@ -205,6 +209,10 @@ impl BrokerConfig {
                 .map(Duration::from_millis),
             ..LogConfig::default()
         }
+    }
+
+    pub fn advertised_port(&self) -> i32 {
+        i32::from(self.advertised_port.unwrap_or(self.listen.port()))
     }
 
     pub fn advertised_host(&self) -> String {

@@ -29,6 +29,7 @@ pub struct BrokerShared {
     pub registry: Registry,
     groups: std::sync::Mutex<crate::groups::coordinator::Coordinator>,
     offsets: std::sync::Mutex<crate::groups::offsets::OffsetStore>,
+    producer_ids: std::sync::Mutex<crate::groups::producer_ids::ProducerIds>,
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
     pub cluster_id: String,
     stopping: AtomicBool,
@@ -42,6 +43,7 @@ impl BrokerShared {
         config: BrokerConfig,
         registry: Registry,
         offsets: crate::groups::offsets::OffsetStore,
+        producer_ids: crate::groups::producer_ids::ProducerIds,
         shards: Vec<mpsc::Sender<ShardCommand>>,
     ) -> Self {
         Self {
@@ -49,6 +51,7 @@ impl BrokerShared {
             registry,
             groups: std::sync::Mutex::new(Default::default()),
             offsets: std::sync::Mutex::new(offsets),
+            producer_ids: std::sync::Mutex::new(producer_ids),
             shards,
             cluster_id: "rust-log-broker".to_owned(),
             stopping: AtomicBool::new(false),
@@ -68,6 +71,15 @@ impl BrokerShared {
     /// Committed offsets (control plane).
     pub fn offsets(&self) -> std::sync::MutexGuard<'_, crate::groups::offsets::OffsetStore> {
         self.offsets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Producer id allocation (control plane).
+    pub fn producer_ids(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::groups::producer_ids::ProducerIds> {
+        self.producer_ids
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -163,6 +175,10 @@ pub enum PartitionError {
     InvalidRecord(String),
     #[error("{0}")]
     UnsupportedMessageFormat(String),
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+    #[error("{0}")]
+    InvalidProducerEpoch(String),
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -178,6 +194,8 @@ impl PartitionError {
             PartitionError::UnsupportedMessageFormat(_) => {
                 error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT
             }
+            PartitionError::OutOfOrderSequence(_) => error_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            PartitionError::InvalidProducerEpoch(_) => error_code::INVALID_PRODUCER_EPOCH,
             PartitionError::Storage(_) => error_code::KAFKA_STORAGE_ERROR,
         }
     }
@@ -196,6 +214,12 @@ impl From<LogError> for PartitionError {
                 other => PartitionError::InvalidRecord(other.to_string()),
             },
             LogError::OffsetOutOfRange { .. } => PartitionError::OffsetOutOfRange,
+            e @ LogError::OutOfOrderSequence { .. } => {
+                PartitionError::OutOfOrderSequence(e.to_string())
+            }
+            e @ LogError::InvalidProducerEpoch { .. } => {
+                PartitionError::InvalidProducerEpoch(e.to_string())
+            }
             other => PartitionError::Storage(other.to_string()),
         }
     }

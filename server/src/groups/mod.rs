@@ -1,4 +1,6 @@
-//! Consumer groups: the coordinator state machine and durable committed offsets.
+//! Consumer groups (the coordinator state machine, durable committed offsets) and
+//! producer id allocation for idempotent producers.
 
 pub mod coordinator;
 pub mod offsets;
+pub mod producer_ids;

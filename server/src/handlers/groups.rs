@@ -40,7 +40,7 @@ pub fn find_coordinator(
     let response = FindCoordinatorResponse::default()
         .with_node_id(BrokerId(BROKER_ID))
         .with_host(str_bytes(&config.advertised_host()))
-        .with_port(i32::from(config.listen.port()));
+        .with_port(config.advertised_port());
     request.respond(&response)
 }
 
@@ -370,4 +370,34 @@ pub fn describe_groups(
         .collect();
     drop(coordinator);
     request.respond(&DescribeGroupsResponse::default().with_groups(groups))
+}
+
+/// InitProducerId (0-1): a fresh producer id, epoch 0, for idempotent producers.
+/// Transactions are not supported: a transactional id is refused.
+pub fn init_producer_id(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+    let req: InitProducerIdRequest = request.decode("InitProducerId request")?;
+    let response = if req.transactional_id.is_some() {
+        InitProducerIdResponse::default()
+            .with_error_code(error_code::INVALID_REQUEST)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    } else {
+        match shard.shared.producer_ids().allocate() {
+            Ok(id) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot allocate a producer id");
+                InitProducerIdResponse::default()
+                    .with_error_code(error_code::COORDINATOR_NOT_AVAILABLE)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+            }
+        }
+    };
+    request.respond(&response)
 }

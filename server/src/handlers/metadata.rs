@@ -62,7 +62,7 @@ pub async fn handle(
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(BROKER_ID))
                 .with_host(str_bytes(&config.advertised_host()))
-                .with_port(i32::from(config.listen.port())),
+                .with_port(config.advertised_port()),
         ])
         .with_topics(topics);
     if v >= 1 {

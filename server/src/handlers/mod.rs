@@ -67,6 +67,7 @@ pub async fn handle(
         ApiKey::OffsetFetch => groups::offset_fetch(shard, request),
         ApiKey::ListGroups => groups::list_groups(shard, request),
         ApiKey::DescribeGroups => groups::describe_groups(shard, request),
+        ApiKey::InitProducerId => groups::init_producer_id(shard, request),
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
             what: "request",
