@@ -1,5 +1,11 @@
 //! Starting and stopping the broker: one pinned thread per core, each with its own compio
-//! runtime, its own SO_REUSEPORT listener on the shared port, and its own partitions.
+//! runtime and its own partitions. One acceptor thread hands connections to the cores in
+//! turn.
+//!
+//! Why not one SO_REUSEPORT listener per core: after a crash, the dead process's io_uring
+//! teardown runs asynchronously and keeps its listening sockets in the port's reuseport
+//! group for a moment; a broker restarted at once then saw some of its new connections
+//! routed to those dying sockets and reset (30% of immediate restarts here).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -11,7 +17,6 @@ use anyhow::{Context, bail};
 use futures_channel::mpsc;
 
 use crate::config::BrokerConfig;
-use crate::connection;
 use crate::shard::{BrokerShared, DrainedGuard, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand};
 use crate::topics::Registry;
 
@@ -30,17 +35,18 @@ impl RunningBroker {
     /// Stops accepting, lets in-flight requests finish, closes every partition cleanly.
     pub fn shutdown(self) {
         self.shared.begin_shutdown();
+        // Wake the acceptor out of accept() so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
         for t in self.threads {
             let _ = t.join();
         }
     }
 }
 
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
@@ -50,16 +56,10 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let cores = config.core_count();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    // The first listener fixes the port (the configured one may be 0); the others join it.
-    let first = reuseport_listener(config.listen)
+    let listener = bind_listener(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = first.local_addr()?;
+    let addr = listener.local_addr()?;
     config.listen = addr;
-    let mut listeners = vec![first];
-    for _ in 1..cores {
-        listeners
-            .push(reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?);
-    }
     let registry = Registry::open(&config.data_dir, cores).context("cannot load topics")?;
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| mpsc::channel::<ShardCommand>(SHARD_INBOX_DEPTH_MAX))
@@ -80,12 +80,12 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<bool, String>>();
     let mut threads = Vec::with_capacity(cores);
-    for (id, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+    for (id, inbox) in inboxes.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("core-{id}"))
-            .spawn(move || run_core(id, id % cpus, shared, listener, inbox, ready))
+            .spawn(move || run_core(id, id % cpus, shared, inbox, ready))
             .context("cannot start core thread")?;
         threads.push(thread);
     }
@@ -97,6 +97,16 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             Ok(Ok(uring)) => io_uring &= uring,
             Ok(Err(e)) => failure = Some(e),
             Err(_) => failure = Some("a core thread died during start".to_owned()),
+        }
+    }
+    if failure.is_none() {
+        let shared = Arc::clone(&shared);
+        match std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || accept_connections(listener, shared))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => failure = Some(format!("cannot start the acceptor: {e}")),
         }
     }
     let broker = RunningBroker {
@@ -116,7 +126,6 @@ fn run_core(
     id: usize,
     cpu: usize,
     shared: Arc<BrokerShared>,
-    listener: std::net::TcpListener,
     inbox: mpsc::Receiver<ShardCommand>,
     ready: std::sync::mpsc::Sender<Result<bool, String>>,
 ) {
@@ -142,13 +151,6 @@ fn run_core(
                 return;
             }
         }
-        let listener = match compio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!("core {id}: listener: {e}")));
-                return;
-            }
-        };
         compio::runtime::spawn(std::rc::Rc::clone(&shard).serve_inbox(inbox)).detach();
         compio::runtime::spawn(retention_loop(std::rc::Rc::clone(&shard))).detach();
         if id == 0 {
@@ -156,8 +158,7 @@ fn run_core(
         }
         let uring = engine::io_mode::current() == Some(engine::IoMode::IoUring);
         let _ = ready.send(Ok(uring));
-        accept_loop(&shard, &listener).await;
-        drop(listener);
+        shard.shared.stopped().await;
         let deadline = Instant::now() + DRAIN_WAIT_MAX;
         while shard.connections.get() > 0 && Instant::now() < deadline {
             compio::time::sleep(Duration::from_millis(5)).await;
@@ -167,29 +168,6 @@ fn run_core(
         shard.close_all().await;
         tracing::debug!(core = id, "core stopped");
     });
-}
-
-async fn accept_loop(shard: &std::rc::Rc<Shard>, listener: &compio::net::TcpListener) {
-    let max = shard.config().connections_per_core_max;
-    loop {
-        let accept = std::pin::pin!(listener.accept());
-        let stop = std::pin::pin!(shard.shared.stopped());
-        let (stream, peer) = match futures_util::future::select(accept, stop).await {
-            futures_util::future::Either::Left((Ok(conn), _)) => conn,
-            futures_util::future::Either::Left((Err(e), _)) => {
-                tracing::warn!(error = %e, "accept failed");
-                compio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-            futures_util::future::Either::Right(_) => return,
-        };
-        if shard.connections.get() >= max {
-            tracing::warn!(%peer, max, "too many connections on this core; closing");
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        compio::runtime::spawn(connection::serve(std::rc::Rc::clone(shard), stream, peer)).detach();
-    }
 }
 
 async fn retention_loop(shard: std::rc::Rc<Shard>) {
@@ -219,5 +197,34 @@ async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
             return;
         }
         shard.shared.groups().tick(Instant::now());
+    }
+}
+
+/// Accepts connections and hands them to the cores in turn, until shutdown. A core whose
+/// inbox is full gets none: the connection is closed (backpressure at the door).
+fn accept_connections(listener: std::net::TcpListener, shared: Arc<BrokerShared>) {
+    let cores = shared.shards.len().max(1);
+    let mut next = 0usize;
+    for conn in listener.incoming() {
+        if shared.stopping() {
+            return;
+        }
+        let stream = match conn {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let core = next % cores;
+        next = next.wrapping_add(1);
+        let mut sender = shared.shards[core].clone();
+        if let Err(e) = sender.try_send(ShardCommand::Connection { stream, peer }) {
+            tracing::warn!(%peer, core, error = %e, "core cannot take the connection; closing it");
+        }
     }
 }

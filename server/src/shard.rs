@@ -272,6 +272,11 @@ pub enum ShardCommand {
         name: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// A client connection for this core to serve.
+    Connection {
+        stream: std::net::TcpStream,
+        peer: std::net::SocketAddr,
+    },
 }
 
 struct OwnedPartition {
@@ -617,8 +622,28 @@ impl Shard {
     /// Serves requests from other cores until every sender is gone.
     pub async fn serve_inbox(self: Rc<Self>, mut inbox: mpsc::Receiver<ShardCommand>) {
         while let Some(command) = inbox.next().await {
+            if let ShardCommand::Connection { stream, peer } = command {
+                self.accept(stream, peer);
+                continue;
+            }
             let shard = Rc::clone(&self);
             compio::runtime::spawn(async move { shard.handle_command(command).await }).detach();
+        }
+    }
+
+    fn accept(self: &Rc<Self>, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
+        let max = self.config().connections_per_core_max;
+        if self.shared.stopping() || self.connections.get() >= max {
+            tracing::warn!(%peer, max, "not taking a connection (stopping or at the per-core limit)");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        match compio::net::TcpStream::from_std(stream) {
+            Ok(stream) => {
+                compio::runtime::spawn(crate::connection::serve(Rc::clone(self), stream, peer))
+                    .detach();
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot adopt connection"),
         }
     }
 
@@ -649,6 +674,7 @@ impl Shard {
             ShardCommand::DeleteTopic { name, reply } => {
                 let _ = reply.send(self.delete_topic(&name).await);
             }
+            ShardCommand::Connection { .. } => {}
         }
     }
 }

@@ -101,9 +101,6 @@ consumer.close()
 # Consumer groups: two members share a topic; a later member resumes at the commit.
 admin.create_topics([NewTopic("py-shared", num_partitions=4, replication_factor=1)])
 producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
-for i in range(200):
-    producer.send("py-shared", value=f"s{i}".encode(), partition=i % 4)
-producer.flush()
 
 
 def group_member():
@@ -132,6 +129,17 @@ def run_member(m):
 threads = [threading.Thread(target=run_member, args=(m,)) for m in members]
 for t in threads:
     t.start()
+# Produce once the group is balanced, so no rebalance moves a partition mid-stream
+# (which, without commits, may legitimately redeliver).
+deadline = time.time() + 30
+while time.time() < deadline:
+    a1, a2 = members[0].assignment(), members[1].assignment()
+    if a1 and a2 and not (a1 & a2) and len(a1 | a2) == 4:
+        break
+    time.sleep(0.1)
+for i in range(200):
+    producer.send("py-shared", value=f"s{i}".encode(), partition=i % 4)
+producer.flush()
 deadline = time.time() + 30
 while time.time() < deadline:
     with seen_lock:
