@@ -874,23 +874,10 @@ impl Writer {
 
     /// Seals the active segment (sync, indexes) and starts a new one at the log end.
     async fn roll(&mut self) -> Result<()> {
-        let (files, dir, base) = {
-            let st = self.state.borrow();
-            (
-                Rc::clone(&st.active().files),
-                st.dir.clone(),
-                st.active().next_offset,
-            )
-        };
-        self.persist_active_indexes(true).await?;
-        files.sync_log().await?;
-        files.sync_indexes().await?;
-        self.unsynced.retain(|f| !Rc::ptr_eq(f, &files));
+        let (dir, base) = self.seal_active().await?;
         let segment = Segment::open_files(&dir, base, true).await?;
         checkpoint::sync_dir(&dir).await?;
-        let snapshot = self.state.borrow().producers.encode();
-        checkpoint::write_producer_snapshot(&dir, base, snapshot).await?;
-        checkpoint::write_checkpoint(&dir, base).await?;
+        self.write_recovery_point(&dir, base).await?;
         let mut st = self.state.borrow_mut();
         st.durable_offset = st.durable_offset.max(base);
         st.segments.push_back(segment);
@@ -905,6 +892,15 @@ impl Writer {
         if let Some(why) = self.failed() {
             return Err(LogError::Failed(why));
         }
+        let (dir, end) = self.seal_active().await?;
+        self.write_recovery_point(&dir, end).await?;
+        checkpoint::write_clean_marker(&dir).await?;
+        Ok(())
+    }
+
+    /// Writes the active segment's pending index entries and syncs its files. Returns the
+    /// partition directory and the log end offset.
+    async fn seal_active(&mut self) -> Result<(PathBuf, i64)> {
         let (files, dir, end) = {
             let st = self.state.borrow();
             (
@@ -916,11 +912,16 @@ impl Writer {
         self.persist_active_indexes(true).await?;
         files.sync_log().await?;
         files.sync_indexes().await?;
+        self.unsynced.retain(|f| !Rc::ptr_eq(f, &files));
+        Ok((dir, end))
+    }
+
+    /// Everything below `offset` is on disk: record the producer state as of it and move
+    /// the recovery checkpoint there.
+    async fn write_recovery_point(&self, dir: &Path, offset: i64) -> Result<()> {
         let snapshot = self.state.borrow().producers.encode();
-        checkpoint::write_producer_snapshot(&dir, end, snapshot).await?;
-        checkpoint::write_checkpoint(&dir, end).await?;
-        checkpoint::write_clean_marker(&dir).await?;
-        Ok(())
+        checkpoint::write_producer_snapshot(dir, offset, snapshot).await?;
+        checkpoint::write_checkpoint(dir, offset).await
     }
 }
 

@@ -410,49 +410,36 @@ impl Shard {
 
     /// Opens a new topic's partitions on every core that owns some.
     pub async fn open_topic_everywhere(&self, meta: &TopicMeta) -> Result<(), String> {
-        let mut waits = Vec::new();
-        for core in 0..self.shared.shards.len() {
-            if core == self.id {
-                self.open_topic(meta).await?;
-                continue;
-            }
-            let (reply, answer) = oneshot::channel();
-            self.send(
-                core,
-                ShardCommand::OpenTopic {
-                    meta: meta.clone(),
-                    reply,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            waits.push(answer);
-        }
-        for w in waits {
-            w.await.map_err(|_| "a core went away".to_owned())??;
-        }
-        Ok(())
+        self.on_every_core(self.open_topic(meta), |reply| ShardCommand::OpenTopic {
+            meta: meta.clone(),
+            reply,
+        })
+        .await
     }
 
     pub async fn delete_topic_everywhere(&self, name: &str) -> Result<(), String> {
+        self.on_every_core(self.delete_topic(name), |reply| ShardCommand::DeleteTopic {
+            name: name.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Runs `local` here and `command` on every other core, and waits for all of them.
+    async fn on_every_core(
+        &self,
+        local: impl std::future::Future<Output = Result<(), String>>,
+        command: impl Fn(oneshot::Sender<Result<(), String>>) -> ShardCommand,
+    ) -> Result<(), String> {
         let mut waits = Vec::new();
-        for core in 0..self.shared.shards.len() {
-            if core == self.id {
-                self.delete_topic(name).await?;
-                continue;
-            }
+        for core in (0..self.shared.shards.len()).filter(|c| *c != self.id) {
             let (reply, answer) = oneshot::channel();
-            self.send(
-                core,
-                ShardCommand::DeleteTopic {
-                    name: name.to_owned(),
-                    reply,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            self.send(core, command(reply))
+                .await
+                .map_err(|e| e.to_string())?;
             waits.push(answer);
         }
+        local.await?;
         for w in waits {
             w.await.map_err(|_| "a core went away".to_owned())??;
         }
