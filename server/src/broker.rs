@@ -203,7 +203,10 @@ async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
 /// Accepts connections and hands them to the cores in turn, until shutdown. A core whose
 /// inbox is full gets none: the connection is closed (backpressure at the door).
 fn accept_connections(listener: std::net::TcpListener, shared: Arc<BrokerShared>) {
-    let cores = shared.shards.len().max(1);
+    // One long-lived sender per core: a fresh clone per message would get a slot of its
+    // own every time and never see the inbox full.
+    let mut senders: Vec<_> = shared.shards.clone();
+    let cores = senders.len().max(1);
     let mut next = 0usize;
     for conn in listener.incoming() {
         if shared.stopping() {
@@ -222,8 +225,7 @@ fn accept_connections(listener: std::net::TcpListener, shared: Arc<BrokerShared>
         };
         let core = next % cores;
         next = next.wrapping_add(1);
-        let mut sender = shared.shards[core].clone();
-        if let Err(e) = sender.try_send(ShardCommand::Connection { stream, peer }) {
+        if let Err(e) = senders[core].try_send(ShardCommand::Connection { stream, peer }) {
             tracing::warn!(%peer, core, error = %e, "core cannot take the connection; closing it");
         }
     }

@@ -37,8 +37,8 @@ pub enum CloseReason {
     Io(#[from] std::io::Error),
 }
 
+/// Serves one connection; the shard counted it in when it accepted it.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: std::net::SocketAddr) {
-    shard.connections.set(shard.connections.get() + 1);
     let mut sender = ResponseSender {
         stream: &stream,
         pipe: None,
@@ -51,7 +51,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: std::net::SocketAd
         Err(CloseReason::Io(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
         Err(reason) => tracing::warn!(%peer, %reason, "closing connection"),
     }
-    shard.connections.set(shard.connections.get() - 1);
+    shard
+        .connections
+        .set(shard.connections.get().saturating_sub(1));
 }
 
 async fn serve_requests(

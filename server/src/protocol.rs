@@ -55,10 +55,11 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 3),
     (ApiKey::DescribeConfigs, 1, 3),
     (ApiKey::FindCoordinator, 0, 2),
-    (ApiKey::JoinGroup, 0, 5),
+    // v5 and LeaveGroup v3 bring static membership (group.instance.id), not implemented.
+    (ApiKey::JoinGroup, 0, 4),
     (ApiKey::SyncGroup, 0, 3),
     (ApiKey::Heartbeat, 0, 3),
-    (ApiKey::LeaveGroup, 0, 3),
+    (ApiKey::LeaveGroup, 0, 2),
     (ApiKey::OffsetCommit, 2, 7),
     (ApiKey::OffsetFetch, 1, 5),
     (ApiKey::ListGroups, 0, 2),

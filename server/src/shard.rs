@@ -627,6 +627,8 @@ impl Shard {
         let _ = stream.set_nodelay(true);
         match compio::net::TcpStream::from_std(stream) {
             Ok(stream) => {
+                // Counted here, not when the task first runs, so a burst cannot overshoot.
+                self.connections.set(self.connections.get() + 1);
                 compio::runtime::spawn(crate::connection::serve(Rc::clone(self), stream, peer))
                     .detach();
             }

@@ -7,7 +7,7 @@
 //! produce or fetch path). Join and Sync answers that must wait are handed back as
 //! oneshot receivers, awaited after the lock is released.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,7 +106,8 @@ pub struct Group {
     protocol: Option<String>,
     leader: Option<String>,
     members: BTreeMap<String, Member>,
-    pending: HashSet<String>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, until when they may rejoin.
+    pending: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
 }
 
@@ -119,7 +120,7 @@ impl Group {
             protocol: None,
             leader: None,
             members: BTreeMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             rebalance_deadline: None,
         }
     }
@@ -159,7 +160,11 @@ impl Coordinator {
         if args.protocols.is_empty() || args.protocol_type.is_empty() {
             return fail(error_code::INCONSISTENT_GROUP_PROTOCOL, &args.member_id);
         }
-        if !self.groups.contains_key(&args.group_id) && self.groups.len() >= GROUPS_MAX {
+        let exists = self.groups.contains_key(&args.group_id);
+        if !exists && !args.member_id.is_empty() {
+            return fail(error_code::UNKNOWN_MEMBER_ID, &args.member_id);
+        }
+        if !exists && self.groups.len() >= GROUPS_MAX {
             return fail(error_code::GROUP_MAX_SIZE_REACHED, &args.member_id);
         }
         self.next_member += 1;
@@ -168,11 +173,27 @@ impl Coordinator {
             .groups
             .entry(args.group_id.clone())
             .or_insert_with(Group::new);
-        if group.state != GroupState::Empty
-            && group
-                .protocol_type
-                .as_deref()
-                .is_some_and(|t| t != args.protocol_type)
+        if group.state == GroupState::Empty {
+            // A group that emptied may be reused by another kind of client.
+            group.protocol_type = None;
+        }
+        if group
+            .protocol_type
+            .as_deref()
+            .is_some_and(|t| t != args.protocol_type)
+        {
+            return fail(error_code::INCONSISTENT_GROUP_PROTOCOL, &args.member_id);
+        }
+        // A newcomer must share a protocol with every current member; only it is refused.
+        let is_member = group.members.contains_key(&args.member_id);
+        if !is_member
+            && !group.members.is_empty()
+            && !args.protocols.iter().any(|(name, _)| {
+                group
+                    .members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            })
         {
             return fail(error_code::INCONSISTENT_GROUP_PROTOCOL, &args.member_id);
         }
@@ -187,10 +208,14 @@ impl Coordinator {
                 }
             );
             if args.requires_known_member_id {
-                group.pending.insert(member_id.clone());
+                if group.pending.len() >= GROUP_MEMBERS_MAX {
+                    return fail(error_code::GROUP_MAX_SIZE_REACHED, "");
+                }
+                let deadline = now + Duration::from_millis(args.session_timeout_ms as u64);
+                group.pending.insert(member_id.clone(), deadline);
                 return fail(error_code::MEMBER_ID_REQUIRED, &member_id);
             }
-        } else if !group.members.contains_key(&member_id) && !group.pending.contains(&member_id) {
+        } else if !is_member && !group.pending.contains_key(&member_id) {
             return fail(error_code::UNKNOWN_MEMBER_ID, &member_id);
         }
         group.pending.remove(&member_id);
@@ -371,7 +396,9 @@ impl Coordinator {
         if generation != group.generation {
             return error_code::ILLEGAL_GENERATION;
         }
-        if group.state == GroupState::PreparingRebalance {
+        // As in Kafka: members commit what they processed while the group prepares a
+        // rebalance (before rejoining); between join and sync, commits must wait.
+        if group.state == GroupState::CompletingRebalance {
             return error_code::REBALANCE_IN_PROGRESS;
         }
         error_code::NONE
@@ -381,11 +408,14 @@ impl Coordinator {
     /// passed. Called every `TICK` by one core.
     pub fn tick(&mut self, now: Instant) {
         for group in self.groups.values_mut() {
+            group.pending.retain(|_, deadline| *deadline > now);
+            // Members waiting in JoinGroup or SyncGroup cannot heartbeat meanwhile.
             let expired: Vec<String> = group
                 .members
                 .iter()
                 .filter(|(_, m)| {
                     m.join_waiter.is_none()
+                        && m.sync_waiter.is_none()
                         && now.saturating_duration_since(m.last_seen) > m.session_timeout
                 })
                 .map(|(id, _)| id.clone())
@@ -403,6 +433,10 @@ impl Coordinator {
                 maybe_complete_join(group, now, true);
             }
         }
+        // Empty groups are forgotten (their committed offsets live in the offset store).
+        self.groups.retain(|_, g| {
+            !(g.state == GroupState::Empty && g.members.is_empty() && g.pending.is_empty())
+        });
     }
 
     pub fn list(&self) -> Vec<(String, String, GroupState)> {
@@ -660,5 +694,39 @@ mod tests {
             error_code::REBALANCE_IN_PROGRESS
         );
         assert_eq!(c.describe("g").unwrap().members.len(), 1);
+    }
+
+    #[test]
+    fn incompatible_newcomer_is_refused_alone_and_commits_follow_kafka() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        let a = now_of(c.join(args("g", ""), t)).member_id;
+        now_of(c.join(args("g", &a), t));
+        // Between join and sync, commits wait.
+        assert_eq!(
+            c.check_commit("g", 1, &a, t),
+            error_code::REBALANCE_IN_PROGRESS
+        );
+        let _ = c.sync("g", 1, &a, vec![], t);
+        assert_eq!(c.check_commit("g", 1, &a, t), error_code::NONE);
+        let mut other = args("g", "");
+        other.protocols = vec![("cooperative-sticky".into(), Bytes::new())];
+        let b = now_of(c.join(other, t));
+        assert_eq!(b.error_code, error_code::INCONSISTENT_GROUP_PROTOCOL);
+        assert_eq!(
+            c.heartbeat("g", 1, &a, t),
+            error_code::NONE,
+            "the group is untouched"
+        );
+        // A member rejoining for a rebalance may still commit what it processed.
+        let c2 = now_of(c.join(args("g", ""), t)).member_id;
+        let _pending = c.join(args("g", &c2), t);
+        assert_eq!(c.check_commit("g", 1, &a, t), error_code::NONE);
+        // Unknown member ids on unknown groups are refused without creating the group.
+        assert_eq!(
+            now_of(c.join(args("nope", "ghost"), t)).error_code,
+            error_code::UNKNOWN_MEMBER_ID
+        );
+        assert!(c.describe("nope").is_none());
     }
 }

@@ -16,6 +16,9 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// Largest record the replay accepts: two names of at most 64 KiB plus metadata.
 const RECORD_BYTES_MAX: usize = 2 * 65_536 + OFFSET_METADATA_BYTES_MAX + 64;
 const LOG_FILE: &str = "offsets.log";
+/// Past this many (group, topic, partition) entries the store warns: offsets do not
+/// expire yet (Kafka's offsets.retention.minutes).
+const COMMITTED_PARTITIONS_MAX: usize = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -31,6 +34,22 @@ pub struct OffsetStore {
     file: File,
     entries: BTreeMap<Key, Committed>,
     log_bytes: u64,
+    /// Bytes the live entries take when encoded (kept up to date on every change).
+    live_bytes: u64,
+    /// Set when a write could not be undone; commits are refused from then on.
+    failed: bool,
+}
+
+fn encoded_len(key: &Key, c: &Committed) -> u64 {
+    (8 + 2
+        + key.0.len()
+        + 2
+        + key.1.len()
+        + 4
+        + 8
+        + 4
+        + 4
+        + c.metadata.as_ref().map_or(0, String::len)) as u64
 }
 
 fn encode(out: &mut Vec<u8>, key: &Key, c: &Committed) {
@@ -142,25 +161,25 @@ impl OffsetStore {
         if at < bytes.len() {
             tracing::warn!(path = %path.display(), valid = at, total = bytes.len(), "offsets log has a torn or corrupt tail; cutting it");
         }
+        let live_bytes = entries.iter().map(|(k, c)| encoded_len(k, c)).sum();
         let mut store = Self {
             dir: dir.to_owned(),
             file: OpenOptions::new().create(true).append(true).open(&path)?,
             entries,
             log_bytes: at as u64,
+            live_bytes,
+            failed: false,
         };
+        // The directory entries of a new store must be durable before any commit is.
+        File::open(dir)?.sync_all()?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+        }
         // Rewrite when cut, or when the log is mostly superseded commits.
-        if at < bytes.len() || store.log_bytes > 4 * store.live_bytes() + (1 << 20) {
+        if at < bytes.len() || store.log_bytes > 4 * store.live_bytes + (1 << 20) {
             store.compact()?;
         }
         Ok(store)
-    }
-
-    fn live_bytes(&self) -> u64 {
-        let mut buf = Vec::new();
-        for (k, c) in &self.entries {
-            encode(&mut buf, k, c);
-        }
-        buf.len() as u64
     }
 
     fn compact(&mut self) -> io::Result<()> {
@@ -172,13 +191,15 @@ impl OffsetStore {
         let mut f = File::create(&temp)?;
         f.write_all(&buf)?;
         f.sync_all()?;
+        drop(f);
         std::fs::rename(&temp, self.dir.join(LOG_FILE))?;
-        File::open(&self.dir)?.sync_all()?;
+        // Switch to the new file before anything else can fail, so no later commit goes
+        // to the unlinked old one.
         self.file = OpenOptions::new()
             .append(true)
             .open(self.dir.join(LOG_FILE))?;
         self.log_bytes = buf.len() as u64;
-        Ok(())
+        File::open(&self.dir)?.sync_all()
     }
 
     /// Records the commits of one request durably (one write, one fdatasync).
@@ -187,20 +208,59 @@ impl OffsetStore {
         group: &str,
         commits: Vec<(String, i32, Committed)>,
     ) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("the offsets log failed earlier"));
+        }
         let mut buf = Vec::new();
         for (topic, partition, c) in &commits {
             encode(&mut buf, &(group.to_owned(), topic.clone(), *partition), c);
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|_| self.file.sync_data())
+        {
+            // Cut whatever part reached the file, so later commits do not land after junk
+            // that replay would stop at; if even that fails, refuse commits from now on.
+            if self
+                .file
+                .set_len(self.log_bytes)
+                .and_then(|_| self.file.sync_data())
+                .is_err()
+            {
+                self.failed = true;
+            }
+            return Err(e);
+        }
         self.log_bytes += buf.len() as u64;
         for (topic, partition, c) in commits {
-            self.entries.insert((group.to_owned(), topic, partition), c);
+            let key = (group.to_owned(), topic, partition);
+            self.live_bytes += encoded_len(&key, &c);
+            if let Some(old) = self.entries.insert(key.clone(), c) {
+                self.live_bytes -= encoded_len(&key, &old);
+            }
         }
-        if self.log_bytes > 4 * self.live_bytes() + (64 << 20) {
+        if self.entries.len() > COMMITTED_PARTITIONS_MAX {
+            tracing::warn!(
+                entries = self.entries.len(),
+                "many committed offsets kept; they never expire yet"
+            );
+        }
+        if self.log_bytes > 4 * self.live_bytes + (64 << 20) {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// Drops every committed offset of a deleted topic (rewriting the log).
+    pub fn forget_topic(&mut self, topic: &str) -> io::Result<()> {
+        let before = self.entries.len();
+        self.entries.retain(|(_, t, _), _| t != topic);
+        if self.entries.len() == before {
+            return Ok(());
+        }
+        self.live_bytes = self.entries.iter().map(|(k, c)| encoded_len(k, c)).sum();
+        self.compact()
     }
 
     pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<&Committed> {
@@ -261,6 +321,10 @@ mod tests {
         assert_eq!(s.fetch("h", "t", 0), None);
         assert_eq!(s.groups(), vec!["g".to_owned()]);
         assert_eq!(s.group_partitions("g").len(), 2);
+        let mut s = s;
+        s.forget_topic("t").unwrap();
+        drop(s);
+        assert!(OffsetStore::open(dir.path()).unwrap().groups().is_empty());
     }
 
     #[test]

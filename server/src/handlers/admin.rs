@@ -134,6 +134,10 @@ pub async fn delete_topics(
             None => error_code::UNKNOWN_TOPIC_OR_PARTITION,
             Some(_) => match shard.delete_topic_everywhere(&topic).await {
                 Ok(()) => {
+                    // A topic recreated under this name must not inherit old offsets.
+                    if let Err(e) = shard.shared.offsets().forget_topic(&topic) {
+                        tracing::error!(%topic, error = %e, "cannot drop the deleted topic's committed offsets");
+                    }
                     tracing::info!(%topic, "deleted topic");
                     error_code::NONE
                 }

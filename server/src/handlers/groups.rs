@@ -100,9 +100,8 @@ pub async fn join_group(
                 })
                 .collect(),
         );
-    if request.version < 1 {
-        response.protocol_name = response.protocol_name.or(Some(str_bytes("")));
-    }
+    // protocol_name may be null only from v7 on (Java's reader refuses it earlier).
+    response.protocol_name = response.protocol_name.or(Some(str_bytes("")));
     request.respond(&response)
 }
 
@@ -204,8 +203,15 @@ pub fn offset_commit(
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+            let known = shard
+                .shared
+                .registry
+                .get(topic.name.0.as_str())
+                .is_some_and(|m| (0..m.partitions).contains(&p.partition_index));
             let code = if check != error_code::NONE {
                 check
+            } else if !known {
+                error_code::UNKNOWN_TOPIC_OR_PARTITION
             } else if metadata
                 .as_ref()
                 .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
@@ -333,6 +339,7 @@ pub fn describe_groups(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: DescribeGroupsRequest = request.decode("DescribeGroups request")?;
+    let has_offsets = shard.shared.offsets().groups();
     let coordinator = shard.shared.groups();
     let groups = req
         .groups
@@ -340,6 +347,11 @@ pub fn describe_groups(
         .map(|id| {
             let described = DescribedGroup::default().with_group_id(id.clone());
             match coordinator.describe(id.0.as_str()) {
+                // A group with committed offsets but no live members (after a restart, or
+                // standalone committers) is Empty, not Dead, as in Kafka.
+                None if has_offsets.contains(&id.0.to_string()) => described
+                    .with_group_state(str_bytes("Empty"))
+                    .with_protocol_type(str_bytes("consumer")),
                 None => described.with_group_state(str_bytes("Dead")),
                 Some(view) => described
                     .with_group_state(str_bytes(view.state.name()))
