@@ -56,9 +56,8 @@ except TopicAlreadyExistsError:
     pass
 check("py-orders" in admin.list_topics(), "topic listed")
 
-# kafka-python 3 is idempotent by default; InitProducerId arrives with the idempotent
-# producer (issue #4), so it is off here.
-producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=False)
+# kafka-python 3 is idempotent by default (InitProducerId, sequence numbers).
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
 for i in range(300):
     producer.send("py-orders", key=f"k{i % 7}".encode(), value=f"order {i}".encode(),
                   headers=[("source", b"python")], timestamp_ms=1_700_000_000_000 + i)
@@ -77,8 +76,7 @@ for r in records:
 for codec, code in CODECS.items():
     topic = f"py-{codec}"
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    p = KafkaProducer(bootstrap_servers=bootstrap, compression_type=codec, linger_ms=50, batch_size=1 << 20,
-                      enable_idempotence=False)
+    p = KafkaProducer(bootstrap_servers=bootstrap, compression_type=codec, linger_ms=50, batch_size=1 << 20)
     values = [f"{codec} {i} ".encode() + b"x" * 100 for i in range(500)]
     for v in values:
         p.send(topic, value=v)
@@ -88,6 +86,10 @@ for codec, code in CODECS.items():
     check(got == values, f"{codec}: values differ")
     codecs = stored_codecs(topic)
     check(code in codecs and all(c in (0, code) for c in codecs), f"{codec}: stored codecs {codecs}")
+    with open(f"{data_dir}/{topic}-0/00000000000000000000.log", "rb") as f:
+        head = f.read(61)
+    producer_id = struct.unpack(">q", head[43:51])[0]
+    check(producer_id >= 0, f"{codec}: batches come from an idempotent producer (id {producer_id})")
 
 consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
 tp = TopicPartition("py-orders", 0)
@@ -100,7 +102,7 @@ consumer.close()
 
 # Consumer groups: two members share a topic; a later member resumes at the commit.
 admin.create_topics([NewTopic("py-shared", num_partitions=4, replication_factor=1)])
-producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+producer = KafkaProducer(bootstrap_servers=bootstrap)
 
 
 def group_member():
