@@ -1,0 +1,192 @@
+//! `klog topics`: create, list, describe, delete.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use futures_executor::block_on;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::Ctx;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create a topic.
+    Create {
+        topic: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        /// Topic config, e.g. `--config retention.ms=60000` (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topics.
+    List,
+    /// Partitions (leader, replicas, ISR) and configs of one topic, or of all.
+    Describe { topic: Option<String> },
+    /// Delete a topic.
+    Delete { topic: String },
+}
+
+pub fn admin(ctx: &Ctx) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    ctx.config()
+        .create()
+        .context("cannot create a Kafka client")
+}
+
+/// Metadata for one topic or all; fails clearly when the broker cannot be reached.
+pub fn metadata(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<rdkafka::metadata::Metadata> {
+    let consumer: BaseConsumer = ctx
+        .config()
+        .create()
+        .context("cannot create a Kafka client")?;
+    consumer
+        .fetch_metadata(topic, TIMEOUT)
+        .with_context(|| format!("broker {} unreachable or not answering", ctx.bootstrap))
+}
+
+pub fn run(ctx: &Ctx, command: TopicsCommand) -> anyhow::Result<()> {
+    match command {
+        TopicsCommand::Create {
+            topic,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let pairs: Vec<(String, String)> = configs
+                .iter()
+                .map(|c| match c.split_once('=') {
+                    Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+                    None => bail!("--config wants KEY=VALUE, got {c:?}"),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let mut new = NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(replication_factor),
+            );
+            for (k, v) in &pairs {
+                new = new.set(k, v);
+            }
+            let results = block_on(
+                admin(ctx)?
+                    .create_topics(&[new], &AdminOptions::new().request_timeout(Some(TIMEOUT))),
+            )
+            .with_context(|| format!("broker {} unreachable", ctx.bootstrap))?;
+            match &results[0] {
+                Ok(_) => print(
+                    ctx,
+                    &format!("Created topic {topic}."),
+                    serde_json::json!({"created": topic}),
+                ),
+                Err((_, code)) => bail!("cannot create topic {topic}: {code}"),
+            }
+            Ok(())
+        }
+        TopicsCommand::List => {
+            let md = metadata(ctx, None)?;
+            let mut names: Vec<&str> = md.topics().iter().map(|t| t.name()).collect();
+            names.sort_unstable();
+            if ctx.json {
+                println!("{}", serde_json::json!(names));
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+            Ok(())
+        }
+        TopicsCommand::Describe { topic } => describe(ctx, topic.as_deref()),
+        TopicsCommand::Delete { topic } => {
+            let results = block_on(admin(ctx)?.delete_topics(
+                &[&topic],
+                &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+            ))
+            .with_context(|| format!("broker {} unreachable", ctx.bootstrap))?;
+            match &results[0] {
+                Ok(_) => print(
+                    ctx,
+                    &format!("Deleted topic {topic}."),
+                    serde_json::json!({"deleted": topic}),
+                ),
+                Err((_, code)) => bail!("cannot delete topic {topic}: {code}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
+    let md = metadata(ctx, topic)?;
+    let admin = admin(ctx)?;
+    let mut out = Vec::new();
+    for t in md.topics() {
+        if let Some(err) = t.error() {
+            bail!("unknown topic {}: {:?}", t.name(), err);
+        }
+        let configs = block_on(
+            admin.describe_configs(&[ResourceSpecifier::Topic(t.name())], &AdminOptions::new()),
+        )
+        .ok()
+        .and_then(|mut r| r.pop())
+        .and_then(|r| r.ok())
+        .map(|r| {
+            r.entries
+                .into_iter()
+                .filter_map(|e| e.value.map(|v| (e.name, v)))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+        let partitions: Vec<serde_json::Value> = t
+            .partitions()
+            .iter()
+            .map(|p| {
+                serde_json::json!({"partition": p.id(), "leader": p.leader(), "replicas": p.replicas(), "isr": p.isr()})
+            })
+            .collect();
+        if !ctx.json {
+            let configs_text: Vec<String> =
+                configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "Topic: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}",
+                t.name(),
+                t.partitions().len(),
+                t.partitions().first().map_or(0, |p| p.replicas().len()),
+                configs_text.join(",")
+            );
+            for p in t.partitions() {
+                println!(
+                    "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
+                    t.name(),
+                    p.id(),
+                    p.leader(),
+                    join(p.replicas()),
+                    join(p.isr())
+                );
+            }
+        }
+        out.push(serde_json::json!({"topic": t.name(), "partitions": partitions, "configs": configs.into_iter().collect::<std::collections::BTreeMap<_, _>>()}));
+    }
+    if ctx.json {
+        println!("{}", serde_json::Value::Array(out));
+    }
+    Ok(())
+}
+
+fn join(ids: &[i32]) -> String {
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+pub fn print(ctx: &Ctx, text: &str, json: serde_json::Value) {
+    if ctx.json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+    }
+}

@@ -1,0 +1,372 @@
+//! The walkthrough of the seeds with `klog` against the real broker binary: topics,
+//! console producer and consumer, groups, and a file source -> topic -> file sink
+//! pipeline that reproduces a multi-megabyte file byte for byte even when the source and
+//! the sink are killed mid-way and restarted.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_klog")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+fn start_broker(data: &Path) -> Broker {
+    let mut child = Command::new(binary("broker"))
+        .args(["--listen", "127.0.0.1:0", "--cores", "2", "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start broker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let addr = line
+        .trim()
+        .strip_prefix("broker listening on ")
+        .expect("listening line")
+        .to_owned();
+    Broker { child, addr }
+}
+
+fn klog(broker: &Broker, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_klog"))
+        .args(["-b", &broker.addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run klog");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("klog output")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "klog failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn given_the_walkthrough_when_run_with_klog_should_print_what_kafka_tools_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    assert_eq!(
+        ok(klog(
+            &broker,
+            &[
+                "topics",
+                "create",
+                "army",
+                "--partitions",
+                "1",
+                "--replication-factor",
+                "1"
+            ],
+            None
+        )),
+        "Created topic army.\n"
+    );
+    assert_eq!(ok(klog(&broker, &["topics", "list"], None)), "army\n");
+    let described = ok(klog(&broker, &["topics", "describe", "army"], None));
+    assert!(
+        described.contains("Topic: army\tPartitionCount: 1\tReplicationFactor: 1"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Partition: 0\tLeader: 0\tReplicas: 0\tIsr: 0"),
+        "{described}"
+    );
+    assert!(described.contains("retention.ms="), "{described}");
+
+    ok(klog(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "army",
+            "--key-separator",
+            ":",
+            "--header",
+            "src=test",
+        ],
+        Some("This is a message\nk1:This is another message\n"),
+    ));
+    let consumed = ok(klog(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "army",
+            "--from-beginning",
+            "--max-messages",
+            "2",
+        ],
+        None,
+    ));
+    assert_eq!(consumed, "This is a message\nThis is another message\n");
+    let detailed = ok(klog(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "army",
+            "--from-beginning",
+            "--max-messages",
+            "2",
+            "--print-key",
+            "--print-partition",
+            "--print-offset",
+            "--print-headers",
+        ],
+        None,
+    ));
+    assert_eq!(
+        detailed,
+        "Partition:0\tOffset:0\tsrc:test\tnull\tThis is a message\nPartition:0\tOffset:1\tsrc:test\tk1\tThis is another message\n"
+    );
+    let json = ok(klog(
+        &broker,
+        &[
+            "--json",
+            "consume",
+            "--topic",
+            "army",
+            "--partition",
+            "0",
+            "--offset",
+            "1",
+            "--max-messages",
+            "1",
+        ],
+        None,
+    ));
+    assert!(
+        json.contains("\"offset\":1") && json.contains("\"key\":\"k1\""),
+        "{json}"
+    );
+
+    // A group consumes, commits on exit; describe shows offsets and lag; reset moves them.
+    ok(klog(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "army",
+            "--from-beginning",
+            "--group",
+            "readers",
+            "--max-messages",
+            "2",
+        ],
+        None,
+    ));
+    ok(klog(
+        &broker,
+        &["produce", "--topic", "army"],
+        Some("third\n"),
+    ));
+    assert_eq!(ok(klog(&broker, &["groups", "list"], None)), "readers\n");
+    let described = ok(klog(&broker, &["groups", "describe", "readers"], None));
+    assert!(
+        described.contains("readers\tarmy\t0\t2\t3\t1"),
+        "{described}"
+    );
+    ok(klog(
+        &broker,
+        &[
+            "groups",
+            "reset-offsets",
+            "readers",
+            "--topic",
+            "army",
+            "--to-earliest",
+        ],
+        None,
+    ));
+    let again = ok(klog(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "army",
+            "--group",
+            "readers",
+            "--max-messages",
+            "3",
+        ],
+        None,
+    ));
+    assert_eq!(
+        again.lines().count(),
+        3,
+        "after a reset to earliest everything is read again"
+    );
+
+    // Errors are short, actionable, and non-zero.
+    let dup = klog(&broker, &["topics", "create", "army"], None);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let unknown = klog(
+        &broker,
+        &["consume", "--topic", "nope-never", "--max-messages", "1"],
+        None,
+    );
+    assert!(!unknown.status.success());
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_klog"))
+        .args(["-b", "127.0.0.1:1", "topics", "list"])
+        .output()
+        .unwrap();
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("unreachable"));
+    ok(klog(&broker, &["topics", "delete", "army"], None));
+    assert_eq!(ok(klog(&broker, &["topics", "list"], None)), "");
+}
+
+/// Runs `klog` in the background and SIGKILLs it once `progressed` says it is mid-way.
+fn kill_midway(broker: &Broker, args: &[&str], progressed: impl Fn() -> bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_klog"))
+        .args(["-b", &broker.addr])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !progressed() {
+        assert!(Instant::now() < deadline, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed mid-way"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn given_file_source_and_sink_killed_midway_should_reproduce_the_file_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("data"));
+    let input = dir.path().join("input.txt");
+    let output = dir.path().join("output.txt");
+    let mut text = String::new();
+    let mut i = 0u64;
+    while text.len() < 8 * 1024 * 1024 {
+        text.push_str(&format!(
+            "line {i} {}\n",
+            "x".repeat((i * 7919 % 97) as usize)
+        ));
+        i += 1;
+    }
+    std::fs::write(&input, &text).unwrap();
+    let lines = i;
+    ok(klog(&broker, &["topics", "create", "files"], None));
+    let input_s = input.to_str().unwrap();
+    let output_s = output.to_str().unwrap();
+    let data = dir.path().join("data/files-0");
+    kill_midway(
+        &broker,
+        &[
+            "connect",
+            "file-source",
+            "--file",
+            input_s,
+            "--topic",
+            "files",
+        ],
+        || {
+            std::fs::read_dir(&data)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                        .map(|e| e.metadata().map_or(0, |m| m.len()))
+                        .sum::<u64>()
+                        > 64 * 1024
+                })
+                .unwrap_or(false)
+        },
+    );
+    ok(klog(
+        &broker,
+        &[
+            "connect",
+            "file-source",
+            "--file",
+            input_s,
+            "--topic",
+            "files",
+        ],
+        None,
+    ));
+    kill_midway(
+        &broker,
+        &[
+            "connect",
+            "file-sink",
+            "--topic",
+            "files",
+            "--file",
+            output_s,
+            "--group",
+            "sink",
+        ],
+        || {
+            std::fs::metadata(&output)
+                .map(|m| m.len() > 64 * 1024)
+                .unwrap_or(false)
+        },
+    );
+    ok(klog(
+        &broker,
+        &[
+            "connect",
+            "file-sink",
+            "--topic",
+            "files",
+            "--file",
+            output_s,
+            "--group",
+            "sink",
+            "--timeout-ms",
+            "2000",
+        ],
+        None,
+    ));
+    let copy = std::fs::read(&output).unwrap();
+    assert_eq!(copy.len(), text.len(), "{lines} lines");
+    assert!(
+        copy == text.as_bytes(),
+        "the sink's file differs from the source's"
+    );
+}
