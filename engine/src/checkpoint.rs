@@ -100,7 +100,9 @@ pub(crate) async fn remove_clean_marker(dir: &Path) -> Result<()> {
 pub(crate) async fn write_producer_snapshot(dir: &Path, offset: i64, body: Vec<u8>) -> Result<()> {
     let mut bytes = Vec::with_capacity(12 + body.len());
     bytes.extend_from_slice(&offset.to_be_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+    // The CRC covers the offset too: a damaged offset must not pass.
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&offset.to_be_bytes()), &body);
+    bytes.extend_from_slice(&crc.to_be_bytes());
     bytes.extend_from_slice(&body);
     write_atomically(dir, PRODUCER_SNAPSHOT_FILE, bytes).await
 }
@@ -116,5 +118,6 @@ pub(crate) async fn read_producer_snapshot(dir: &Path) -> Option<(i64, Vec<u8>)>
     let offset = i64::from_be_bytes(bytes[..8].try_into().ok()?);
     let crc = u32::from_be_bytes(bytes[8..12].try_into().ok()?);
     let body = bytes[12..].to_vec();
-    (crc32c::crc32c(&body) == crc && offset >= 0).then_some((offset, body))
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&bytes[..8]), &body);
+    (computed == crc && offset >= 0).then_some((offset, body))
 }

@@ -632,6 +632,8 @@ impl Writer {
         let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(group.len());
         let mut placed: Vec<Placed> = Vec::with_capacity(group.len());
         let mut next_offset = self.state.borrow().active().next_offset;
+        // Retries of batches placed in this very group are answered once those are written.
+        let mut early_duplicates = Vec::new();
         for (mut bytes, mut header, wait, reply) in group {
             if let Some(why) = self.failed() {
                 let _ = reply.send(Err(LogError::Failed(why)));
@@ -645,7 +647,12 @@ impl Writer {
                     base_offset,
                     last_offset,
                 } => {
-                    self.answer_duplicate(base_offset, last_offset, wait, reply);
+                    let written_end = self.state.borrow().active().next_offset;
+                    if last_offset >= written_end {
+                        early_duplicates.push((base_offset, last_offset, wait, reply));
+                    } else {
+                        self.answer_duplicate(base_offset, last_offset, wait, reply);
+                    }
                     continue;
                 }
                 SequenceCheck::OutOfOrder { expected, got } => {
@@ -691,6 +698,14 @@ impl Writer {
             });
         }
         self.write_placed(bufs, placed).await;
+        for (base_offset, last_offset, wait, reply) in early_duplicates {
+            match self.failed() {
+                Some(why) => {
+                    let _ = reply.send(Err(LogError::Failed(why)));
+                }
+                None => self.answer_duplicate(base_offset, last_offset, wait, reply),
+            }
+        }
     }
 
     fn answer_duplicate(
