@@ -122,28 +122,10 @@ pub fn produce(ctx: &Ctx, args: ProduceArgs) -> anyhow::Result<()> {
         pending.push(crate::connect::enqueue(&producer, record)?);
         // Bound what is in flight.
         if pending.len() >= 10_000 {
-            for f in pending.drain(..) {
-                match block_on(f) {
-                    Ok(Ok(_)) => sent += 1,
-                    Ok(Err((e, _))) => {
-                        failed += 1;
-                        eprintln!("klog: a message failed: {e}");
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
+            await_deliveries(&mut pending, &mut sent, &mut failed);
         }
     }
-    for f in pending {
-        match block_on(f) {
-            Ok(Ok(_)) => sent += 1,
-            Ok(Err((e, _))) => {
-                failed += 1;
-                eprintln!("klog: a message failed: {e}");
-            }
-            Err(_) => failed += 1,
-        }
-    }
+    await_deliveries(&mut pending, &mut sent, &mut failed);
     if ctx.json {
         println!("{}", serde_json::json!({"sent": sent, "failed": failed}));
     }
@@ -154,6 +136,24 @@ pub fn produce(ctx: &Ctx, args: ProduceArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits for every queued message's acknowledgement, counting successes and failures.
+fn await_deliveries(
+    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    sent: &mut u64,
+    failed: &mut u64,
+) {
+    for f in pending.drain(..) {
+        match block_on(f) {
+            Ok(Ok(_)) => *sent += 1,
+            Ok(Err((e, _))) => {
+                *failed += 1;
+                eprintln!("klog: a message failed: {e}");
+            }
+            Err(_) => *failed += 1,
+        }
+    }
 }
 
 pub fn consume(ctx: &Ctx, args: ConsumeArgs) -> anyhow::Result<()> {

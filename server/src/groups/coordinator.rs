@@ -326,20 +326,35 @@ impl Coordinator {
         member_id: &str,
         now: Instant,
     ) -> i16 {
-        let Some(group) = self.groups.get_mut(group_id) else {
-            return error_code::UNKNOWN_MEMBER_ID;
-        };
-        let Some(member) = group.members.get_mut(member_id) else {
-            return error_code::UNKNOWN_MEMBER_ID;
-        };
+        match self.current_member(group_id, generation, member_id, now) {
+            Err(code) => code,
+            Ok(GroupState::PreparingRebalance) => error_code::REBALANCE_IN_PROGRESS,
+            Ok(_) => error_code::NONE,
+        }
+    }
+
+    /// Checks that `member_id` belongs to the group's current generation, refreshing its
+    /// session; returns the group's state.
+    fn current_member(
+        &mut self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        now: Instant,
+    ) -> Result<GroupState, i16> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(error_code::UNKNOWN_MEMBER_ID)?;
+        let member = group
+            .members
+            .get_mut(member_id)
+            .ok_or(error_code::UNKNOWN_MEMBER_ID)?;
         member.last_seen = now;
         if generation != group.generation {
-            return error_code::ILLEGAL_GENERATION;
+            return Err(error_code::ILLEGAL_GENERATION);
         }
-        match group.state {
-            GroupState::PreparingRebalance => error_code::REBALANCE_IN_PROGRESS,
-            _ => error_code::NONE,
-        }
+        Ok(group.state)
     }
 
     /// Removes members; returns an error code per member id.
@@ -386,22 +401,13 @@ impl Coordinator {
                 _ => error_code::NONE,
             };
         }
-        let Some(group) = self.groups.get_mut(group_id) else {
-            return error_code::UNKNOWN_MEMBER_ID;
-        };
-        let Some(member) = group.members.get_mut(member_id) else {
-            return error_code::UNKNOWN_MEMBER_ID;
-        };
-        member.last_seen = now;
-        if generation != group.generation {
-            return error_code::ILLEGAL_GENERATION;
-        }
         // As in Kafka: members commit what they processed while the group prepares a
         // rebalance (before rejoining); between join and sync, commits must wait.
-        if group.state == GroupState::CompletingRebalance {
-            return error_code::REBALANCE_IN_PROGRESS;
+        match self.current_member(group_id, generation, member_id, now) {
+            Err(code) => code,
+            Ok(GroupState::CompletingRebalance) => error_code::REBALANCE_IN_PROGRESS,
+            Ok(_) => error_code::NONE,
         }
-        error_code::NONE
     }
 
     /// Expires members whose session ran out and completes rebalances whose deadline
