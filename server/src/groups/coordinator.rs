@@ -99,6 +99,17 @@ struct Member {
     sync_waiter: Option<oneshot::Sender<SyncOutcome>>,
 }
 
+impl Member {
+    /// The member's metadata for the group's chosen protocol.
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
 pub struct Group {
     state: GroupState,
     generation: i32,
@@ -472,12 +483,7 @@ impl Coordinator {
                 .members
                 .iter()
                 .map(|(id, m)| {
-                    let metadata = m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default();
+                    let metadata = m.metadata_for(&protocol);
                     (
                         id.clone(),
                         m.group_instance_id.clone(),
@@ -585,12 +591,7 @@ fn maybe_complete_join(group: &mut Group, now: Instant, deadline_passed: bool) {
         .members
         .iter()
         .map(|(id, m)| {
-            let metadata = m
-                .protocols
-                .iter()
-                .find(|(n, _)| *n == protocol)
-                .map(|(_, b)| b.clone())
-                .unwrap_or_default();
+            let metadata = m.metadata_for(&protocol);
             (id.clone(), m.group_instance_id.clone(), metadata)
         })
         .collect();
