@@ -434,16 +434,27 @@ fn produce_acked(broker: &Broker, topic: &str, count: usize) -> Vec<String> {
     values
 }
 
-#[test]
-fn given_clean_restart_between_produce_and_consume_should_lose_nothing() {
+/// Produces with acks=all, stops the broker (SIGTERM, or SIGKILL when `kill`), restarts
+/// it, and checks that every acknowledged message is there.
+fn restart_keeps_acknowledged(topic: &str, kill: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path());
-    create_topic(&broker, "restart", 2);
-    let values = produce_acked(&broker, "restart", 2000);
-    broker.stop();
-    assert!(dir.path().join("restart-0/clean-shutdown").exists());
+    create_topic(&broker, topic, 2);
+    let values = produce_acked(&broker, topic, 2000);
+    if kill {
+        broker.kill9();
+    } else {
+        broker.stop();
+    }
+    let marker = dir.path().join(format!("{topic}-0/clean-shutdown"));
+    assert_eq!(
+        marker.exists(),
+        !kill,
+        "clean-shutdown marker after {}",
+        if kill { "SIGKILL" } else { "SIGTERM" }
+    );
     broker.restart();
-    let msgs = consume_all(&broker, "restart", 2, values.len());
+    let msgs = consume_all(&broker, topic, 2, values.len());
     let mut got: Vec<String> = msgs
         .iter()
         .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
@@ -455,23 +466,13 @@ fn given_clean_restart_between_produce_and_consume_should_lose_nothing() {
 }
 
 #[test]
+fn given_clean_restart_between_produce_and_consume_should_lose_nothing() {
+    restart_keeps_acknowledged("restart", false);
+}
+
+#[test]
 fn given_kill_9_between_produce_and_consume_should_keep_every_acknowledged_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(dir.path());
-    create_topic(&broker, "crash", 2);
-    let values = produce_acked(&broker, "crash", 2000);
-    broker.kill9();
-    assert!(!dir.path().join("crash-0/clean-shutdown").exists());
-    broker.restart();
-    let msgs = consume_all(&broker, "crash", 2, values.len());
-    let mut got: Vec<String> = msgs
-        .iter()
-        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
-        .collect();
-    got.sort();
-    let mut want = values;
-    want.sort();
-    assert_eq!(got, want);
+    restart_keeps_acknowledged("crash", true);
 }
 
 #[test]
