@@ -6,7 +6,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::Ctx;
-use crate::topics::{TIMEOUT, metadata};
+use crate::topics::{TIMEOUT, metadata, print_names};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
@@ -52,15 +52,7 @@ pub fn run(ctx: &Ctx, command: GroupsCommand) -> anyhow::Result<()> {
             let list = consumer
                 .fetch_group_list(None, TIMEOUT)
                 .with_context(|| format!("broker {} unreachable", ctx.bootstrap))?;
-            let mut names: Vec<&str> = list.groups().iter().map(|g| g.name()).collect();
-            names.sort_unstable();
-            if ctx.json {
-                println!("{}", serde_json::json!(names));
-            } else {
-                for n in names {
-                    println!("{n}");
-                }
-            }
+            print_names(ctx, list.groups().iter().map(|g| g.name()).collect());
             Ok(())
         }
         GroupsCommand::Describe { group } => describe(ctx, &group),

@@ -91,15 +91,7 @@ pub fn run(ctx: &Ctx, command: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::List => {
             let md = metadata(ctx, None)?;
-            let mut names: Vec<&str> = md.topics().iter().map(|t| t.name()).collect();
-            names.sort_unstable();
-            if ctx.json {
-                println!("{}", serde_json::json!(names));
-            } else {
-                for n in names {
-                    println!("{n}");
-                }
-            }
+            print_names(ctx, md.topics().iter().map(|t| t.name()).collect());
             Ok(())
         }
         TopicsCommand::Describe { topic } => describe(ctx, topic.as_deref()),
@@ -188,5 +180,17 @@ pub fn print(ctx: &Ctx, text: &str, json: serde_json::Value) {
         println!("{json}");
     } else {
         println!("{text}");
+    }
+}
+
+/// Prints names sorted, one per line (or as a JSON array).
+pub fn print_names(ctx: &Ctx, mut names: Vec<&str>) {
+    names.sort_unstable();
+    if ctx.json {
+        println!("{}", serde_json::json!(names));
+    } else {
+        for n in names {
+            println!("{n}");
+        }
     }
 }
