@@ -148,7 +148,10 @@ impl Frame {
 /// Parses one frame from the front of `buf`: `Ok(None)` when more bytes are needed,
 /// otherwise the frame and how many bytes it took (heart-beat newlines before it included).
 pub fn parse_frame(buf: &[u8]) -> anyhow::Result<Option<(Frame, usize)>> {
-    let start = buf.iter().take_while(|&&b| b == b'\n' || b == b'\r').count();
+    let start = buf
+        .iter()
+        .take_while(|&&b| b == b'\n' || b == b'\r')
+        .count();
     let rest = &buf[start..];
     let Some(head_end) = rest.windows(2).position(|w| w == b"\n\n") else {
         if rest.len() > MAX_FRAME {
@@ -158,14 +161,20 @@ pub fn parse_frame(buf: &[u8]) -> anyhow::Result<Option<(Frame, usize)>> {
     };
     let head = std::str::from_utf8(&rest[..head_end]).context("STOMP header is not UTF-8")?;
     let mut lines = head.lines();
-    let command = lines.next().unwrap_or_default().trim_end_matches('\r').to_string();
+    let command = lines
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('\r')
+        .to_string();
     let mut headers = Vec::new();
     for line in lines {
         if headers.len() >= MAX_HEADERS {
             bail!("STOMP frame with more than {MAX_HEADERS} headers");
         }
         let line = line.trim_end_matches('\r');
-        let (k, v) = line.split_once(':').context("STOMP header line without ':'")?;
+        let (k, v) = line
+            .split_once(':')
+            .context("STOMP header line without ':'")?;
         headers.push((k.to_string(), v.to_string()));
     }
     let body_start = head_end + 2;
@@ -228,7 +237,11 @@ impl Stomp {
         };
         stomp.write_frame(
             "CONNECT",
-            &[("accept-version", "1.2"), ("host", "localhost"), ("heart-beat", "0,0")],
+            &[
+                ("accept-version", "1.2"),
+                ("host", "localhost"),
+                ("heart-beat", "0,0"),
+            ],
             b"",
         )?;
         stomp.flush()?;
@@ -236,7 +249,11 @@ impl Stomp {
             .read_frame(Some(Duration::from_secs(5)))?
             .with_context(|| format!("{addr} did not answer CONNECT within 5 s"))?;
         if reply.command != "CONNECTED" {
-            bail!("{addr} answered CONNECT with {}: {}", reply.command, String::from_utf8_lossy(&reply.body));
+            bail!(
+                "{addr} answered CONNECT with {}: {}",
+                reply.command,
+                String::from_utf8_lossy(&reply.body)
+            );
         }
         stomp.server = reply.header("server").unwrap_or("unknown").to_string();
         Ok(stomp)
@@ -259,7 +276,8 @@ impl Stomp {
         }
         if !body.is_empty() {
             self.out.extend_from_slice(b"content-length:");
-            self.out.extend_from_slice(body.len().to_string().as_bytes());
+            self.out
+                .extend_from_slice(body.len().to_string().as_bytes());
             self.out.push(b'\n');
         }
         self.out.push(b'\n');
@@ -368,7 +386,11 @@ impl Producer for StompProducer {
                 self.awaiting += 1;
                 self.stomp.write_frame(
                     "SEND",
-                    &[("destination", queue), ("persistent", "true"), ("receipt", &receipt)],
+                    &[
+                        ("destination", queue),
+                        ("persistent", "true"),
+                        ("receipt", &receipt),
+                    ],
                     payload,
                 )?;
             }
@@ -397,7 +419,8 @@ impl Producer for StompProducer {
         self.end_batch()?;
         // ActiveMQ handles a connection's frames in order: the DISCONNECT receipt comes
         // after every send before it has been taken in.
-        self.stomp.write_frame("DISCONNECT", &[("receipt", "finish")], b"")?;
+        self.stomp
+            .write_frame("DISCONNECT", &[("receipt", "finish")], b"")?;
         self.stomp.flush()?;
         self.stomp.await_receipt("finish")?;
         Ok(match self.mode {
@@ -445,7 +468,8 @@ impl Consumer for StompConsumer {
             on_message(&frame.body);
             n += 1;
             if self.mode == Mode::Durable {
-                if let (Some(sub), Some(ack)) = (frame.header("subscription"), frame.header("ack")) {
+                if let (Some(sub), Some(ack)) = (frame.header("subscription"), frame.header("ack"))
+                {
                     self.last_ack.insert(sub.to_string(), ack.to_string());
                 }
                 self.unacked += 1;
@@ -459,7 +483,8 @@ impl Consumer for StompConsumer {
 
     fn close(&mut self) -> anyhow::Result<()> {
         self.ack()?;
-        self.stomp.write_frame("DISCONNECT", &[("receipt", "bye")], b"")?;
+        self.stomp
+            .write_frame("DISCONNECT", &[("receipt", "bye")], b"")?;
         self.stomp.flush()?;
         self.stomp.await_receipt("bye")
     }

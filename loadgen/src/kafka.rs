@@ -86,9 +86,15 @@ impl Target for Kafka {
 
     fn prepare(&self, dest: &Dest) -> anyhow::Result<()> {
         let admin = self.admin()?;
-        let topic = NewTopic::new(&dest.name, dest.partitions as i32, TopicReplication::Fixed(1));
+        let topic = NewTopic::new(
+            &dest.name,
+            dest.partitions as i32,
+            TopicReplication::Fixed(1),
+        );
         let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-        let results = self.runtime.block_on(admin.create_topics([&topic], &opts))?;
+        let results = self
+            .runtime
+            .block_on(admin.create_topics([&topic], &opts))?;
         for r in results {
             if let Err((name, code)) = r {
                 bail!("creating topic {name}: {code}");
@@ -129,7 +135,8 @@ impl Target for Kafka {
             Mode::Paper => c.set("acks", "0").set("enable.idempotence", "false"),
             Mode::Durable => c.set("acks", "all").set("enable.idempotence", "true"),
         };
-        let producer: BaseProducer<Counting> = c.create_with_context(Counting(Arc::clone(&counts)))?;
+        let producer: BaseProducer<Counting> =
+            c.create_with_context(Counting(Arc::clone(&counts)))?;
         Ok(Box::new(KafkaProducer {
             producer,
             topic: dest.name.clone(),
@@ -153,7 +160,10 @@ impl Target for Kafka {
             tpl.add_partition_offset(&dest.name, p as i32, Offset::Beginning)?;
         }
         consumer.assign(&tpl)?;
-        Ok(Box::new(KafkaConsumer { consumer, mode: spec.mode }))
+        Ok(Box::new(KafkaConsumer {
+            consumer,
+            mode: spec.mode,
+        }))
     }
 
     fn backlog(&self, dest: &Dest) -> anyhow::Result<Option<u64>> {
@@ -168,7 +178,10 @@ impl Target for Kafka {
     fn cleanup(&self, dest: &Dest) -> anyhow::Result<()> {
         let admin = self.admin()?;
         let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-        for r in self.runtime.block_on(admin.delete_topics(&[&dest.name], &opts))? {
+        for r in self
+            .runtime
+            .block_on(admin.delete_topics(&[&dest.name], &opts))?
+        {
             if let Err((name, code)) = r {
                 bail!("deleting topic {name}: {code}");
             }
@@ -177,7 +190,7 @@ impl Target for Kafka {
     }
 
     fn how_to_start(&self) -> &'static str {
-        "cargo run --release -p server --bin broker -- --flush interval   (paper mode; the default flush is per append)"
+        "BROKER_FLUSH=interval cargo run --release -p server --bin broker   (paper mode; the default flush is per append)"
     }
 }
 

@@ -23,16 +23,35 @@ use target::{Dest, Mode, Target};
 use workload::{Knobs, RunResult, Verify};
 
 #[derive(Parser)]
-#[command(name = "loadgen", version, about = "Identical workloads against Kafka-compatible brokers, RabbitMQ and ActiveMQ")]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Identical workloads against Kafka-compatible brokers, RabbitMQ and ActiveMQ"
+)]
 struct Cli {
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "LOADGEN_KAFKA", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOADGEN_KAFKA",
+        default_value = "127.0.0.1:9092"
+    )]
     kafka: String,
     /// RabbitMQ AMQP 0-9-1 URI.
-    #[arg(long, global = true, env = "LOADGEN_RABBITMQ", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOADGEN_RABBITMQ",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     rabbitmq: String,
     /// ActiveMQ STOMP address.
-    #[arg(long, global = true, env = "LOADGEN_ACTIVEMQ", default_value = "127.0.0.1:61613")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOADGEN_ACTIVEMQ",
+        default_value = "127.0.0.1:61613"
+    )]
     activemq: String,
     /// No progress bars.
     #[arg(long, global = true)]
@@ -185,8 +204,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let make = |kind: TargetKind| -> Box<dyn Target> {
         match kind {
-            TargetKind::Kafka => Box::new(kafka::Kafka::new(cli.kafka.clone(), runtime.handle().clone())),
-            TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(cli.rabbitmq.clone(), runtime.handle().clone())),
+            TargetKind::Kafka => Box::new(kafka::Kafka::new(
+                cli.kafka.clone(),
+                runtime.handle().clone(),
+            )),
+            TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(
+                cli.rabbitmq.clone(),
+                runtime.handle().clone(),
+            )),
             TargetKind::Activemq => Box::new(activemq::ActiveMq::new(cli.activemq.clone())),
         }
     };
@@ -209,9 +234,19 @@ fn main() -> anyhow::Result<()> {
             reachable(target.as_ref())?;
             let knobs = args.knobs.knobs(cli.quiet);
             let dest = new_dest(target.as_ref(), "consume", knobs.partitions)?;
-            let fill = Knobs { warmup: 0, ..knobs.clone() };
+            let fill = Knobs {
+                warmup: 0,
+                ..knobs.clone()
+            };
             let produced = workload::produce(target.as_ref(), &dest, &fill, "writing the backlog")?;
-            let run = consume_run(target.as_ref(), &dest, &knobs, &produced.per_producer, produced.acknowledged, "consume")?;
+            let run = consume_run(
+                target.as_ref(),
+                &dest,
+                &knobs,
+                &produced.per_producer,
+                produced.acknowledged,
+                "consume",
+            )?;
             cleanup(target.as_ref(), &dest);
             finish(vec![run], Vec::new(), args.out.as_deref(), Vec::new())
         }
@@ -260,7 +295,12 @@ fn cleanup(target: &dyn Target, dest: &Dest) {
     }
 }
 
-fn base_result(target: &dyn Target, experiment: &str, workload: &'static str, k: &Knobs) -> RunResult {
+fn base_result(
+    target: &dyn Target,
+    experiment: &str,
+    workload: &'static str,
+    k: &Knobs,
+) -> RunResult {
     RunResult {
         target: target.name().to_string(),
         client: target.client(),
@@ -273,6 +313,7 @@ fn base_result(target: &dyn Target, experiment: &str, workload: &'static str, k:
         producers: k.producers,
         consumers: k.consumers,
         partitions: k.partitions,
+        warmup: k.warmup,
         messages: 0,
         bytes: 0,
         seconds: 0.0,
@@ -300,11 +341,21 @@ fn set_throughput(r: &mut RunResult, messages: u64, bytes: u64, seconds: f64) {
     }
 }
 
-fn produce_run(target: &dyn Target, dest: &Dest, k: &Knobs, experiment: &str) -> anyhow::Result<RunResult> {
+fn produce_run(
+    target: &dyn Target,
+    dest: &Dest,
+    k: &Knobs,
+    experiment: &str,
+) -> anyhow::Result<RunResult> {
     let label = format!("{} {experiment}", target.name());
     let p = workload::produce(target, dest, k, &label)?;
     let mut r = base_result(target, experiment, "produce", k);
-    set_throughput(&mut r, p.measured_messages, p.measured_messages * k.size as u64, p.seconds);
+    set_throughput(
+        &mut r,
+        p.measured_messages,
+        p.measured_messages * k.size as u64,
+        p.seconds,
+    );
     (r.client_cpu_s, r.broker_cpu_s, r.broker_rss_mb) = p.cpu;
     r.broker_pid = p.broker_pid;
     r.verify.sent = p.per_producer.iter().sum();
@@ -315,9 +366,17 @@ fn produce_run(target: &dyn Target, dest: &Dest, k: &Knobs, experiment: &str) ->
 }
 
 /// Reads everything back (unmeasured) and records the check on the produce run.
-fn verify_by_draining(target: &dyn Target, dest: &Dest, k: &Knobs, run: &mut RunResult) -> anyhow::Result<()> {
+fn verify_by_draining(
+    target: &dyn Target,
+    dest: &Dest,
+    k: &Knobs,
+    run: &mut RunResult,
+) -> anyhow::Result<()> {
     let expected = run.sent_per_producer.clone();
-    let drain = Knobs { warmup: 0, ..k.clone() };
+    let drain = Knobs {
+        warmup: 0,
+        ..k.clone()
+    };
     let label = format!("{} reading back {}", target.name(), run.experiment);
     let c = workload::consume(target, dest, &drain, &expected, &label)?;
     run.verify.add_tracker(&c.tracker, &expected);
@@ -345,7 +404,13 @@ fn consume_run(
     Ok(r)
 }
 
-fn latency_run(target: &dyn Target, dest: &Dest, k: &Knobs, rate: f64, experiment: &str) -> anyhow::Result<RunResult> {
+fn latency_run(
+    target: &dyn Target,
+    dest: &Dest,
+    k: &Knobs,
+    rate: f64,
+    experiment: &str,
+) -> anyhow::Result<RunResult> {
     let label = format!("{} {experiment} at {rate:.0}/s", target.name());
     let (p, c) = workload::latency(target, dest, k, rate, &label)?;
     let mut r = base_result(target, experiment, "latency", k);
@@ -361,7 +426,11 @@ fn latency_run(target: &dyn Target, dest: &Dest, k: &Knobs, rate: f64, experimen
     Ok(r)
 }
 
-fn paper(args: &PaperArgs, make: &dyn Fn(TargetKind) -> Box<dyn Target>, quiet: bool) -> anyhow::Result<()> {
+fn paper(
+    args: &PaperArgs,
+    make: &dyn Fn(TargetKind) -> Box<dyn Target>,
+    quiet: bool,
+) -> anyhow::Result<()> {
     if args.messages == 0 {
         bail!("--messages must be at least 1");
     }
@@ -424,9 +493,19 @@ fn paper_target(t: &dyn Target, base: &Knobs, args: &PaperArgs) -> anyhow::Resul
     let a = new_dest(t, "paper-b1", 1)?;
     let mut b1 = produce_run(t, &a, base, "producer, batch 1")?;
     let b = new_dest(t, "paper-b50", 1)?;
-    let k50 = Knobs { batch: 50, ..base.clone() };
+    let k50 = Knobs {
+        batch: 50,
+        ..base.clone()
+    };
     let mut b50 = produce_run(t, &b, &k50, "producer, batch 50")?;
-    let consumer = consume_run(t, &a, base, &b1.sent_per_producer, b1.verify.acknowledged, "consumer")?;
+    let consumer = consume_run(
+        t,
+        &a,
+        base,
+        &b1.sent_per_producer,
+        b1.verify.acknowledged,
+        "consumer",
+    )?;
     b1.verify.take_read_back(&consumer.verify);
     verify_by_draining(t, &b, &k50, &mut b50)?;
     cleanup(t, &a);
@@ -450,7 +529,12 @@ fn paper_target(t: &dyn Target, base: &Knobs, args: &PaperArgs) -> anyhow::Resul
     Ok(runs)
 }
 
-fn finish(runs: Vec<RunResult>, unreachable: Vec<Unreachable>, out: Option<&std::path::Path>, notes: Vec<String>) -> anyhow::Result<()> {
+fn finish(
+    runs: Vec<RunResult>,
+    unreachable: Vec<Unreachable>,
+    out: Option<&std::path::Path>,
+    notes: Vec<String>,
+) -> anyhow::Result<()> {
     println!("{}", report::table(&runs));
     for r in &runs {
         let wall = r.seconds.max(1e-9);
@@ -460,8 +544,10 @@ fn finish(runs: Vec<RunResult>, unreachable: Vec<Unreachable>, out: Option<&std:
             r.experiment,
             r.client_cpu_s,
             r.client_cpu_s / wall * 100.0,
-            r.broker_cpu_s
-                .map_or("unknown (broker process not found)".to_string(), |c| format!("{c:.2} s ({:.0}% of one core)", c / wall * 100.0)),
+            r.broker_cpu_s.map_or(
+                "unknown (broker process not found)".to_string(),
+                |c| format!("{c:.2} s ({:.0}% of one core)", c / wall * 100.0)
+            ),
             r.seconds
         );
     }
@@ -473,7 +559,10 @@ fn finish(runs: Vec<RunResult>, unreachable: Vec<Unreachable>, out: Option<&std:
     };
     if let Some(dir) = out {
         report::write(dir, &report)?;
-        println!("wrote {}/results.json, results.md and charts", dir.display());
+        println!(
+            "wrote {}/results.json, results.md and charts",
+            dir.display()
+        );
     }
     if !clean {
         bail!("some messages were lost, duplicated or not acknowledged (see the verified column)");

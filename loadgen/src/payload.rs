@@ -157,7 +157,10 @@ impl Tracker {
             .map(|(p, &n)| {
                 let got: u64 = self.seen.get(p).map_or(0, |bits| {
                     (0..n)
-                        .filter(|s| bits.get((s / 64) as usize).is_some_and(|w| w & (1 << (s % 64)) != 0))
+                        .filter(|s| {
+                            bits.get((s / 64) as usize)
+                                .is_some_and(|w| w & (1 << (s % 64)) != 0)
+                        })
                         .count() as u64
                 });
                 n - got
@@ -173,7 +176,11 @@ mod tests {
     #[test]
     fn header_round_trips_and_filler_is_kept() {
         let mut m = Message::new(200);
-        let h = Header { producer: 3, seq: 99, sent_nanos: 12345 };
+        let h = Header {
+            producer: 3,
+            seq: 99,
+            sent_nanos: 12345,
+        };
         let bytes = m.stamp(h).to_vec();
         assert_eq!(bytes.len(), 200);
         assert_eq!(decode(&bytes), Some(h));
@@ -186,17 +193,32 @@ mod tests {
         let mut m = Message::new(32);
         let mut a = Tracker::default();
         for seq in [0, 1, 2, 2, 5, 4] {
-            a.record(m.stamp(Header { producer: 0, seq, sent_nanos: 0 }));
+            a.record(m.stamp(Header {
+                producer: 0,
+                seq,
+                sent_nanos: 0,
+            }));
         }
         a.record(b"not ours");
-        assert_eq!((a.received, a.unique, a.duplicates, a.malformed, a.reordered), (7, 5, 1, 1, 1));
+        assert_eq!(
+            (a.received, a.unique, a.duplicates, a.malformed, a.reordered),
+            (7, 5, 1, 1, 1)
+        );
         assert_eq!(a.missing(&[6]), 1);
 
         let mut b = Tracker::default();
         for seq in [3, 5] {
-            b.record(m.stamp(Header { producer: 0, seq, sent_nanos: 0 }));
+            b.record(m.stamp(Header {
+                producer: 0,
+                seq,
+                sent_nanos: 0,
+            }));
         }
-        b.record(m.stamp(Header { producer: 1, seq: 0, sent_nanos: 0 }));
+        b.record(m.stamp(Header {
+            producer: 1,
+            seq: 0,
+            sent_nanos: 0,
+        }));
         a.merge(&b);
         assert_eq!(a.unique, 7);
         assert_eq!(a.duplicates, 2);

@@ -84,7 +84,8 @@ impl Target for RabbitMq {
 
     fn check(&self) -> anyhow::Result<()> {
         let (conn, _channel) = self.channel()?;
-        self.runtime.block_on(conn.close(200, "loadgen check".into()))?;
+        self.runtime
+            .block_on(conn.close(200, "loadgen check".into()))?;
         Ok(())
     }
 
@@ -95,7 +96,8 @@ impl Target for RabbitMq {
                 let q = queue_name(dest, i);
                 ch.queue_declare(q.as_str().into(), durable(), FieldTable::default())
                     .await?;
-                ch.queue_purge(q.as_str().into(), Default::default()).await?;
+                ch.queue_purge(q.as_str().into(), Default::default())
+                    .await?;
             }
             conn.close(200, "prepared".into()).await?;
             anyhow::Ok(())
@@ -143,7 +145,9 @@ impl Target for RabbitMq {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     while let Some(delivery) = stream.next().await {
-                        let item = delivery.map(|d| (d.delivery_tag, d.data)).map_err(|e| e.to_string());
+                        let item = delivery
+                            .map(|d| (d.delivery_tag, d.data))
+                            .map_err(|e| e.to_string());
                         if tx.send(item).await.is_err() {
                             break;
                         }
@@ -173,7 +177,11 @@ impl Target for RabbitMq {
                     ..durable()
                 };
                 let q = ch
-                    .queue_declare(queue_name(dest, i).as_str().into(), options, FieldTable::default())
+                    .queue_declare(
+                        queue_name(dest, i).as_str().into(),
+                        options,
+                        FieldTable::default(),
+                    )
                     .await?;
                 total += u64::from(q.message_count());
             }
@@ -186,8 +194,11 @@ impl Target for RabbitMq {
         let (conn, ch) = self.channel()?;
         self.runtime.block_on(async {
             for i in 0..dest.partitions {
-                ch.queue_delete(queue_name(dest, i).as_str().into(), QueueDeleteOptions::default())
-                    .await?;
+                ch.queue_delete(
+                    queue_name(dest, i).as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await?;
             }
             conn.close(200, "cleaned up".into()).await?;
             anyhow::Ok(())
@@ -223,9 +234,7 @@ impl Producer for RabbitProducer {
         let batch = std::mem::take(&mut self.pending);
         let (channel, queues) = (&self.channel, &self.queues);
         let publishes = batch.iter().map(|(p, body)| {
-            let queue = queues
-                .get(*p as usize)
-                .map_or("", String::as_str);
+            let queue = queues.get(*p as usize).map_or("", String::as_str);
             channel.basic_publish(
                 "".into(),
                 queue.into(),
@@ -264,8 +273,11 @@ impl Producer for RabbitProducer {
                 passive: true,
                 ..durable()
             };
-            self.runtime
-                .block_on(self.channel.queue_declare(q.as_str().into(), options, FieldTable::default()))?;
+            self.runtime.block_on(self.channel.queue_declare(
+                q.as_str().into(),
+                options,
+                FieldTable::default(),
+            ))?;
         }
         Ok(self.acked)
     }

@@ -36,7 +36,11 @@ pub struct Meta {
 
 impl Meta {
     pub fn collect(notes: Vec<String>) -> Self {
-        let read = |p: &str| fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+        let read = |p: &str| {
+            fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
         let cpu_model = read("/proc/cpuinfo")
             .lines()
             .find(|l| l.starts_with("model name"))
@@ -60,7 +64,8 @@ impl Meta {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             loadgen_version: env!("CARGO_PKG_VERSION"),
             git_commit,
-            started_utc: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            started_utc: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
             host: read("/proc/sys/kernel/hostname"),
             kernel: read("/proc/sys/kernel/osrelease"),
             cpu_model,
@@ -125,7 +130,11 @@ pub fn markdown(report: &Report) -> String {
     let m = &report.meta;
     let mut s = String::from("# loadgen results\n\n");
     let _ = writeln!(s, "- command: `{}`", m.command);
-    let _ = writeln!(s, "- commit {}, loadgen {}, started {}", m.git_commit, m.loadgen_version, m.started_utc);
+    let _ = writeln!(
+        s,
+        "- commit {}, loadgen {}, started {}",
+        m.git_commit, m.loadgen_version, m.started_utc
+    );
     let _ = writeln!(
         s,
         "- machine: {} ({} CPUs, {} GiB), kernel {}, host {}",
@@ -195,7 +204,10 @@ pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow
     let lines: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
         .map(|r| {
-            let label = format!("{} {} ({:.0} msgs/s)", r.target, r.experiment, r.msgs_per_sec);
+            let label = format!(
+                "{} {} ({:.0} msgs/s)",
+                r.target, r.experiment, r.msgs_per_sec
+            );
             let pts = rate_points(&r.series)
                 .into_iter()
                 .map(|(x, y)| (x / 1e6, y))
@@ -235,7 +247,9 @@ pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
                 .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -304,8 +318,13 @@ pub fn latency_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::R
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
                 .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))?;
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart.draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )?;
         }
         chart
             .configure_series_labels()
@@ -325,18 +344,27 @@ pub fn write(dir: &Path, report: &Report) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     fs::write(dir.join("results.json"), json)?;
     fs::write(dir.join("results.md"), markdown(report))?;
-    let of = |w: &str| -> Vec<&RunResult> { report.runs.iter().filter(|r| r.workload == w).collect() };
+    let of =
+        |w: &str| -> Vec<&RunResult> { report.runs.iter().filter(|r| r.workload == w).collect() };
     let producers = of("produce");
     if !producers.is_empty() {
         throughput_chart(&dir.join("producer.svg"), "Producer throughput", &producers)?;
     }
     let consumers = of("consume");
     if !consumers.is_empty() {
-        throughput_chart(&dir.join("consumer.svg"), "Consumer throughput, draining a backlog", &consumers)?;
+        throughput_chart(
+            &dir.join("consumer.svg"),
+            "Consumer throughput, draining a backlog",
+            &consumers,
+        )?;
     }
     let latencies = of("latency");
     if !latencies.is_empty() {
-        latency_chart(&dir.join("latency.svg"), "End-to-end latency at a fixed offered rate", &latencies)?;
+        latency_chart(
+            &dir.join("latency.svg"),
+            "End-to-end latency at a fixed offered rate",
+            &latencies,
+        )?;
     }
     Ok(())
 }

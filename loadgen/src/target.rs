@@ -64,8 +64,11 @@ pub trait Producer: Send {
 pub trait Consumer: Send {
     /// Waits up to `timeout` for messages, handing each payload to `on_message`; returns
     /// how many arrived.
-    fn poll(&mut self, timeout: Duration, on_message: &mut dyn FnMut(&[u8]))
-    -> anyhow::Result<usize>;
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_message: &mut dyn FnMut(&[u8]),
+    ) -> anyhow::Result<usize>;
     /// Acknowledges what was received (durable mode) and closes.
     fn close(&mut self) -> anyhow::Result<()>;
 }

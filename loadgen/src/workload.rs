@@ -115,7 +115,10 @@ pub struct RunResult {
     pub producers: u32,
     pub consumers: u32,
     pub partitions: u32,
-    /// Messages and payload bytes in the measured window (warm-up excluded).
+    /// Messages left out of the measurement at the start.
+    pub warmup: u64,
+    /// Messages and payload bytes in the measured window (warm-up excluded, but for
+    /// latency runs, whose throughput covers the whole run).
     pub messages: u64,
     pub bytes: u64,
     pub seconds: f64,
@@ -167,10 +170,7 @@ impl CpuWindow {
             (Some(end), Some(start)) => Some(end - start),
             _ => None,
         };
-        let rss = self
-            .pid
-            .and_then(procfs::rss_bytes)
-            .map(|b| b as f64 / 1e6);
+        let rss = self.pid.and_then(procfs::rss_bytes).map(|b| b as f64 / 1e6);
         (client, broker, rss)
     }
 }
@@ -201,7 +201,8 @@ impl Progress {
         );
         bar.set_prefix(label);
         let sampler = {
-            let (done, stop, started) = (Arc::clone(&done), Arc::clone(&stop), Arc::clone(&started));
+            let (done, stop, started) =
+                (Arc::clone(&done), Arc::clone(&stop), Arc::clone(&started));
             thread::spawn(move || {
                 let mut series = Vec::new();
                 loop {
@@ -258,7 +259,9 @@ fn share(total: u64, parts: u32, i: u32) -> u64 {
 
 /// The partitions (or queues) consumer `i` of `consumers` reads.
 fn partitions_of(i: u32, consumers: u32, partitions: u32) -> Vec<u32> {
-    (0..partitions).filter(|p| p % consumers.max(1) == i).collect()
+    (0..partitions)
+        .filter(|p| p % consumers.max(1) == i)
+        .collect()
 }
 
 fn check_knobs(k: &Knobs) -> anyhow::Result<()> {
@@ -273,7 +276,10 @@ fn check_knobs(k: &Knobs) -> anyhow::Result<()> {
         );
     }
     if k.size < payload::HEADER_LEN {
-        bail!("messages must be at least {} bytes (the loadgen header)", payload::HEADER_LEN);
+        bail!(
+            "messages must be at least {} bytes (the loadgen header)",
+            payload::HEADER_LEN
+        );
     }
     if k.batch == 0 {
         bail!("batch must be at least 1");
@@ -294,7 +300,12 @@ pub struct Produced {
 
 /// Sends `k.messages` (split over `k.producers`) into `dest` and waits until the broker
 /// has all of them. The measured window opens after the warm-up messages.
-pub fn produce(target: &dyn Target, dest: &Dest, k: &Knobs, label: &str) -> anyhow::Result<Produced> {
+pub fn produce(
+    target: &dyn Target,
+    dest: &Dest,
+    k: &Knobs,
+    label: &str,
+) -> anyhow::Result<Produced> {
     check_knobs(k)?;
     let progress = Progress::new(label.to_string(), k.messages, k.quiet);
     let warm = Arc::new(Barrier::new(k.producers as usize + 1));
@@ -310,14 +321,22 @@ pub fn produce(target: &dyn Target, dest: &Dest, k: &Knobs, label: &str) -> anyh
                 linger_ms: k.linger_ms,
             },
         )?;
-        let (warm, go, done) = (Arc::clone(&warm), Arc::clone(&go), Arc::clone(&progress.done));
+        let (warm, go, done) = (
+            Arc::clone(&warm),
+            Arc::clone(&go),
+            Arc::clone(&progress.done),
+        );
         let count = share(k.messages, k.producers, id);
         let warmup = share(k.warmup, k.producers, id).min(count);
         let (size, batch, partitions) = (k.size, k.batch, dest.partitions);
         handles.push(thread::spawn(move || -> anyhow::Result<(u64, u64)> {
             let mut msg = Message::new(size);
             let mut send = |seq: u64| -> anyhow::Result<()> {
-                let header = Header { producer: id, seq, sent_nanos: payload::now_nanos() };
+                let header = Header {
+                    producer: id,
+                    seq,
+                    sent_nanos: payload::now_nanos(),
+                };
                 let partition = ((u64::from(id) + seq) % u64::from(partitions)) as u32;
                 producer.send(partition, msg.stamp(header))?;
                 if (seq + 1) % batch as u64 == 0 {
@@ -506,7 +525,9 @@ pub fn consume(
     let Some((start, cpu)) = opened else {
         bail!("no message arrived within {IDLE_GIVE_UP:?}");
     };
-    let measured_messages = tracker.received.saturating_sub(warmup.max(1).min(tracker.received));
+    let measured_messages = tracker
+        .received
+        .saturating_sub(warmup.max(1).min(tracker.received));
     let per_message = if tracker.received > 0 {
         tracker.bytes / tracker.received
     } else {
@@ -556,7 +577,9 @@ pub fn latency(
     let warmup_per_producer: Vec<u64> = (0..k.producers)
         .map(|i| share(k.warmup, k.producers, i))
         .collect();
-    let expected: Vec<u64> = (0..k.producers).map(|i| share(total, k.producers, i)).collect();
+    let expected: Vec<u64> = (0..k.producers)
+        .map(|i| share(total, k.producers, i))
+        .collect();
     let progress = Progress::new(label.to_string(), total, k.quiet);
     let finished = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -579,45 +602,47 @@ pub fn latency(
             Arc::clone(&progress.done),
         );
         let warm = warmup_per_producer.clone();
-        consumers.push(thread::spawn(move || -> anyhow::Result<(Tracker, Histogram<u64>)> {
-            let mut tracker = Tracker::default();
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-                .context("histogram bounds")?;
-            let mut last_message = Instant::now();
-            while !finished.load(Ordering::Acquire) {
-                let mut count = 0;
-                let mut error = None;
-                let n = consumer.poll(Duration::from_millis(100), &mut |body| {
-                    let now = payload::now_nanos();
-                    count += 1;
-                    if let Some(h) = tracker.record(body)
-                        && h.seq >= warm.get(h.producer as usize).copied().unwrap_or(0)
-                    {
-                        let us = (now.saturating_sub(h.sent_nanos) / 1000).max(1);
-                        if let Err(e) = hist.record(us) {
-                            error.get_or_insert(e);
+        consumers.push(thread::spawn(
+            move || -> anyhow::Result<(Tracker, Histogram<u64>)> {
+                let mut tracker = Tracker::default();
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+                    .context("histogram bounds")?;
+                let mut last_message = Instant::now();
+                while !finished.load(Ordering::Acquire) {
+                    let mut count = 0;
+                    let mut error = None;
+                    let n = consumer.poll(Duration::from_millis(100), &mut |body| {
+                        let now = payload::now_nanos();
+                        count += 1;
+                        if let Some(h) = tracker.record(body)
+                            && h.seq >= warm.get(h.producer as usize).copied().unwrap_or(0)
+                        {
+                            let us = (now.saturating_sub(h.sent_nanos) / 1000).max(1);
+                            if let Err(e) = hist.record(us) {
+                                error.get_or_insert(e);
+                            }
                         }
+                    })?;
+                    if let Some(e) = error {
+                        bail!("latency out of the histogram's range: {e}");
                     }
-                })?;
-                if let Some(e) = error {
-                    bail!("latency out of the histogram's range: {e}");
-                }
-                if n == 0 {
-                    if last_message.elapsed() > IDLE_GIVE_UP {
-                        break;
+                    if n == 0 {
+                        if last_message.elapsed() > IDLE_GIVE_UP {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
+                    last_message = Instant::now();
+                    done.fetch_add(count, Ordering::Relaxed);
+                    if received.fetch_add(count, Ordering::AcqRel) + count >= total {
+                        finished.store(true, Ordering::Release);
+                    }
                 }
-                last_message = Instant::now();
-                done.fetch_add(count, Ordering::Relaxed);
-                if received.fetch_add(count, Ordering::AcqRel) + count >= total {
-                    finished.store(true, Ordering::Release);
-                }
-            }
-            finished.store(true, Ordering::Release);
-            consumer.close()?;
-            Ok((tracker, hist))
-        }));
+                finished.store(true, Ordering::Release);
+                consumer.close()?;
+                Ok((tracker, hist))
+            },
+        ));
     }
 
     let go = Arc::new(Barrier::new(k.producers as usize + 1));
@@ -647,7 +672,11 @@ pub fn latency(
                 if intended > now {
                     thread::sleep(Duration::from_nanos(intended - now));
                 }
-                let header = Header { producer: id, seq, sent_nanos: intended };
+                let header = Header {
+                    producer: id,
+                    seq,
+                    sent_nanos: intended,
+                };
                 let partition = ((u64::from(id) + seq) % u64::from(partitions)) as u32;
                 producer.send(partition, msg.stamp(header))?;
                 if (seq + 1) % batch as u64 == 0 {
@@ -716,9 +745,11 @@ pub fn latency(
         cpu: cpu_used,
         broker_pid: cpu.pid,
     };
+    // Throughput of a latency run counts every message over the whole run; the
+    // histogram leaves out the warm-up.
     let consumed = Consumed {
-        measured_messages: measured,
-        measured_bytes: measured * k.size as u64,
+        measured_messages: total,
+        measured_bytes: total * k.size as u64,
         seconds,
         series,
         cpu: cpu_used,

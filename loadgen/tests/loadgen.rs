@@ -32,7 +32,11 @@ fn repo() -> PathBuf {
 
 fn start_broker(data: &Path) -> Broker {
     let binary = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("broker");
-    assert!(binary.exists(), "{} is missing: cargo test --workspace builds it", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: cargo test --workspace builds it",
+        binary.display()
+    );
     let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0", "--cores", "2", "--data-dir"])
         .arg(data)
@@ -73,11 +77,15 @@ fn results(dir: &Path) -> Value {
 }
 
 fn u(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key} is not a count in {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {v}"))
 }
 
 fn f(v: &Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
 }
 
 /// The checks every run must pass, whatever the target.
@@ -85,7 +93,11 @@ fn check_run(run: &Value, messages: u64) {
     let v = &run["verify"];
     assert_eq!(u(v, "sent"), messages, "{run}");
     assert_eq!(u(v, "acknowledged"), messages, "{run}");
-    assert_eq!(v["consumed"], Value::Bool(true), "every run reads its messages back: {run}");
+    assert_eq!(
+        v["consumed"],
+        Value::Bool(true),
+        "every run reads its messages back: {run}"
+    );
     assert_eq!(u(v, "unique"), messages, "{run}");
     assert_eq!(u(v, "missing"), 0, "{run}");
     assert_eq!(u(v, "duplicates"), 0, "{run}");
@@ -95,10 +107,18 @@ fn check_run(run: &Value, messages: u64) {
     assert_eq!(bytes, n * u(run, "size"), "{run}");
     assert!(secs > 0.0);
     let rate = f(run, "msgs_per_sec");
-    assert!((rate - n as f64 / secs).abs() <= rate * 1e-6 + 1e-6, "{run}");
-    assert!((f(run, "mb_per_sec") - bytes as f64 / secs / 1e6).abs() < 1e-6, "{run}");
+    assert!(
+        (rate - n as f64 / secs).abs() <= rate * 1e-6 + 1e-6,
+        "{run}"
+    );
+    assert!(
+        (f(run, "mb_per_sec") - bytes as f64 / secs / 1e6).abs() < 1e-6,
+        "{run}"
+    );
     assert!(f(run, "client_cpu_s") >= 0.0);
-    let broker_cpu = run["broker_cpu_s"].as_f64().expect("the broker process was found by its port");
+    let broker_cpu = run["broker_cpu_s"]
+        .as_f64()
+        .expect("the broker process was found by its port");
     assert!(broker_cpu >= 0.0);
     let series = run["series"].as_array().expect("series");
     assert!(!series.is_empty(), "{run}");
@@ -110,10 +130,21 @@ fn check_run(run: &Value, messages: u64) {
     }
     if run["workload"] == "latency" {
         let l = &run["latency"];
-        let p: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"].iter().map(|k| u(l, k)).collect();
-        assert!(p.windows(2).all(|w| w[0] <= w[1]), "percentiles are ordered: {l}");
+        let p: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+            .iter()
+            .map(|k| u(l, k))
+            .collect();
+        assert!(
+            p.windows(2).all(|w| w[0] <= w[1]),
+            "percentiles are ordered: {l}"
+        );
         assert!(p[0] >= 1, "{l}");
-        assert_eq!(u(l, "count"), n, "every measured message has a latency: {run}");
+        assert_eq!(n, messages, "{run}");
+        assert_eq!(
+            u(l, "count"),
+            n - u(run, "warmup"),
+            "every message after the warm-up has a latency: {run}"
+        );
     } else {
         assert!(run["latency"].is_null());
     }
@@ -126,9 +157,15 @@ fn check_paper(report: &Value, target: &str, messages: u64, latency_messages: u6
         .iter()
         .filter(|r| r["target"] == target)
         .collect();
-    let experiments: Vec<&str> = runs.iter().map(|r| r["experiment"].as_str().unwrap_or("")).collect();
+    let experiments: Vec<&str> = runs
+        .iter()
+        .map(|r| r["experiment"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(experiments.len(), 4, "{experiments:?}");
-    assert_eq!(experiments[..3], ["producer, batch 1", "producer, batch 50", "consumer"]);
+    assert_eq!(
+        experiments[..3],
+        ["producer, batch 1", "producer, batch 50", "consumer"]
+    );
     assert!(experiments[3].starts_with("latency at "));
     for run in &runs[..3] {
         check_run(run, messages);
@@ -170,18 +207,30 @@ fn paper_against_our_broker_checks_every_message_and_writes_the_report() {
     let report = results(&dir);
     check_paper(&report, "kafka", 20000, 4000);
     let broker_pid = report["runs"][0]["broker_pid"].as_u64().unwrap();
-    assert_eq!(broker_pid, u64::from(broker.child.id()), "CPU is charged to our broker");
+    assert_eq!(
+        broker_pid,
+        u64::from(broker.child.id()),
+        "CPU is charged to our broker"
+    );
     // A target that does not answer is reported with how to start it, not fatal.
     let unreachable = &report["unreachable"][0];
     assert_eq!(unreachable["target"], "activemq");
-    assert!(unreachable["how_to_start"].as_str().unwrap().contains("scripts/activemq.sh"));
+    assert!(
+        unreachable["how_to_start"]
+            .as_str()
+            .unwrap()
+            .contains("scripts/activemq.sh")
+    );
     let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
     assert!(md.contains("| producer, batch 50 | kafka |"), "{md}");
     assert!(md.contains("activemq not measured"), "{md}");
     assert!(md.contains("test run"));
     for chart in ["producer.svg", "consumer.svg", "latency.svg"] {
         let svg = std::fs::read_to_string(dir.join(chart)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{chart}");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{chart}"
+        );
     }
 }
 
@@ -193,14 +242,34 @@ fn durable_mode_with_several_producers_consumers_and_partitions() {
     for workload in ["produce", "consume"] {
         let out = dir.path().join(workload);
         let o = loadgen(&[
-            "--kafka", &broker.addr, workload, "--mode", "durable", "--messages", "9000",
-            "--producers", "3", "--consumers", "2", "--partitions", "4", "--size", "1000",
-            "--warmup", "300", "--out", out.to_str().unwrap(),
+            "--kafka",
+            &broker.addr,
+            workload,
+            "--mode",
+            "durable",
+            "--messages",
+            "9000",
+            "--producers",
+            "3",
+            "--consumers",
+            "2",
+            "--partitions",
+            "4",
+            "--size",
+            "1000",
+            "--warmup",
+            "300",
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(o.status.success());
         let run = &results(&out)["runs"][0];
         check_run(run, 9000);
-        assert_eq!(u(run, "messages"), 9000 - 300, "the warm-up is not measured");
+        assert_eq!(
+            u(run, "messages"),
+            9000 - 300,
+            "the warm-up is not measured"
+        );
         assert_eq!(run["mode"], "durable");
     }
 }
@@ -210,8 +279,14 @@ fn an_unreachable_broker_is_a_clear_error() {
     let o = loadgen(&["--kafka", "127.0.0.1:1", "produce", "--messages", "10"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("kafka is not reachable at 127.0.0.1:1"), "{err}");
-    assert!(err.contains("cargo run --release -p server --bin broker"), "{err}");
+    assert!(
+        err.contains("kafka is not reachable at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cargo run --release -p server --bin broker"),
+        "{err}"
+    );
 }
 
 /// Starts a peer broker with its script unless something already listens on `port`.
@@ -222,15 +297,24 @@ fn ensure_peer(script: &str, port: u16) -> bool {
     }
     let script = repo().join("scripts").join(script);
     for step in [&["install"][..], &["start"][..]] {
-        let status = Command::new(&script).args(step).status().expect("run peer script");
-        assert!(status.success(), "{} {step:?} failed: RabbitMQ and ActiveMQ tests need them", script.display());
+        let status = Command::new(&script)
+            .args(step)
+            .status()
+            .expect("run peer script");
+        assert!(
+            status.success(),
+            "{} {step:?} failed: RabbitMQ and ActiveMQ tests need them",
+            script.display()
+        );
     }
     true
 }
 
 fn stop_peer(script: &str, started: bool) {
     if started {
-        let _ = Command::new(repo().join("scripts").join(script)).arg("stop").status();
+        let _ = Command::new(repo().join("scripts").join(script))
+            .arg("stop")
+            .status();
     }
 }
 
@@ -242,12 +326,24 @@ fn rabbitmq_and_activemq_drivers_against_real_servers() {
     let dir = tempfile::tempdir().unwrap();
     let paper = dir.path().join("paper");
     let o = loadgen(&[
-        "paper", "--messages", "5000", "--targets", "rabbitmq,activemq", "--latency-rate", "1000",
-        "--latency-seconds", "2", "--out", paper.to_str().unwrap(),
+        "paper",
+        "--messages",
+        "5000",
+        "--targets",
+        "rabbitmq,activemq",
+        "--latency-rate",
+        "1000",
+        "--latency-seconds",
+        "2",
+        "--out",
+        paper.to_str().unwrap(),
     ]);
     assert!(o.status.success());
     let report = results(&paper);
-    assert!(report["unreachable"].as_array().unwrap().is_empty(), "{report}");
+    assert!(
+        report["unreachable"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
     check_paper(&report, "rabbitmq", 5000, 2000);
     check_paper(&report, "activemq", 5000, 2000);
 
@@ -256,9 +352,23 @@ fn rabbitmq_and_activemq_drivers_against_real_servers() {
         for workload in ["produce", "consume"] {
             let out = dir.path().join(format!("{target}-{workload}"));
             let o = loadgen(&[
-                workload, "--target", target, "--mode", "durable", "--messages", "3000",
-                "--batch", "20", "--producers", "2", "--consumers", "2", "--partitions", "2",
-                "--out", out.to_str().unwrap(),
+                workload,
+                "--target",
+                target,
+                "--mode",
+                "durable",
+                "--messages",
+                "3000",
+                "--batch",
+                "20",
+                "--producers",
+                "2",
+                "--consumers",
+                "2",
+                "--partitions",
+                "2",
+                "--out",
+                out.to_str().unwrap(),
             ]);
             assert!(o.status.success());
             check_run(&results(&out)["runs"][0], 3000);
