@@ -289,7 +289,14 @@ pub struct Shard {
     pub shared: Arc<BrokerShared>,
     partitions: RefCell<HashMap<TopicPartition, OwnedPartition>>,
     pub connections: Cell<usize>,
+    /// Bytes of acks=0 produce data this core has taken and not yet seen written.
+    unacked_bytes: Cell<usize>,
+    unacked_freed: Event,
 }
+
+/// How many bytes of acks=0 produce data one core may hold unwritten. Producers that do not
+/// wait for answers wait here instead, so they cannot make the broker queue without bound.
+pub const UNACKED_PRODUCE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 impl Shard {
     pub fn new(id: usize, shared: Arc<BrokerShared>) -> Self {
@@ -298,6 +305,8 @@ impl Shard {
             shared,
             partitions: RefCell::new(HashMap::new()),
             connections: Cell::new(0),
+            unacked_bytes: Cell::new(0),
+            unacked_freed: Event::new(),
         }
     }
 
@@ -352,6 +361,33 @@ impl Shard {
         )
         .await?;
         answer.await.map_err(|_| gone(owner))?
+    }
+
+    /// Appends a batch nobody waits for (acks=0): the append is queued in order behind the
+    /// connection's earlier ones and this returns without waiting for the write, so one
+    /// connection can keep many small batches in flight, as Kafka's acks=0 producers expect.
+    /// What is queued and unwritten is bounded by `UNACKED_PRODUCE_BYTES_MAX` per core.
+    pub async fn append_unacknowledged(self: &Rc<Self>, tp: TopicPartition, batch: Vec<u8>) {
+        let n = batch.len();
+        while self.unacked_bytes.get() != 0
+            && self.unacked_bytes.get() + n > UNACKED_PRODUCE_BYTES_MAX
+        {
+            // One thread per core: nothing frees bytes between the check and the listen.
+            self.unacked_freed.listen().await;
+        }
+        self.unacked_bytes.set(self.unacked_bytes.get() + n);
+        let shard = Rc::clone(self);
+        // Tasks first run in the order they were spawned, so appends keep request order.
+        compio::runtime::spawn(async move {
+            if let Err(e) = shard.append(tp, batch, AppendWait::Written).await {
+                tracing::debug!(error = %e, "acks=0 produce refused");
+            }
+            shard
+                .unacked_bytes
+                .set(shard.unacked_bytes.get().saturating_sub(n));
+            shard.unacked_freed.notify(usize::MAX);
+        })
+        .detach();
     }
 
     pub async fn read(

@@ -60,6 +60,19 @@ pub async fn handle(
             pending.push((name.clone(), pd.index, outcome, pd.records.clone()));
         }
     }
+    if req.acks == 0 {
+        // Nobody waits for an answer: queue the appends in order and go on reading.
+        for (name, index, checked, records) in pending {
+            match (checked, records) {
+                (Ok(tp), Some(records)) => shard.append_unacknowledged(tp, records.to_vec()).await,
+                (checked, _) => {
+                    let code = checked.err().map_or(error_code::INVALID_RECORD, |o| o.code);
+                    tracing::debug!(topic = %name, partition = index, code, "acks=0 produce refused");
+                }
+            }
+        }
+        return Ok(None);
+    }
     let appends = pending.into_iter().map(|(name, index, checked, records)| async move {
         let outcome = match (checked, records) {
             (Err(outcome), _) => outcome,
@@ -80,9 +93,6 @@ pub async fn handle(
         (name, index, outcome)
     });
     let results = futures_util::future::join_all(appends).await;
-    if req.acks == 0 {
-        return Ok(None);
-    }
     let mut topics: Vec<TopicProduceResponse> = Vec::new();
     for (name, index, outcome) in results {
         let mut partition = PartitionProduceResponse::default()
