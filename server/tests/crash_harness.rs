@@ -155,7 +155,26 @@ impl ProducerContext for Recorder {
 /// What one producer thread did.
 struct ProducerOutcome {
     sent: u64,
-    fatal: Option<String>,
+    /// librdkafka's fatal errors (the idempotent producer gives up, for instance when the
+    /// broker lost messages it had acknowledged); the thread starts a new client after each.
+    fatal: Vec<String>,
+}
+
+fn idempotent_producer(addr: &str, deliveries: &Arc<Deliveries>) -> ThreadedProducer<Recorder> {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .set("retry.backoff.ms", "20")
+        .set("retry.backoff.max.ms", "200")
+        .set("reconnect.backoff.ms", "10")
+        .set("reconnect.backoff.max.ms", "200")
+        .set("queue.buffering.max.messages", "5000")
+        .set("batch.size", "65536")
+        .create_with_context(Recorder(Arc::clone(deliveries)))
+        .expect("idempotent producer")
 }
 
 /// One idempotent producer writing continuously until `stop`, then flushing.
@@ -166,20 +185,8 @@ fn spawn_producer(
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<ProducerOutcome> {
     std::thread::spawn(move || {
-        let p: ThreadedProducer<Recorder> = ClientConfig::new()
-            .set("bootstrap.servers", &addr)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "120000")
-            .set("retry.backoff.ms", "20")
-            .set("retry.backoff.max.ms", "200")
-            .set("reconnect.backoff.ms", "10")
-            .set("reconnect.backoff.max.ms", "200")
-            .set("queue.buffering.max.messages", "5000")
-            .set("batch.size", "65536")
-            .create_with_context(Recorder(deliveries))
-            .expect("idempotent producer");
+        let mut p = idempotent_producer(&addr, &deliveries);
+        let mut fatal = Vec::new();
         let key = format!("p{producer}");
         let mut seq = 0u64;
         while !stop.load(Ordering::Relaxed) {
@@ -195,22 +202,24 @@ fn spawn_producer(
                         std::thread::sleep(PACE);
                         break;
                     }
+                    Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                        break;
+                    }
                     Err((e, _)) => panic!("producer {producer}: send failed: {e}"),
                 }
             }
-            if p.client().fatal_error().is_some() {
-                break;
+            if let Some((code, why)) = p.client().fatal_error() {
+                fatal.push(format!("producer {producer} at seq {seq}: {code:?}: {why}"));
+                // Its unacknowledged messages fail; a new client (new producer id) goes on.
+                p = idempotent_producer(&addr, &deliveries);
             }
             std::thread::sleep(PACE);
         }
         let _ = p.flush(Duration::from_secs(120));
-        ProducerOutcome {
-            sent: seq,
-            fatal: p
-                .client()
-                .fatal_error()
-                .map(|(code, why)| format!("producer {producer}: {code:?}: {why}")),
+        if let Some((code, why)) = p.client().fatal_error() {
+            fatal.push(format!("producer {producer} at the end: {code:?}: {why}"));
         }
+        ProducerOutcome { sent: seq, fatal }
     })
 }
 
@@ -623,7 +632,7 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
     let v = verify(&log, &acks, &consumed);
     let final_committed = committed(&plain_consumer(&broker.addr, GROUP));
     let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
-    let fatal: Vec<&String> = outcomes.iter().filter_map(|o| o.fatal.as_ref()).collect();
+    let fatal: Vec<&String> = outcomes.iter().flat_map(|o| &o.fatal).collect();
     let ms = |f: &dyn Fn(&RoundFigures) -> Duration| {
         figures
             .iter()
@@ -633,13 +642,14 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
     };
     println!(
         "crash harness summary: seed={seed} rounds={rounds} sent={sent} acknowledged={} \
-         failed_deliveries={} lost={} duplicated={} misplaced={} reordered={} \
+         failed_deliveries={} fatal_producer_errors={} lost={} duplicated={} misplaced={} reordered={} \
          consumed_then_gone={} malformed={} unacknowledged_present={} present={} \
          commits_acknowledged={} commits_failed={} recovery_listening_ms=[{}] \
          recovery_first_produce_ms=[{}] log_bytes_at_kill=[{}] acknowledged_at_kill=[{}] \
          final_high_watermarks={highs:?} final_committed={final_committed:?}",
         acks.len(),
         deliveries.failed.load(Ordering::Relaxed),
+        fatal.len(),
         v.lost,
         v.duplicated,
         v.misplaced,
@@ -663,13 +673,13 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
             .collect::<Vec<_>>()
             .join(","),
     );
-    assert!(fatal.is_empty(), "fatal producer errors: {fatal:?}");
     assert_eq!(v.lost, 0, "acknowledged messages lost (seed {seed})");
     assert_eq!(v.duplicated, 0, "messages duplicated (seed {seed})");
     assert_eq!(v.misplaced, 0, "messages not at their acknowledged offset");
     assert_eq!(v.reordered, 0, "a producer's messages out of order");
     assert_eq!(v.consumed_then_gone, 0, "consumed messages changed or gone");
     assert_eq!(v.malformed, 0, "foreign messages or offset gaps");
+    assert!(fatal.is_empty(), "fatal producer errors: {fatal:?}");
     assert!(
         group.commits_ok.load(Ordering::Relaxed) > 0,
         "the group committed"
