@@ -627,6 +627,9 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
     broker.restart();
 
     let (log, highs) = read_partitions(&broker.addr, TOPIC, PARTITIONS, Offset::Beginning);
+    for (p, high) in highs.iter().enumerate() {
+        assert_segments_follow(&dir.path().join(format!("{TOPIC}-{p}")), *high);
+    }
     let acks = deliveries.acks.lock().unwrap().clone();
     let consumed = group.consumed.lock().unwrap().clone();
     let v = verify(&log, &acks, &consumed);
@@ -703,6 +706,7 @@ struct BatchAt {
     position: u64,
     len: u64,
     base_offset: i64,
+    last_offset: i64,
 }
 
 /// The batches of a segment file (RecordBatch v2: baseOffset i64, batchLength i32).
@@ -713,15 +717,51 @@ fn batches(log: &Path) -> Vec<BatchAt> {
     while at + 12 <= bytes.len() {
         let base_offset = i64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
         let len = 12 + i32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
-        assert!(at + len <= bytes.len(), "the test reads whole batches only");
+        assert!(
+            len >= 61 && at + len <= bytes.len(),
+            "{}: not a whole batch at {at}",
+            log.display()
+        );
+        let last_delta = i32::from_be_bytes(bytes[at + 23..at + 27].try_into().unwrap());
         out.push(BatchAt {
             position: at as u64,
             len: len as u64,
             base_offset,
+            last_offset: base_offset + i64::from(last_delta),
         });
         at += len;
     }
     out
+}
+
+/// On disk, the partition's segments hold whole batches whose offsets follow one another
+/// from segment to segment, up to `end`: nothing a client would skip silently (a stale
+/// copy of a batch, say) is left behind. Returns the number of batches.
+fn assert_segments_follow(partition_dir: &Path, end: i64) -> usize {
+    let mut next: Option<i64> = None;
+    let mut count = 0;
+    for log in segment_logs(partition_dir) {
+        for b in batches(&log) {
+            if let Some(next) = next {
+                assert_eq!(
+                    b.base_offset,
+                    next,
+                    "{}: batch at {} does not follow",
+                    log.display(),
+                    b.position
+                );
+            }
+            next = Some(b.last_offset + 1);
+            count += 1;
+        }
+    }
+    assert_eq!(
+        next.unwrap_or(0),
+        end,
+        "{}: log end",
+        partition_dir.display()
+    );
+    count
 }
 
 const DAMAGE_BATCHES: usize = 30;
@@ -807,6 +847,7 @@ fn damage_then_restart(
     let (log, _) = read_partitions(&broker.addr, topic, 1, Offset::Offset(end));
     assert_eq!(log[0].len(), 1);
     assert_eq!(log[0][0].value, b"after");
+    assert_segments_follow(&dir.path().join(format!("{topic}-0")), end + 1);
     // Dropped in this order: the broker, then its data directory.
     (broker, dir)
 }
