@@ -767,8 +767,8 @@ fn assert_segments_follow(partition_dir: &Path, end: i64) -> usize {
 const DAMAGE_BATCHES: usize = 30;
 const DAMAGE_BATCH_MESSAGES: usize = 5;
 
-/// Produces `DAMAGE_BATCHES` waves of messages with acks=all to partition 0 (one batch
-/// per wave, most of the time); returns the values in offset order.
+/// Produces `DAMAGE_BATCHES` waves of 400-byte messages with acks=all to partition 0 (one
+/// batch per wave, most of the time); returns the values in offset order.
 fn produce_waves(addr: &str, topic: &str) -> Vec<Vec<u8>> {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -779,7 +779,11 @@ fn produce_waves(addr: &str, topic: &str) -> Vec<Vec<u8>> {
     let mut values = Vec::new();
     for wave in 0..DAMAGE_BATCHES {
         let wave_values: Vec<Vec<u8>> = (0..DAMAGE_BATCH_MESSAGES)
-            .map(|i| format!("{topic}-{wave}-{i}").into_bytes())
+            .map(|i| {
+                let mut v = format!("{topic}-{wave}-{i}-").into_bytes();
+                v.resize(400, b'.');
+                v
+            })
             .collect();
         let futures: Vec<_> = wave_values
             .iter()
@@ -936,9 +940,20 @@ fn given_stale_copy_of_the_last_batch_after_the_tail_when_restarted_should_cut_i
 #[test]
 fn given_index_files_deleted_when_restarted_should_rebuild_them_and_lose_nothing() {
     let total = (DAMAGE_BATCHES * DAMAGE_BATCH_MESSAGES) as i64;
-    let (broker, _dir) = damage_then_restart("no-index", &[("segment.bytes", "4096")], |pdir| {
+    // Segments of 16 KiB hold a few index entries each (one per 4 KiB of log).
+    let (broker, _dir) = damage_then_restart("no-index", &[("segment.bytes", "16384")], |pdir| {
         let logs = segment_logs(pdir);
         assert!(logs.len() >= 3, "several segments: {logs:?}");
+        for log in &logs[..2] {
+            let index_bytes = std::fs::metadata(log.with_extension("index"))
+                .unwrap()
+                .len();
+            assert!(
+                index_bytes >= 16,
+                "{}: index entries to lose",
+                log.display()
+            );
+        }
         // A sealed segment the checkpoint vouches for, and the active one.
         for log in [&logs[0], &logs[logs.len() - 1]] {
             for ext in ["index", "timeindex"] {
