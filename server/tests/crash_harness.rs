@@ -50,6 +50,8 @@ const TOPIC: &str = "crash";
 const PARTITIONS: i32 = 4;
 const PRODUCERS: u32 = 4;
 const GROUP: &str = "crash-group";
+/// A standalone committer's group (no membership, so no rejoin after a crash).
+const STANDALONE_GROUP: &str = "crash-standalone";
 const PAYLOAD_BYTES: usize = 100;
 /// Each producer sends this many messages, then sleeps `PACE`: at most ~2,000 messages a
 /// second per producer, so the test stays light on a small CI machine.
@@ -232,6 +234,19 @@ struct GroupLog {
     acknowledged: Mutex<BTreeMap<i32, i64>>,
     commits_ok: AtomicU64,
     commits_failed: AtomicU64,
+    /// When each acknowledged commit came back.
+    commit_times: Mutex<Vec<Instant>>,
+}
+
+impl GroupLog {
+    fn acknowledge(&self, offsets: &[(i32, i64)]) {
+        let mut acknowledged = self.acknowledged.lock().unwrap();
+        for (p, o) in offsets {
+            acknowledged.insert(*p, *o);
+        }
+        self.commits_ok.fetch_add(1, Ordering::Relaxed);
+        self.commit_times.lock().unwrap().push(Instant::now());
+    }
 }
 
 /// A consumer group member (subscribe, so it joins the group and rejoins after each crash)
@@ -285,17 +300,45 @@ fn spawn_group_member(addr: String, log: Arc<GroupLog>, stop: Arc<AtomicBool>) -
             }
             match c.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => {
-                    let mut acknowledged = log.acknowledged.lock().unwrap();
-                    for (p, o) in ahead {
-                        committed.insert(p, o);
-                        acknowledged.insert(p, o);
-                    }
-                    log.commits_ok.fetch_add(1, Ordering::Relaxed);
+                    committed.extend(ahead.iter().copied());
+                    log.acknowledge(&ahead);
                 }
                 Err(_) => {
                     log.commits_failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    })
+}
+
+/// A standalone consumer (no subscription: generation -1, no member id) committing an
+/// increasing offset to every partition, synchronously, every 20 ms: many more commits, and
+/// kills in the middle of them, than the group member gives.
+fn spawn_standalone_committer(
+    addr: String,
+    log: Arc<GroupLog>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let c = plain_consumer(&addr, STANDALONE_GROUP);
+        let mut n = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let offsets: Vec<(i32, i64)> = (0..PARTITIONS)
+                .map(|p| (p, n * 10 + i64::from(p)))
+                .collect();
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in &offsets {
+                tpl.add_partition_offset(TOPIC, *p, Offset::Offset(*o))
+                    .expect("tpl");
+            }
+            match c.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => log.acknowledge(&offsets),
+                Err(_) => {
+                    log.commits_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     })
 }
@@ -434,6 +477,7 @@ fn segment_logs(dir: &Path) -> Vec<PathBuf> {
 /// Per restart: spawn to the "broker listening" line (recovery done), spawn to the first
 /// acknowledged produce, and the segment bytes on disk when it was killed.
 struct RoundFigures {
+    spawned: Instant,
     listening: Duration,
     first_ack: Duration,
     log_bytes: u64,
@@ -547,7 +591,14 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
         Arc::clone(&group),
         Arc::clone(&stop_member),
     );
+    let standalone = Arc::new(GroupLog::default());
+    let committer = spawn_standalone_committer(
+        broker.addr.clone(),
+        Arc::clone(&standalone),
+        Arc::clone(&stop_member),
+    );
     let checker = plain_consumer(&broker.addr, GROUP);
+    let standalone_checker = plain_consumer(&broker.addr, STANDALONE_GROUP);
     let acked = || deliveries.acks.lock().unwrap().len();
     let deadline = Instant::now() + TIMEOUT;
     while acked() == 0 {
@@ -559,11 +610,14 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
     }
 
     let mut figures = Vec::new();
+    let mut kills = Vec::new();
     for round in 1..=rounds {
         std::thread::sleep(Duration::from_millis(rng.between(100, 1200)));
         broker.kill9();
         let acked_at_kill = acked();
+        kills.push(Instant::now());
         let commits_at_kill = group.acknowledged.lock().unwrap().clone();
+        let standalone_at_kill = standalone.acknowledged.lock().unwrap().clone();
         let bytes = log_bytes(dir.path(), TOPIC);
         // Down for a moment: clients see refused connections, not just a reset.
         std::thread::sleep(Duration::from_millis(rng.between(0, 300)));
@@ -590,12 +644,18 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
             std::thread::sleep(Duration::from_millis(5));
         };
         let now_committed = committed(&checker);
-        for (p, o) in &commits_at_kill {
-            let got = now_committed.get(p).copied().unwrap_or(-1);
-            assert!(
-                got >= *o,
-                "round {round}: partition {p} committed offset {got} < acknowledged commit {o} (seed {seed})"
-            );
+        let now_standalone = committed(&standalone_checker);
+        for (name, before, now) in [
+            (GROUP, &commits_at_kill, &now_committed),
+            (STANDALONE_GROUP, &standalone_at_kill, &now_standalone),
+        ] {
+            for (p, o) in before {
+                let got = now.get(p).copied().unwrap_or(-1);
+                assert!(
+                    got >= *o,
+                    "round {round}: group {name} partition {p}: committed offset {got} < acknowledged commit {o} (seed {seed})"
+                );
+            }
         }
         println!(
             "round {round}: killed with {acked_at_kill} acknowledged, {bytes} log bytes; \
@@ -605,6 +665,7 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
             now_committed
         );
         figures.push(RoundFigures {
+            spawned,
             listening,
             first_ack,
             log_bytes: bytes,
@@ -622,8 +683,11 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
     std::thread::sleep(Duration::from_millis(300)); // a last commit or two
     stop_member.store(true, Ordering::Relaxed);
     member.join().expect("group member thread");
+    committer.join().expect("standalone committer thread");
     let commits_at_end = group.acknowledged.lock().unwrap().clone();
+    let standalone_at_end = standalone.acknowledged.lock().unwrap().clone();
     broker.kill9();
+    kills.push(Instant::now());
     broker.restart();
 
     let (log, highs) = read_partitions(&broker.addr, TOPIC, PARTITIONS, Offset::Beginning);
@@ -634,6 +698,20 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
     let consumed = group.consumed.lock().unwrap().clone();
     let v = verify(&log, &acks, &consumed);
     let final_committed = committed(&plain_consumer(&broker.addr, GROUP));
+    let final_standalone = committed(&plain_consumer(&broker.addr, STANDALONE_GROUP));
+    // Per round: restart to the group member's first acknowledged commit ("-" when the
+    // next kill came first: membership is not kept across a crash, so the member rejoins).
+    let commit_times = group.commit_times.lock().unwrap().clone();
+    let group_first_commit: Vec<String> = figures
+        .iter()
+        .zip(&kills[1..])
+        .map(|(r, next_kill)| {
+            commit_times
+                .iter()
+                .find(|t| **t >= r.spawned && *t < next_kill)
+                .map_or("-".to_owned(), |t| (*t - r.spawned).as_millis().to_string())
+        })
+        .collect();
     let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
     let fatal: Vec<&String> = outcomes.iter().flat_map(|o| &o.fatal).collect();
     let ms = |f: &dyn Fn(&RoundFigures) -> Duration| {
@@ -647,7 +725,8 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
         "crash harness summary: seed={seed} rounds={rounds} sent={sent} acknowledged={} \
          failed_deliveries={} fatal_producer_errors={} lost={} duplicated={} misplaced={} reordered={} \
          consumed_then_gone={} malformed={} unacknowledged_present={} present={} \
-         commits_acknowledged={} commits_failed={} recovery_listening_ms=[{}] \
+         group_commits_acknowledged={} group_commits_failed={} group_first_commit_ms=[{}] \
+         standalone_commits_acknowledged={} standalone_commits_failed={} recovery_listening_ms=[{}] \
          recovery_first_produce_ms=[{}] log_bytes_at_kill=[{}] acknowledged_at_kill=[{}] \
          final_high_watermarks={highs:?} final_committed={final_committed:?}",
         acks.len(),
@@ -663,6 +742,9 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
         v.present,
         group.commits_ok.load(Ordering::Relaxed),
         group.commits_failed.load(Ordering::Relaxed),
+        group_first_commit.join(","),
+        standalone.commits_ok.load(Ordering::Relaxed),
+        standalone.commits_failed.load(Ordering::Relaxed),
         ms(&|r| r.listening),
         ms(&|r| r.first_ack),
         figures
@@ -687,12 +769,23 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
         group.commits_ok.load(Ordering::Relaxed) > 0,
         "the group committed"
     );
+    assert!(
+        standalone.commits_ok.load(Ordering::Relaxed) > 0,
+        "the standalone consumer committed"
+    );
     for (p, o) in &commits_at_end {
         let got = final_committed.get(p).copied().unwrap_or(-1);
         assert!(got >= *o, "partition {p}: final commit {got} < {o}");
         assert!(
             got <= highs[*p as usize],
             "partition {p}: commit {got} past the log end"
+        );
+    }
+    for (p, o) in &standalone_at_end {
+        let got = final_standalone.get(p).copied().unwrap_or(-1);
+        assert!(
+            got >= *o,
+            "standalone partition {p}: final commit {got} < {o}"
         );
     }
 }
