@@ -697,7 +697,27 @@ fn given_idempotent_producers_and_a_group_when_broker_killed_repeatedly_should_k
         .into_iter()
         .map(|h| h.join().expect("producer thread"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300)); // a last commit or two
+    // The member catches up: it consumes to the end and the broker acknowledges that commit.
+    let ends: BTreeMap<i32, i64> = {
+        let c = plain_consumer(&broker.addr, "crash-harness-ends");
+        (0..PARTITIONS)
+            .map(|p| {
+                (
+                    p,
+                    c.fetch_watermarks(TOPIC, p, TIMEOUT).expect("watermarks").1,
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while *group.acknowledged.lock().unwrap() != ends {
+        assert!(
+            Instant::now() < deadline,
+            "the group member did not commit the log ends {ends:?}: {:?}",
+            group.acknowledged.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop_member.store(true, Ordering::Relaxed);
     member.join().expect("group member thread");
     committer.join().expect("standalone committer thread");
