@@ -1411,3 +1411,175 @@ fn given_power_cut_should_keep_every_acknowledged_message_and_commit() {
         assert_eq!(commits_lost, 0, "acknowledged commits lost");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Group fencing across a restart, spoken at the protocol level (the test controls which
+// member id and generation a request carries).
+
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::{
+        ApiKey, CreateTopicsRequest, CreateTopicsResponse, GroupId, JoinGroupRequest,
+        JoinGroupResponse, OffsetCommitRequest, OffsetCommitResponse, RequestHeader,
+        ResponseHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    pub fn call<Q: Encodable, R: Decodable>(
+        stream: &mut TcpStream,
+        key: ApiKey,
+        version: i16,
+        request: &Q,
+    ) -> R {
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(1)
+            .with_client_id(Some(StrBytes::from_static_str("fencing-test")))
+            .encode(&mut buf, key.request_header_version(version))
+            .unwrap();
+        request.encode(&mut buf, version).unwrap();
+        stream.write_all(&(buf.len() as i32).to_be_bytes()).unwrap();
+        stream.write_all(&buf).unwrap();
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).unwrap();
+        let mut frame = vec![0u8; i32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut frame).unwrap();
+        let mut frame = Bytes::from(frame);
+        ResponseHeader::decode(&mut frame, key.response_header_version(version)).unwrap();
+        R::decode(&mut frame, version).unwrap()
+    }
+
+    pub fn create_topic(stream: &mut TcpStream, name: &'static str) {
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str(name)))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1),
+            ]);
+        let response: CreateTopicsResponse = call(stream, ApiKey::CreateTopics, 4, &request);
+        assert_eq!(response.topics[0].error_code, 0);
+    }
+
+    /// Joins `group` as a new member (JoinGroup v4: MEMBER_ID_REQUIRED, then again with
+    /// the id) and syncs; returns (member id, generation).
+    pub fn join(stream: &mut TcpStream, group: &'static str) -> (String, i32) {
+        let mut member_id = StrBytes::from_static_str("");
+        for _ in 0..2 {
+            let request = JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str(group)))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(10_000)
+                .with_member_id(member_id.clone())
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(Bytes::from_static(b"m")),
+                ]);
+            let response: JoinGroupResponse = call(stream, ApiKey::JoinGroup, 4, &request);
+            member_id = response.member_id.clone();
+            if response.error_code == 0 {
+                let sync = SyncGroupRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str(group)))
+                    .with_generation_id(response.generation_id)
+                    .with_member_id(member_id.clone())
+                    .with_assignments(vec![
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(member_id.clone())
+                            .with_assignment(Bytes::from_static(b"a")),
+                    ]);
+                let synced: SyncGroupResponse = call(stream, ApiKey::SyncGroup, 3, &sync);
+                assert_eq!(synced.error_code, 0);
+                return (member_id.to_string(), response.generation_id);
+            }
+            assert_eq!(response.error_code, 79, "MEMBER_ID_REQUIRED first");
+        }
+        panic!("did not join");
+    }
+
+    /// OffsetCommit v7 for partition 0 of `topic`; returns its error code.
+    pub fn commit(
+        stream: &mut TcpStream,
+        group: &'static str,
+        topic: &'static str,
+        member: &str,
+        generation: i32,
+        offset: i64,
+    ) -> i16 {
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str(group)))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member.to_owned()))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str(topic)))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(offset),
+                    ]),
+            ]);
+        let response: OffsetCommitResponse = call(stream, ApiKey::OffsetCommit, 7, &request);
+        response.topics[0].partitions[0].error_code
+    }
+}
+
+/// A commit sent before a crash and retried after the restart (librdkafka does this) must
+/// not pass for a member of the new incarnation: member ids may never repeat across
+/// restarts, or the stale commit overwrites the new member's offset.
+#[test]
+fn given_broker_restarted_when_a_commit_from_before_the_crash_is_retried_should_refuse_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let mut s = std::net::TcpStream::connect(&broker.addr).unwrap();
+    raw::create_topic(&mut s, "fenced");
+    let (old_member, old_generation) = raw::join(&mut s, "fencing");
+    assert_eq!(
+        raw::commit(&mut s, "fencing", "fenced", &old_member, old_generation, 5),
+        0
+    );
+    broker.kill9();
+    broker.restart();
+
+    // The same client joins again first, as it would after the restart.
+    let mut s = std::net::TcpStream::connect(&broker.addr).unwrap();
+    let (new_member, new_generation) = raw::join(&mut s, "fencing");
+    assert_ne!(
+        new_member, old_member,
+        "a member id handed out again after a restart"
+    );
+    assert_eq!(
+        raw::commit(
+            &mut s,
+            "fencing",
+            "fenced",
+            &new_member,
+            new_generation,
+            100
+        ),
+        0
+    );
+    // The stale retry: UNKNOWN_MEMBER_ID (25), and the new member's offset stays.
+    assert_eq!(
+        raw::commit(&mut s, "fencing", "fenced", &old_member, old_generation, 7),
+        25
+    );
+    let c = plain_consumer(&broker.addr, "fencing");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("fenced", 0);
+    let committed = c.committed_offsets(tpl, TIMEOUT).unwrap();
+    assert_eq!(committed.elements()[0].offset(), Offset::Offset(100));
+}
