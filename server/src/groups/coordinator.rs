@@ -146,10 +146,37 @@ pub struct GroupView {
     pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
 }
 
-#[derive(Default)]
 pub struct Coordinator {
     groups: HashMap<String, Group>,
     next_member: u64,
+    /// Random, drawn at each start and part of every member id: ids never repeat across
+    /// restarts, so a request from before a crash (a commit the client retries) cannot
+    /// pass for a member of this incarnation, whose generations start again at 1.
+    incarnation: u64,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Self {
+            groups: HashMap::new(),
+            next_member: 0,
+            incarnation: incarnation_nonce(),
+        }
+    }
+}
+
+/// 64 random bits from the kernel; the clock and the pid if getrandom is unavailable.
+fn incarnation_nonce() -> u64 {
+    let mut bytes = [0u8; 8];
+    match rustix::rand::getrandom(&mut bytes[..], rustix::rand::GetRandomFlags::empty()) {
+        Ok(8) => u64::from_le_bytes(bytes),
+        _ => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ (u64::from(std::process::id()) << 40)
+        }
+    }
 }
 
 impl Coordinator {
@@ -180,6 +207,7 @@ impl Coordinator {
         }
         self.next_member += 1;
         let seq = self.next_member;
+        let incarnation = self.incarnation;
         let group = self
             .groups
             .entry(args.group_id.clone())
@@ -211,7 +239,7 @@ impl Coordinator {
         let mut member_id = args.member_id.clone();
         if member_id.is_empty() {
             member_id = format!(
-                "{}-{seq:016x}",
+                "{}-{incarnation:016x}-{seq:x}",
                 if args.client_id.is_empty() {
                     "member"
                 } else {
@@ -672,6 +700,26 @@ mod tests {
         );
         assert_eq!(
             c.heartbeat("g", 1, "nobody", t),
+            error_code::UNKNOWN_MEMBER_ID
+        );
+    }
+
+    #[test]
+    fn member_ids_do_not_repeat_across_restarts() {
+        // A restart is a new coordinator: same joins, same generation, other member id,
+        // so a commit retried from before the crash is refused.
+        let t = Instant::now();
+        let join_once = |c: &mut Coordinator| {
+            let first = now_of(c.join(args("g", ""), t));
+            now_of(c.join(args("g", &first.member_id), t))
+        };
+        let (mut before, mut after) = (Coordinator::default(), Coordinator::default());
+        let old = join_once(&mut before);
+        let new = join_once(&mut after);
+        assert_eq!(old.generation_id, new.generation_id);
+        assert_ne!(old.member_id, new.member_id);
+        assert_eq!(
+            after.check_commit("g", old.generation_id, &old.member_id, t),
             error_code::UNKNOWN_MEMBER_ID
         );
     }
