@@ -80,20 +80,25 @@ pub async fn serve(
         timeout: Duration::from_millis(shard.config().connections_send_timeout_ms),
     };
     let result = serve_requests(&shard, &stream, &mut sender, peer).await;
-    drop(sender);
     let kind = result
         .as_ref()
         .map_or_else(CloseReason::kind, |()| CloseKind::Client);
+    if kind == CloseKind::SendTimeout {
+        // A reset drops what the kernel still holds for this client at once, rather than
+        // keeping it queued for a reader that is not reading.
+        let _ = stream.set_zero_linger();
+        // The timed-out splice may still be blocked in an io_uring worker, holding the
+        // pipe's lock until the socket has room: closing the pipe now would block this
+        // core on that lock (seen: a whole core frozen until the client went away).
+        // Shutting the socket down makes that splice fail at once.
+        let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
+    }
+    drop(sender);
     shard.shared.metrics.connection_closed(kind);
     match result {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(CloseReason::Io(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
         Err(reason) => tracing::warn!(%peer, %reason, "closing connection"),
-    }
-    if kind == CloseKind::SendTimeout {
-        // A reset drops what the kernel still holds for this client at once, rather than
-        // keeping it queued for a reader that is not reading.
-        let _ = stream.set_zero_linger();
     }
     drop(stream);
     drop(slot);
