@@ -71,7 +71,8 @@ pub fn api_versions_frame() -> Vec<u8> {
     )
 }
 
-/// True when the broker answers an ApiVersions request on `stream` (false: it closed it).
+/// True when the broker answers an ApiVersions request on `stream`, false when it closes
+/// the connection instead; fails the test when it does neither within 10 s.
 pub fn answered(stream: &mut TcpStream) -> bool {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -79,7 +80,21 @@ pub fn answered(stream: &mut TcpStream) -> bool {
     if stream.write_all(&api_versions_frame()).is_err() {
         return false;
     }
-    read_response(stream).is_ok()
+    match read_response(stream) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(!timed_out(&e), "neither answered nor closed");
+            false
+        }
+    }
+}
+
+/// True when a read failed by its timeout (not by the peer closing or resetting).
+pub fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// A connection to `addr` from the loopback address `from` (any of 127.0.0.0/8).
