@@ -99,11 +99,13 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Open connections from one client address (Kafka `max.connections.per.ip`).
     pub max_connections_per_ip: usize,
-    /// Bytes of request frames read and not yet answered, across all connections
-    /// (Kafka `queued.max.request.bytes`): a connection waits before reading a frame
-    /// until its bytes fit. At least `socket_request_max_bytes`. A Produce request holds
-    /// about twice its frame while its batches are appended (the frame, and the batch
-    /// copies handed to the partitions).
+    /// Bytes of request frames over 64 KiB read and not yet answered, across all
+    /// connections (Kafka `queued.max.request.bytes`): a connection waits before reading
+    /// such a frame until its bytes fit. Smaller frames never wait (so heartbeats and
+    /// metadata are not stuck behind big produces); one per connection is in flight, so
+    /// they add at most 64 KiB per connection. At least `socket_request_max_bytes`. A
+    /// Produce request holds about twice its frame while its batches are appended (the
+    /// frame, and the batch copies handed to the partitions).
     pub queued_max_request_bytes: usize,
     /// A response write that makes no progress for this long (a client that stopped
     /// reading, its socket buffer full) closes the connection with a reset. Each write

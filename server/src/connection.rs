@@ -4,8 +4,8 @@
 //! A frame whose length is out of bounds, an unknown API, an unsupported version or a
 //! body that does not decode closes this connection and nothing else.
 //!
-//! Memory: a frame's bytes are taken from the broker-wide request budget before the
-//! frame is allocated, and given back once its response is built. A response write that
+//! Memory: a frame over 64 KiB takes its bytes from the broker-wide request budget
+//! before it is allocated, and gives them back once its response is built. A response write that
 //! makes no progress for `connections_send_timeout_ms` (a client that stopped reading)
 //! closes the connection with a reset; file ranges wait in the page cache, never in a
 //! buffer of ours.
@@ -78,6 +78,7 @@ pub async fn serve(
         zero_copy: shard.config().fetch_zero_copy
             && compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring()),
         timeout: Duration::from_millis(shard.config().connections_send_timeout_ms),
+        splicing: false,
     };
     let result = serve_requests(&shard, &stream, &mut sender, peer).await;
     let kind = result
@@ -87,12 +88,8 @@ pub async fn serve(
         // A reset drops what the kernel still holds for this client at once, rather than
         // keeping it queued for a reader that is not reading.
         let _ = stream.set_zero_linger();
-        // The timed-out splice may still be blocked in an io_uring worker, holding the
-        // pipe's lock until the socket has room: closing the pipe now would block this
-        // core on that lock (seen: a whole core frozen until the client went away).
-        // Shutting the socket down makes that splice fail at once.
-        let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
     }
+    // Shuts the socket down first if a splice may still be blocked (see its Drop).
     drop(sender);
     shard.shared.metrics.connection_closed(kind);
     match result {
@@ -156,6 +153,9 @@ async fn serve_requests(
 /// and their decoded form is tens of times their wire size.
 pub const NON_PRODUCE_REQUEST_BYTES_MAX: usize = 1024 * 1024;
 
+/// Frames up to this size do not wait for the request memory budget.
+pub const REQUEST_BUDGET_EXEMPT_BYTES_MAX: usize = 64 * 1024;
+
 /// Reads one length-prefixed frame; `None` at a clean end of stream. Only Produce may use
 /// the full `max`; the API key is read, and the frame's bytes taken from the request
 /// budget, before the rest of the frame is allocated.
@@ -163,7 +163,7 @@ async fn read_frame(
     stream: &TcpStream,
     max: usize,
     memory: &Arc<RequestMemory>,
-) -> Result<Option<(Vec<u8>, MemoryPermit)>, CloseReason> {
+) -> Result<Option<(Vec<u8>, Option<MemoryPermit>)>, CloseReason> {
     let mut reader = stream;
     let BufResult(res, len) = reader.read_exact([0u8; 4]).await;
     match res {
@@ -181,7 +181,15 @@ async fn read_frame(
     if i16::from_be_bytes(key) != ApiKey::Produce as i16 && len > NON_PRODUCE_REQUEST_BYTES_MAX {
         return Err(CloseReason::FrameLength(len as i64));
     }
-    let permit = memory.acquire(len).await;
+    // Small frames (metadata, heartbeats, commits, fetches, small produces) are not held
+    // back: big produce requests waiting for memory must not starve the control plane
+    // (a heartbeat stuck here would cost its member the group). Their total is bounded
+    // by one in flight per connection.
+    let permit = if len > REQUEST_BUDGET_EXEMPT_BYTES_MAX {
+        Some(memory.acquire(len).await)
+    } else {
+        None
+    };
     let mut frame = Vec::with_capacity(len);
     frame.extend_from_slice(&key);
     let BufResult(res, frame) = reader.read_exact(frame.slice(2..len)).await;
@@ -245,6 +253,22 @@ struct ResponseSender<'a> {
     zero_copy: bool,
     /// Longest one write step may take (`connections_send_timeout_ms`).
     timeout: Duration,
+    /// A splice was started and has not finished: it may still be blocked in an
+    /// io_uring worker if its future was dropped (send timeout, task dropped).
+    splicing: bool,
+}
+
+impl Drop for ResponseSender<'_> {
+    fn drop(&mut self) {
+        if self.splicing {
+            // A splice cut short may still be blocked in an io_uring worker, holding the
+            // pipe's lock until the socket has room: closing the pipe (next, as the
+            // fields drop) would then block this whole core on that lock (seen: a core
+            // frozen until the stalled client went away). Shutting the socket down makes
+            // that splice fail at once.
+            let _ = socket2::SockRef::from(self.stream).shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 impl ResponseSender<'_> {
@@ -326,6 +350,7 @@ impl ResponseSender<'_> {
             let _ = rustix::pipe::fcntl_setpipe_size(&tx, SEND_CHUNK_BYTES);
             self.pipe = Some((rx, tx));
         }
+        self.splicing = true;
         let Some((rx, tx)) = &self.pipe else {
             return Ok(());
         };
@@ -356,6 +381,7 @@ impl ResponseSender<'_> {
             offset += moved as u64;
             left -= moved as u64;
         }
+        self.splicing = false;
         Ok(())
     }
 

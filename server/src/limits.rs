@@ -2,7 +2,7 @@
 //! memory or its connection slots: connections in total and per client address (counted
 //! by the acceptor thread, released when a connection ends), and a byte budget for
 //! request frames in flight across all cores (Kafka's `queued.max.request.bytes`): a
-//! connection waits before reading a frame until its bytes fit in the budget.
+//! connection waits before reading a frame over 64 KiB until its bytes fit in the budget.
 //!
 //! In-flight requests per connection need no counter: a connection reads its next
 //! request only after the previous response is written (as Kafka's broker does), so the

@@ -449,7 +449,7 @@ impl Metrics {
         // Request memory.
         enc.encode_descriptor(
             "broker_request_memory_bytes",
-            "Bytes of request frames read and not yet answered",
+            "Bytes of request frames over 64 KiB read and not yet answered",
             None,
             MetricType::Gauge,
         )?
