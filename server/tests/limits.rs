@@ -565,27 +565,28 @@ fn given_oversized_frames_should_close_only_their_connection() {
     assert!(wire::answered(&mut bystander), "others keep being served");
 }
 
-/// With queued_max_request_bytes 4 MiB, 48 connections each send most of a 1.9 MiB
-/// Produce: two are read, the others wait before their frame is allocated (the broker
-/// holds 4 MiB, not 90 MiB) while small requests are still answered; once the first ones
-/// finish, the rest go through in turn.
+/// With queued_max_request_bytes exactly two 1.8 MB frames, 48 connections each send
+/// most of such a Produce: two are read, the others wait before their frame is allocated
+/// (the broker holds 3.6 MB, not 87 MB) while small requests are still answered, though
+/// not a byte of budget is left; once the first ones finish, the rest go through.
 #[test]
 fn given_request_memory_budget_should_make_big_requests_wait_not_allocate() {
     const CONNECTIONS: usize = 48;
+    let request = Arc::new(wire::produce_frame(
+        "budget",
+        &[wire::batch(900, 1000), wire::batch(900, 1000)],
+    ));
+    let budget = (2 * (request.len() - 4)).to_string();
     let dir = tempfile::tempdir().unwrap();
     let (broker, metrics) = broker_with(
         dir.path(),
         &[
             ("BROKER_SOCKET_REQUEST_MAX_BYTES", "2097152"),
-            ("BROKER_QUEUED_MAX_REQUEST_BYTES", "4194304"),
+            ("BROKER_QUEUED_MAX_REQUEST_BYTES", &budget),
             ("BROKER_FLUSH", "none"),
         ],
     );
     wire::create_topic(&broker.addr, "budget", 2);
-    let request = Arc::new(wire::produce_frame(
-        "budget",
-        &[wire::batch(900, 1000), wire::batch(900, 1000)],
-    ));
     let rss_before = rss_kib(broker.pid());
     let go = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CONNECTIONS)
@@ -621,7 +622,7 @@ fn given_request_memory_budget_should_make_big_requests_wait_not_allocate() {
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!(
-        "request memory: {CONNECTIONS} x {} byte produce frames, budget 4 MiB; {} waiting, \
+        "request memory: {CONNECTIONS} x {} byte produce frames, budget {budget} bytes; {} waiting, \
          {} bytes held; broker RSS {rss_before} KiB before, peak {rss_peak} KiB (+{} KiB)",
         request.len(),
         seen.0,
