@@ -138,10 +138,10 @@ fn given_connection_flood_should_refuse_the_excess_and_keep_serving_connected_cl
     let mut flood: Vec<(usize, TcpStream)> = Vec::with_capacity(PER_IP * IPS);
     for i in 0..PER_IP * IPS {
         let ip = i / PER_IP;
-        flood.push((
-            ip,
-            wire::connect_from(&format!("127.0.0.{}", ip + 2), &broker.addr),
-        ));
+        // A refusal's reset may even beat connect() back: that one is simply not served.
+        if let Ok(s) = wire::try_connect_with(&format!("127.0.0.{}", ip + 2), &broker.addr, None) {
+            flood.push((ip, s));
+        }
     }
     // Ask on every connection at once, then count who answers.
     let request = wire::api_versions_frame();
@@ -185,8 +185,10 @@ fn given_connection_flood_should_refuse_the_excess_and_keep_serving_connected_cl
         "both limits refused some"
     );
     // A newcomer is refused while the broker is full...
-    let mut newcomer = wire::connect_from("127.0.0.1", &broker.addr);
-    assert!(!wire::answered(&mut newcomer), "refused while full");
+    assert!(
+        wire::refused("127.0.0.1", &broker.addr),
+        "refused while full"
+    );
     // ...and the client connected before is served.
     assert_eq!(wire::produce(&mut client, "flood", 10), (0, 10));
     assert_eq!(wire::fetch_high_watermark(&mut client, "flood"), 20);
@@ -223,9 +225,8 @@ fn given_per_ip_limit_should_refuse_one_address_and_serve_another() {
     for s in &mut five {
         assert!(wire::answered(s));
     }
-    let mut sixth = wire::connect_from("127.0.0.1", &broker.addr);
     assert!(
-        !wire::answered(&mut sixth),
+        wire::refused("127.0.0.1", &broker.addr),
         "sixth from one address refused"
     );
     let mut other = wire::connect_from("127.0.0.2", &broker.addr);
@@ -537,9 +538,10 @@ fn given_oversized_frames_should_close_only_their_connection() {
         let mut s = TcpStream::connect(&broker.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // Only the length, key and version: the body is never needed to refuse it.
-        s.write_all(&len.to_be_bytes()).unwrap();
-        s.write_all(&key.to_be_bytes()).unwrap();
-        s.write_all(&[0, 7]).unwrap();
+        // The broker may close before the key arrives (the length alone is too much).
+        let _ = s.write_all(&len.to_be_bytes());
+        let _ = s.write_all(&key.to_be_bytes());
+        let _ = s.write_all(&[0, 7]);
         let mut buf = [0u8; 16];
         match s.read(&mut buf) {
             Ok(n) => n == 0,

@@ -99,22 +99,44 @@ pub fn timed_out(e: &std::io::Error) -> bool {
 
 /// A connection to `addr` from the loopback address `from` (any of 127.0.0.0/8).
 pub fn connect_from(from: &str, addr: &str) -> TcpStream {
-    connect_with(from, addr, None)
+    try_connect_with(from, addr, None).unwrap()
 }
 
 /// As `connect_from`, with the receive buffer set before the connection opens (so the
 /// TCP window is small from the start).
 pub fn connect_with(from: &str, addr: &str, recv_buffer: Option<usize>) -> TcpStream {
+    try_connect_with(from, addr, recv_buffer).unwrap()
+}
+
+/// A connection that the broker may refuse: its reset can arrive before `connect`
+/// returns, which then fails with ECONNRESET.
+pub fn try_connect_with(
+    from: &str,
+    addr: &str,
+    recv_buffer: Option<usize>,
+) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let addr: SocketAddr = addr.parse().unwrap();
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     if let Some(bytes) = recv_buffer {
-        socket.set_recv_buffer_size(bytes).unwrap();
+        socket.set_recv_buffer_size(bytes)?;
     }
     let local: SocketAddr = format!("{from}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    socket.into()
+    socket.bind(&local.into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// True when a new connection from `from` is refused (reset at connect, or closed
+/// instead of answered); false when it is served.
+pub fn refused(from: &str, addr: &str) -> bool {
+    match try_connect_with(from, addr, None) {
+        Ok(mut s) => !answered(&mut s),
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+            true
+        }
+    }
 }
 
 pub fn create_topic(addr: &str, name: &str, partitions: i32) {
