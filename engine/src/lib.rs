@@ -26,7 +26,7 @@ pub use error::{BatchError, ConfigError, LogError};
 pub use io_mode::IoMode;
 pub use partition::{
     AppendInfo, AppendWait, FileRange, LogOffsets, Partition, ReadSlice, RecoveryReport,
-    RetentionReport, TimestampOffset, WriterStats,
+    RetentionReport, SyncObserver, TimestampOffset, WriterStats,
 };
 pub use segment::SegmentFiles;
 

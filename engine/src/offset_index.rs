@@ -64,6 +64,20 @@ impl OffsetIndex {
         }
     }
 
+    /// The relative offset of the last indexed batch that starts at or before `position`
+    /// (0, the segment's first batch, when none does). Every batch before that one ends
+    /// at or before `position`.
+    pub fn floor_position(&self, position: u64) -> u32 {
+        let i = self
+            .entries
+            .partition_point(|e| u64::from(e.position) <= position);
+        if i == 0 {
+            0
+        } else {
+            self.entries[i - 1].relative_offset
+        }
+    }
+
     /// Entries not yet written to the file, encoded, and marks them written.
     pub fn take_unpersisted(&mut self) -> Vec<u8> {
         let fresh = &self.entries[self.persisted..];

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_channel::{mpsc, oneshot};
 use futures_util::{SinkExt, StreamExt};
@@ -76,6 +76,12 @@ pub struct FileRange {
 pub struct ReadSlice {
     pub ranges: Vec<FileRange>,
     pub offsets: LogOffsets,
+    /// Offset after the last batch the ranges hold whole (for the broker's records-out
+    /// count; the read itself never needs it). Exact when the ranges reach the end of the
+    /// written log; when `max_bytes` cut the last range, it is the start of the last
+    /// indexed batch before the cut, so up to one index interval of small batches short.
+    /// Equal to the requested offset when `ranges` is empty.
+    pub end_offset: i64,
 }
 
 impl ReadSlice {
@@ -108,8 +114,14 @@ pub struct WriterStats {
     pub batches: u64,
     /// fdatasync calls on segment files (group commits, rolls, flushes).
     pub syncs: u64,
+    /// Time spent in those fdatasync calls.
+    pub sync_time: Duration,
     pub rolls: u64,
 }
+
+/// Called on the partition's core after each fdatasync of a segment file, with how long
+/// it took (the broker feeds its flush-latency histogram from it).
+pub type SyncObserver = Rc<dyn Fn(Duration)>;
 
 /// Segments a single read may span.
 const READ_SEGMENTS_MAX: usize = 4;
@@ -126,6 +138,7 @@ pub(crate) struct LogState {
     pub closed: bool,
     pub stats: WriterStats,
     pub producers: ProducerStates,
+    pub sync_observer: Option<SyncObserver>,
 }
 
 impl LogState {
@@ -296,22 +309,24 @@ impl Partition {
                 return Ok(ReadSlice {
                     ranges: Vec::new(),
                     offsets,
+                    end_offset: offset,
                 });
             }
             let first = st.segment_for(offset);
             let seg = &st.segments[first];
             let start = u64::from(seg.offset_index.floor(seg.relative(offset)).position);
-            let snapshots: Vec<(Rc<SegmentFiles>, u64)> = st
+            let snapshots: Vec<(Rc<SegmentFiles>, u64, i64)> = st
                 .segments
                 .iter()
                 .skip(first)
                 .take(READ_SEGMENTS_MAX)
-                .map(|s| (Rc::clone(&s.files), s.size))
+                .map(|s| (Rc::clone(&s.files), s.size, s.next_offset))
                 .collect();
             (snapshots, start, offsets)
         };
-        let (files, first_size) = &snapshots[0];
-        let (position, first_len) = find_batch(files, *first_size, start, offset).await?;
+        let (files, first_size, first_next) = &snapshots[0];
+        let (position, first_len, first_last) =
+            find_batch(files, *first_size, start, offset).await?;
         let mut ranges = Vec::new();
         let first_available = first_size - position;
         let first = first_available.min(max_bytes.max(first_len));
@@ -320,8 +335,10 @@ impl Partition {
             position,
             len: first,
         });
+        // Where the ranges end, and the next offset of the segment the last one is in.
+        let mut cut = (position + first, *first_size, *first_next);
         let mut budget = max_bytes.saturating_sub(first);
-        for (files, size) in snapshots.iter().skip(1) {
+        for (files, size, next) in snapshots.iter().skip(1) {
             // Continue into the next segment only once this one is read to its end.
             if budget == 0 || first < first_available {
                 break;
@@ -333,10 +350,33 @@ impl Partition {
                     position: 0,
                     len,
                 });
+                cut = (len, *size, *next);
             }
             budget -= len;
         }
-        Ok(ReadSlice { ranges, offsets })
+        let end_offset = match ranges.last() {
+            Some(_) if cut.0 >= cut.1 => cut.2,
+            Some(last) => {
+                let st = self.state.borrow();
+                let indexed = st
+                    .segments
+                    .iter()
+                    .find(|s| Rc::ptr_eq(&s.files, &last.files))
+                    .map(|s| s.base_offset + i64::from(s.offset_index.floor_position(cut.0)));
+                indexed.unwrap_or(0).max(first_last + 1)
+            }
+            None => offset,
+        };
+        Ok(ReadSlice {
+            ranges,
+            offsets,
+            end_offset,
+        })
+    }
+
+    /// Calls `observer` after each fdatasync of this partition's segment files.
+    pub fn set_sync_observer(&self, observer: SyncObserver) {
+        self.state.borrow_mut().sync_observer = Some(observer);
     }
 
     /// Copying read of whole batches from `offset`, up to `max_bytes` (at least one
@@ -453,7 +493,7 @@ async fn find_batch(
     size: u64,
     start: u64,
     offset: i64,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, i64)> {
     let mut pos = start;
     let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
     loop {
@@ -474,7 +514,7 @@ async fn find_batch(
             break;
         }
         if header.last_offset() >= offset {
-            return Ok((pos, total));
+            return Ok((pos, total, header.last_offset()));
         }
         pos += total;
     }
@@ -853,13 +893,30 @@ impl Writer {
         writes.write().await
     }
 
+    /// fdatasyncs one segment's log file, counting and timing it for the stats and the
+    /// sync observer.
+    async fn timed_sync(&self, files: &SegmentFiles) -> Result<()> {
+        let started = Instant::now();
+        let result = files.sync_log().await;
+        let took = started.elapsed();
+        let observer = {
+            let mut st = self.state.borrow_mut();
+            st.stats.syncs += 1;
+            st.stats.sync_time += took;
+            st.sync_observer.clone()
+        };
+        if let Some(observer) = observer {
+            observer(took);
+        }
+        result
+    }
+
     /// Syncs every segment written since the last sync, then answers durable waiters.
     async fn sync_and_answer(&mut self) {
         let target = self.state.borrow().active().next_offset;
         let mut result = Ok(());
         for files in std::mem::take(&mut self.unsynced) {
-            self.state.borrow_mut().stats.syncs += 1;
-            if let Err(e) = files.sync_log().await {
+            if let Err(e) = self.timed_sync(&files).await {
                 self.fail(&e);
                 result = Err(e);
                 break;
@@ -897,7 +954,6 @@ impl Writer {
         st.durable_offset = st.durable_offset.max(base);
         st.segments.push_back(segment);
         st.stats.rolls += 1;
-        st.stats.syncs += 1;
         tracing::debug!(dir = %dir.display(), base_offset = base, "rolled segment");
         Ok(())
     }
@@ -925,7 +981,7 @@ impl Writer {
             )
         };
         self.persist_active_indexes(true).await?;
-        files.sync_log().await?;
+        self.timed_sync(&files).await?;
         files.sync_indexes().await?;
         self.unsynced.retain(|f| !Rc::ptr_eq(f, &files));
         Ok((dir, end))

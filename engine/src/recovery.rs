@@ -145,6 +145,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         closed: false,
         stats: Default::default(),
         producers,
+        sync_observer: None,
     };
     Ok((state, report))
 }

@@ -536,3 +536,62 @@ fn given_idempotent_producer_when_batches_retried_or_skipped_should_dedupe_and_r
         });
     }
 }
+
+#[test]
+fn given_reads_should_report_the_offset_after_the_last_whole_batch() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            index_interval_bytes: 64,
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        // Batches of 3 records, each larger than the index interval: every batch after
+        // the first is indexed, so the count is exact even when a read is cut.
+        let mut sizes = Vec::new();
+        for i in 0..10 {
+            let b = batch(3, 100, i);
+            sizes.push(b.len() as u64);
+            p.append(b, AppendWait::Written).await.unwrap();
+        }
+        let whole = |n: usize| sizes[..n].iter().sum::<u64>();
+        // Reaching the log end: exact.
+        assert_eq!(p.read_ranges(0, 1 << 20).await.unwrap().end_offset, 30);
+        assert_eq!(p.read_ranges(4, 1 << 20).await.unwrap().end_offset, 30);
+        // At the log end: nothing read, end is the offset asked for.
+        assert_eq!(p.read_ranges(30, 1 << 20).await.unwrap().end_offset, 30);
+        // Cut inside the fifth batch: four whole batches, 12 offsets.
+        let cut = p.read_ranges(0, whole(4) + 10).await.unwrap();
+        assert_eq!(cut.total_bytes(), whole(4) + 10);
+        assert_eq!(cut.end_offset, 12);
+        // Cut exactly at a batch boundary.
+        assert_eq!(p.read_ranges(0, whole(4)).await.unwrap().end_offset, 12);
+        // Smaller than the first batch: the first batch is still whole.
+        assert_eq!(p.read_ranges(7, 1).await.unwrap().end_offset, 9);
+    });
+}
+
+#[test]
+fn given_sync_observer_should_see_every_fdatasync_and_its_duration() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_policy: FlushPolicy::EveryAppend,
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = std::rc::Rc::clone(&seen);
+        p.set_sync_observer(std::rc::Rc::new(move |d| sink.borrow_mut().push(d)));
+        for i in 0..3 {
+            p.append(batch(1, 10, i), AppendWait::Durable)
+                .await
+                .unwrap();
+        }
+        let stats = p.stats();
+        assert_eq!(stats.syncs, 3);
+        assert_eq!(seen.borrow().len(), 3);
+        assert_eq!(seen.borrow().iter().sum::<Duration>(), stats.sync_time);
+        assert!(stats.sync_time > Duration::ZERO);
+    });
+}

@@ -17,6 +17,8 @@ use anyhow::{Context, bail};
 use futures_channel::mpsc;
 
 use crate::config::BrokerConfig;
+use crate::limits::Refusal;
+use crate::metrics::RejectKind;
 use crate::shard::{BrokerShared, DrainedGuard, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand};
 use crate::topics::Registry;
 
@@ -28,6 +30,8 @@ pub struct RunningBroker {
     pub shared: Arc<BrokerShared>,
     pub addr: SocketAddr,
     pub io_uring: bool,
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -35,8 +39,11 @@ impl RunningBroker {
     /// Stops accepting, lets in-flight requests finish, closes every partition cleanly.
     pub fn shutdown(self) {
         self.shared.begin_shutdown();
-        // Wake the acceptor out of accept() so it sees the flag.
+        // Wake the acceptor (and the metrics thread) out of accept() so they see the flag.
         let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(addr) = self.metrics_addr {
+            let _ = std::net::TcpStream::connect(addr);
+        }
         for t in self.threads {
             let _ = t.join();
         }
@@ -53,6 +60,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
+    let started = Instant::now();
     let cores = config.core_count();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -60,6 +68,17 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     config.listen = addr;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(
+            crate::metrics_http::bind(at)
+                .with_context(|| format!("cannot serve metrics on {at}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let registry = Registry::open(&config.data_dir, cores).context("cannot load topics")?;
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| mpsc::channel::<ShardCommand>(SHARD_INBOX_DEPTH_MAX))
@@ -99,6 +118,7 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             Err(_) => failure = Some("a core thread died during start".to_owned()),
         }
     }
+    shared.metrics.set_started(started.elapsed(), io_uring);
     if failure.is_none() {
         let shared = Arc::clone(&shared);
         match std::thread::Builder::new()
@@ -109,10 +129,21 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             Err(e) => failure = Some(format!("cannot start the acceptor: {e}")),
         }
     }
+    if let (None, Some(listener)) = (&failure, metrics_listener) {
+        let shared = Arc::clone(&shared);
+        match std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || crate::metrics_http::serve(listener, shared))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => failure = Some(format!("cannot start the metrics thread: {e}")),
+        }
+    }
     let broker = RunningBroker {
         shared,
         addr,
         io_uring,
+        metrics_addr,
         threads,
     };
     if let Some(e) = failure {
@@ -200,14 +231,17 @@ async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
     }
 }
 
-/// Accepts connections and hands them to the cores in turn, until shutdown. A core whose
-/// inbox is full gets none: the connection is closed (backpressure at the door).
+/// Accepts connections and hands them to the cores in turn, until shutdown. A
+/// connection over `max_connections` or `max_connections_per_ip` is closed at once with
+/// a reset, as is one for a core whose inbox is full (backpressure at the door); the
+/// connections already open are not disturbed.
 fn accept_connections(listener: std::net::TcpListener, shared: Arc<BrokerShared>) {
     // One long-lived sender per core: a fresh clone per message would get a slot of its
     // own every time and never see the inbox full.
     let mut senders: Vec<_> = shared.shards.clone();
     let cores = senders.len().max(1);
     let mut next = 0usize;
+    let mut refusals = RefusalLog::default();
     for conn in listener.incoming() {
         if shared.stopping() {
             return;
@@ -223,10 +257,61 @@ fn accept_connections(listener: std::net::TcpListener, shared: Arc<BrokerShared>
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
+        let slot = match shared.connection_limits.try_acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let kind = match refusal {
+                    Refusal::Total => RejectKind::MaxConnections,
+                    Refusal::PerIp => RejectKind::MaxConnectionsPerIp,
+                };
+                shared.metrics.connection_rejected(kind);
+                // A reset frees the socket at once: no TIME_WAIT left behind per refusal.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                refusals.note(peer, refusal, &shared.config);
+                continue;
+            }
+        };
         let core = next % cores;
         next = next.wrapping_add(1);
-        if let Err(e) = senders[core].try_send(ShardCommand::Connection { stream, peer }) {
+        if let Err(e) = senders[core].try_send(ShardCommand::Connection { stream, peer, slot }) {
+            shared.metrics.connection_rejected(RejectKind::CoreBusy);
             tracing::warn!(%peer, core, error = %e, "core cannot take the connection; closing it");
         }
+    }
+}
+
+/// Warns about refused connections at most once a second, so that a flood of them
+/// cannot flood the log too.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    quiet: u64,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn note(&mut self, peer: SocketAddr, refusal: Refusal, config: &BrokerConfig) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < Self::EVERY)
+        {
+            self.quiet += 1;
+            return;
+        }
+        let (limit, max) = match refusal {
+            Refusal::Total => ("max_connections", config.max_connections),
+            Refusal::PerIp => ("max_connections_per_ip", config.max_connections_per_ip),
+        };
+        tracing::warn!(
+            %peer,
+            limit,
+            max,
+            also_refused_since_last_warning = self.quiet,
+            "refusing a connection: limit reached"
+        );
+        self.last = Some(now);
+        self.quiet = 0;
     }
 }

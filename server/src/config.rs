@@ -1,5 +1,12 @@
 //! Broker configuration: Kafka's defaults, overridden by a TOML file, then by
 //! `BROKER_*` environment variables, then by command-line flags.
+//!
+//! Limits: `max_connections`, `max_connections_per_ip`, `connections_per_core_max`,
+//! `socket_request_max_bytes` (and 1 MiB for any request but Produce),
+//! `queued_max_request_bytes`, `connections_max_idle_ms`, `connections_send_timeout_ms`.
+//! There is no in-flight setting: a connection reads its next request only once the
+//! previous response is written (Kafka's behaviour), so one request per connection is
+//! in flight, and pipelined requests wait in the kernel's socket buffer.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,6 +93,28 @@ pub struct BrokerConfig {
     pub connections_per_core_max: usize,
     /// A connection idle (or stuck mid-frame) this long is closed.
     pub connections_max_idle_ms: u64,
+    /// Open client connections in all (Kafka `max.connections`); more are closed at
+    /// accept. Each needs a file descriptor: the broker raises its soft `nofile` limit
+    /// to the hard one at start.
+    pub max_connections: usize,
+    /// Open connections from one client address (Kafka `max.connections.per.ip`).
+    pub max_connections_per_ip: usize,
+    /// Bytes of request frames over 64 KiB read and not yet answered, across all
+    /// connections (Kafka `queued.max.request.bytes`): a connection waits before reading
+    /// such a frame until its bytes fit. Smaller frames never wait (so heartbeats and
+    /// metadata are not stuck behind big produces); one per connection is in flight, so
+    /// they add at most 64 KiB per connection. At least `socket_request_max_bytes`. A
+    /// Produce request holds about twice its frame while its batches are appended (the
+    /// frame, and the batch copies handed to the partitions).
+    pub queued_max_request_bytes: usize,
+    /// A response write that makes no progress for this long (a client that stopped
+    /// reading, its socket buffer full) closes the connection with a reset. Each write
+    /// step moves at most 1 MiB, and file ranges stay in the page cache while they wait,
+    /// so a stalled consumer costs the broker no user-space memory.
+    pub connections_send_timeout_ms: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`, OpenMetrics text); off when
+    /// unset. Metrics are always counted; this only serves them.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for BrokerConfig {
@@ -112,6 +141,11 @@ impl Default for BrokerConfig {
             fetch_max_wait_ms_max: 30_000,
             connections_per_core_max: 10_000,
             connections_max_idle_ms: 10 * 60 * 1000,
+            max_connections: 10_000,
+            max_connections_per_ip: 10_000,
+            queued_max_request_bytes: 512 * 1024 * 1024,
+            connections_send_timeout_ms: 30_000,
+            metrics_listen: None,
         }
     }
 }
@@ -168,6 +202,18 @@ impl BrokerConfig {
         }
         if self.connections_max_idle_ms == 0 {
             return bad("connections_max_idle_ms must be positive".into());
+        }
+        if self.connections_send_timeout_ms == 0 {
+            return bad("connections_send_timeout_ms must be positive".into());
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return bad("max_connections and max_connections_per_ip must be positive".into());
+        }
+        if self.queued_max_request_bytes < self.socket_request_max_bytes {
+            return bad(format!(
+                "queued_max_request_bytes = {} is below socket_request_max_bytes = {}: the largest request could never be read",
+                self.queued_max_request_bytes, self.socket_request_max_bytes
+            ));
         }
         if self.socket_request_max_bytes > i32::MAX as usize {
             return bad("socket_request_max_bytes exceeds 2 GiB".into());
@@ -285,5 +331,29 @@ mod tests {
         assert!(BrokerConfig::load(None, env(&[("BROKER_NO_SUCH_KEY", "1")])).is_err());
         assert!(BrokerConfig::load(None, env(&[("BROKER_NUM_PARTITIONS", "0")])).is_err());
         assert!(BrokerConfig::load(None, env(&[("BROKER_FLUSH", "sometimes")])).is_err());
+        assert!(
+            BrokerConfig::load(None, env(&[("BROKER_QUEUED_MAX_REQUEST_BYTES", "1048576")]))
+                .is_err(),
+            "a budget below the largest frame"
+        );
+        assert!(BrokerConfig::load(None, env(&[("BROKER_MAX_CONNECTIONS", "0")])).is_err());
+    }
+
+    #[test]
+    fn limits_and_metrics_address_from_env() {
+        let c = BrokerConfig::load(
+            None,
+            env(&[
+                ("BROKER_MAX_CONNECTIONS", "100"),
+                ("BROKER_MAX_CONNECTIONS_PER_IP", "10"),
+                ("BROKER_CONNECTIONS_SEND_TIMEOUT_MS", "500"),
+                ("BROKER_METRICS_LISTEN", "127.0.0.1:9100"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (100, 10));
+        assert_eq!(c.connections_send_timeout_ms, 500);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(BrokerConfig::default().metrics_listen, None);
     }
 }

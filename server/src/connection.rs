@@ -1,19 +1,30 @@
 //! One client connection: read a frame, handle it, write the response, in order, one
-//! request at a time (as Kafka's own broker does, so responses keep request order).
+//! request at a time (as Kafka's own broker does, so responses keep request order, and
+//! the in-flight bound per connection is one: pipelined requests wait in the kernel).
 //! A frame whose length is out of bounds, an unknown API, an unsupported version or a
 //! body that does not decode closes this connection and nothing else.
+//!
+//! Memory: a frame over 64 KiB takes its bytes from the broker-wide request budget
+//! before it is allocated, and gives them back once its response is built. A response write that
+//! makes no progress for `connections_send_timeout_ms` (a client that stopped reading)
+//! closes the connection with a reset; file ranges wait in the page cache, never in a
+//! buffer of ours.
 
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
-use compio::io::{AsyncReadAtExt, AsyncReadExt, AsyncWriteExt};
+use compio::io::{AsyncReadAtExt, AsyncReadExt, AsyncWrite};
 use compio::net::TcpStream;
 use kafka_protocol::messages::ApiKey;
 
 use crate::fetch_response::Piece;
 use crate::handlers;
+use crate::limits::{ConnectionSlot, MemoryPermit, RequestMemory};
+use crate::metrics::CloseKind;
 use crate::protocol::{self, REQUEST_PREFIX_BYTES, RequestPrefix};
 use crate::shard::Shard;
 
@@ -26,7 +37,9 @@ pub enum CloseReason {
     #[error("frame length {0} out of bounds")]
     FrameLength(i64),
     #[error("idle for {0:?}")]
-    Idle(std::time::Duration),
+    Idle(Duration),
+    #[error("response write made no progress for {0:?} (client not reading)")]
+    SendTimeout(Duration),
     #[error("unknown api key {0}")]
     UnknownApi(i16),
     #[error("unsupported version {version} of {key:?}")]
@@ -37,20 +50,55 @@ pub enum CloseReason {
     Io(#[from] std::io::Error),
 }
 
-/// Serves one connection; the shard counted it in when it accepted it.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: std::net::SocketAddr) {
+impl CloseReason {
+    fn kind(&self) -> CloseKind {
+        match self {
+            CloseReason::FrameLength(_) => CloseKind::FrameTooLarge,
+            CloseReason::Idle(_) => CloseKind::Idle,
+            CloseReason::SendTimeout(_) => CloseKind::SendTimeout,
+            CloseReason::UnknownApi(_)
+            | CloseReason::UnsupportedVersion { .. }
+            | CloseReason::Decode(_) => CloseKind::BadRequest,
+            CloseReason::Io(_) => CloseKind::Io,
+        }
+    }
+}
+
+/// Serves one connection; the shard counted it in when it accepted it, and `slot` holds
+/// its place in the broker's connection limits until it ends.
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    slot: ConnectionSlot,
+) {
     let mut sender = ResponseSender {
         stream: &stream,
         pipe: None,
         zero_copy: shard.config().fetch_zero_copy
             && compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring()),
+        timeout: Duration::from_millis(shard.config().connections_send_timeout_ms),
+        splicing: false,
     };
     let result = serve_requests(&shard, &stream, &mut sender, peer).await;
+    let kind = result
+        .as_ref()
+        .map_or_else(CloseReason::kind, |()| CloseKind::Client);
+    if kind == CloseKind::SendTimeout {
+        // A reset drops what the kernel still holds for this client at once, rather than
+        // keeping it queued for a reader that is not reading.
+        let _ = stream.set_zero_linger();
+    }
+    // Shuts the socket down first if a splice may still be blocked (see its Drop).
+    drop(sender);
+    shard.shared.metrics.connection_closed(kind);
     match result {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(CloseReason::Io(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
         Err(reason) => tracing::warn!(%peer, %reason, "closing connection"),
     }
+    drop(stream);
+    drop(slot);
     shard
         .connections
         .set(shard.connections.get().saturating_sub(1));
@@ -63,13 +111,16 @@ async fn serve_requests(
     peer: std::net::SocketAddr,
 ) -> Result<(), CloseReason> {
     let max = shard.config().socket_request_max_bytes;
-    let idle = std::time::Duration::from_millis(shard.config().connections_max_idle_ms);
+    let idle = Duration::from_millis(shard.config().connections_max_idle_ms);
+    let memory = &shard.shared.request_memory;
+    let metrics = shard.shared.metrics.core(shard.id);
     loop {
         let frame = {
             // A connection that sends nothing, or only part of a frame, for `idle` is
             // closed (Kafka's connections.max.idle.ms), so it cannot hold a slot forever.
+            // Waiting for request memory counts as idle too.
             let read = std::pin::pin!(async {
-                compio::time::timeout(idle, read_frame(stream, max))
+                compio::time::timeout(idle, read_frame(stream, max, memory))
                     .await
                     .map_err(|_| CloseReason::Idle(idle))?
             });
@@ -79,12 +130,22 @@ async fn serve_requests(
                 futures_util::future::Either::Right(_) => return Ok(()),
             }
         };
-        let Some(frame) = frame else {
+        let Some((frame, permit)) = frame else {
             return Ok(());
         };
-        if let Some(pieces) = handle_frame(shard, frame, peer).await? {
+        let started = Instant::now();
+        let api_key = match frame.get(..2) {
+            Some(&[a, b]) => i16::from_be_bytes([a, b]),
+            _ => return Err(CloseReason::FrameLength(frame.len() as i64)),
+        };
+        let response = handle_frame(shard, frame, peer).await?;
+        // The request's bytes are gone once its response is built; the response holds
+        // no budget (file ranges, and small encoded parts).
+        drop(permit);
+        if let Some(pieces) = response {
             sender.send(pieces).await?;
         }
+        metrics.observe_request(api_key, started.elapsed());
     }
 }
 
@@ -92,9 +153,17 @@ async fn serve_requests(
 /// and their decoded form is tens of times their wire size.
 pub const NON_PRODUCE_REQUEST_BYTES_MAX: usize = 1024 * 1024;
 
+/// Frames up to this size do not wait for the request memory budget.
+pub const REQUEST_BUDGET_EXEMPT_BYTES_MAX: usize = 64 * 1024;
+
 /// Reads one length-prefixed frame; `None` at a clean end of stream. Only Produce may use
-/// the full `max`; the API key is read before the rest of the frame is allocated.
-async fn read_frame(stream: &TcpStream, max: usize) -> Result<Option<Vec<u8>>, CloseReason> {
+/// the full `max`; the API key is read, and the frame's bytes taken from the request
+/// budget, before the rest of the frame is allocated.
+async fn read_frame(
+    stream: &TcpStream,
+    max: usize,
+    memory: &Arc<RequestMemory>,
+) -> Result<Option<(Vec<u8>, Option<MemoryPermit>)>, CloseReason> {
     let mut reader = stream;
     let BufResult(res, len) = reader.read_exact([0u8; 4]).await;
     match res {
@@ -112,11 +181,20 @@ async fn read_frame(stream: &TcpStream, max: usize) -> Result<Option<Vec<u8>>, C
     if i16::from_be_bytes(key) != ApiKey::Produce as i16 && len > NON_PRODUCE_REQUEST_BYTES_MAX {
         return Err(CloseReason::FrameLength(len as i64));
     }
+    // Small frames (metadata, heartbeats, commits, fetches, small produces) are not held
+    // back: big produce requests waiting for memory must not starve the control plane
+    // (a heartbeat stuck here would cost its member the group). Their total is bounded
+    // by one in flight per connection.
+    let permit = if len > REQUEST_BUDGET_EXEMPT_BYTES_MAX {
+        Some(memory.acquire(len).await)
+    } else {
+        None
+    };
     let mut frame = Vec::with_capacity(len);
     frame.extend_from_slice(&key);
     let BufResult(res, frame) = reader.read_exact(frame.slice(2..len)).await;
     res?;
-    Ok(Some(frame.into_inner()))
+    Ok(Some((frame.into_inner(), permit)))
 }
 
 async fn handle_frame(
@@ -173,6 +251,24 @@ struct ResponseSender<'a> {
     stream: &'a TcpStream,
     pipe: Option<(compio::fs::pipe::Receiver, compio::fs::pipe::Sender)>,
     zero_copy: bool,
+    /// Longest one write step may take (`connections_send_timeout_ms`).
+    timeout: Duration,
+    /// A splice was started and has not finished: it may still be blocked in an
+    /// io_uring worker if its future was dropped (send timeout, task dropped).
+    splicing: bool,
+}
+
+impl Drop for ResponseSender<'_> {
+    fn drop(&mut self) {
+        if self.splicing {
+            // A splice cut short may still be blocked in an io_uring worker, holding the
+            // pipe's lock until the socket has room: closing the pipe (next, as the
+            // fields drop) would then block this whole core on that lock (seen: a core
+            // frozen until the stalled client went away). Shutting the socket down makes
+            // that splice fail at once.
+            let _ = socket2::SockRef::from(self.stream).shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 impl ResponseSender<'_> {
@@ -198,13 +294,47 @@ impl ResponseSender<'_> {
         self.write_buffers(pending).await
     }
 
-    async fn write_buffers(&mut self, buffers: Vec<Vec<u8>>) -> Result<(), CloseReason> {
-        if buffers.is_empty() {
-            return Ok(());
+    /// Runs one write step, or fails with `SendTimeout` if it does not finish in time.
+    async fn timed<T>(
+        &self,
+        step: impl std::future::IntoFuture<Output = T>,
+    ) -> Result<T, CloseReason> {
+        compio::time::timeout(self.timeout, step.into_future())
+            .await
+            .map_err(|_| CloseReason::SendTimeout(self.timeout))
+    }
+
+    /// Writes `buffers` whole, one vectored write at a time; each write must make
+    /// progress within the send timeout.
+    async fn write_buffers(&mut self, mut buffers: Vec<Vec<u8>>) -> Result<(), CloseReason> {
+        buffers.retain(|b| !b.is_empty());
+        while !buffers.is_empty() {
+            let mut writer = self.stream;
+            let BufResult(res, back) = self.timed(writer.write_vectored(buffers)).await?;
+            buffers = back;
+            let mut written = res?;
+            if written == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            // Drop what went out: whole buffers, then the front of a partial one.
+            let whole = buffers
+                .iter()
+                .take_while(|b| {
+                    let fits = b.len() <= written;
+                    if fits {
+                        written -= b.len();
+                    }
+                    fits
+                })
+                .count();
+            buffers.drain(..whole);
+            if written > 0
+                && let Some(first) = buffers.first_mut()
+            {
+                first.drain(..written);
+            }
         }
-        let mut writer = self.stream;
-        let BufResult(res, _) = writer.write_vectored_all(buffers).await;
-        Ok(res?)
+        Ok(())
     }
 
     async fn splice_file(
@@ -220,6 +350,7 @@ impl ResponseSender<'_> {
             let _ = rustix::pipe::fcntl_setpipe_size(&tx, SEND_CHUNK_BYTES);
             self.pipe = Some((rx, tx));
         }
+        self.splicing = true;
         let Some((rx, tx)) = &self.pipe else {
             return Ok(());
         };
@@ -227,7 +358,9 @@ impl ResponseSender<'_> {
         let mut left = len;
         while left > 0 {
             let step = left.min(SEND_CHUNK_BYTES as u64) as usize;
-            let moved = splice(file, tx, step).offset_in(offset as i64).await?;
+            let moved = self
+                .timed(splice(file, tx, step).offset_in(offset as i64))
+                .await??;
             if moved == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -237,7 +370,9 @@ impl ResponseSender<'_> {
             }
             let mut drained = 0;
             while drained < moved {
-                let n = splice(rx, self.stream, moved - drained).await?;
+                let n = self
+                    .timed(splice(rx, self.stream, moved - drained))
+                    .await??;
                 if n == 0 {
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
                 }
@@ -246,6 +381,7 @@ impl ResponseSender<'_> {
             offset += moved as u64;
             left -= moved as u64;
         }
+        self.splicing = false;
         Ok(())
     }
 
@@ -263,9 +399,7 @@ impl ResponseSender<'_> {
                 .read_exact_at(Vec::with_capacity(step).slice(..step), offset)
                 .await;
             res?;
-            let mut writer = self.stream;
-            let BufResult(res, _) = writer.write_all(buf.into_inner()).await;
-            res?;
+            self.write_buffers(vec![buf.into_inner()]).await?;
             offset += step as u64;
             left -= step as u64;
         }

@@ -24,6 +24,9 @@ struct Args {
     /// Cores to run on, one pinned runtime each [default: all]
     #[arg(long)]
     cores: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// TOML file with further settings (keys as in `BrokerConfig`); `BROKER_<KEY>`
     /// environment variables override it, flags override both.
     #[arg(long)]
@@ -50,7 +53,11 @@ fn main() -> anyhow::Result<()> {
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
     config.validate().context("configuration")?;
+    raise_open_files_limit(config.max_connections);
     let cores = config.core_count();
     let data_dir = config.data_dir.clone();
     let broker = server::broker::start(config)?;
@@ -62,6 +69,9 @@ fn main() -> anyhow::Result<()> {
             .to_owned()
     };
     tracing::info!(addr = %broker.addr, cores, data_dir = %data_dir.display(), %io, "broker started");
+    if let Some(addr) = broker.metrics_addr {
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
     // A stable line on stdout for scripts and tests to wait for.
     println!("broker listening on {}", broker.addr);
     wait_for_signal()?;
@@ -69,6 +79,37 @@ fn main() -> anyhow::Result<()> {
     broker.shutdown();
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// File descriptors the broker needs besides its connections: segments and their
+/// indexes, pipes, io_uring, the listeners.
+const FILES_BESIDES_CONNECTIONS: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard one (each connection is a file), and
+/// warns when even that is below what `max_connections` needs.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "cannot raise the open files limit");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current;
+    let needed = max_connections as u64 + FILES_BESIDES_CONNECTIONS;
+    if let Some(soft) = soft
+        && soft < needed
+    {
+        tracing::warn!(
+            open_files_limit = soft,
+            max_connections,
+            "the open files limit is below max_connections plus the broker's own files: \
+             raise `ulimit -n` or lower max_connections"
+        );
+    }
 }
 
 fn wait_for_signal() -> anyhow::Result<()> {

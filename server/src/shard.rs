@@ -17,6 +17,8 @@ use futures_util::{SinkExt, StreamExt};
 
 use crate::config::BrokerConfig;
 use crate::fetch_response::{Piece, SendFile};
+use crate::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
+use crate::metrics::{Metrics, PartitionCounters, RejectKind};
 use crate::protocol::error_code;
 use crate::topics::{Registry, TopicMeta, log_config_for};
 
@@ -32,6 +34,9 @@ pub struct BrokerShared {
     producer_ids: std::sync::Mutex<crate::groups::producer_ids::ProducerIds>,
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
     pub cluster_id: String,
+    pub connection_limits: Arc<ConnectionLimits>,
+    pub request_memory: Arc<RequestMemory>,
+    pub metrics: Arc<Metrics>,
     stopping: AtomicBool,
     shutdown: Event,
     drained: AtomicUsize,
@@ -46,7 +51,22 @@ impl BrokerShared {
         producer_ids: crate::groups::producer_ids::ProducerIds,
         shards: Vec<mpsc::Sender<ShardCommand>>,
     ) -> Self {
+        let connection_limits = Arc::new(ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
+        let request_memory = Arc::new(RequestMemory::new(config.queued_max_request_bytes));
+        let metrics = Arc::new(Metrics::new(
+            shards.len(),
+            Arc::clone(&connection_limits),
+            Arc::clone(&request_memory),
+            config.write_path == crate::config::WriteMode::Inline,
+            config.fetch_zero_copy,
+        ));
         Self {
+            connection_limits,
+            request_memory,
+            metrics,
             config,
             registry,
             groups: std::sync::Mutex::new(Default::default()),
@@ -237,12 +257,18 @@ pub enum OffsetQuery {
 pub struct ReadResult {
     pub offsets: LogOffsets,
     pub records: Vec<Piece>,
+    /// Offset after the last whole batch in `records` (see `engine::ReadSlice`).
+    pub end_offset: i64,
+    /// The partition's counters, for the fetch to count what it sends.
+    pub counters: Arc<PartitionCounters>,
 }
 
 /// A read answered by another core: duplicated descriptors, since files are core-local.
 pub struct RemoteRead {
     offsets: LogOffsets,
     ranges: Vec<(OwnedFd, u64, u64)>,
+    end_offset: i64,
+    counters: Arc<PartitionCounters>,
 }
 
 /// Requests one core sends another.
@@ -272,16 +298,18 @@ pub enum ShardCommand {
         name: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// A client connection for this core to serve.
+    /// A client connection for this core to serve, with its place in the limits.
     Connection {
         stream: std::net::TcpStream,
         peer: std::net::SocketAddr,
+        slot: ConnectionSlot,
     },
 }
 
 struct OwnedPartition {
     log: Partition,
     data_event: Arc<Event>,
+    counters: Arc<PartitionCounters>,
 }
 
 pub struct Shard {
@@ -314,11 +342,14 @@ impl Shard {
         &self.shared.config
     }
 
-    fn local(&self, tp: &TopicPartition) -> Result<Partition, PartitionError> {
+    fn local(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<(Partition, Arc<PartitionCounters>), PartitionError> {
         self.partitions
             .borrow()
             .get(tp)
-            .map(|p| p.log.clone())
+            .map(|p| (p.log.clone(), Arc::clone(&p.counters)))
             .ok_or(PartitionError::UnknownTopicOrPartition)
     }
 
@@ -426,6 +457,8 @@ impl Shard {
         Ok(ReadResult {
             offsets: remote.offsets,
             records,
+            end_offset: remote.end_offset,
+            counters: remote.counters,
         })
     }
 
@@ -490,14 +523,25 @@ impl Shard {
         batch: Vec<u8>,
         wait: AppendWait,
     ) -> Result<AppendInfo, PartitionError> {
-        let (log, event) = {
+        let (log, event, counters) = {
             let partitions = self.partitions.borrow();
             let p = partitions
                 .get(tp)
                 .ok_or(PartitionError::UnknownTopicOrPartition)?;
-            (p.log.clone(), Arc::clone(&p.data_event))
+            (
+                p.log.clone(),
+                Arc::clone(&p.data_event),
+                Arc::clone(&p.counters),
+            )
         };
+        let bytes = batch.len() as u64;
         let info = log.append(batch, wait).await?;
+        if !info.duplicate {
+            counters.record_in(
+                bytes,
+                (info.last_offset - info.base_offset + 1).max(0) as u64,
+            );
+        }
         event.notify(usize::MAX);
         Ok(info)
     }
@@ -508,8 +552,9 @@ impl Shard {
         offset: i64,
         max_bytes: u64,
     ) -> Result<ReadResult, PartitionError> {
-        let log = self.local(tp)?;
+        let (log, counters) = self.local(tp)?;
         let slice = log.read_ranges(offset, max_bytes).await?;
+        let end_offset = slice.end_offset;
         let records = slice
             .ranges
             .into_iter()
@@ -522,6 +567,8 @@ impl Shard {
         Ok(ReadResult {
             offsets: slice.offsets,
             records,
+            end_offset,
+            counters,
         })
     }
 
@@ -531,7 +578,7 @@ impl Shard {
         offset: i64,
         max_bytes: u64,
     ) -> Result<RemoteRead, PartitionError> {
-        let log = self.local(tp)?;
+        let (log, counters) = self.local(tp)?;
         let slice = log.read_ranges(offset, max_bytes).await?;
         let mut ranges = Vec::with_capacity(slice.ranges.len());
         for r in slice.ranges {
@@ -546,6 +593,8 @@ impl Shard {
         Ok(RemoteRead {
             offsets: slice.offsets,
             ranges,
+            end_offset: slice.end_offset,
+            counters,
         })
     }
 
@@ -554,7 +603,7 @@ impl Shard {
         tp: &TopicPartition,
         query: OffsetQuery,
     ) -> Result<(i64, i64), PartitionError> {
-        let log = self.local(tp)?;
+        let (log, _) = self.local(tp)?;
         let offsets = log.offsets();
         Ok(match query {
             OffsetQuery::Earliest => (-1, offsets.log_start_offset),
@@ -579,17 +628,29 @@ impl Shard {
                 continue;
             }
             let dir = tp.dir_in(&self.shared.config.data_dir);
-            let (log, _report) = Partition::open(&dir, config.clone())
+            let (log, report) = Partition::open(&dir, config.clone())
                 .await
                 .map_err(|e| e.to_string())?;
+            let metrics = &self.shared.metrics;
+            metrics.record_recovery(&report);
+            let (core_metrics, id) = (Arc::clone(metrics), self.id);
+            log.set_sync_observer(Rc::new(move |took| {
+                core_metrics.core(id).observe_flush(took)
+            }));
             let data_event = self
                 .shared
                 .registry
                 .data_event(&meta.name, partition)
                 .unwrap_or_else(|| Arc::new(Event::new()));
-            self.partitions
-                .borrow_mut()
-                .insert(tp, OwnedPartition { log, data_event });
+            let counters = metrics.partition(&meta.name, partition);
+            self.partitions.borrow_mut().insert(
+                tp,
+                OwnedPartition {
+                    log,
+                    data_event,
+                    counters,
+                },
+            );
         }
         Ok(())
     }
@@ -613,6 +674,7 @@ impl Shard {
                 .map_err(|e| format!("{}: {e}", tp.dir_name()))?;
             p.data_event.notify(usize::MAX);
         }
+        self.shared.metrics.remove_topic(name);
         Ok(())
     }
 
@@ -645,8 +707,8 @@ impl Shard {
     /// Serves requests from other cores until every sender is gone.
     pub async fn serve_inbox(self: Rc<Self>, mut inbox: mpsc::Receiver<ShardCommand>) {
         while let Some(command) = inbox.next().await {
-            if let ShardCommand::Connection { stream, peer } = command {
-                self.accept(stream, peer);
+            if let ShardCommand::Connection { stream, peer, slot } = command {
+                self.accept(stream, peer, slot);
                 continue;
             }
             let shard = Rc::clone(&self);
@@ -654,10 +716,19 @@ impl Shard {
         }
     }
 
-    fn accept(self: &Rc<Self>, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
+    fn accept(
+        self: &Rc<Self>,
+        stream: std::net::TcpStream,
+        peer: std::net::SocketAddr,
+        slot: ConnectionSlot,
+    ) {
         let max = self.config().connections_per_core_max;
         if self.shared.stopping() || self.connections.get() >= max {
             tracing::warn!(%peer, max, "not taking a connection (stopping or at the per-core limit)");
+            self.shared
+                .metrics
+                .connection_rejected(RejectKind::CoreBusy);
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -665,8 +736,14 @@ impl Shard {
             Ok(stream) => {
                 // Counted here, not when the task first runs, so a burst cannot overshoot.
                 self.connections.set(self.connections.get() + 1);
-                compio::runtime::spawn(crate::connection::serve(Rc::clone(self), stream, peer))
-                    .detach();
+                self.shared.metrics.connection_accepted();
+                compio::runtime::spawn(crate::connection::serve(
+                    Rc::clone(self),
+                    stream,
+                    peer,
+                    slot,
+                ))
+                .detach();
             }
             Err(e) => tracing::warn!(%peer, error = %e, "cannot adopt connection"),
         }

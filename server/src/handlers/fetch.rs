@@ -10,6 +10,7 @@ use kafka_protocol::messages::FetchRequest;
 
 use super::Request;
 use crate::fetch_response::{self, PartitionData, Piece, TopicData};
+use crate::metrics::PartitionCounters;
 use crate::protocol::{DecodeError, error_code};
 use crate::shard::Shard;
 
@@ -42,7 +43,7 @@ pub async fn handle(
             })
             .map(|event| event.listen())
             .collect();
-        let (topics, bytes, any_error) = read_all(shard, &req, response_max).await;
+        let (topics, bytes, any_error, sent) = read_all(shard, &req, response_max).await;
         let now = Instant::now();
         if bytes >= min_bytes
             || any_error
@@ -50,6 +51,11 @@ pub async fn handle(
             || listeners.is_empty()
             || shard.shared.stopping()
         {
+            // Counted once, for the response that goes out (not for re-reads while
+            // long-polling).
+            for (counters, bytes, records) in sent {
+                counters.record_out(bytes, records);
+            }
             let pieces = fetch_response::encode(
                 request.version,
                 request.correlation_id,
@@ -65,11 +71,15 @@ pub async fn handle(
     }
 }
 
+/// What a response would send per partition: its counters, bytes, records.
+type Sent = Vec<(std::sync::Arc<PartitionCounters>, u64, u64)>;
+
 async fn read_all(
     shard: &Rc<Shard>,
     req: &FetchRequest,
     response_max: u64,
-) -> (Vec<TopicData>, u64, bool) {
+) -> (Vec<TopicData>, u64, bool, Sent) {
+    let mut sent = Vec::new();
     let mut budget = response_max;
     let mut total = 0u64;
     let mut any_error = false;
@@ -98,6 +108,10 @@ async fn read_all(
                         read.records
                     };
                     let got = if records.is_empty() { 0 } else { got };
+                    if got > 0 {
+                        let count = (read.end_offset - p.fetch_offset).max(0) as u64;
+                        sent.push((read.counters, got, count));
+                    }
                     total += got;
                     budget = budget.saturating_sub(got);
                     PartitionData {
@@ -125,5 +139,5 @@ async fn read_all(
         }
         topics.push(TopicData { name, partitions });
     }
-    (topics, total, any_error)
+    (topics, total, any_error, sent)
 }
