@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
-use compio::io::{AsyncReadAtExt, AsyncReadExt, AsyncWrite};
+use compio::io::{AsyncRead, AsyncReadAtExt, AsyncReadExt, AsyncWrite};
 use compio::net::TcpStream;
 use kafka_protocol::messages::ApiKey;
 
@@ -114,13 +114,14 @@ async fn serve_requests(
     let idle = Duration::from_millis(shard.config().connections_max_idle_ms);
     let memory = &shard.shared.request_memory;
     let metrics = shard.shared.metrics.core(shard.id);
+    let mut reader = FrameReader::new();
     loop {
         let frame = {
             // A connection that sends nothing, or only part of a frame, for `idle` is
             // closed (Kafka's connections.max.idle.ms), so it cannot hold a slot forever.
             // Waiting for request memory counts as idle too.
             let read = std::pin::pin!(async {
-                compio::time::timeout(idle, read_frame(stream, max, memory))
+                compio::time::timeout(idle, reader.next(stream, max, memory))
                     .await
                     .map_err(|_| CloseReason::Idle(idle))?
             });
@@ -156,45 +157,113 @@ pub const NON_PRODUCE_REQUEST_BYTES_MAX: usize = 1024 * 1024;
 /// Frames up to this size do not wait for the request memory budget.
 pub const REQUEST_BUDGET_EXEMPT_BYTES_MAX: usize = 64 * 1024;
 
-/// Reads one length-prefixed frame; `None` at a clean end of stream. Only Produce may use
-/// the full `max`; the API key is read, and the frame's bytes taken from the request
-/// budget, before the rest of the frame is allocated.
-async fn read_frame(
-    stream: &TcpStream,
-    max: usize,
-    memory: &Arc<RequestMemory>,
-) -> Result<Option<(Vec<u8>, Option<MemoryPermit>)>, CloseReason> {
-    let mut reader = stream;
-    let BufResult(res, len) = reader.read_exact([0u8; 4]).await;
-    match res {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// Bytes a connection reads ahead. Small requests (a batch-1 producer's, heartbeats,
+/// fetches) arrive many to one read instead of three reads each; frames that do not fit
+/// are read straight into their own allocation.
+const READ_AHEAD_BYTES: usize = 16 * 1024;
+
+/// Length-prefixed frames from one connection, through a small read-ahead buffer.
+struct FrameReader {
+    /// Bytes read and not yet handed out are `buf[start..]`; capacity `READ_AHEAD_BYTES`.
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    fn new() -> Self {
+        Self {
+            buf: Vec::with_capacity(READ_AHEAD_BYTES),
+            start: 0,
+        }
     }
-    let len = i32::from_be_bytes(len) as i64;
-    if len < REQUEST_PREFIX_BYTES as i64 || len > max as i64 {
-        return Err(CloseReason::FrameLength(len));
+
+    /// The next frame (API key onwards); `None` at a clean end of stream. Only Produce may
+    /// use the full `max`; a frame's length and API key are checked, and a big frame's
+    /// bytes taken from the request budget, before the frame is allocated.
+    async fn next(
+        &mut self,
+        stream: &TcpStream,
+        max: usize,
+        memory: &Arc<RequestMemory>,
+    ) -> Result<Option<(Vec<u8>, Option<MemoryPermit>)>, CloseReason> {
+        loop {
+            let have = &self.buf[self.start..];
+            if let Some(prefix) = have.get(..4) {
+                let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as i64;
+                if len < REQUEST_PREFIX_BYTES as i64 || len > max as i64 {
+                    return Err(CloseReason::FrameLength(len));
+                }
+                let len = len as usize;
+                if let Some(key) = have.get(4..6) {
+                    if i16::from_be_bytes([key[0], key[1]]) != ApiKey::Produce as i16
+                        && len > NON_PRODUCE_REQUEST_BYTES_MAX
+                    {
+                        return Err(CloseReason::FrameLength(len as i64));
+                    }
+                    if have.len() >= 4 + len {
+                        // Whole frame buffered: it is under READ_AHEAD_BYTES, so exempt
+                        // from the budget.
+                        let frame = have[4..4 + len].to_vec();
+                        self.start += 4 + len;
+                        return Ok(Some((frame, None)));
+                    }
+                    if 4 + len > READ_AHEAD_BYTES {
+                        return self.read_big_frame(stream, len, memory).await.map(Some);
+                    }
+                }
+            }
+            if !self.fill(stream).await? {
+                if self.start == self.buf.len() {
+                    return Ok(None);
+                }
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
     }
-    let len = len as usize;
-    let BufResult(res, key) = reader.read_exact([0u8; 2]).await;
-    res?;
-    if i16::from_be_bytes(key) != ApiKey::Produce as i16 && len > NON_PRODUCE_REQUEST_BYTES_MAX {
-        return Err(CloseReason::FrameLength(len as i64));
+
+    /// A frame too big for the buffer: what is buffered, then the rest read in place.
+    async fn read_big_frame(
+        &mut self,
+        stream: &TcpStream,
+        len: usize,
+        memory: &Arc<RequestMemory>,
+    ) -> Result<(Vec<u8>, Option<MemoryPermit>), CloseReason> {
+        // Small frames (metadata, heartbeats, commits, fetches, small produces) are not
+        // held back: big produce requests waiting for memory must not starve the control
+        // plane (a heartbeat stuck here would cost its member the group). Their total is
+        // bounded by one in flight per connection.
+        let permit = if len > REQUEST_BUDGET_EXEMPT_BYTES_MAX {
+            Some(memory.acquire(len).await)
+        } else {
+            None
+        };
+        let have = &self.buf[self.start + 4..];
+        let mut frame = Vec::with_capacity(len);
+        frame.extend_from_slice(have);
+        let got = frame.len();
+        self.buf.clear();
+        self.start = 0;
+        let mut reader = stream;
+        let BufResult(res, frame) = reader.read_exact(frame.slice(got..len)).await;
+        res?;
+        Ok((frame.into_inner(), permit))
     }
-    // Small frames (metadata, heartbeats, commits, fetches, small produces) are not held
-    // back: big produce requests waiting for memory must not starve the control plane
-    // (a heartbeat stuck here would cost its member the group). Their total is bounded
-    // by one in flight per connection.
-    let permit = if len > REQUEST_BUDGET_EXEMPT_BYTES_MAX {
-        Some(memory.acquire(len).await)
-    } else {
-        None
-    };
-    let mut frame = Vec::with_capacity(len);
-    frame.extend_from_slice(&key);
-    let BufResult(res, frame) = reader.read_exact(frame.slice(2..len)).await;
-    res?;
-    Ok(Some((frame.into_inner(), permit)))
+
+    /// Reads more into the buffer, first moving unread bytes to its front; false at end of
+    /// stream.
+    async fn fill(&mut self, stream: &TcpStream) -> Result<bool, CloseReason> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start.., 0);
+            self.buf.truncate(self.buf.len() - self.start);
+            self.start = 0;
+        }
+        let filled = self.buf.len();
+        let mut reader = stream;
+        let buf = std::mem::take(&mut self.buf);
+        let BufResult(res, buf) = reader.read(buf.slice(filled..READ_AHEAD_BYTES)).await;
+        self.buf = buf.into_inner();
+        Ok(res? > 0)
+    }
 }
 
 async fn handle_frame(

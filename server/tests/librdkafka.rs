@@ -179,7 +179,8 @@ fn given_acks_0_1_and_all_when_producing_should_store_every_message() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     create_topic(&broker, "acks", 1);
-    for acks in ["0", "1", "all"] {
+    let watcher = consumer(&broker);
+    for (round, acks) in ["0", "1", "all"].iter().enumerate() {
         let p = producer(&broker, &[("acks", acks)]);
         for i in 0..100 {
             let value = format!("acks={acks} #{i}");
@@ -189,6 +190,19 @@ fn given_acks_0_1_and_all_when_producing_should_store_every_message() {
                 .expect("sent");
         }
         p.flush(TIMEOUT).expect("flush");
+        // acks=0 deliveries mean "sent", not "stored": wait for the log end before the
+        // next producer, whose messages would otherwise race these.
+        let want = (round as i64 + 1) * 100;
+        let deadline = Instant::now() + TIMEOUT;
+        while watcher
+            .fetch_watermarks("acks", 0, TIMEOUT)
+            .expect("watermarks")
+            .1
+            < want
+        {
+            assert!(Instant::now() < deadline, "the log never reached {want}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let msgs = consume_all(&broker, "acks", 1, 300);
     let values: Vec<String> = msgs
