@@ -339,7 +339,7 @@ pub fn produce(
                 };
                 let partition = ((u64::from(id) + seq) % u64::from(partitions)) as u32;
                 producer.send(partition, msg.stamp(header))?;
-                if (seq + 1) % batch as u64 == 0 {
+                if (seq + 1).is_multiple_of(batch as u64) {
                     producer.end_batch()?;
                 }
                 Ok(())
@@ -357,7 +357,6 @@ pub fn produce(
                 send(seq)?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            drop(send);
             let acked = producer.finish()?;
             Ok((count, acked))
         }));
@@ -528,11 +527,7 @@ pub fn consume(
     let measured_messages = tracker
         .received
         .saturating_sub(warmup.max(1).min(tracker.received));
-    let per_message = if tracker.received > 0 {
-        tracker.bytes / tracker.received
-    } else {
-        0
-    };
+    let per_message = tracker.bytes.checked_div(tracker.received).unwrap_or(0);
     Ok(Consumed {
         seconds: end.duration_since(start).as_secs_f64(),
         measured_messages,
@@ -679,7 +674,7 @@ pub fn latency(
                 };
                 let partition = ((u64::from(id) + seq) % u64::from(partitions)) as u32;
                 producer.send(partition, msg.stamp(header))?;
-                if (seq + 1) % batch as u64 == 0 {
+                if (seq + 1).is_multiple_of(batch as u64) {
                     producer.end_batch()?;
                 }
             }
