@@ -13,7 +13,7 @@ mod target;
 mod workload;
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -138,6 +138,10 @@ struct KnobArgs {
     /// Messages excluded from the measurement at the start.
     #[arg(long, default_value_t = 0)]
     warmup: u64,
+    /// Produce for this many seconds (after the warm-up) instead of --messages; for
+    /// `latency`, the run length at --rate.
+    #[arg(long)]
+    duration: Option<u64>,
 }
 
 #[derive(Args)]
@@ -161,9 +165,6 @@ struct LatencyArgs {
     /// Offered rate, messages per second.
     #[arg(long)]
     rate: f64,
-    /// Run length in seconds (sets --messages to rate × seconds).
-    #[arg(long)]
-    duration: Option<u64>,
     #[command(flatten)]
     knobs: KnobArgs,
     #[arg(long)]
@@ -183,6 +184,7 @@ impl KnobArgs {
             partitions: self.partitions,
             prefetch: self.prefetch,
             warmup: self.warmup,
+            duration: self.duration.map(Duration::from_secs),
             quiet,
         }
     }
@@ -254,8 +256,8 @@ fn main() -> anyhow::Result<()> {
             let target = make(args.target);
             reachable(target.as_ref())?;
             let mut knobs = args.knobs.knobs(cli.quiet);
-            if let Some(secs) = args.duration {
-                knobs.messages = (args.rate * secs as f64).round() as u64;
+            if let Some(d) = knobs.duration.take() {
+                knobs.messages = (args.rate * d.as_secs_f64()).round() as u64;
             }
             let dest = new_dest(target.as_ref(), "latency", knobs.partitions)?;
             let run = latency_run(target.as_ref(), &dest, &knobs, args.rate, "latency")?;
@@ -447,6 +449,7 @@ fn paper(
         partitions: 1,
         prefetch: 1000,
         warmup: 0,
+        duration: None,
         quiet,
     };
     for &kind in &args.targets {

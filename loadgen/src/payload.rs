@@ -82,7 +82,7 @@ pub struct Tracker {
 }
 
 /// The largest sequence number a tracker accepts (bounds its bitmaps to 16 MiB a producer).
-const MAX_SEQ: u64 = 1 << 27;
+pub const MAX_SEQ: u64 = 1 << 27;
 const MAX_PRODUCERS: u32 = 4096;
 
 impl Tracker {

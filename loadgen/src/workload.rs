@@ -34,6 +34,8 @@ pub struct Knobs {
     pub prefetch: u16,
     /// Messages (per run, spread over producers) sent before measuring starts.
     pub warmup: u64,
+    /// Produce for this long (after the warm-up) instead of `messages`.
+    pub duration: Option<Duration>,
     pub quiet: bool,
 }
 
@@ -307,7 +309,11 @@ pub fn produce(
     label: &str,
 ) -> anyhow::Result<Produced> {
     check_knobs(k)?;
-    let progress = Progress::new(label.to_string(), k.messages, k.quiet);
+    let progress = Progress::new(
+        label.to_string(),
+        if k.duration.is_some() { 0 } else { k.messages },
+        k.quiet,
+    );
     let warm = Arc::new(Barrier::new(k.producers as usize + 1));
     let go = Arc::new(Barrier::new(k.producers as usize + 1));
     let mut handles = Vec::new();
@@ -326,9 +332,13 @@ pub fn produce(
             Arc::clone(&go),
             Arc::clone(&progress.done),
         );
-        let count = share(k.messages, k.producers, id);
+        // With a duration, the count is only a cap (the tracker's per-producer bound).
+        let count = match k.duration {
+            Some(_) => payload::MAX_SEQ,
+            None => share(k.messages, k.producers, id),
+        };
         let warmup = share(k.warmup, k.producers, id).min(count);
-        let (size, batch, partitions) = (k.size, k.batch, dest.partitions);
+        let (size, batch, partitions, duration) = (k.size, k.batch, dest.partitions, k.duration);
         handles.push(thread::spawn(move || -> anyhow::Result<(u64, u64)> {
             let mut msg = Message::new(size);
             let mut send = |seq: u64| -> anyhow::Result<()> {
@@ -353,12 +363,21 @@ pub fn produce(
             warm.wait();
             go.wait();
             result?;
+            let deadline = duration.map(|d| Instant::now() + d);
+            let mut sent = count;
             for seq in warmup..count {
+                if seq % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                    sent = seq;
+                    break;
+                }
                 send(seq)?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
+            if sent % batch as u64 != 0 {
+                producer.end_batch()?;
+            }
             let acked = producer.finish()?;
-            Ok((count, acked))
+            Ok((sent, acked))
         }));
     }
     warm.wait();

@@ -275,6 +275,31 @@ fn durable_mode_with_several_producers_consumers_and_partitions() {
 }
 
 #[test]
+fn a_produce_run_can_be_bounded_by_time() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = start_broker(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let o = loadgen(&[
+        "--kafka",
+        &broker.addr,
+        "produce",
+        "--duration",
+        "1",
+        "--batch",
+        "7",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let run = &results(dir.path())["runs"][0];
+    let sent = u(&run["verify"], "sent");
+    assert!(sent > 100, "{run}");
+    check_run(run, sent);
+    let secs = f(run, "seconds");
+    assert!((0.9..30.0).contains(&secs), "{run}");
+}
+
+#[test]
 fn an_unreachable_broker_is_a_clear_error() {
     let o = loadgen(&["--kafka", "127.0.0.1:1", "produce", "--messages", "10"]);
     assert!(!o.status.success());
