@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR [MESSAGES]}
 messages=${2:-1000000}
-cargo build --release --locked -p server --bin broker -p loadgen
+cargo build --release --locked -p server --bin broker
+cargo build --release --locked -p loadgen
 data=$(mktemp -d /tmp/paper-broker.XXXXXX)
 BROKER_FLUSH=interval RUST_LOG=warn target/release/broker --listen 127.0.0.1:9092 --data-dir "$data" \
   >"$data.log" 2>&1 &
