@@ -25,6 +25,13 @@ case "${1:-}" in
       sed -i 's#<transportConnector name="openwire"[^>]*/>#&\n            <transportConnector name="stomp" uri="stomp://127.0.0.1:61613"/>#' "$XML"
     fi
     grep -q 'name="stomp"' "$XML" || { echo "activemq: could not enable STOMP in $XML" >&2; exit 1; }
+    # Debian's activemq.xml leaves out upstream's <systemUsage>: without it the memory
+    # limit (1 GB) is over Debian's 512 MB heap, and a backlog of a million messages
+    # exhausts the heap instead of paging to KahaDB. Upstream's setting: 70% of the heap.
+    if ! grep -q '<systemUsage>' "$XML"; then
+      sed -i 's#</persistenceAdapter>#&\n        <systemUsage><systemUsage><memoryUsage><memoryUsage percentOfJvmHeap="70"/></memoryUsage></systemUsage></systemUsage>#' "$XML"
+    fi
+    grep -q 'percentOfJvmHeap' "$XML" || { echo "activemq: could not set systemUsage in $XML" >&2; exit 1; }
     ;;
   start)
     mode=${2:-paper}
@@ -49,7 +56,11 @@ case "${1:-}" in
     if [[ -f $PID_FILE ]]; then
       pid=$(cat "$PID_FILE")
       kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "activemq: pid $pid ignored TERM for 60 s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
       rm -f "$PID_FILE"
     fi
     echo "activemq: stopped"
