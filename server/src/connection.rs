@@ -5,16 +5,14 @@
 
 use std::rc::Rc;
 
-use bytes::Bytes;
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncReadAtExt, AsyncReadExt, AsyncWriteExt};
 use compio::net::TcpStream;
-use kafka_protocol::messages::ApiKey;
 
 use crate::fetch_response::Piece;
 use crate::handlers;
-use crate::protocol::{self, REQUEST_PREFIX_BYTES, RequestPrefix};
+use crate::protocol::{self, Frame, FrameError};
 use crate::shard::Shard;
 
 /// Bytes moved per splice step; also the copy-path chunk.
@@ -23,14 +21,10 @@ const SEND_CHUNK_BYTES: usize = 1024 * 1024;
 /// Why a connection was closed by the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseReason {
-    #[error("frame length {0} out of bounds")]
-    FrameLength(i64),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
-    #[error("unknown api key {0}")]
-    UnknownApi(i16),
-    #[error("unsupported version {version} of {key:?}")]
-    UnsupportedVersion { key: ApiKey, version: i16 },
     #[error(transparent)]
     Decode(#[from] protocol::DecodeError),
     #[error("i/o: {0}")]
@@ -88,10 +82,6 @@ async fn serve_requests(
     }
 }
 
-/// Largest frame of any request but Produce: metadata, fetch and admin requests are small,
-/// and their decoded form is tens of times their wire size.
-pub const NON_PRODUCE_REQUEST_BYTES_MAX: usize = 1024 * 1024;
-
 /// Reads one length-prefixed frame; `None` at a clean end of stream. Only Produce may use
 /// the full `max`; the API key is read before the rest of the frame is allocated.
 async fn read_frame(stream: &TcpStream, max: usize) -> Result<Option<Vec<u8>>, CloseReason> {
@@ -102,16 +92,10 @@ async fn read_frame(stream: &TcpStream, max: usize) -> Result<Option<Vec<u8>>, C
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = i32::from_be_bytes(len) as i64;
-    if len < REQUEST_PREFIX_BYTES as i64 || len > max as i64 {
-        return Err(CloseReason::FrameLength(len));
-    }
-    let len = len as usize;
+    let len = protocol::check_frame_length(i32::from_be_bytes(len), max)?;
     let BufResult(res, key) = reader.read_exact([0u8; 2]).await;
     res?;
-    if i16::from_be_bytes(key) != ApiKey::Produce as i16 && len > NON_PRODUCE_REQUEST_BYTES_MAX {
-        return Err(CloseReason::FrameLength(len as i64));
-    }
+    protocol::check_frame_length_for_api(len, i16::from_be_bytes(key))?;
     let mut frame = Vec::with_capacity(len);
     frame.extend_from_slice(&key);
     let BufResult(res, frame) = reader.read_exact(frame.slice(2..len)).await;
@@ -124,44 +108,26 @@ async fn handle_frame(
     frame: Vec<u8>,
     peer: std::net::SocketAddr,
 ) -> Result<Option<Vec<Piece>>, CloseReason> {
-    let prefix =
-        RequestPrefix::parse(&frame).ok_or(CloseReason::FrameLength(frame.len() as i64))?;
-    let key =
-        ApiKey::try_from(prefix.api_key).map_err(|_| CloseReason::UnknownApi(prefix.api_key))?;
-    let supported = protocol::supported_range(key);
-    let in_range = supported.is_some_and(|(min, max)| (min..=max).contains(&prefix.api_version));
-    if !in_range {
-        if key == ApiKey::ApiVersions {
-            // Kafka answers an ApiVersions it cannot parse with v0 and the list, so the
-            // client can pick a version both sides speak.
+    let request = match protocol::decode_frame(frame)? {
+        Frame::ApiVersionsUnsupported { correlation_id } => {
             return Ok(Some(vec![Piece::Bytes(
-                handlers::api_versions::unsupported(prefix.correlation_id)?,
+                handlers::api_versions::unsupported(correlation_id)?,
             )]));
         }
-        return Err(CloseReason::UnsupportedVersion {
-            key,
-            version: prefix.api_version,
-        });
-    }
-    let (header, body) = protocol::decode_header(key, prefix.api_version, Bytes::from(frame))?;
-    // Array counts are checked against the bytes present before the codec trusts them.
-    crate::request_bounds::check(key, prefix.api_version, &body).map_err(|reason| {
-        protocol::DecodeError::Malformed {
-            what: "request body",
-            reason: reason.to_owned(),
-        }
-    })?;
+        Frame::Request(r) => r,
+    };
     let request = handlers::Request {
-        key,
-        version: prefix.api_version,
-        correlation_id: header.correlation_id,
-        client_id: header
+        key: request.key,
+        version: request.version,
+        correlation_id: request.header.correlation_id,
+        client_id: request
+            .header
             .client_id
             .as_ref()
             .map(|c| c.to_string())
             .unwrap_or_default(),
         client_host: format!("/{}", peer.ip()),
-        body,
+        body: Some(request.body),
     };
     Ok(handlers::handle(shard, request).await?)
 }

@@ -126,29 +126,50 @@ fn check_partition(
     }
     let tp = TopicPartition::new(topic, partition)
         .map_err(|e| Outcome::error(error_code::INVALID_TOPIC_EXCEPTION, Some(e.to_string())))?;
-    let records = records.unwrap_or_default();
-    let max = shard.config().message_max_bytes;
-    if records.len() > max {
+    check_records(
+        records.unwrap_or_default(),
+        shard.config().message_max_bytes,
+    )
+    .map_err(|r| Outcome::error(r.code, Some(r.message)))?;
+    Ok(tp)
+}
+
+/// Why one partition's records were refused before they reached the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: i16,
+    pub message: String,
+}
+
+/// The checks on one partition's records that need no broker state: at most
+/// `message_max_bytes`, exactly one batch, neither control nor transactional. The engine
+/// validates the batch itself (`engine::batch::validate`) when it appends.
+pub fn check_records(records: &[u8], message_max_bytes: usize) -> Result<(), Refused> {
+    if records.len() > message_max_bytes {
         let e = PartitionError::MessageTooLarge(format!(
-            "batch of {} bytes exceeds message.max.bytes {max}",
+            "batch of {} bytes exceeds message.max.bytes {message_max_bytes}",
             records.len()
         ));
-        return Err(Outcome::error(e.code(), Some(e.to_string())));
+        return Err(Refused {
+            code: e.code(),
+            message: e.to_string(),
+        });
     }
     if let Ok(header) = engine::BatchHeader::parse(records) {
         if header.declared_total_bytes() < records.len() as i64 {
-            return Err(Outcome::error(
-                error_code::INVALID_RECORD,
-                Some("produce requests must carry exactly one record batch per partition".into()),
-            ));
+            return Err(Refused {
+                code: error_code::INVALID_RECORD,
+                message: "produce requests must carry exactly one record batch per partition"
+                    .into(),
+            });
         }
         if header.is_control() || header.is_transactional() {
             // Control records are the broker's to write; transactions are not supported.
-            return Err(Outcome::error(
-                error_code::INVALID_RECORD,
-                Some("control and transactional batches are not accepted".into()),
-            ));
+            return Err(Refused {
+                code: error_code::INVALID_RECORD,
+                message: "control and transactional batches are not accepted".into(),
+            });
         }
     }
-    Ok(tp)
+    Ok(())
 }
