@@ -14,7 +14,9 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 broker_port=$((20000 + RANDOM % 10000))
 proxy_port=$((broker_port + 1))
-frames="$work/frames"
+# The raw frames stay (not committed) so that the seeds can be remade without clients.
+frames=fuzz/target/captured-frames
+rm -rf "$frames"
 
 BROKER_ADVERTISED_PORT=$proxy_port RUST_LOG=warn ./target/debug/broker \
   --listen "127.0.0.1:$broker_port" --data-dir "$work/data" &
@@ -57,4 +59,4 @@ kill %2 2>/dev/null || true
 kill -TERM %1
 wait %1 || true
 echo "captured $(ls "$frames" | wc -l) distinct frames"
-(cd fuzz && cargo run --quiet --release --features seed-tool --bin seeds -- "$frames" corpus-seeds)
+(cd fuzz && cargo run --quiet --release --features seed-tool --bin seeds -- target/captured-frames corpus-seeds)

@@ -90,8 +90,7 @@ pub fn run(data: &[u8]) {
 /// What the handlers check without a broker, and the invariants of what they return.
 fn check_request(request: &DecodedRequest, config: &BrokerConfig) {
     assert!(
-        protocol::supported_range(request.key)
-            .is_some_and(|(min, max)| (min..=max).contains(&request.version)),
+        protocol::accepted(request.key, request.version),
         "decode_frame let through {:?} v{}",
         request.key,
         request.version

@@ -1,6 +1,8 @@
 //! Turns request frames captured from real clients (scripts/capture-fuzz-seeds.sh) into the
 //! seed corpora of every target:
-//! - `front_door/`: a few frames of each API and version seen, and one multi-frame stream;
+//! - `front_door/`: a few frames of each API and version seen; for every other version in
+//!   `SUPPORTED_APIS`, a captured request of that API re-encoded at that version; and one
+//!   multi-frame stream;
 //! - `batch/`, `batch_mutated/`: the record batches those clients produced, every codec;
 //! - `recovery/`: partition directories the engine wrote from those batches, packed in the
 //!   recovery target's input layout (clean, crashed, two segments, full recovery).
@@ -11,9 +13,12 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
+use bytes::BytesMut;
 use engine::batch::{self, BatchHeader};
 use engine::{AppendWait, LogConfig, Partition};
-use server::protocol::{self, Frame, RequestBody};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use server::protocol::{self, Frame, RequestBody, SUPPORTED_APIS};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -80,6 +85,35 @@ fn main() -> Result<()> {
             std::fs::write(front.join(format!("k{key:02}-v{version}-{i}")), frame)?;
         }
     }
+    // Every accepted version the clients did not use: a captured request of the same API,
+    // re-encoded at that version.
+    let mut reencoded = 0;
+    for &(key, min, max) in SUPPORTED_APIS {
+        let Some((_, kept)) = per_version.iter().find(|((k, _), _)| *k == key as i16) else {
+            continue;
+        };
+        for version in min..=max {
+            if per_version.contains_key(&(key as i16, version)) {
+                continue;
+            }
+            let frame = kept
+                .iter()
+                .find_map(|f| match protocol::decode_frame(f[4..].to_vec()) {
+                    Ok(Frame::Request(request)) => reencode(key, version, &request.body),
+                    _ => None,
+                })
+                // Fields the version cannot carry: an empty request of that API instead.
+                .or_else(|| reencode(key, version, &default_body(key)?));
+            if let Some(frame) = frame {
+                std::fs::write(
+                    front.join(format!("k{:02}-v{version}-reencoded", key as i16)),
+                    frame,
+                )?;
+                reencoded += 1;
+            }
+        }
+    }
+    println!("seeds: {reencoded} front door frames re-encoded at versions no client used");
     // One connection's opening: ApiVersions, Metadata, then a Produce.
     let stream: Vec<u8> = [18i16, 3, 0]
         .iter()
@@ -193,6 +227,7 @@ impl Packed {
 async fn write_log(dir: &Path, batches: &[Vec<u8>], interval: u64) -> Result<Packed> {
     let config = LogConfig {
         segment_bytes: 16 * 1024,
+        batch_bytes_max: 16 * 1024,
         index_interval_bytes: interval,
         ..LogConfig::default()
     };
@@ -241,4 +276,85 @@ async fn write_log(dir: &Path, batches: &[Vec<u8>], interval: u64) -> Result<Pac
         first_log: std::fs::read(first)?,
         second,
     })
+}
+
+/// A whole frame (length prefix included) of `body` at `version`, or `None` when the body
+/// holds fields that version cannot carry.
+fn reencode(key: ApiKey, version: i16, body: &RequestBody) -> Option<Vec<u8>> {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0; 4]);
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("seeds")))
+        .encode(&mut buf, key.request_header_version(version))
+        .ok()?;
+    macro_rules! encode_body {
+        ($($variant:ident),*) => {
+            match body {
+                $(RequestBody::$variant(b) => b.encode(&mut buf, version).ok()?,)*
+            }
+        };
+    }
+    encode_body!(
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DescribeConfigs,
+        FindCoordinator,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        OffsetCommit,
+        OffsetFetch,
+        ListGroups,
+        DescribeGroups,
+        InitProducerId
+    );
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    // Only frames the front door takes whole make useful seeds.
+    matches!(
+        protocol::decode_frame(buf[4..].to_vec()),
+        Ok(Frame::Request(_))
+    )
+    .then(|| buf.to_vec())
+}
+
+/// An empty request body of `key`'s type.
+fn default_body(key: ApiKey) -> Option<RequestBody> {
+    macro_rules! defaults {
+        ($($variant:ident),*) => {
+            match key {
+                $(ApiKey::$variant => Some(RequestBody::$variant(Box::default())),)*
+                _ => None,
+            }
+        };
+    }
+    defaults!(
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DescribeConfigs,
+        FindCoordinator,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        OffsetCommit,
+        OffsetFetch,
+        ListGroups,
+        DescribeGroups,
+        InitProducerId
+    )
 }

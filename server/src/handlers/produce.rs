@@ -1,4 +1,4 @@
-//! Produce (v3-8; v0-2 are advertised for librdkafka's sake and refused per partition).
+//! Produce (v3-8; v0-2 are advertised for librdkafka's sake and refused at the front door).
 //! Each partition's batch goes to the core that owns it; acks=1 answers once written,
 //! acks=all once durable under the flush policy, acks=0 not at all.
 
@@ -12,7 +12,7 @@ use kafka_protocol::messages::produce_response::{
 
 use super::{Request, str_bytes};
 use crate::fetch_response::Piece;
-use crate::protocol::{DecodeError, PRODUCE_VERSION_MIN_ACCEPTED, error_code};
+use crate::protocol::{DecodeError, error_code};
 use crate::shard::{PartitionError, Shard};
 
 struct Outcome {
@@ -38,7 +38,6 @@ pub async fn handle(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: ProduceRequest = request.decode("Produce request")?;
-    let version_ok = request.version >= PRODUCE_VERSION_MIN_ACCEPTED;
     let acks_ok = matches!(req.acks, -1..=1);
     let wait = if req.acks == -1 {
         AppendWait::Durable
@@ -50,9 +49,7 @@ pub async fn handle(
     for topic in &req.topic_data {
         let name = topic.name.0.to_string();
         for pd in &topic.partition_data {
-            let outcome = if !version_ok {
-                Err(Outcome::error(error_code::UNSUPPORTED_VERSION, None))
-            } else if !acks_ok {
+            let outcome = if !acks_ok {
                 Err(Outcome::error(error_code::INVALID_REQUIRED_ACKS, None))
             } else {
                 check_partition(shard, &name, pd.index, pd.records.as_deref())
