@@ -158,7 +158,7 @@ pub fn compute_crc(bytes: &[u8]) -> u32 {
 ///
 /// `bytes` must be exactly one batch. Checks, in order: size bounds, length field,
 /// magic, CRC-32C, attributes, header fields against each other, and, for uncompressed
-/// batches, that the records frame exactly the body.
+/// batches, that the records frame exactly the body with offset deltas 0, 1, 2...
 pub fn validate(bytes: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
     if bytes.len() > batch_bytes_max {
         return Err(BatchError::TooLarge {
@@ -219,7 +219,8 @@ fn validate_fields(header: &BatchHeader) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// Checks that `count` length-prefixed records tile the body exactly.
+/// Checks that `count` length-prefixed records tile the body exactly, each carrying its
+/// index as its offset delta.
 fn validate_record_framing(bytes: &[u8], count: i32) -> Result<(), BatchError> {
     let body = &bytes[BATCH_HEADER_BYTES..];
     // A count the body cannot possibly hold is refused before any loop runs over it.
@@ -246,6 +247,14 @@ fn validate_record_framing(bytes: &[u8], count: i32) -> Result<(), BatchError> {
                 reason: "record length out of bounds",
             });
         }
+        // Consumers read a record's offset as baseOffset + offsetDelta, and the timestamp
+        // search answers with it: it must be the record's place in the batch.
+        if record_offset_delta(&body[at..at + len]) != Some(i64::from(index)) {
+            return Err(BatchError::MalformedRecord {
+                index,
+                reason: "record offset delta is not its index in the batch",
+            });
+        }
         at += len;
     }
     if at != body.len() {
@@ -255,6 +264,14 @@ fn validate_record_framing(bytes: &[u8], count: i32) -> Result<(), BatchError> {
         });
     }
     Ok(())
+}
+
+/// The offset delta of one record (after its length): attributes (1 byte), timestampDelta
+/// varlong, then offsetDelta varint.
+fn record_offset_delta(record: &[u8]) -> Option<i64> {
+    let (_, ts_used) = read_varlong(record.get(1..)?)?;
+    let (offset_delta, _) = read_varint(record.get(1 + ts_used..)?)?;
+    Some(offset_delta)
 }
 
 /// Decodes a zigzag varint (i32 range), returning the value and the bytes used.
@@ -307,6 +324,10 @@ pub fn first_record_at_or_after(bytes: &[u8], target: i64) -> Option<(i64, i64)>
         // attributes (1 byte), then timestampDelta varlong, then offsetDelta varint.
         let (ts_delta, ts_used) = read_varlong(record.get(1..)?)?;
         let (offset_delta, _) = read_varint(record.get(1 + ts_used..)?)?;
+        if !(0..=i64::from(header.last_offset_delta)).contains(&offset_delta) {
+            // Never an offset outside the batch (validation refuses such records).
+            return None;
+        }
         let timestamp = header.base_timestamp.saturating_add(ts_delta);
         if timestamp >= target {
             return Some((header.base_offset.saturating_add(offset_delta), timestamp));
@@ -502,6 +523,39 @@ mod tests {
         assert!(matches!(
             validate(&b, 1 << 20),
             Err(BatchError::MalformedRecord { .. })
+        ));
+    }
+
+    /// Found by the `batch_mutated` fuzz target (fuzz/regressions/batch_mutated/): a
+    /// CRC-valid batch whose first record claims offset delta 29 in a two-record batch.
+    /// It was accepted, and ListOffsets by timestamp then answered offset base + 29.
+    #[test]
+    fn given_record_offset_delta_outside_the_batch_when_validated_should_refuse() {
+        let mut b = build_batch(&[b"[", b""], 1_700_000_000_000);
+        // Byte 64: the first record's offsetDelta (after length, attributes, ts delta).
+        assert_eq!(b[64], 0);
+        b[64] ^= 0x3a; // zigzag 29
+        refix_crc(&mut b);
+        assert_eq!(
+            validate(&b, 1 << 20),
+            Err(BatchError::MalformedRecord {
+                index: 0,
+                reason: "record offset delta is not its index in the batch",
+            })
+        );
+        // The search, which also runs on batches recovery trusted, never answers outside.
+        set_base_offset(&mut b, 100);
+        assert_eq!(first_record_at_or_after(&b, i64::MIN), None);
+
+        // Swapped deltas (1, 0) are refused too, at the first record.
+        let mut swapped = build_batch(&[b"a", b"b"], 0);
+        let second = BATCH_HEADER_BYTES + 1 + usize::from(swapped[BATCH_HEADER_BYTES]) / 2;
+        swapped[64] = 2; // zigzag 1
+        swapped[second + 3] = 0; // zigzag 0
+        refix_crc(&mut swapped);
+        assert!(matches!(
+            validate(&swapped, 1 << 20),
+            Err(BatchError::MalformedRecord { index: 0, .. })
         ));
     }
 

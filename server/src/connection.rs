@@ -14,18 +14,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncReadAtExt, AsyncReadExt, AsyncWrite};
 use compio::net::TcpStream;
-use kafka_protocol::messages::ApiKey;
 
 use crate::fetch_response::Piece;
 use crate::handlers;
 use crate::limits::{ConnectionSlot, MemoryPermit, RequestMemory};
 use crate::metrics::CloseKind;
-use crate::protocol::{self, REQUEST_PREFIX_BYTES, RequestPrefix};
+use crate::protocol::{self, Frame, FrameError};
 use crate::shard::Shard;
 
 /// Bytes moved per splice step; also the copy-path chunk.
@@ -34,16 +32,12 @@ const SEND_CHUNK_BYTES: usize = 1024 * 1024;
 /// Why a connection was closed by the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseReason {
-    #[error("frame length {0} out of bounds")]
-    FrameLength(i64),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     #[error("idle for {0:?}")]
     Idle(Duration),
     #[error("response write made no progress for {0:?} (client not reading)")]
     SendTimeout(Duration),
-    #[error("unknown api key {0}")]
-    UnknownApi(i16),
-    #[error("unsupported version {version} of {key:?}")]
-    UnsupportedVersion { key: ApiKey, version: i16 },
     #[error(transparent)]
     Decode(#[from] protocol::DecodeError),
     #[error("i/o: {0}")]
@@ -53,12 +47,10 @@ pub enum CloseReason {
 impl CloseReason {
     fn kind(&self) -> CloseKind {
         match self {
-            CloseReason::FrameLength(_) => CloseKind::FrameTooLarge,
+            CloseReason::Frame(FrameError::FrameLength(_)) => CloseKind::FrameTooLarge,
             CloseReason::Idle(_) => CloseKind::Idle,
             CloseReason::SendTimeout(_) => CloseKind::SendTimeout,
-            CloseReason::UnknownApi(_)
-            | CloseReason::UnsupportedVersion { .. }
-            | CloseReason::Decode(_) => CloseKind::BadRequest,
+            CloseReason::Frame(_) | CloseReason::Decode(_) => CloseKind::BadRequest,
             CloseReason::Io(_) => CloseKind::Io,
         }
     }
@@ -137,7 +129,7 @@ async fn serve_requests(
         let started = Instant::now();
         let api_key = match frame.get(..2) {
             Some(&[a, b]) => i16::from_be_bytes([a, b]),
-            _ => return Err(CloseReason::FrameLength(frame.len() as i64)),
+            _ => return Err(FrameError::FrameLength(frame.len() as i64).into()),
         };
         let response = handle_frame(shard, frame, peer).await?;
         // The request's bytes are gone once its response is built; the response holds
@@ -149,10 +141,6 @@ async fn serve_requests(
         metrics.observe_request(api_key, started.elapsed());
     }
 }
-
-/// Largest frame of any request but Produce: metadata, fetch and admin requests are small,
-/// and their decoded form is tens of times their wire size.
-pub const NON_PRODUCE_REQUEST_BYTES_MAX: usize = 1024 * 1024;
 
 /// Frames up to this size do not wait for the request memory budget.
 pub const REQUEST_BUDGET_EXEMPT_BYTES_MAX: usize = 64 * 1024;
@@ -189,17 +177,15 @@ impl FrameReader {
         loop {
             let have = &self.buf[self.start..];
             if let Some(prefix) = have.get(..4) {
-                let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as i64;
-                if len < REQUEST_PREFIX_BYTES as i64 || len > max as i64 {
-                    return Err(CloseReason::FrameLength(len));
-                }
-                let len = len as usize;
+                let len = protocol::check_frame_length(
+                    i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]),
+                    max,
+                )?;
                 if let Some(key) = have.get(4..6) {
-                    if i16::from_be_bytes([key[0], key[1]]) != ApiKey::Produce as i16
-                        && len > NON_PRODUCE_REQUEST_BYTES_MAX
-                    {
-                        return Err(CloseReason::FrameLength(len as i64));
-                    }
+                    protocol::check_frame_length_for_api(
+                        len,
+                        i16::from_be_bytes([key[0], key[1]]),
+                    )?;
                     if have.len() >= 4 + len {
                         // Whole frame buffered: it is under READ_AHEAD_BYTES, so exempt
                         // from the budget.
@@ -271,44 +257,26 @@ async fn handle_frame(
     frame: Vec<u8>,
     peer: std::net::SocketAddr,
 ) -> Result<Option<Vec<Piece>>, CloseReason> {
-    let prefix =
-        RequestPrefix::parse(&frame).ok_or(CloseReason::FrameLength(frame.len() as i64))?;
-    let key =
-        ApiKey::try_from(prefix.api_key).map_err(|_| CloseReason::UnknownApi(prefix.api_key))?;
-    let supported = protocol::supported_range(key);
-    let in_range = supported.is_some_and(|(min, max)| (min..=max).contains(&prefix.api_version));
-    if !in_range {
-        if key == ApiKey::ApiVersions {
-            // Kafka answers an ApiVersions it cannot parse with v0 and the list, so the
-            // client can pick a version both sides speak.
+    let request = match protocol::decode_frame(frame)? {
+        Frame::ApiVersionsUnsupported { correlation_id } => {
             return Ok(Some(vec![Piece::Bytes(
-                handlers::api_versions::unsupported(prefix.correlation_id)?,
+                handlers::api_versions::unsupported(correlation_id)?,
             )]));
         }
-        return Err(CloseReason::UnsupportedVersion {
-            key,
-            version: prefix.api_version,
-        });
-    }
-    let (header, body) = protocol::decode_header(key, prefix.api_version, Bytes::from(frame))?;
-    // Array counts are checked against the bytes present before the codec trusts them.
-    crate::request_bounds::check(key, prefix.api_version, &body).map_err(|reason| {
-        protocol::DecodeError::Malformed {
-            what: "request body",
-            reason: reason.to_owned(),
-        }
-    })?;
+        Frame::Request(r) => r,
+    };
     let request = handlers::Request {
-        key,
-        version: prefix.api_version,
-        correlation_id: header.correlation_id,
-        client_id: header
+        key: request.key,
+        version: request.version,
+        correlation_id: request.header.correlation_id,
+        client_id: request
+            .header
             .client_id
             .as_ref()
             .map(|c| c.to_string())
             .unwrap_or_default(),
         client_host: format!("/{}", peer.ip()),
-        body,
+        body: Some(request.body),
     };
     Ok(handlers::handle(shard, request).await?)
 }

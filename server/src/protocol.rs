@@ -44,8 +44,9 @@ pub mod error_code {
 
 /// The APIs we advertise, with version ranges (BRIEF §3). Only what works is listed.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    // v0-2 are advertised so that librdkafka enables compression (librdkafka#4956), and
-    // answered with UNSUPPORTED_VERSION.
+    // v0-2 are advertised so that librdkafka enables compression (librdkafka#4956), but
+    // not accepted (`PRODUCE_VERSION_MIN_ACCEPTED`): the codec cannot decode them, so such
+    // a request closes its connection, as any unsupported version does.
     (ApiKey::Produce, 0, 8),
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 5),
@@ -67,8 +68,16 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 1),
 ];
 
-/// The lowest Produce version we accept (record batch v2 needs 3).
+/// The lowest Produce version we accept (record batch v2 needs 3; the `kafka-protocol`
+/// crate decodes nothing older).
 pub const PRODUCE_VERSION_MIN_ACCEPTED: i16 = 3;
+
+/// Whether requests of `key` at `version` are taken: advertised, and not one of the
+/// Produce versions advertised only for librdkafka's sake.
+pub fn accepted(key: ApiKey, version: i16) -> bool {
+    supported_range(key).is_some_and(|(min, max)| (min..=max).contains(&version))
+        && !(key == ApiKey::Produce && version < PRODUCE_VERSION_MIN_ACCEPTED)
+}
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED_APIS
@@ -105,23 +114,102 @@ pub enum DecodeError {
     Malformed { what: &'static str, reason: String },
 }
 
-/// Decodes the request header of `frame`, leaving `body` positioned at the request body.
-pub fn decode_header(
-    key: ApiKey,
-    version: i16,
-    frame: Bytes,
-) -> Result<(RequestHeader, Bytes), DecodeError> {
-    let mut buf = frame;
-    let header_version = key.request_header_version(version);
-    let header =
-        RequestHeader::decode(&mut buf, header_version).map_err(|e| DecodeError::Malformed {
-            what: "request header",
-            reason: e.to_string(),
-        })?;
-    Ok((header, buf))
+/// Largest frame of any request but Produce: metadata, fetch and admin requests are small,
+/// and their decoded form is tens of times their wire size.
+pub const NON_PRODUCE_REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
+/// Why the front door refused a frame. Each closes that connection and nothing else.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame length {0} out of bounds")]
+    FrameLength(i64),
+    #[error("unknown api key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported version {version} of {key:?}")]
+    UnsupportedVersion { key: ApiKey, version: i16 },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
 }
 
-pub fn decode_body<T: Decodable>(
+/// Checks a frame's length prefix against `max` (`socket.request.max.bytes`) before
+/// anything is read or allocated; returns the frame length.
+pub fn check_frame_length(len: i32, max: usize) -> Result<usize, FrameError> {
+    let len = i64::from(len);
+    if len < REQUEST_PREFIX_BYTES as i64 || len > max as i64 {
+        return Err(FrameError::FrameLength(len));
+    }
+    Ok(len as usize)
+}
+
+/// Once the API key (the frame's first two bytes) is read: only Produce may use more than
+/// [`NON_PRODUCE_REQUEST_BYTES_MAX`].
+pub fn check_frame_length_for_api(len: usize, api_key: i16) -> Result<(), FrameError> {
+    if api_key != ApiKey::Produce as i16 && len > NON_PRODUCE_REQUEST_BYTES_MAX {
+        return Err(FrameError::FrameLength(len as i64));
+    }
+    Ok(())
+}
+
+/// A request whose API, version, header and body all decoded.
+#[derive(Debug)]
+pub struct DecodedRequest {
+    pub key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: RequestBody,
+}
+
+/// What the front door makes of one frame, before any handler runs.
+#[derive(Debug)]
+pub enum Frame {
+    Request(DecodedRequest),
+    /// An ApiVersions request of a version we do not speak: Kafka answers it with v0 and
+    /// the list, so the client can pick a version both sides speak.
+    ApiVersionsUnsupported {
+        correlation_id: i32,
+    },
+}
+
+/// Decodes one request frame (the bytes after the length prefix): API key and version
+/// against [`SUPPORTED_APIS`], the request header, the array counts against the bytes
+/// present (`request_bounds`), then the whole body. Pure: the connection and the fuzz
+/// target call exactly this.
+pub fn decode_frame(frame: Vec<u8>) -> Result<Frame, FrameError> {
+    let prefix = RequestPrefix::parse(&frame).ok_or(FrameError::FrameLength(frame.len() as i64))?;
+    let key =
+        ApiKey::try_from(prefix.api_key).map_err(|_| FrameError::UnknownApi(prefix.api_key))?;
+    let version = prefix.api_version;
+    if !accepted(key, version) {
+        if key == ApiKey::ApiVersions {
+            return Ok(Frame::ApiVersionsUnsupported {
+                correlation_id: prefix.correlation_id,
+            });
+        }
+        return Err(FrameError::UnsupportedVersion { key, version });
+    }
+    let mut buf = Bytes::from(frame);
+    let header =
+        RequestHeader::decode(&mut buf, key.request_header_version(version)).map_err(|e| {
+            DecodeError::Malformed {
+                what: "request header",
+                reason: e.to_string(),
+            }
+        })?;
+    // Array counts are checked against the bytes present before the codec trusts them.
+    crate::request_bounds::check(key, version, &buf).map_err(|reason| DecodeError::Malformed {
+        what: "request body",
+        reason: reason.to_owned(),
+    })?;
+    let body = RequestBody::decode(key, version, &mut buf)?;
+    Ok(Frame::Request(DecodedRequest {
+        key,
+        version,
+        header,
+        body,
+    }))
+}
+
+fn decode_body<T: Decodable>(
     body: &mut Bytes,
     version: i16,
     what: &'static str,
@@ -130,6 +218,67 @@ pub fn decode_body<T: Decodable>(
         what,
         reason: e.to_string(),
     })
+}
+
+/// A request body type that [`RequestBody`] carries; handlers take theirs out by type.
+pub trait FromBody: Sized {
+    fn from_body(body: RequestBody) -> Option<Self>;
+}
+
+macro_rules! request_bodies {
+    ($($key:ident => $ty:ident,)*) => {
+        /// A decoded request body, one variant per API in [`SUPPORTED_APIS`].
+        #[derive(Debug)]
+        pub enum RequestBody {
+            $($key(Box<kafka_protocol::messages::$ty>),)*
+        }
+
+        impl RequestBody {
+            fn decode(key: ApiKey, version: i16, body: &mut Bytes) -> Result<Self, DecodeError> {
+                match key {
+                    $(ApiKey::$key => Ok(Self::$key(Box::new(decode_body(
+                        body,
+                        version,
+                        concat!(stringify!($key), " request"),
+                    )?))),)*
+                    other => Err(DecodeError::Malformed {
+                        what: "request",
+                        reason: format!("{other:?} is not served"),
+                    }),
+                }
+            }
+        }
+
+        $(impl FromBody for kafka_protocol::messages::$ty {
+            fn from_body(body: RequestBody) -> Option<Self> {
+                match body {
+                    RequestBody::$key(b) => Some(*b),
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+
+request_bodies! {
+    Produce => ProduceRequest,
+    Fetch => FetchRequest,
+    ListOffsets => ListOffsetsRequest,
+    Metadata => MetadataRequest,
+    ApiVersions => ApiVersionsRequest,
+    CreateTopics => CreateTopicsRequest,
+    DeleteTopics => DeleteTopicsRequest,
+    DescribeConfigs => DescribeConfigsRequest,
+    FindCoordinator => FindCoordinatorRequest,
+    JoinGroup => JoinGroupRequest,
+    SyncGroup => SyncGroupRequest,
+    Heartbeat => HeartbeatRequest,
+    LeaveGroup => LeaveGroupRequest,
+    OffsetCommit => OffsetCommitRequest,
+    OffsetFetch => OffsetFetchRequest,
+    ListGroups => ListGroupsRequest,
+    DescribeGroups => DescribeGroupsRequest,
+    InitProducerId => InitProducerIdRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.
@@ -165,4 +314,92 @@ pub fn encode_response_header(
             what: "response header",
             reason: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&key.to_be_bytes());
+        f.extend_from_slice(&version.to_be_bytes());
+        f.extend_from_slice(&7i32.to_be_bytes());
+        f.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// Every request frame captured from librdkafka, kcat and kafka-python (and those
+    /// re-encoded at the versions they did not use) for the fuzz seeds is taken whole.
+    #[test]
+    fn captured_client_frames_decode() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus-seeds/front_door"
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let mut rest = &bytes[..];
+            while let Some(len) = rest.first_chunk::<4>() {
+                let len = check_frame_length(i32::from_be_bytes(*len), 1 << 20).unwrap();
+                let f = rest[4..4 + len].to_vec();
+                rest = &rest[4 + len..];
+                match decode_frame(f) {
+                    Ok(Frame::Request(r)) => {
+                        seen.insert((r.key as i16, r.version));
+                    }
+                    Ok(Frame::ApiVersionsUnsupported { .. }) => {}
+                    Err(e) => panic!("{}: {e}", path.display()),
+                }
+            }
+        }
+        for &(key, min, max) in SUPPORTED_APIS {
+            for version in min..=max {
+                if accepted(key, version) {
+                    assert!(
+                        seen.contains(&(key as i16, version)),
+                        "no seed for {key:?} v{version}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Produce v0-2 are advertised (librdkafka's compression gates) but the codec cannot
+    /// decode them: they were let through to fail in the codec, while the handler claimed
+    /// to refuse them per partition. Now the front door names them unsupported.
+    #[test]
+    fn advertised_only_produce_versions_are_unsupported() {
+        for version in 0..PRODUCE_VERSION_MIN_ACCEPTED {
+            let body = [0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+            assert!(matches!(
+                decode_frame(frame(0, version, &body)),
+                Err(FrameError::UnsupportedVersion { key: ApiKey::Produce, version: v }) if v == version
+            ));
+        }
+        // v3: null transactional id, acks 1, timeout 0, no topics.
+        let v3 = [0xff, 0xff, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            decode_frame(frame(0, 3, &v3)),
+            Ok(Frame::Request(DecodedRequest {
+                key: ApiKey::Produce,
+                version: 3,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn frame_lengths_are_checked_before_any_read() {
+        assert!(check_frame_length(-1, 1 << 20).is_err());
+        assert!(check_frame_length(7, 1 << 20).is_err());
+        assert_eq!(check_frame_length(8, 1 << 20).unwrap(), 8);
+        assert!(check_frame_length((1 << 20) + 1, 1 << 20).is_err());
+        assert!(check_frame_length_for_api(NON_PRODUCE_REQUEST_BYTES_MAX + 1, 0).is_ok());
+        assert!(check_frame_length_for_api(NON_PRODUCE_REQUEST_BYTES_MAX + 1, 3).is_err());
+        assert!(check_frame_length_for_api(NON_PRODUCE_REQUEST_BYTES_MAX, 3).is_ok());
+    }
 }

@@ -9,6 +9,12 @@
 
 use kafka_protocol::messages::ApiKey;
 
+/// Array elements one request may hold, all arrays together. Counts checked against the
+/// bytes present still let a 100 MiB Produce frame of 6-byte empty topics decode into a
+/// 1.7 GB `Vec` (16 bytes decoded per byte on the wire); this caps what any request decodes
+/// into at tens of MB. Real requests name at most a few thousand partitions.
+pub const REQUEST_ARRAY_ELEMENTS_MAX: usize = 200_000;
+
 /// One field of a request layout, with the first version that carries it.
 #[derive(Clone, Copy)]
 enum F {
@@ -167,6 +173,8 @@ fn min_bytes(layout: &[(i16, F)], version: i16) -> usize {
 struct Walker<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Array elements counted so far.
+    elements: usize,
 }
 
 impl Walker<'_> {
@@ -206,6 +214,10 @@ impl Walker<'_> {
         let n = n as usize;
         if n.saturating_mul(element_min) > self.remaining() {
             return Err("array count exceeds the bytes present");
+        }
+        self.elements += n;
+        if self.elements > REQUEST_ARRAY_ELEMENTS_MAX {
+            return Err("too many array elements in one request");
         }
         Ok(n)
     }
@@ -258,7 +270,12 @@ impl Walker<'_> {
 /// APIs without arrays in their non-flexible bodies pass through.
 pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'static str> {
     match layout(key, version) {
-        Some(layout) => Walker { bytes: body, at: 0 }.walk(layout, version),
+        Some(layout) => Walker {
+            bytes: body,
+            at: 0,
+            elements: 0,
+        }
+        .walk(layout, version),
         None => Ok(()),
     }
 }
@@ -312,10 +329,56 @@ mod tests {
         let mut produce = vec![0xff, 0xff, 0, 1, 0, 0, 0, 0];
         produce.extend_from_slice(&0x4000_0000i32.to_be_bytes());
         assert!(check(ApiKey::Produce, 3, &produce).is_err());
+        // Metadata: more topics than one request may name, each an empty name.
+        let n = REQUEST_ARRAY_ELEMENTS_MAX + 1;
+        let mut metadata = (n as i32).to_be_bytes().to_vec();
+        metadata.resize(4 + 2 * n, 0);
+        assert_eq!(
+            check(ApiKey::Metadata, 1, &metadata),
+            Err("too many array elements in one request")
+        );
         // DeleteTopics: negative count.
         assert_eq!(
             check(ApiKey::DeleteTopics, 1, &(-7i32).to_be_bytes()),
             Err("negative array count")
+        );
+    }
+
+    /// Produce frames may be 100 MiB (`socket.request.max.bytes`). Found by measuring the
+    /// fuzz harness's allocations (`FUZZ_REPORT_ALLOC=1`): an 8 MiB Produce v3 of 6-byte
+    /// empty topics decoded into one 134 MB allocation; at 100 MiB, 1.7 GB per request.
+    #[test]
+    fn produce_frames_of_empty_topics_are_refused_past_the_element_cap() {
+        let produce = |topics: usize| {
+            let mut b = vec![0xff, 0xff, 0, 1, 0, 0, 0, 0];
+            b.extend_from_slice(&(topics as i32).to_be_bytes());
+            for _ in 0..topics {
+                b.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // empty name, no partitions
+            }
+            b
+        };
+        assert_eq!(
+            check(ApiKey::Produce, 3, &produce(REQUEST_ARRAY_ELEMENTS_MAX)),
+            Ok(())
+        );
+        assert_eq!(
+            check(ApiKey::Produce, 3, &produce(REQUEST_ARRAY_ELEMENTS_MAX + 1)),
+            Err("too many array elements in one request")
+        );
+        // Topics and partitions count together: 1,000 topics of 200 partitions each.
+        let mut b = vec![0xff, 0xff, 0, 1, 0, 0, 0, 0];
+        b.extend_from_slice(&1000i32.to_be_bytes());
+        for _ in 0..1000 {
+            b.extend_from_slice(&[0, 1, b't']);
+            b.extend_from_slice(&200i32.to_be_bytes());
+            for p in 0..200i32 {
+                b.extend_from_slice(&p.to_be_bytes());
+                b.extend_from_slice(&(-1i32).to_be_bytes()); // null records
+            }
+        }
+        assert_eq!(
+            check(ApiKey::Produce, 3, &b),
+            Err("too many array elements in one request")
         );
     }
 }

@@ -212,7 +212,8 @@ fn entry_for(meta: TopicMeta) -> TopicEntry {
     TopicEntry { meta, data_events }
 }
 
-fn validate(meta: &TopicMeta) -> Result<(), TopicError> {
+/// The registry's checks on a new topic: name, partition count, configs.
+pub fn validate(meta: &TopicMeta) -> Result<(), TopicError> {
     engine::data_dir::validate_topic_name(&meta.name)
         .map_err(|e| TopicError::InvalidName(e.to_string()))?;
     if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&meta.partitions) {

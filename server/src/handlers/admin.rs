@@ -61,39 +61,8 @@ async fn create_one(
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
 ) -> Result<TopicMeta, (i16, String)> {
-    let name = topic.name.0.to_string();
-    if !matches!(topic.replication_factor, -1 | 1) {
-        return Err((
-            error_code::INVALID_REPLICATION_FACTOR,
-            format!(
-                "replication factor {} is not available on a single broker",
-                topic.replication_factor
-            ),
-        ));
-    }
-    if !topic.assignments.is_empty() {
-        return Err((
-            error_code::INVALID_REPLICA_ASSIGNMENT,
-            "manual replica assignment is not supported".into(),
-        ));
-    }
-    let partitions = if topic.num_partitions == -1 {
-        shard.config().num_partitions
-    } else {
-        topic.num_partitions
-    };
-    let mut configs = BTreeMap::new();
-    for c in &topic.configs {
-        let key = c.name.to_string();
-        let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
-        check_config(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
-        configs.insert(key, value);
-    }
-    let meta = TopicMeta {
-        name: name.clone(),
-        partitions,
-        configs,
-    };
+    let meta = requested_topic(topic, shard.config().num_partitions)?;
+    let name = meta.name.clone();
     if validate_only {
         if shard.shared.registry.get(&name).is_some() {
             return Err((
@@ -119,6 +88,47 @@ async fn create_one(
         .map_err(|e| (error_code::UNKNOWN_SERVER_ERROR, e))?;
     tracing::info!(topic = %meta.name, partitions = meta.partitions, "created topic");
     Ok(meta)
+}
+
+/// The topic a CreateTopics entry asks for, checked as far as no broker state is needed:
+/// replication factor, no manual assignment, each config; `default_partitions` stands for
+/// `num_partitions = -1`. The registry checks the name and the partition count.
+pub fn requested_topic(
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+    default_partitions: i32,
+) -> Result<TopicMeta, (i16, String)> {
+    if !matches!(topic.replication_factor, -1 | 1) {
+        return Err((
+            error_code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {} is not available on a single broker",
+                topic.replication_factor
+            ),
+        ));
+    }
+    if !topic.assignments.is_empty() {
+        return Err((
+            error_code::INVALID_REPLICA_ASSIGNMENT,
+            "manual replica assignment is not supported".into(),
+        ));
+    }
+    let partitions = if topic.num_partitions == -1 {
+        default_partitions
+    } else {
+        topic.num_partitions
+    };
+    let mut configs = BTreeMap::new();
+    for c in &topic.configs {
+        let key = c.name.to_string();
+        let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        check_config(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
+        configs.insert(key, value);
+    }
+    Ok(TopicMeta {
+        name: topic.name.0.to_string(),
+        partitions,
+        configs,
+    })
 }
 
 pub async fn delete_topics(

@@ -3,12 +3,11 @@
 
 use std::rc::Rc;
 
-use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::fetch_response::Piece;
-use crate::protocol::{self, DecodeError};
+use crate::protocol::{self, DecodeError, FromBody, RequestBody};
 use crate::shard::Shard;
 
 pub mod admin;
@@ -25,15 +24,20 @@ pub struct Request {
     pub correlation_id: i32,
     pub client_id: String,
     pub client_host: String,
-    pub body: Bytes,
+    /// Decoded by `protocol::decode_frame` before dispatch; the handler takes it once.
+    pub body: Option<RequestBody>,
 }
 
 impl Request {
-    pub fn decode<T: kafka_protocol::protocol::Decodable>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<T, DecodeError> {
-        protocol::decode_body(&mut self.body, self.version, what)
+    /// The request body, decoded by `protocol::decode_frame` at the front door.
+    pub fn decode<T: FromBody>(&mut self, what: &'static str) -> Result<T, DecodeError> {
+        self.body
+            .take()
+            .and_then(T::from_body)
+            .ok_or_else(|| DecodeError::Malformed {
+                what,
+                reason: "the decoded body is of another API".to_owned(),
+            })
     }
 
     pub fn respond<T: kafka_protocol::protocol::Encodable>(

@@ -1,4 +1,4 @@
-//! Produce (v3-8; v0-2 are advertised for librdkafka's sake and refused per partition).
+//! Produce (v3-8; v0-2 are advertised for librdkafka's sake and refused at the front door).
 //! Each partition's batch goes to the core that owns it; acks=1 answers once written,
 //! acks=all once durable under the flush policy, acks=0 not at all.
 
@@ -12,7 +12,7 @@ use kafka_protocol::messages::produce_response::{
 
 use super::{Request, str_bytes};
 use crate::fetch_response::Piece;
-use crate::protocol::{DecodeError, PRODUCE_VERSION_MIN_ACCEPTED, error_code};
+use crate::protocol::{DecodeError, error_code};
 use crate::shard::{PartitionError, Shard};
 
 struct Outcome {
@@ -38,7 +38,6 @@ pub async fn handle(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: ProduceRequest = request.decode("Produce request")?;
-    let version_ok = request.version >= PRODUCE_VERSION_MIN_ACCEPTED;
     let acks_ok = matches!(req.acks, -1..=1);
     let wait = if req.acks == -1 {
         AppendWait::Durable
@@ -50,9 +49,7 @@ pub async fn handle(
     for topic in &req.topic_data {
         let name = topic.name.0.to_string();
         for pd in &topic.partition_data {
-            let outcome = if !version_ok {
-                Err(Outcome::error(error_code::UNSUPPORTED_VERSION, None))
-            } else if !acks_ok {
+            let outcome = if !acks_ok {
                 Err(Outcome::error(error_code::INVALID_REQUIRED_ACKS, None))
             } else {
                 check_partition(shard, &name, pd.index, pd.records.as_deref())
@@ -136,29 +133,50 @@ fn check_partition(
     }
     let tp = TopicPartition::new(topic, partition)
         .map_err(|e| Outcome::error(error_code::INVALID_TOPIC_EXCEPTION, Some(e.to_string())))?;
-    let records = records.unwrap_or_default();
-    let max = shard.config().message_max_bytes;
-    if records.len() > max {
+    check_records(
+        records.unwrap_or_default(),
+        shard.config().message_max_bytes,
+    )
+    .map_err(|r| Outcome::error(r.code, Some(r.message)))?;
+    Ok(tp)
+}
+
+/// Why one partition's records were refused before they reached the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: i16,
+    pub message: String,
+}
+
+/// The checks on one partition's records that need no broker state: at most
+/// `message_max_bytes`, exactly one batch, neither control nor transactional. The engine
+/// validates the batch itself (`engine::batch::validate`) when it appends.
+pub fn check_records(records: &[u8], message_max_bytes: usize) -> Result<(), Refused> {
+    if records.len() > message_max_bytes {
         let e = PartitionError::MessageTooLarge(format!(
-            "batch of {} bytes exceeds message.max.bytes {max}",
+            "batch of {} bytes exceeds message.max.bytes {message_max_bytes}",
             records.len()
         ));
-        return Err(Outcome::error(e.code(), Some(e.to_string())));
+        return Err(Refused {
+            code: e.code(),
+            message: e.to_string(),
+        });
     }
     if let Ok(header) = engine::BatchHeader::parse(records) {
         if header.declared_total_bytes() < records.len() as i64 {
-            return Err(Outcome::error(
-                error_code::INVALID_RECORD,
-                Some("produce requests must carry exactly one record batch per partition".into()),
-            ));
+            return Err(Refused {
+                code: error_code::INVALID_RECORD,
+                message: "produce requests must carry exactly one record batch per partition"
+                    .into(),
+            });
         }
         if header.is_control() || header.is_transactional() {
             // Control records are the broker's to write; transactions are not supported.
-            return Err(Outcome::error(
-                error_code::INVALID_RECORD,
-                Some("control and transactional batches are not accepted".into()),
-            ));
+            return Err(Refused {
+                code: error_code::INVALID_RECORD,
+                message: "control and transactional batches are not accepted".into(),
+            });
         }
     }
-    Ok(tp)
+    Ok(())
 }
