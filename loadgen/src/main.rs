@@ -465,7 +465,7 @@ fn paper(
             unreachable.push(Unreachable {
                 target: t.name().to_string(),
                 address: t.address(),
-                error: format!("{e:#}"),
+                error: format!("nothing answered ({e:#})"),
                 how_to_start: t.how_to_start().to_string(),
             });
             continue;

@@ -163,7 +163,7 @@ pub fn markdown(report: &Report) -> String {
     for u in &report.unreachable {
         let _ = writeln!(
             s,
-            "\n**{} not measured**: nothing answered at {} ({}). Start it with `{}`.",
+            "\n**{} not measured** at {}: {}. To start it: `{}`.",
             u.target, u.address, u.error, u.how_to_start
         );
     }
