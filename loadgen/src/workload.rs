@@ -254,6 +254,75 @@ impl Progress {
     }
 }
 
+fn open_producer(
+    target: &dyn Target,
+    dest: &Dest,
+    k: &Knobs,
+    id: u32,
+) -> anyhow::Result<Box<dyn crate::target::Producer>> {
+    let spec = ProducerSpec {
+        id,
+        mode: k.mode,
+        batch: k.batch,
+        linger_ms: k.linger_ms,
+    };
+    target.producer(dest, spec)
+}
+
+/// Consumer `id` of `k.consumers`, on its share of the partitions or queues.
+fn open_consumer(
+    target: &dyn Target,
+    dest: &Dest,
+    k: &Knobs,
+    id: u32,
+) -> anyhow::Result<Box<dyn crate::target::Consumer>> {
+    let spec = ConsumerSpec {
+        id,
+        mode: k.mode,
+        partitions: partitions_of(id, k.consumers, dest.partitions),
+        prefetch: k.prefetch,
+    };
+    target.consumer(dest, spec)
+}
+
+/// Joins worker threads in order: each one's result (`None` where it failed) and the first
+/// error.
+fn join_all<T>(
+    handles: Vec<thread::JoinHandle<anyhow::Result<T>>>,
+    what: &str,
+) -> (Vec<Option<T>>, Option<anyhow::Error>) {
+    let mut first_error = None;
+    let results = handles
+        .into_iter()
+        .map(|h| match h.join() {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+                None
+            }
+            Err(_) => {
+                first_error.get_or_insert(anyhow::anyhow!("a {what} thread panicked"));
+                None
+            }
+        })
+        .collect();
+    (results, first_error)
+}
+
+/// Joins producer threads: what each sent (0 where it failed), what the broker
+/// acknowledged in all, and the first error.
+fn join_producers(
+    handles: Vec<thread::JoinHandle<anyhow::Result<(u64, u64)>>>,
+) -> (Vec<u64>, u64, Option<anyhow::Error>) {
+    let (results, first_error) = join_all(handles, "producer");
+    let per_producer = results
+        .iter()
+        .map(|r| r.map_or(0, |(sent, _)| sent))
+        .collect();
+    let acknowledged = results.iter().flatten().map(|(_, acked)| acked).sum();
+    (per_producer, acknowledged, first_error)
+}
+
 fn share(total: u64, parts: u32, i: u32) -> u64 {
     let parts = u64::from(parts.max(1));
     total / parts + u64::from(u64::from(i) < total % parts)
@@ -318,15 +387,7 @@ pub fn produce(
     let go = Arc::new(Barrier::new(k.producers as usize + 1));
     let mut handles = Vec::new();
     for id in 0..k.producers {
-        let mut producer = target.producer(
-            dest,
-            ProducerSpec {
-                id,
-                mode: k.mode,
-                batch: k.batch,
-                linger_ms: k.linger_ms,
-            },
-        )?;
+        let mut producer = open_producer(target, dest, k, id)?;
         let (warm, go, done) = (
             Arc::clone(&warm),
             Arc::clone(&go),
@@ -385,25 +446,7 @@ pub fn produce(
     let start = Instant::now();
     progress.start_clock(start);
     go.wait();
-    let mut per_producer = Vec::new();
-    let mut acknowledged = 0;
-    let mut first_error = None;
-    for h in handles {
-        match h.join() {
-            Ok(Ok((sent, acked))) => {
-                per_producer.push(sent);
-                acknowledged += acked;
-            }
-            Ok(Err(e)) => {
-                per_producer.push(0);
-                first_error.get_or_insert(e);
-            }
-            Err(_) => {
-                per_producer.push(0);
-                first_error.get_or_insert(anyhow::anyhow!("a producer thread panicked"));
-            }
-        }
-    }
+    let (per_producer, acknowledged, first_error) = join_producers(handles);
     if let Some(e) = first_error {
         progress.finish(Instant::now());
         return Err(e);
@@ -468,15 +511,7 @@ pub fn consume(
     let finished = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for id in 0..k.consumers {
-        let mut consumer = target.consumer(
-            dest,
-            ConsumerSpec {
-                id,
-                mode: k.mode,
-                partitions: partitions_of(id, k.consumers, dest.partitions),
-                prefetch: k.prefetch,
-            },
-        )?;
+        let mut consumer = open_consumer(target, dest, k, id)?;
         let (received, finished, done, window) = (
             Arc::clone(&received),
             Arc::clone(&finished),
@@ -521,17 +556,9 @@ pub fn consume(
         }));
     }
     let mut tracker = Tracker::default();
-    let mut first_error = None;
-    for h in handles {
-        match h.join() {
-            Ok(Ok(t)) => tracker.merge(&t),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(_) => {
-                first_error.get_or_insert(anyhow::anyhow!("a consumer thread panicked"));
-            }
-        }
+    let (results, first_error) = join_all(handles, "consumer");
+    for t in results.into_iter().flatten() {
+        tracker.merge(&t);
     }
     let end = Instant::now();
     if let Some(e) = first_error {
@@ -601,15 +628,7 @@ pub fn latency(
     // Consumers first, so they are subscribed before the first message.
     let mut consumers = Vec::new();
     for id in 0..k.consumers {
-        let mut consumer = target.consumer(
-            dest,
-            ConsumerSpec {
-                id,
-                mode: k.mode,
-                partitions: partitions_of(id, k.consumers, dest.partitions),
-                prefetch: k.prefetch,
-            },
-        )?;
+        let mut consumer = open_consumer(target, dest, k, id)?;
         let (finished, received, done) = (
             Arc::clone(&finished),
             Arc::clone(&received),
@@ -663,15 +682,7 @@ pub fn latency(
     let mut producers = Vec::new();
     let per_producer_rate = rate / f64::from(k.producers);
     for id in 0..k.producers {
-        let mut producer = target.producer(
-            dest,
-            ProducerSpec {
-                id,
-                mode: k.mode,
-                batch: k.batch,
-                linger_ms: k.linger_ms,
-            },
-        )?;
+        let mut producer = open_producer(target, dest, k, id)?;
         let go = Arc::clone(&go);
         let count = expected[id as usize];
         let (size, batch, partitions) = (k.size, k.batch, dest.partitions);
@@ -705,42 +716,20 @@ pub fn latency(
     let start = Instant::now();
     progress.start_clock(start);
     go.wait();
-    let mut per_producer = Vec::new();
-    let mut acknowledged = 0;
-    let mut first_error = None;
-    for h in producers {
-        match h.join() {
-            Ok(Ok((sent, acked))) => {
-                per_producer.push(sent);
-                acknowledged += acked;
-            }
-            Ok(Err(e)) => {
-                per_producer.push(0);
-                first_error.get_or_insert(e);
-                finished.store(true, Ordering::Release);
-            }
-            Err(_) => {
-                per_producer.push(0);
-                first_error.get_or_insert(anyhow::anyhow!("a producer thread panicked"));
-                finished.store(true, Ordering::Release);
-            }
-        }
+    let (per_producer, acknowledged, mut first_error) = join_producers(producers);
+    if first_error.is_some() {
+        // Nothing more is coming: let the consumers stop now.
+        finished.store(true, Ordering::Release);
     }
     let mut tracker = Tracker::default();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).context("histogram")?;
-    for h in consumers {
-        match h.join() {
-            Ok(Ok((t, hst))) => {
-                tracker.merge(&t);
-                hist.add(&hst).context("merging histograms")?;
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(_) => {
-                first_error.get_or_insert(anyhow::anyhow!("a consumer thread panicked"));
-            }
-        }
+    let (results, consumer_error) = join_all(consumers, "consumer");
+    for (t, hst) in results.into_iter().flatten() {
+        tracker.merge(&t);
+        hist.add(&hst).context("merging histograms")?;
+    }
+    if let Some(e) = consumer_error {
+        first_error.get_or_insert(e);
     }
     let end = Instant::now();
     let cpu_used = cpu.close();
