@@ -9,7 +9,10 @@
 //! What it does not do: it talks to the one broker that leads every partition of the
 //! topic (enough for a single-node broker; it refuses topics spread over brokers), it
 //! never retries, it joins no consumer group, and it reads only uncompressed batches
-//! (loadgen writes no others). Any error code in a response fails the run.
+//! (loadgen writes no others). Any error code in a response fails the run. Response
+//! frames are capped at 64 MiB, but inside one the codec still sizes its vectors from
+//! the broker's array counts (as ARCHITECTURE.md notes for requests): the broker under
+//! test is trusted that far.
 
 use std::collections::VecDeque;
 use std::fmt::Display;
