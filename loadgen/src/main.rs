@@ -5,6 +5,7 @@
 
 mod activemq;
 mod kafka;
+mod kafka_lean;
 mod payload;
 mod procfs;
 mod rabbitmq;
@@ -62,7 +63,10 @@ struct Cli {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TargetKind {
+    /// A Kafka-compatible broker through librdkafka.
     Kafka,
+    /// The same broker through loadgen's lean pipelined client (`kafka-protocol` codecs).
+    KafkaLean,
     Rabbitmq,
     Activemq,
 }
@@ -90,7 +94,7 @@ struct PaperArgs {
     #[arg(long)]
     out: PathBuf,
     /// Targets to try (those that do not answer are reported, not fatal).
-    #[arg(long, value_delimiter = ',', default_values = ["kafka", "rabbitmq", "activemq"])]
+    #[arg(long, value_delimiter = ',', default_values = ["kafka", "kafka-lean", "rabbitmq", "activemq"])]
     targets: Vec<TargetKind>,
     #[arg(long, value_enum, default_value = "paper")]
     mode: Mode,
@@ -210,6 +214,7 @@ fn main() -> anyhow::Result<()> {
                 cli.kafka.clone(),
                 runtime.handle().clone(),
             )),
+            TargetKind::KafkaLean => Box::new(kafka_lean::KafkaLean::new(cli.kafka.clone())),
             TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(
                 cli.rabbitmq.clone(),
                 runtime.handle().clone(),

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::Context as _;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -198,6 +199,22 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// One colour per target (in order of first appearance, so the same in every chart of a
+/// report); a target's second and later runs in a chart are dashed (batch 50 beside
+/// batch 1). Returns (colour, dashed) per run.
+fn run_styles(runs: &[&RunResult]) -> Vec<(RGBColor, bool)> {
+    let mut targets: Vec<&str> = Vec::new();
+    runs.iter()
+        .map(|r| match targets.iter().position(|t| *t == r.target) {
+            Some(i) => (PALETTE[i % PALETTE.len()], true),
+            None => {
+                targets.push(&r.target);
+                (PALETTE[(targets.len() - 1) % PALETTE.len()], false)
+            }
+        })
+        .collect()
+}
+
 /// A line chart of throughput against messages done, one line per run, like the paper's
 /// producer and consumer figures.
 pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::Result<()> {
@@ -242,14 +259,21 @@ pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow
             .y_desc("throughput (messages/s)")
             .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
-        for (i, (label, pts)) in lines.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-                .label(label.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+        for ((label, pts), (color, dashed)) in lines.iter().zip(run_styles(runs)) {
+            let style = color.stroke_width(2);
+            if dashed {
+                chart
+                    .draw_series(DashedLineSeries::new(pts.iter().copied(), 8, 5, style))?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| {
+                        DashedPathElement::new(vec![(x, y), (x + 20, y)], 6, 3, style)
+                    });
+            } else {
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), style))?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            }
         }
         chart
             .configure_series_labels()
@@ -266,6 +290,12 @@ pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow
 /// Latency percentiles per run (log scale), for the fixed-rate experiment.
 pub fn latency_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::Result<()> {
     let names = ["p50", "p90", "p99", "p99.9", "max"];
+    let runs: Vec<&RunResult> = runs
+        .iter()
+        .copied()
+        .filter(|r| r.latency.is_some())
+        .collect();
+    let styles = run_styles(&runs);
     let lines: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
         .filter_map(|r| {
@@ -313,8 +343,7 @@ pub fn latency_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::R
             .x_desc("percentile")
             .y_desc("end-to-end latency (ms, log scale)")
             .draw()?;
-        for (i, (label, pts)) in lines.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
+        for ((label, pts), &(color, _)) in lines.iter().zip(&styles) {
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
                 .label(label.as_str())

@@ -30,7 +30,13 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Our broker in the paper's setting (flush once a second).
 fn start_broker(data: &Path) -> Broker {
+    start_broker_with_flush(data, "interval")
+}
+
+/// Our broker with the given `flush` policy (`per-append` for acks=all runs).
+fn start_broker_with_flush(data: &Path, flush: &str) -> Broker {
     let binary = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("broker");
     assert!(
         binary.exists(),
@@ -40,7 +46,7 @@ fn start_broker(data: &Path) -> Broker {
     let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0", "--cores", "2", "--data-dir"])
         .arg(data)
-        .env("BROKER_FLUSH", "interval")
+        .env("BROKER_FLUSH", flush)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -184,16 +190,18 @@ fn paper_against_our_broker_checks_every_message_and_writes_the_report() {
     let broker = start_broker(data.path());
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("paper");
+    // The default targets: librdkafka and the lean client against our broker; the queue
+    // brokers pointed at a port where nothing listens.
     let o = loadgen(&[
         "--kafka",
         &broker.addr,
+        "--rabbitmq",
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        "--activemq",
+        "127.0.0.1:1",
         "paper",
         "--messages",
         "20000",
-        "--targets",
-        "kafka,activemq",
-        "--activemq",
-        "127.0.0.1:1",
         "--latency-rate",
         "2000",
         "--latency-seconds",
@@ -206,23 +214,32 @@ fn paper_against_our_broker_checks_every_message_and_writes_the_report() {
     assert!(o.status.success());
     let report = results(&dir);
     check_paper(&report, "kafka", 20000, 4000);
-    let broker_pid = report["runs"][0]["broker_pid"].as_u64().unwrap();
-    assert_eq!(
-        broker_pid,
-        u64::from(broker.child.id()),
-        "CPU is charged to our broker"
-    );
-    // A target that does not answer is reported with how to start it, not fatal.
-    let unreachable = &report["unreachable"][0];
-    assert_eq!(unreachable["target"], "activemq");
+    check_paper(&report, "kafka-lean", 20000, 4000);
+    for run in report["runs"].as_array().unwrap() {
+        assert_eq!(
+            run["broker_pid"].as_u64(),
+            Some(u64::from(broker.child.id())),
+            "CPU is charged to our broker: {run}"
+        );
+    }
+    // Targets that do not answer are reported with how to start them, not fatal.
+    let unreachable = report["unreachable"].as_array().unwrap();
+    let names: Vec<&str> = unreachable
+        .iter()
+        .map(|u| u["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rabbitmq", "activemq"], "{unreachable:?}");
     assert!(
-        unreachable["how_to_start"]
+        unreachable[1]["how_to_start"]
             .as_str()
             .unwrap()
             .contains("scripts/activemq.sh")
     );
     let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
     assert!(md.contains("| producer, batch 50 | kafka |"), "{md}");
+    assert!(md.contains("| producer, batch 50 | kafka-lean |"), "{md}");
+    assert!(md.contains("kafka: librdkafka "), "{md}");
+    assert!(md.contains("kafka-lean: lean (kafka-protocol 0.18"), "{md}");
     assert!(md.contains("activemq not measured"), "{md}");
     assert!(md.contains("test run"));
     for chart in ["producer.svg", "consumer.svg", "latency.svg"] {
@@ -231,7 +248,86 @@ fn paper_against_our_broker_checks_every_message_and_writes_the_report() {
             svg.starts_with("<svg") && svg.contains("<polyline"),
             "{chart}"
         );
+        assert!(
+            svg.contains("kafka-lean "),
+            "{chart} has a line for each client"
+        );
     }
+}
+
+/// The lean client's idempotent producers (acks=all, five requests in flight) and
+/// committing consumers, on a broker that syncs before it answers.
+#[test]
+fn lean_client_durable_mode_with_several_producers_consumers_and_partitions() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = start_broker_with_flush(data.path(), "per-append");
+    let dir = tempfile::tempdir().unwrap();
+    for workload in ["produce", "consume"] {
+        let out = dir.path().join(workload);
+        let o = loadgen(&[
+            "--kafka",
+            &broker.addr,
+            workload,
+            "--target",
+            "kafka-lean",
+            "--mode",
+            "durable",
+            "--messages",
+            "9000",
+            "--batch",
+            "7",
+            "--producers",
+            "3",
+            "--consumers",
+            "2",
+            "--partitions",
+            "4",
+            "--size",
+            "1000",
+            "--warmup",
+            "300",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success());
+        let run = &results(&out)["runs"][0];
+        check_run(run, 9000);
+        assert_eq!(run["target"], "kafka-lean");
+        assert_eq!(run["mode"], "durable");
+        assert_eq!(u(run, "messages"), 9000 - 300);
+    }
+}
+
+/// Paper mode through the lean client at batch 1 with several partitions: acks=0
+/// requests coalesced into few writes, every message still read back once.
+#[test]
+fn lean_client_paper_mode_produce_at_batch_1_reads_every_message_back() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = start_broker(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let o = loadgen(&[
+        "--kafka",
+        &broker.addr,
+        "produce",
+        "--target",
+        "kafka-lean",
+        "--messages",
+        "20000",
+        "--batch",
+        "1",
+        "--producers",
+        "2",
+        "--consumers",
+        "3",
+        "--partitions",
+        "3",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let run = &results(dir.path())["runs"][0];
+    check_run(run, 20000);
+    assert_eq!(u(run, "batch"), 1);
 }
 
 #[test]
