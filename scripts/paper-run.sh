@@ -19,5 +19,5 @@ for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break
 target/release/loadgen paper --messages "$messages" --out "$out" \
   --note "our broker: release build, BROKER_FLUSH=interval (fdatasync once a second), io_uring write path, $(nproc) cores, fresh data dir on $(df --output=fstype "$data" | tail -1)" \
   --note "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?'): Debian package, defaults, durable queue" \
-  --note "ActiveMQ $(dpkg-query -W -f='${Version}' activemq 2>/dev/null || echo '?'): Debian package, KahaDB journalDiskSyncStrategy=periodic (1 s)" \
+  --note "ActiveMQ $(dpkg-query -W -f='${Version}' activemq 2>/dev/null || echo '?'): Debian package, KahaDB journalDiskSyncStrategy=periodic (1 s), 2 GB heap, memoryUsage 40% of heap (scripts/activemq.sh)" \
   --note "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
