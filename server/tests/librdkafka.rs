@@ -216,6 +216,77 @@ fn given_acks_0_1_and_all_when_producing_should_store_every_message() {
     }
 }
 
+/// acks=0 batches for partitions that another core owns travel there in bulk (many per
+/// cross-core command); each partition must still get its batches in request order.
+#[test]
+fn given_acks_0_to_partitions_on_other_cores_when_producing_should_keep_order_and_lose_nothing() {
+    const PARTITIONS: i32 = 8;
+    const PER_PARTITION: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(dir.path(), &[("BROKER_CORES", "4")]);
+    create_topic(&broker, "spread", PARTITIONS);
+    // One message per request, so a partition's messages arrive as thousands of batches.
+    let p = producer(
+        &broker,
+        &[
+            ("acks", "0"),
+            ("linger.ms", "0"),
+            ("batch.num.messages", "1"),
+        ],
+    );
+    let values: Vec<(i32, String)> = (0..PER_PARTITION)
+        .flat_map(|i| (0..PARTITIONS).map(move |part| (part, format!("{part}:{i}"))))
+        .collect();
+    let futures: Vec<_> = values
+        .iter()
+        .map(|(part, v)| {
+            p.send(
+                FutureRecord::<[u8], [u8]>::to("spread")
+                    .partition(*part)
+                    .payload(v.as_bytes()),
+                TIMEOUT,
+            )
+        })
+        .collect();
+    for f in futures {
+        block_on(f).map_err(|(e, _)| e).expect("sent");
+    }
+    p.flush(TIMEOUT).expect("flush");
+    let watcher = consumer(&broker);
+    let want = PER_PARTITION as i64 * i64::from(PARTITIONS);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let stored: i64 = (0..PARTITIONS)
+            .map(|part| {
+                watcher
+                    .fetch_watermarks("spread", part, TIMEOUT)
+                    .expect("watermarks")
+                    .1
+            })
+            .sum();
+        if stored >= want {
+            assert_eq!(stored, want, "more messages stored than sent");
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {stored} of {want} stored");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let msgs = consume_all(&broker, "spread", PARTITIONS, want as usize);
+    let mut next = vec![0usize; PARTITIONS as usize];
+    for m in &msgs {
+        let part = m.partition();
+        let value = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+        let i = next[part as usize];
+        assert_eq!(
+            value,
+            format!("{part}:{i}"),
+            "partition {part} out of order"
+        );
+        next[part as usize] += 1;
+    }
+    assert!(next.iter().all(|&n| n == PER_PARTITION), "{next:?}");
+}
+
 #[test]
 fn given_each_compression_codec_when_producing_should_consume_same_values() {
     let dir = tempfile::tempdir().unwrap();
