@@ -38,6 +38,8 @@ case "${1:-}" in
       sed -i 's#</persistenceAdapter>#&\n        <systemUsage><systemUsage><memoryUsage><memoryUsage percentOfJvmHeap="40"/></memoryUsage></systemUsage></systemUsage>#' "$XML"
     fi
     grep -q 'percentOfJvmHeap="40"' "$XML" || { echo "activemq: could not set systemUsage in $XML" >&2; exit 1; }
+    # The log file below is opened before the broker first creates its data directory.
+    install -d -o activemq -g activemq /var/lib/activemq/main /var/lib/activemq/main/data
     # The instance's `options` replaces Debian's global activemq-options (it is not
     # layered on it), so it repeats that file with two changes: the heap, and the
     # console (where the log goes) in the data directory instead of /dev/null.
