@@ -191,7 +191,11 @@ fn run_core(
         let _ = ready.send(Ok(uring));
         shard.shared.stopped().await;
         let deadline = Instant::now() + DRAIN_WAIT_MAX;
-        while shard.connections.get() > 0 && Instant::now() < deadline {
+        // acks=0 appends this core took but has not seen written (some perhaps still
+        // queued for another core) must reach their cores before any core closes its logs.
+        while (shard.connections.get() > 0 || shard.unacknowledged_bytes() > 0)
+            && Instant::now() < deadline
+        {
             compio::time::sleep(Duration::from_millis(5)).await;
         }
         drained.mark();

@@ -298,10 +298,11 @@ pub enum ShardCommand {
         name: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// acks=0 batches for this core's partitions, in the order the sending core took
-    /// them; the reply comes when all are written (or refused).
-    AppendUnacknowledged {
-        batches: Vec<(TopicPartition, Vec<u8>)>,
+    /// Appends for this core's partitions in the order the sending core took them:
+    /// acks=0 batches, and acknowledged ones that were queued behind them. The reply comes
+    /// when all are written (or refused); acknowledged ones also answer on their own.
+    AppendBulk {
+        appends: Vec<Forwarded>,
         reply: oneshot::Sender<()>,
     },
     /// A client connection for this core to serve, with its place in the limits.
@@ -336,8 +337,22 @@ pub struct Shard {
 /// the same run with the partition on the connection's own core).
 #[derive(Default)]
 struct Forward {
-    queue: VecDeque<(TopicPartition, Vec<u8>)>,
+    queue: VecDeque<Forwarded>,
     sending: bool,
+}
+
+/// One append on its way to the owning core in an `AppendBulk`.
+pub enum Forwarded {
+    /// acks=0: its bytes count in the sending core's `unacked_bytes` until it is written.
+    Unacknowledged(TopicPartition, Vec<u8>),
+    /// An acknowledged append that arrived while acks=0 ones for the same core were still
+    /// queued here: it waits its turn, so a connection's appends keep their order.
+    Acknowledged {
+        tp: TopicPartition,
+        batch: Vec<u8>,
+        wait: AppendWait,
+        reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
+    },
 }
 
 /// Most acks=0 batches sent to another core in one command (each becomes a task there).
@@ -393,27 +408,57 @@ impl Shard {
 
     // ---- operations routed to the owning core ----
 
+    /// Appends and waits as `wait` says. It never overtakes acks=0 appends this core took
+    /// earlier (Kafka keeps a connection's order whatever the acks).
     pub async fn append(
-        &self,
+        self: &Rc<Self>,
         tp: TopicPartition,
         batch: Vec<u8>,
         wait: AppendWait,
     ) -> Result<AppendInfo, PartitionError> {
         let owner = self.owner(&tp);
-        if owner == self.id {
-            return self.local_append(&tp, batch, wait).await;
-        }
         let (reply, answer) = oneshot::channel();
-        self.send(
-            owner,
-            ShardCommand::Append {
-                tp,
-                batch,
-                wait,
-                reply,
-            },
-        )
-        .await?;
+        if owner == self.id {
+            if self.unacked_bytes.get() == 0 {
+                return self.local_append(&tp, batch, wait).await;
+            }
+            // Queued acks=0 appends are tasks not yet run; one more task runs after them.
+            let shard = Rc::clone(self);
+            compio::runtime::spawn(async move {
+                let _ = reply.send(shard.local_append(&tp, batch, wait).await);
+            })
+            .detach();
+            return answer.await.map_err(|_| gone(owner))?;
+        }
+        // acks=0 appends still queued here for that core go first: queue behind them.
+        let direct = {
+            let mut forwards = self.forwards.borrow_mut();
+            match forwards.get_mut(owner) {
+                Some(f) if !f.queue.is_empty() => {
+                    f.queue.push_back(Forwarded::Acknowledged {
+                        tp,
+                        batch,
+                        wait,
+                        reply,
+                    });
+                    None
+                }
+                _ => Some((tp, batch, reply)),
+            }
+        };
+        if let Some((tp, batch, reply)) = direct {
+            // Nothing queued: whatever went earlier is in the owner's inbox, ahead of this.
+            self.send(
+                owner,
+                ShardCommand::Append {
+                    tp,
+                    batch,
+                    wait,
+                    reply,
+                },
+            )
+            .await?;
+        }
         answer.await.map_err(|_| gone(owner))?
     }
 
@@ -436,7 +481,7 @@ impl Shard {
                 let mut forwards = self.forwards.borrow_mut();
                 match forwards.get_mut(owner) {
                     Some(f) => {
-                        f.queue.push_back((tp, batch));
+                        f.queue.push_back(Forwarded::Unacknowledged(tp, batch));
                         !std::mem::replace(&mut f.sending, true)
                     }
                     None => {
@@ -463,18 +508,23 @@ impl Shard {
         .detach();
     }
 
+    /// Bytes of acks=0 appends this core took and has not yet seen written.
+    pub fn unacknowledged_bytes(&self) -> usize {
+        self.unacked_bytes.get()
+    }
+
     fn release_unacknowledged(&self, n: usize) {
         self.unacked_bytes
             .set(self.unacked_bytes.get().saturating_sub(n));
         self.unacked_freed.notify(usize::MAX);
     }
 
-    /// Sends the acks=0 batches queued for `owner`, in order, many per command, until the
-    /// queue is empty. The next command goes once the previous one is written, so what
-    /// arrives meanwhile rides along in it.
+    /// Sends the appends queued for `owner`, in order, many per command, until the queue
+    /// is empty. The next command goes once the previous one is written, so what arrives
+    /// meanwhile rides along in it.
     async fn forward_unacknowledged(self: Rc<Self>, owner: usize) {
         loop {
-            let batches: Vec<(TopicPartition, Vec<u8>)> = {
+            let appends: Vec<Forwarded> = {
                 let mut forwards = self.forwards.borrow_mut();
                 let Some(f) = forwards.get_mut(owner) else {
                     return;
@@ -486,9 +536,15 @@ impl Shard {
                 let take = f.queue.len().min(FORWARD_BATCHES_MAX);
                 f.queue.drain(..take).collect()
             };
-            let bytes = batches.iter().map(|(_, b)| b.len()).sum();
+            let bytes = appends
+                .iter()
+                .map(|a| match a {
+                    Forwarded::Unacknowledged(_, batch) => batch.len(),
+                    Forwarded::Acknowledged { .. } => 0,
+                })
+                .sum();
             let (reply, answer) = oneshot::channel();
-            let command = ShardCommand::AppendUnacknowledged { batches, reply };
+            let command = ShardCommand::AppendBulk { appends, reply };
             match self.send(owner, command).await {
                 Ok(()) => {
                     let _ = answer.await;
@@ -854,18 +910,30 @@ impl Shard {
             ShardCommand::DeleteTopic { name, reply } => {
                 let _ = reply.send(self.delete_topic(&name).await);
             }
-            ShardCommand::AppendUnacknowledged { batches, reply } => {
+            ShardCommand::AppendBulk { appends, reply } => {
                 // Spawned in order, so they reach each partition's writer in the order
                 // the sending core took them, as its own acks=0 appends do.
-                let tasks: Vec<_> = batches
+                let tasks: Vec<_> = appends
                     .into_iter()
-                    .map(|(tp, batch)| {
+                    .map(|append| {
                         let shard = Rc::clone(&self);
                         compio::runtime::spawn(async move {
-                            if let Err(e) =
-                                shard.local_append(&tp, batch, AppendWait::Written).await
-                            {
-                                tracing::debug!(error = %e, "acks=0 produce refused");
+                            match append {
+                                Forwarded::Unacknowledged(tp, batch) => {
+                                    if let Err(e) =
+                                        shard.local_append(&tp, batch, AppendWait::Written).await
+                                    {
+                                        tracing::debug!(error = %e, "acks=0 produce refused");
+                                    }
+                                }
+                                Forwarded::Acknowledged {
+                                    tp,
+                                    batch,
+                                    wait,
+                                    reply,
+                                } => {
+                                    let _ = reply.send(shard.local_append(&tp, batch, wait).await);
+                                }
                             }
                         })
                     })

@@ -189,8 +189,13 @@ pub fn batch(count: usize, value_bytes: usize) -> Bytes {
 
 /// A Produce v7 frame (acks=1) carrying `batches[i]` to partition `i` of `topic`.
 pub fn produce_frame(topic: &str, batches: &[Bytes]) -> Vec<u8> {
+    produce_frame_acks(topic, batches, 1)
+}
+
+/// A Produce v7 frame with the given acks carrying `batches[i]` to partition `i`.
+pub fn produce_frame_acks(topic: &str, batches: &[Bytes], acks: i16) -> Vec<u8> {
     let request = ProduceRequest::default()
-        .with_acks(1)
+        .with_acks(acks)
         .with_timeout_ms(10_000)
         .with_topic_data(vec![
             TopicProduceData::default()
