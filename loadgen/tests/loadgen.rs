@@ -255,51 +255,6 @@ fn paper_against_our_broker_checks_every_message_and_writes_the_report() {
     }
 }
 
-/// The lean client's idempotent producers (acks=all, five requests in flight) and
-/// committing consumers, on a broker that syncs before it answers.
-#[test]
-fn lean_client_durable_mode_with_several_producers_consumers_and_partitions() {
-    let data = tempfile::tempdir().unwrap();
-    let broker = start_broker_with_flush(data.path(), "per-append");
-    let dir = tempfile::tempdir().unwrap();
-    for workload in ["produce", "consume"] {
-        let out = dir.path().join(workload);
-        let o = loadgen(&[
-            "--kafka",
-            &broker.addr,
-            workload,
-            "--target",
-            "kafka-lean",
-            "--mode",
-            "durable",
-            "--messages",
-            "9000",
-            "--batch",
-            "7",
-            "--producers",
-            "3",
-            "--consumers",
-            "2",
-            "--partitions",
-            "4",
-            "--size",
-            "1000",
-            "--warmup",
-            "300",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success());
-        let run = &results(&out)["runs"][0];
-        check_run(run, 9000);
-        assert_eq!(run["target"], "kafka-lean");
-        assert_eq!(run["mode"], "durable");
-        assert_eq!(u(run, "messages"), 9000 - 300);
-    }
-}
-
-/// Paper mode through the lean client at batch 1 with several partitions: acks=0
-/// requests coalesced into few writes, every message still read back once.
 #[test]
 fn lean_client_paper_mode_produce_at_batch_1_reads_every_message_back() {
     let data = tempfile::tempdir().unwrap();
@@ -330,43 +285,52 @@ fn lean_client_paper_mode_produce_at_batch_1_reads_every_message_back() {
     assert_eq!(u(run, "batch"), 1);
 }
 
+/// Both Kafka clients' idempotent producers (acks=all) and committing consumers, several
+/// of each over several partitions, on a broker that syncs before it answers.
 #[test]
 fn durable_mode_with_several_producers_consumers_and_partitions() {
     let data = tempfile::tempdir().unwrap();
-    let broker = start_broker(data.path());
+    let broker = start_broker_with_flush(data.path(), "per-append");
     let dir = tempfile::tempdir().unwrap();
-    for workload in ["produce", "consume"] {
-        let out = dir.path().join(workload);
-        let o = loadgen(&[
-            "--kafka",
-            &broker.addr,
-            workload,
-            "--mode",
-            "durable",
-            "--messages",
-            "9000",
-            "--producers",
-            "3",
-            "--consumers",
-            "2",
-            "--partitions",
-            "4",
-            "--size",
-            "1000",
-            "--warmup",
-            "300",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success());
-        let run = &results(&out)["runs"][0];
-        check_run(run, 9000);
-        assert_eq!(
-            u(run, "messages"),
-            9000 - 300,
-            "the warm-up is not measured"
-        );
-        assert_eq!(run["mode"], "durable");
+    for target in ["kafka", "kafka-lean"] {
+        for workload in ["produce", "consume"] {
+            let out = dir.path().join(format!("{target}-{workload}"));
+            let o = loadgen(&[
+                "--kafka",
+                &broker.addr,
+                workload,
+                "--target",
+                target,
+                "--mode",
+                "durable",
+                "--messages",
+                "9000",
+                "--batch",
+                "7",
+                "--producers",
+                "3",
+                "--consumers",
+                "2",
+                "--partitions",
+                "4",
+                "--size",
+                "1000",
+                "--warmup",
+                "300",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{target} {workload}");
+            let run = &results(&out)["runs"][0];
+            check_run(run, 9000);
+            assert_eq!(run["target"], target);
+            assert_eq!(run["mode"], "durable");
+            assert_eq!(
+                u(run, "messages"),
+                9000 - 300,
+                "the warm-up is not measured"
+            );
+        }
     }
 }
 

@@ -9,7 +9,7 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import RebalanceInProgressError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError
 
 bootstrap, data_dir = sys.argv[1], sys.argv[2]
 CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
@@ -111,68 +111,83 @@ def group_member():
                          session_timeout_ms=6000, heartbeat_interval_ms=500)
 
 
-# Each member polls on its own thread, as members in separate processes would.
+# The two members run in processes of their own (kafka_python_member.py), as real members
+# do; this process reads what they print.
+import os
+import subprocess
 import threading
 
 seen = {}
-seen_lock = threading.Lock()
-stop = threading.Event()
-members = [group_member(), group_member()]
+assigned = [None, None]
+committed = [threading.Event(), threading.Event()]
+failures = []
+lock = threading.Lock()
+member_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kafka_python_member.py")
+members = [subprocess.Popen([sys.executable, member_script, bootstrap], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True) for _ in range(2)]
 
 
-def run_member(m):
-    while not stop.is_set():
-        for records in m.poll(timeout_ms=100).values():
-            with seen_lock:
-                for r in records:
-                    seen[r.value] = seen.get(r.value, 0) + 1
+def read_member(i, proc):
+    for line in proc.stdout:
+        kind, _, rest = line.rstrip("\n").partition(" ")
+        with lock:
+            if kind == "V":
+                seen[rest] = seen.get(rest, 0) + 1
+            elif kind == "A":
+                assigned[i] = set(int(p) for p in rest.split(",") if p)
+            elif kind == "C":
+                committed[i].set()
+            elif kind == "E":
+                failures.append(rest)
+                committed[i].set()
 
 
-threads = [threading.Thread(target=run_member, args=(m,)) for m in members]
-for t in threads:
+readers = [threading.Thread(target=read_member, args=(i, p)) for i, p in enumerate(members)]
+for t in readers:
     t.start()
+
+
+def balanced():
+    with lock:
+        a1, a2 = assigned
+        return bool(a1) and bool(a2) and not (a1 & a2) and len(a1 | a2) == 4
+
+
+def tell(proc, line):
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+
+
 # Produce once the group is balanced, so no rebalance moves a partition mid-stream
 # (which, without commits, may legitimately redeliver).
 deadline = time.time() + 30
-while time.time() < deadline:
-    a1, a2 = members[0].assignment(), members[1].assignment()
-    if a1 and a2 and not (a1 & a2) and len(a1 | a2) == 4:
-        break
+while time.time() < deadline and not balanced():
     time.sleep(0.1)
 for i in range(200):
     producer.send("py-shared", value=f"s{i}".encode(), partition=i % 4)
 producer.flush()
 deadline = time.time() + 30
 while time.time() < deadline:
-    with seen_lock:
+    with lock:
         done = len(seen) >= 200
-    a1, a2 = members[0].assignment(), members[1].assignment()
-    if done and a1 and a2 and not (a1 & a2) and len(a1 | a2) == 4:
+    if done and balanced():
         break
     time.sleep(0.1)
-stop.set()
-for t in threads:
+with lock:
+    check(len(seen) == 200 and all(n == 1 for n in seen.values()), f"group consumed {len(seen)} distinct")
+check(balanced(), f"disjoint assignments: {assigned}")
+# Both commit while both are still members, then both leave.
+for p in members:
+    tell(p, "stop")
+for c in committed:
+    check(c.wait(30), "a member never committed")
+check(not failures, f"commits: {failures}")
+for p in members:
+    tell(p, "close")
+for p in members:
+    check(p.wait(30) == 0, "a member did not exit cleanly")
+for t in readers:
     t.join()
-m1, m2 = members
-check(len(seen) == 200 and all(n == 1 for n in seen.values()), f"group consumed {len(seen)} distinct")
-check(m1.assignment() and m2.assignment() and not (m1.assignment() & m2.assignment()), "disjoint assignments")
-
-
-def commit(member):
-    # As with any Kafka broker, a commit during a rebalance is refused; poll and retry.
-    for _ in range(50):
-        try:
-            member.commit()
-            return
-        except RebalanceInProgressError:
-            member.poll(timeout_ms=100)
-    check(False, "commit kept failing")
-
-
-commit(m1)
-commit(m2)
-m1.close()
-m2.close()
 for i in range(10):
     producer.send("py-shared", value=f"late{i}".encode(), partition=i % 4)
 producer.flush()

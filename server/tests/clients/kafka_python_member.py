@@ -1,0 +1,57 @@
+"""One kafka-python consumer-group member, in its own process, driven over stdin/stdout.
+
+Usage: kafka_python_member.py BOOTSTRAP
+Prints `A p,p,...` when its assignment changes and `V value` per record. On `stop` it
+commits (retrying while the group rebalances) and prints `C`; on `close` it leaves.
+Two kafka-python consumers in one process share its network thread, and under load that
+thread was seen to stall both (no heartbeats, sessions expiring); real members are
+separate processes anyway.
+"""
+import select
+import sys
+
+from kafka import KafkaConsumer
+from kafka.errors import RebalanceInProgressError
+
+
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def command(timeout):
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    return sys.stdin.readline().strip() if ready else None
+
+
+member = KafkaConsumer("py-shared", bootstrap_servers=sys.argv[1], group_id="py-group",
+                       auto_offset_reset="earliest", enable_auto_commit=False,
+                       session_timeout_ms=6000, heartbeat_interval_ms=500)
+shown = None
+while True:
+    for records in member.poll(timeout_ms=100).values():
+        for r in records:
+            say("V " + r.value.decode())
+    assignment = ",".join(str(p) for p in sorted(tp.partition for tp in member.assignment()))
+    if assignment != shown:
+        say("A " + assignment)
+        shown = assignment
+    said = command(0)
+    if said == "stop":
+        break
+    if said == "":  # the driving process is gone
+        member.close()
+        sys.exit(1)
+# As with any Kafka broker, a commit during a rebalance is refused; poll and retry.
+for _ in range(50):
+    try:
+        member.commit()
+        say("C")
+        break
+    except RebalanceInProgressError:
+        member.poll(timeout_ms=100)
+else:
+    say("E commit kept failing")
+while command(30) not in ("close", ""):
+    pass
+member.close()
