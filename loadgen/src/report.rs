@@ -159,7 +159,9 @@ pub fn markdown(report: &Report) -> String {
         "\nMB/s counts payload bytes (10^6 bytes per MB). Latency is end to end (send to receive), \
          measured from each message's scheduled send time, so it includes time queued behind a stall. \
          CPU is user+system seconds over the measured window, for loadgen and for the process \
-         listening on the broker's port.\n",
+         listening on the broker's port. A consumer's window opens when the last warm-up message \
+         (without a warm-up, the first message) arrives, so `messages` counts the ones after it; \
+         `verified` counts every message read back.\n",
     );
     for u in &report.unreachable {
         let _ = writeln!(
