@@ -202,7 +202,9 @@ pub fn port_of(addr: &str) -> Option<u16> {
 
 #[derive(Default)]
 struct DeliveryCounts {
-    delivered: AtomicU64,
+    /// Delivery reports: for acks=0, librdkafka reports a message once it is written to
+    /// the broker's socket; for acks=all, once the broker acknowledged it.
+    delivered: Arc<AtomicU64>,
     failed: AtomicU64,
 }
 
@@ -263,6 +265,12 @@ impl Producer for KafkaProducer {
             bail!("{failed} messages failed delivery");
         }
         Ok(self.counts.delivered.load(Ordering::Relaxed))
+    }
+
+    /// librdkafka queues up to `queue.buffering.max.messages` on the client side, so a
+    /// `send` is only an enqueue: progress follows its delivery reports.
+    fn departed(&self) -> Option<Arc<AtomicU64>> {
+        Some(Arc::clone(&self.counts.delivered))
     }
 }
 

@@ -173,13 +173,21 @@ pub fn markdown(report: &Report) -> String {
     s
 }
 
-/// Throughput over the run: (messages done, msgs/s) points, averaged over windows of at
-/// least half a second or 1/100 of the run.
+/// Throughput over the run: (messages done, msgs/s) points, averaged over windows of
+/// 1/50 of the run, and at least 20 ms (two progress samples). The run ends, for the
+/// chart, at the first sample that holds its final count: what follows is shutdown
+/// (closing a consumer, waiting for the broker's count), not throughput.
 pub fn rate_points(series: &[(f64, u64)]) -> Vec<(f64, f64)> {
-    let Some(&(t_end, _)) = series.last() else {
+    let Some(&(_, n_end)) = series.last() else {
         return Vec::new();
     };
-    let window = (t_end / 100.0).max(0.5);
+    let last = series
+        .iter()
+        .position(|&(_, n)| n >= n_end)
+        .unwrap_or(series.len() - 1);
+    let series = &series[..=last];
+    let t_end = series[last].0;
+    let window = (t_end / 50.0).max(0.02);
     let mut points = Vec::new();
     let (mut t0, mut n0) = (0.0, 0u64);
     for &(t, n) in series {
@@ -218,7 +226,9 @@ fn run_styles(runs: &[&RunResult]) -> Vec<(RGBColor, bool)> {
 }
 
 /// A line chart of throughput against messages done, one line per run, like the paper's
-/// producer and consumer figures.
+/// producer and consumer figures. The throughput axis is logarithmic: the targets differ
+/// by up to 100x, and on a linear axis the slower ones lie flat along the bottom. A window
+/// with no progress (a stall) is drawn at the axis' floor.
 pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::Result<()> {
     let lines: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
@@ -244,8 +254,24 @@ pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow
         .iter()
         .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
         .fold(0.0f64, f64::max)
-        .max(1.0)
-        * 1.1;
+        .max(10.0)
+        * 1.5;
+    let ymin = (lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+        .filter(|y| *y > 0.0)
+        .fold(f64::INFINITY, f64::min)
+        / 2.0)
+        .clamp(1.0, ymax / 10.0);
+    let lines: Vec<(String, Vec<(f64, f64)>)> = lines
+        .into_iter()
+        .map(|(label, pts)| {
+            (
+                label,
+                pts.into_iter().map(|(x, y)| (x, y.max(ymin))).collect(),
+            )
+        })
+        .collect();
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     let draw = || -> Result<(), Box<dyn std::error::Error + '_>> {
         root.fill(&WHITE)?;
@@ -254,11 +280,11 @@ pub fn throughput_chart(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(80)
-            .build_cartesian_2d(0f64..xmax, 0f64..ymax)?;
+            .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("messages (millions)")
-            .y_desc("throughput (messages/s)")
+            .y_desc("throughput (messages/s, log scale)")
             .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
         for ((label, pts), (color, dashed)) in lines.iter().zip(run_styles(runs)) {
@@ -413,5 +439,17 @@ mod tests {
             assert!((r - 1000.0).abs() < 1.0, "{r}");
         }
         assert!(rate_points(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_idle_tail_after_the_last_message_is_not_charted() {
+        // 1000 msgs/s for 2 s, then 3 s of shutdown with no new messages.
+        let mut series: Vec<(f64, u64)> = (0..=20).map(|i| (i as f64 * 0.1, i * 100)).collect();
+        series.extend((21..=50).map(|i| (i as f64 * 0.1, 2000)));
+        let pts = rate_points(&series);
+        assert!(pts.len() >= 10, "{pts:?}");
+        for (_, r) in pts {
+            assert!((r - 1000.0).abs() < 1.0, "{r}");
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! and consumers on it, and tear it down. The workloads (`workload.rs`) are written once
 //! against these traits, so every target runs the same loop.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -59,6 +61,12 @@ pub trait Producer: Send {
     /// Waits until the broker has everything sent so far; returns how many messages the
     /// broker acknowledged (equal to the messages sent when the mode has no acks).
     fn finish(&mut self) -> anyhow::Result<u64>;
+    /// For a client that queues messages on its own side (librdkafka): a count of the
+    /// messages that have left it, which the progress series follows instead of `send`
+    /// calls. None: a message has left the client when `send` (or `end_batch`) returns.
+    fn departed(&self) -> Option<Arc<AtomicU64>> {
+        None
+    }
 }
 
 pub trait Consumer: Send {

@@ -19,6 +19,11 @@ use crate::target::{ConsumerSpec, Dest, Mode, ProducerSpec, Target};
 /// and report it missing.
 const IDLE_GIVE_UP: Duration = Duration::from_secs(20);
 const MAX_SERIES: usize = 20_000;
+/// Progress is sampled this often for the first `FINE_SAMPLING_FOR` of a run (a
+/// million-message run can take under half a second), then every `COARSE_SAMPLE`.
+const FINE_SAMPLE: Duration = Duration::from_millis(10);
+const FINE_SAMPLING_FOR: Duration = Duration::from_secs(5);
+const COARSE_SAMPLE: Duration = Duration::from_millis(100);
 
 /// Knobs shared by the workloads.
 #[derive(Debug, Clone)]
@@ -178,8 +183,14 @@ impl CpuWindow {
 }
 
 /// Live progress and the throughput series for the charts.
+/// Clients' own counts of departed messages, each with the warm-up messages it includes.
+type Followed = Mutex<Vec<(Arc<AtomicU64>, u64)>>;
+
 struct Progress {
     done: Arc<AtomicU64>,
+    /// Counts kept by clients that queue on their own side (`Producer::departed`), each
+    /// with the warm-up messages it includes; added to `done`.
+    departed: Arc<Followed>,
     stop: Arc<AtomicBool>,
     sampler: Option<thread::JoinHandle<Vec<(f64, u64)>>>,
     started: Arc<Mutex<Option<Instant>>>,
@@ -188,6 +199,7 @@ struct Progress {
 impl Progress {
     fn new(label: String, total: u64, quiet: bool) -> Self {
         let done = Arc::new(AtomicU64::new(0));
+        let departed: Arc<Followed> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let started: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let bar = if quiet {
@@ -203,34 +215,53 @@ impl Progress {
         );
         bar.set_prefix(label);
         let sampler = {
-            let (done, stop, started) =
-                (Arc::clone(&done), Arc::clone(&stop), Arc::clone(&started));
+            let (done, departed, stop, started) = (
+                Arc::clone(&done),
+                Arc::clone(&departed),
+                Arc::clone(&stop),
+                Arc::clone(&started),
+            );
             thread::spawn(move || {
                 let mut series = Vec::new();
                 loop {
                     let finished = stop.load(Ordering::Acquire);
-                    let n = done.load(Ordering::Relaxed);
+                    let n = done_count(&done, &departed);
                     bar.set_position(n);
                     let t0 = *started.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(t0) = t0
-                        && series.len() < MAX_SERIES
-                    {
-                        series.push((t0.elapsed().as_secs_f64(), n));
+                    let mut pause = FINE_SAMPLE;
+                    if let Some(t0) = t0 {
+                        let t = t0.elapsed();
+                        if series.len() < MAX_SERIES {
+                            series.push((t.as_secs_f64(), n));
+                        }
+                        if t > FINE_SAMPLING_FOR {
+                            pause = COARSE_SAMPLE;
+                        }
                     }
                     if finished {
                         bar.finish_and_clear();
                         return series;
                     }
-                    thread::sleep(Duration::from_millis(100));
+                    thread::sleep(pause);
                 }
             })
         };
         Self {
             done,
+            departed,
             stop,
             sampler: Some(sampler),
             started,
         }
+    }
+
+    /// Follows `counter` (which includes `warmup` unmeasured messages) instead of counting
+    /// this producer's sends.
+    fn follow(&self, counter: Arc<AtomicU64>, warmup: u64) {
+        self.departed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((counter, warmup));
     }
 
     fn start_clock(&self, at: Instant) {
@@ -238,7 +269,7 @@ impl Progress {
     }
 
     fn finish(mut self, end: Instant) -> Vec<(f64, u64)> {
-        let total = self.done.load(Ordering::Relaxed);
+        let total = done_count(&self.done, &self.departed);
         self.stop.store(true, Ordering::Release);
         let mut series = self
             .sampler
@@ -252,6 +283,17 @@ impl Progress {
         }
         series
     }
+}
+
+/// Messages done: those counted directly plus those that left the clients followed.
+fn done_count(done: &AtomicU64, departed: &Followed) -> u64 {
+    let followed: u64 = departed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(c, warmup)| c.load(Ordering::Relaxed).saturating_sub(*warmup))
+        .sum();
+    done.load(Ordering::Relaxed) + followed
 }
 
 fn open_producer(
@@ -399,6 +441,14 @@ pub fn produce(
             None => share(k.messages, k.producers, id),
         };
         let warmup = share(k.warmup, k.producers, id).min(count);
+        // Progress counts what left the client: its own count where it queues messages.
+        let counted_here = match producer.departed() {
+            Some(counter) => {
+                progress.follow(counter, warmup);
+                false
+            }
+            None => true,
+        };
         let (size, batch, partitions, duration) = (k.size, k.batch, dest.partitions, k.duration);
         handles.push(thread::spawn(move || -> anyhow::Result<(u64, u64)> {
             let mut msg = Message::new(size);
@@ -432,7 +482,9 @@ pub fn produce(
                     break;
                 }
                 send(seq)?;
-                done.fetch_add(1, Ordering::Relaxed);
+                if counted_here {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
             }
             if sent % batch as u64 != 0 {
                 producer.end_batch()?;
@@ -771,6 +823,23 @@ pub fn summarize(h: &Histogram<u64>) -> Latency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_follows_a_clients_own_count_less_its_warm_up() {
+        let progress = Progress::new("test".into(), 100, true);
+        let departed = Arc::new(AtomicU64::new(0));
+        progress.follow(Arc::clone(&departed), 10);
+        progress.done.fetch_add(5, Ordering::Relaxed);
+        // Warm-up messages still queued in the client count for nothing.
+        departed.store(7, Ordering::Relaxed);
+        assert_eq!(done_count(&progress.done, &progress.departed), 5);
+        departed.store(40, Ordering::Relaxed);
+        assert_eq!(done_count(&progress.done, &progress.departed), 35);
+        let start = Instant::now();
+        progress.start_clock(start);
+        let series = progress.finish(start + Duration::from_millis(1));
+        assert_eq!(series.last().map(|p| p.1), Some(35));
+    }
 
     #[test]
     fn shares_add_up_and_partitions_are_spread() {
