@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # How the broker scales with cores: for each core count N, a fresh broker on N pinned cores
 # (CPUs 0..N-1) and loadgen's lean Kafka client pinned to the CPUs above them, producing
-# (acks=0, batch 50) with N producers into 2N partitions, then N consumers draining a
-# backlog of the same size; MESSAGES per core, so each run lasts about as long. Every run
+# (acks=0, batch 50) with N producers into 2N partitions (each batch split over all
+# partitions, then each batch whole to one), then N consumers draining a backlog of the
+# same size; MESSAGES per core, so each run lasts about as long. Every run
 # reads its messages back (loadgen's check).
 # Needs at least 2x the largest N in CPUs: the scaling figures in results/ come from a
 # 16-CPU machine.
@@ -42,10 +43,12 @@ for n in $counts; do
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   clients="$n-$((cpus - 1))"
   messages=$((per_core * n))
-  for workload in produce consume; do
+  for run in produce:per-message produce:per-batch consume:per-batch; do
+    workload=${run%%:*} partitioner=${run#*:}
     taskset -c "$clients" "$bin/loadgen" --quiet --kafka "127.0.0.1:$port" "$workload" \
       --target kafka-lean --messages "$messages" --batch 50 --producers "$n" --consumers "$n" \
-      --partitions $((2 * n)) --out "$out/$workload-$n" | tail -n 2
+      --partitions $((2 * n)) --partitioner "$partitioner" \
+      --out "$out/$workload-$partitioner-$n" | tail -n 2
   done
   kill -TERM "$broker"
   wait "$broker" || true

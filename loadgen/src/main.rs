@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use report::{Meta, Report, Unreachable};
-use target::{Dest, Mode, Target};
+use target::{Dest, Mode, Partitioner, Target};
 use workload::{Knobs, RunResult, Verify};
 
 #[derive(Parser)]
@@ -136,6 +136,11 @@ struct KnobArgs {
     /// Topic partitions, or queues on queue brokers.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
+    /// How producers spread messages over partitions: per-message round robin splits each
+    /// batch over all of them; per-batch sends each batch whole to one (Kafka's sticky
+    /// partitioner).
+    #[arg(long, value_enum, default_value = "per-message")]
+    partitioner: Partitioner,
     /// Unacknowledged messages a queue broker may push to a consumer.
     #[arg(long, default_value_t = 1000)]
     prefetch: u16,
@@ -186,6 +191,7 @@ impl KnobArgs {
             producers: self.producers,
             consumers: self.consumers,
             partitions: self.partitions,
+            partitioner: self.partitioner,
             prefetch: self.prefetch,
             warmup: self.warmup,
             duration: self.duration.map(Duration::from_secs),
@@ -320,6 +326,7 @@ fn base_result(
         producers: k.producers,
         consumers: k.consumers,
         partitions: k.partitions,
+        partitioner: k.partitioner,
         warmup: k.warmup,
         messages: 0,
         bytes: 0,
@@ -452,6 +459,7 @@ fn paper(
         producers: 1,
         consumers: 1,
         partitions: 1,
+        partitioner: Partitioner::PerMessage,
         prefetch: 1000,
         warmup: 0,
         duration: None,

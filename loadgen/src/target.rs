@@ -9,6 +9,28 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Serialize;
 
+/// How a producer spreads its messages over the partitions (or queues).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Partitioner {
+    /// Message by message, round robin: a batch is split over every partition.
+    PerMessage,
+    /// Batch by batch, round robin: each batch goes whole to one partition, as Kafka's
+    /// sticky partitioner (KIP-480, librdkafka's default for keyless messages) does.
+    PerBatch,
+}
+
+impl Partitioner {
+    /// The partition of producer `id`'s message `seq`.
+    pub fn partition(self, id: u32, seq: u64, batch: usize, partitions: u32) -> u32 {
+        let step = match self {
+            Partitioner::PerMessage => seq,
+            Partitioner::PerBatch => seq / batch.max(1) as u64,
+        };
+        ((u64::from(id) + step) % u64::from(partitions.max(1))) as u32
+    }
+}
+
 /// Durability settings, chosen to be comparable across brokers (see the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,4 +124,17 @@ pub trait Target: Send + Sync {
     fn cleanup(&self, dest: &Dest) -> anyhow::Result<()>;
     /// How to start this broker, printed when it cannot be reached.
     fn how_to_start(&self) -> &'static str;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Partitioner;
+
+    #[test]
+    fn per_message_splits_a_batch_and_per_batch_keeps_it_whole() {
+        let spread =
+            |p: Partitioner| -> Vec<u32> { (0..8).map(|s| p.partition(1, s, 4, 3)).collect() };
+        assert_eq!(spread(Partitioner::PerMessage), [1, 2, 0, 1, 2, 0, 1, 2]);
+        assert_eq!(spread(Partitioner::PerBatch), [1, 1, 1, 1, 2, 2, 2, 2]);
+    }
 }

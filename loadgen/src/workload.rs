@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::payload::{self, Header, Message, Tracker};
 use crate::procfs;
-use crate::target::{ConsumerSpec, Dest, Mode, ProducerSpec, Target};
+use crate::target::{ConsumerSpec, Dest, Mode, Partitioner, ProducerSpec, Target};
 
 /// How long consumers wait for a message that should still come before they give up
 /// and report it missing.
@@ -36,6 +36,7 @@ pub struct Knobs {
     pub producers: u32,
     pub consumers: u32,
     pub partitions: u32,
+    pub partitioner: Partitioner,
     pub prefetch: u16,
     /// Messages (per run, spread over producers) sent before measuring starts.
     pub warmup: u64,
@@ -122,6 +123,7 @@ pub struct RunResult {
     pub producers: u32,
     pub consumers: u32,
     pub partitions: u32,
+    pub partitioner: Partitioner,
     /// Messages left out of the measurement at the start.
     pub warmup: u64,
     /// Messages and payload bytes in the measured window (warm-up excluded, but for
@@ -450,6 +452,7 @@ pub fn produce(
             None => true,
         };
         let (size, batch, partitions, duration) = (k.size, k.batch, dest.partitions, k.duration);
+        let partitioner = k.partitioner;
         handles.push(thread::spawn(move || -> anyhow::Result<(u64, u64)> {
             let mut msg = Message::new(size);
             let mut send = |seq: u64| -> anyhow::Result<()> {
@@ -458,7 +461,7 @@ pub fn produce(
                     seq,
                     sent_nanos: payload::now_nanos(),
                 };
-                let partition = ((u64::from(id) + seq) % u64::from(partitions)) as u32;
+                let partition = partitioner.partition(id, seq, batch, partitions);
                 producer.send(partition, msg.stamp(header))?;
                 if (seq + 1).is_multiple_of(batch as u64) {
                     producer.end_batch()?;
@@ -738,6 +741,7 @@ pub fn latency(
         let go = Arc::clone(&go);
         let count = expected[id as usize];
         let (size, batch, partitions) = (k.size, k.batch, dest.partitions);
+        let partitioner = k.partitioner;
         producers.push(thread::spawn(move || -> anyhow::Result<(u64, u64)> {
             let mut msg = Message::new(size);
             go.wait();
@@ -754,7 +758,7 @@ pub fn latency(
                     seq,
                     sent_nanos: intended,
                 };
-                let partition = ((u64::from(id) + seq) % u64::from(partitions)) as u32;
+                let partition = partitioner.partition(id, seq, batch, partitions);
                 producer.send(partition, msg.stamp(header))?;
                 if (seq + 1).is_multiple_of(batch as u64) {
                     producer.end_batch()?;
