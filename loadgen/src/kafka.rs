@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -16,7 +16,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::target::{Consumer, ConsumerSpec, Dest, Mode, Producer, ProducerSpec, Target};
+use crate::target::{
+    Consumer, ConsumerSpec, Dest, Mode, Producer, ProducerSpec, Target, wait_until,
+};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -100,25 +102,17 @@ impl Target for Kafka {
                 bail!("creating topic {name}: {code}");
             }
         }
-        // Wait until every partition has a leader.
-        let deadline = Instant::now() + ADMIN_TIMEOUT;
-        loop {
+        let what = format!("every partition of topic {} has a leader", dest.name);
+        wait_until(ADMIN_TIMEOUT, &what, || {
             let md = admin
                 .inner()
                 .fetch_metadata(Some(&dest.name), Duration::from_secs(5))?;
-            let ready = md.topics().first().is_some_and(|t| {
+            Ok(md.topics().first().is_some_and(|t| {
                 t.error().is_none()
                     && t.partitions().len() == dest.partitions as usize
                     && t.partitions().iter().all(|p| p.leader() >= 0)
-            });
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("topic {} has no leaders after {ADMIN_TIMEOUT:?}", dest.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            }))
+        })
     }
 
     fn producer(&self, dest: &Dest, spec: ProducerSpec) -> anyhow::Result<Box<dyn Producer>> {

@@ -46,7 +46,9 @@ use kafka_protocol::records::{
 };
 
 use crate::kafka::port_of;
-use crate::target::{Consumer, ConsumerSpec, Dest, Mode, Producer, ProducerSpec, Target};
+use crate::target::{
+    Consumer, ConsumerSpec, Dest, Mode, Producer, ProducerSpec, Target, wait_until,
+};
 
 // Versions: the highest non-flexible ones, all accepted by our broker and by Kafka 4.
 const PRODUCE_VERSION: i16 = 8;
@@ -198,23 +200,15 @@ impl Target for KafkaLean {
                 format_args!("creating topic {}", t.name.0.as_str()),
             )?;
         }
-        // Wait until every partition has a leader.
-        let deadline = Instant::now() + ADMIN_TIMEOUT;
-        loop {
+        let what = format!("every partition of topic {} has a leader", dest.name);
+        wait_until(ADMIN_TIMEOUT, &what, || {
             let md = self.topic_metadata(&dest.name)?;
-            let ready = md.topics.first().is_some_and(|t| {
+            Ok(md.topics.first().is_some_and(|t| {
                 t.error_code == 0
                     && t.partitions.len() == dest.partitions as usize
                     && t.partitions.iter().all(|p| p.leader_id.0 >= 0)
-            });
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("topic {} has no leaders after {ADMIN_TIMEOUT:?}", dest.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            }))
+        })
     }
 
     fn producer(&self, dest: &Dest, spec: ProducerSpec) -> anyhow::Result<Box<dyn Producer>> {

@@ -4,10 +4,26 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use serde::Serialize;
+
+/// Asks `ready` every 50 ms until it answers true; an error after `timeout`, naming `what`.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready()? {
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
 
 /// How a producer spreads its messages over the partitions (or queues).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
