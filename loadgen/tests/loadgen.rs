@@ -313,6 +313,9 @@ fn durable_mode_with_several_producers_consumers_and_partitions() {
                 "2",
                 "--partitions",
                 "4",
+                // Whole batches to one partition each (the other tests deal per message).
+                "--partitioner",
+                "per-batch",
                 "--size",
                 "1000",
                 "--warmup",
@@ -325,6 +328,7 @@ fn durable_mode_with_several_producers_consumers_and_partitions() {
             check_run(run, 9000);
             assert_eq!(run["target"], target);
             assert_eq!(run["mode"], "durable");
+            assert_eq!(run["partitioner"], "per-batch");
             assert_eq!(
                 u(run, "messages"),
                 9000 - 300,
