@@ -184,10 +184,10 @@ impl CpuWindow {
     }
 }
 
-/// Live progress and the throughput series for the charts.
 /// Clients' own counts of departed messages, each with the warm-up messages it includes.
 type Followed = Mutex<Vec<(Arc<AtomicU64>, u64)>>;
 
+/// Live progress and the throughput series for the charts.
 struct Progress {
     done: Arc<AtomicU64>,
     /// Counts kept by clients that queue on their own side (`Producer::departed`), each
