@@ -8,7 +8,7 @@
 # Needs at least 2x the largest N in CPUs: the scaling figures in results/ come from a
 # 16-CPU machine.
 # Usage: scripts/core-scaling.sh OUT_DIR [MESSAGES_PER_CORE] [CORE_COUNTS]
-#   BIN=DIR takes broker and loadgen from DIR instead of target/release (built if absent).
+#   BIN=DIR takes broker and loadgen from DIR; without it they are built into target/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR [MESSAGES_PER_CORE] [CORE_COUNTS]}
@@ -31,6 +31,9 @@ mkdir -p "$out"
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 port=19192
+broker='' data=''
+# A failed run must not leave its broker running or its data behind.
+trap '[[ -n $broker ]] && kill -TERM "$broker" 2>/dev/null; [[ -n $data ]] && rm -rf "$data"' EXIT
 for n in $counts; do
   if (( 2 * n > cpus )); then
     echo "skipping $n cores: $cpus CPUs cannot hold the broker and its clients apart" >&2
@@ -53,5 +56,6 @@ for n in $counts; do
   kill -TERM "$broker"
   wait "$broker" || true
   rm -rf "$data"
+  broker='' data=''
   port=$((port + 1))
 done
