@@ -6,8 +6,9 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{Broker, require_tool};
+use common::{Broker, output_within, require_tool};
 
 fn kcat(broker: &Broker, args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new(require_tool("kcat"))
@@ -24,7 +25,7 @@ fn kcat(broker: &Broker, args: &[&str], stdin: Option<&str>) -> String {
         input.write_all(text.as_bytes()).expect("write to kcat");
     }
     drop(input);
-    let out = child.wait_with_output().expect("kcat output");
+    let out = output_within(child, Duration::from_secs(60), "kcat");
     assert!(
         out.status.success(),
         "kcat {args:?} failed: {}",
@@ -99,12 +100,17 @@ fn given_kafka_python_when_driving_the_broker_should_pass_its_checks() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/kafka_python_check.py"
     );
-    let out = Command::new(require_tool("python3"))
+    let child = Command::new(require_tool("python3"))
         .arg(script)
         .arg(&broker.addr)
         .arg(dir.path())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run python3");
+    // The script bounds itself at 180 s (faulthandler); this is the backstop.
+    let out = output_within(child, Duration::from_secs(240), "kafka_python_check.py");
     assert!(
         out.status.success(),
         "kafka-python checks failed (is kafka-python installed? .ci/run installs it):\n{}\n{}",

@@ -111,6 +111,7 @@ impl Member {
 }
 
 pub struct Group {
+    id: String,
     state: GroupState,
     generation: i32,
     protocol_type: Option<String>,
@@ -123,8 +124,9 @@ pub struct Group {
 }
 
 impl Group {
-    fn new() -> Self {
+    fn new(id: String) -> Self {
         Self {
+            id,
             state: GroupState::Empty,
             generation: 0,
             protocol_type: None,
@@ -211,7 +213,7 @@ impl Coordinator {
         let group = self
             .groups
             .entry(args.group_id.clone())
-            .or_insert_with(Group::new);
+            .or_insert_with(|| Group::new(args.group_id.clone()));
         if group.state == GroupState::Empty {
             // A group that emptied may be reused by another kind of client.
             group.protocol_type = None;
@@ -292,6 +294,7 @@ impl Coordinator {
         if group.protocol_type.is_none() {
             group.protocol_type = Some(args.protocol_type);
         }
+        tracing::debug!(group = %group.id, member = %member_id, state = group.state.name(), "member joins");
         if group.state != GroupState::PreparingRebalance {
             prepare_rebalance(group, now);
         }
@@ -336,6 +339,7 @@ impl Coordinator {
                 let (tx, rx) = oneshot::channel();
                 member.sync_waiter = Some(tx);
                 if group.leader.as_deref() == Some(member_id) {
+                    tracing::debug!(group = %group.id, generation, leader = member_id, "leader sent the assignment");
                     for (id, assignment) in assignments {
                         if let Some(m) = group.members.get_mut(&id) {
                             m.assignment = assignment;
@@ -413,6 +417,7 @@ impl Coordinator {
         let mut removed = false;
         for id in member_ids {
             if group.members.remove(id).is_some() {
+                tracing::debug!(group = %group.id, member = %id, "member leaves");
                 removed = true;
                 out.push((id.clone(), error_code::NONE));
             } else {
@@ -467,7 +472,7 @@ impl Coordinator {
                 .collect();
             if !expired.is_empty() {
                 for id in &expired {
-                    tracing::info!(member = %id, "member session expired");
+                    tracing::info!(group = %group.id, member = %id, "member session expired");
                     group.members.remove(id);
                 }
                 member_left(group, now);
@@ -542,6 +547,7 @@ fn prepare_rebalance(group: &mut Group, now: Instant) {
         .map(|m| m.rebalance_timeout)
         .max()
         .unwrap_or(Duration::ZERO);
+    tracing::debug!(group = %group.id, members = group.members.len(), ?timeout, "preparing a rebalance");
     group.state = GroupState::PreparingRebalance;
     group.rebalance_deadline = Some(now + timeout);
 }
@@ -612,6 +618,13 @@ fn maybe_complete_join(group: &mut Group, now: Instant, deadline_passed: bool) {
             .map(|(id, _)| id.clone())
             .unwrap_or_default(),
     };
+    tracing::info!(
+        group = %group.id,
+        generation = group.generation,
+        members = group.members.len(),
+        %leader,
+        "rebalance: join phase complete"
+    );
     group.leader = Some(leader.clone());
     group.state = GroupState::CompletingRebalance;
     group.rebalance_deadline = None;

@@ -3,8 +3,12 @@
 Usage: kafka_python_check.py BOOTSTRAP DATA_DIR
 Exits non-zero with a message on the first failed check.
 """
+import faulthandler
+import os
 import struct
+import subprocess
 import sys
+import threading
 import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -13,12 +17,19 @@ from kafka.errors import TopicAlreadyExistsError
 
 bootstrap, data_dir = sys.argv[1], sys.argv[2]
 CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+# A hang must fail with a trace, not stall the test run: past this, every thread's stack
+# goes to stderr and the process exits non-zero.
+faulthandler.dump_traceback_later(180, exit=True)
+children = []
 
 
 def check(cond, message):
     if not cond:
         print(f"FAIL: {message}", file=sys.stderr)
-        sys.exit(1)
+        for child in children:
+            child.kill()
+        # Not sys.exit: that would wait for the threads still reading the children.
+        os._exit(1)
 
 
 def stored_codecs(topic):
@@ -106,17 +117,17 @@ producer = KafkaProducer(bootstrap_servers=bootstrap)
 
 
 def group_member():
-    return KafkaConsumer("py-shared", bootstrap_servers=bootstrap, group_id="py-group",
-                         auto_offset_reset="earliest", enable_auto_commit=False,
-                         session_timeout_ms=6000, heartbeat_interval_ms=500)
+    # Learns the partitions before subscribing, as kafka_python_member.py does (why: there).
+    member = KafkaConsumer(bootstrap_servers=bootstrap, group_id="py-group",
+                           auto_offset_reset="earliest", enable_auto_commit=False,
+                           session_timeout_ms=6000, heartbeat_interval_ms=500)
+    member.partitions_for_topic("py-shared")
+    member.subscribe(["py-shared"])
+    return member
 
 
 # The two members run in processes of their own (kafka_python_member.py), as real members
 # do; this process reads what they print.
-import os
-import subprocess
-import threading
-
 seen = {}
 assigned = [None, None]
 committed = [threading.Event(), threading.Event()]
@@ -125,6 +136,7 @@ lock = threading.Lock()
 member_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kafka_python_member.py")
 members = [subprocess.Popen([sys.executable, member_script, bootstrap], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True) for _ in range(2)]
+children.extend(members)
 
 
 def read_member(i, proc):
@@ -142,7 +154,8 @@ def read_member(i, proc):
                 committed[i].set()
 
 
-readers = [threading.Thread(target=read_member, args=(i, p)) for i, p in enumerate(members)]
+readers = [threading.Thread(target=read_member, args=(i, p), daemon=True)
+           for i, p in enumerate(members)]
 for t in readers:
     t.start()
 
@@ -185,9 +198,13 @@ check(not failures, f"commits: {failures}")
 for p in members:
     tell(p, "close")
 for p in members:
-    check(p.wait(30) == 0, "a member did not exit cleanly")
+    try:
+        code = p.wait(30)
+    except subprocess.TimeoutExpired:
+        code = None
+    check(code == 0, f"a member did not exit cleanly: {code}")
 for t in readers:
-    t.join()
+    t.join(10)
 for i in range(10):
     producer.send("py-shared", value=f"late{i}".encode(), partition=i % 4)
 producer.flush()
@@ -195,7 +212,7 @@ m3 = group_member()
 late = []
 deadline = time.time() + 30
 while len(late) < 10 and time.time() < deadline:
-    for records in m3.poll(timeout_ms=200).values():
+    for records in m3.poll(timeout_ms=1000).values():
         late.extend(r.value for r in records)
 check(sorted(late) == sorted(f"late{i}".encode() for i in range(10)), f"resumed at the commit: {late[:5]}")
 m3.close()

@@ -7,6 +7,8 @@ Two kafka-python consumers in one process share its network thread, and under lo
 thread was seen to stall both (no heartbeats, sessions expiring); real members are
 separate processes anyway.
 """
+import logging
+import os
 import select
 import sys
 
@@ -24,12 +26,23 @@ def command(timeout):
     return sys.stdin.readline().strip() if ready else None
 
 
-member = KafkaConsumer("py-shared", bootstrap_servers=sys.argv[1], group_id="py-group",
+if os.environ.get("KAFKA_PYTHON_MEMBER_LOG"):
+    logging.basicConfig(level=getattr(logging, os.environ["KAFKA_PYTHON_MEMBER_LOG"]), stream=sys.stderr,
+                        format=f"%(asctime)s member {os.getpid()} %(name)s: %(message)s")
+member = KafkaConsumer(bootstrap_servers=sys.argv[1], group_id="py-group",
                        auto_offset_reset="earliest", enable_auto_commit=False,
                        session_timeout_ms=6000, heartbeat_interval_ms=500)
+# Two guards against a kafka-python 3.0.12 bug, seen with this broker under CPU load: when
+# a poll's timeout ends while the member's own JoinGroup/SyncGroup is in flight, and the
+# rejoin was caused by a metadata change, the finished join is never applied (the member
+# keeps an empty assignment, stops heartbeating, and is expired). So the member learns the
+# topic's partitions before it subscribes (no metadata-driven rejoin after its first
+# join), and polls with a timeout long enough for a join to finish inside one poll.
+member.partitions_for_topic("py-shared")
+member.subscribe(["py-shared"])
 shown = None
 while True:
-    for records in member.poll(timeout_ms=100).values():
+    for records in member.poll(timeout_ms=1000).values():
         for r in records:
             say("V " + r.value.decode())
     assignment = ",".join(str(p) for p in sorted(tp.partition for tp in member.assignment()))
