@@ -50,8 +50,18 @@ fn start_broker(data: &Path) -> Broker {
     Broker { child, addr }
 }
 
+/// `klog` under coreutils' `timeout`: a consumer waiting for messages that never come fails
+/// its test (exit 124) instead of stalling the run.
+fn bounded_klog() -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=5s", "120s"])
+        .arg(env!("CARGO_BIN_EXE_klog"));
+    command
+}
+
 fn klog(broker: &Broker, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_klog"))
+    let mut child = bounded_klog()
         .args(["-b", &broker.addr])
         .args(args)
         .stdin(Stdio::piped())
@@ -242,7 +252,7 @@ fn given_the_walkthrough_when_run_with_klog_should_print_what_kafka_tools_would(
         None,
     );
     assert!(!unknown.status.success());
-    let unreachable = Command::new(env!("CARGO_BIN_EXE_klog"))
+    let unreachable = bounded_klog()
         .args(["-b", "127.0.0.1:1", "topics", "list"])
         .output()
         .unwrap();

@@ -63,8 +63,12 @@ fn start_broker_with_flush(data: &Path, flush: &str) -> Broker {
     Broker { child, addr }
 }
 
+/// `loadgen` under coreutils' `timeout`, so that a run that stops making progress fails its
+/// test (exit 124) instead of stalling the whole test run.
 fn loadgen(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+    let out = Command::new("timeout")
+        .args(["--kill-after=10s", "600s"])
+        .arg(env!("CARGO_BIN_EXE_loadgen"))
         .arg("--quiet")
         .args(args)
         .output()
