@@ -5,13 +5,13 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Broker, output_within, require_tool};
+use common::{Broker, bounded, require_tool};
 
 fn kcat(broker: &Broker, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(require_tool("kcat"))
+    let mut child = bounded(&require_tool("kcat"), Duration::from_secs(60))
         .arg("-b")
         .arg(&broker.addr)
         .args(args)
@@ -25,7 +25,7 @@ fn kcat(broker: &Broker, args: &[&str], stdin: Option<&str>) -> String {
         input.write_all(text.as_bytes()).expect("write to kcat");
     }
     drop(input);
-    let out = output_within(child, Duration::from_secs(60), "kcat");
+    let out = child.wait_with_output().expect("kcat output");
     assert!(
         out.status.success(),
         "kcat {args:?} failed: {}",
@@ -100,17 +100,14 @@ fn given_kafka_python_when_driving_the_broker_should_pass_its_checks() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/kafka_python_check.py"
     );
-    let child = Command::new(require_tool("python3"))
+    // The script bounds itself at 180 s (faulthandler dumps its stacks); this is the backstop.
+    let out = bounded(&require_tool("python3"), Duration::from_secs(240))
         .arg(script)
         .arg(&broker.addr)
         .arg(dir.path())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .expect("run python3");
-    // The script bounds itself at 180 s (faulthandler); this is the backstop.
-    let out = output_within(child, Duration::from_secs(240), "kafka_python_check.py");
     assert!(
         out.status.success(),
         "kafka-python checks failed (is kafka-python installed? .ci/run installs it):\n{}\n{}",

@@ -2,10 +2,10 @@
 //! directory, and stops it by SIGTERM or SIGKILL.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 pub struct Broker {
     child: Option<Child>,
@@ -116,46 +116,13 @@ pub fn require_tool(name: &str) -> PathBuf {
     })
 }
 
-/// Waits for a spawned client with piped stdout and stderr, killing it past `limit`: a client
-/// that hangs then fails its test with what it printed, instead of stalling the whole run.
-pub fn output_within(mut child: Child, limit: Duration, what: &str) -> Output {
-    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    }
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for client") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // A grandchild holding the pipes open must not hang the join either: it is bounded by
-    // the same kill, since the script's own children exit when their stdin closes.
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    match status {
-        Some(status) => Output {
-            status,
-            stdout,
-            stderr,
-        },
-        None => panic!(
-            "{what} still running after {limit:?}; killed. It printed:\n{}\n{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        ),
-    }
+/// `tool` under coreutils' `timeout`: past `limit` it is killed and exits 124, so a client
+/// that hangs fails its test with what it printed instead of stalling the whole run.
+pub fn bounded(tool: &Path, limit: Duration) -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .arg("--kill-after=5s")
+        .arg(format!("{}s", limit.as_secs()))
+        .arg(tool);
+    command
 }
