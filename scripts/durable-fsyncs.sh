@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 messages=${1:-20000}
 cargo build --release --locked -p server --bin broker -p loadgen >&2
 data=$(mktemp -d /tmp/durable-fsyncs.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+metrics_port=$(free_port)
 BROKER_FLUSH=per-append RUST_LOG=warn target/release/broker --listen "127.0.0.1:$port" \
   --data-dir "$data/data" --metrics-listen "127.0.0.1:$metrics_port" >"$data/broker.log" 2>&1 &
 broker=$!
