@@ -1,0 +1,606 @@
+//! The cluster metadata: what the controller quorum commits, and the one function that
+//! changes it. Pure: no I/O, no clock, no randomness. Every replica applies the same
+//! commands in the same order and reaches the same state, so everything here must be
+//! deterministic (placement included: it reads only the state and the command).
+//!
+//! The model is KRaft's: broker registrations with an incarnation and a fenced flag, topics
+//! with their configs, and per partition the replicas, leader, leader epoch, ISR and
+//! partition epoch. A partition's leader comes only from its ISR (no unclean election).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement;
+
+/// A broker's id, as Kafka numbers them (`node.id`): non-negative.
+pub type BrokerId = i32;
+
+/// `leader` of a partition that has none.
+pub const NO_LEADER: BrokerId = -1;
+
+/// Most partitions one topic may have (the server checks this before submitting; the
+/// state machine checks again, so a hostile peer cannot make every replica allocate).
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
+/// Most brokers a cluster may register.
+pub const BROKERS_MAX: usize = 1_000;
+
+/// Most topics the metadata holds.
+pub const TOPICS_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub id: BrokerId,
+    /// Where clients reach this broker (its advertised listener).
+    pub host: String,
+    pub port: i32,
+    /// Drawn at random by each start of the broker process: a registration with a new
+    /// incarnation replaces the old one, and heartbeats of the old one are refused.
+    pub incarnation: u64,
+    /// A fenced broker leads nothing and is not listed to clients: its session expired
+    /// (or it shut down) and it has not heartbeated since.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Brokers that hold a copy, the preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    /// The in-sync replicas. Until follower replication exists, a partition's ISR is its
+    /// leader alone (followers hold no data, so they are not in sync).
+    pub isr: Vec<BrokerId>,
+    pub leader: BrokerId,
+    /// Bumped by every change of leader (and by every leaderless transition).
+    pub leader_epoch: i32,
+    /// Bumped by every change of this record (leader or ISR): fences stale updates.
+    pub partition_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    /// Unique per creation (a topic deleted and created again gets a new id).
+    pub topic_id: u128,
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionRecord>,
+}
+
+impl TopicRecord {
+    pub fn replication_factor(&self) -> usize {
+        self.partitions.first().map_or(0, |p| p.replicas.len())
+    }
+}
+
+/// The committed state. Cheap to share: the controller publishes it as an `Arc` after each
+/// applied batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub brokers: BTreeMap<BrokerId, BrokerRegistration>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    /// Where the next topic's replica assignment starts, so successive topics put their
+    /// first leader on different brokers.
+    pub placement_cursor: u64,
+}
+
+/// A change proposed to the controller. Applied in log order by every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A broker (re)starts: a new incarnation replaces the old one and is unfenced.
+    RegisterBroker {
+        id: BrokerId,
+        host: String,
+        port: i32,
+        incarnation: u64,
+    },
+    /// The active controller saw no heartbeat from this incarnation for the session
+    /// timeout, or the broker is shutting down: it leads nothing from now on.
+    FenceBroker {
+        id: BrokerId,
+        incarnation: u64,
+    },
+    /// A fenced incarnation heartbeats again.
+    UnfenceBroker {
+        id: BrokerId,
+        incarnation: u64,
+    },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to change (a no-op entry, a repeated fence, a membership change).
+    Nothing,
+    BrokerRegistered,
+    BrokerFenced {
+        leaderless: usize,
+    },
+    BrokerUnfenced,
+    TopicCreated(TopicRecord),
+    TopicDeleted,
+}
+
+/// Why a command was refused. Each maps to one Kafka error code in the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("replication factor {requested} is larger than the {live} live brokers")]
+    InvalidReplicationFactor { requested: i16, live: usize },
+    #[error("partition count {0} is out of range 1..={PARTITIONS_PER_TOPIC_MAX}")]
+    InvalidPartitions(i32),
+    #[error("broker {0} is not registered, or with another incarnation")]
+    StaleBroker(BrokerId),
+    #[error("invalid broker registration: {0}")]
+    InvalidRegistration(String),
+    #[error("the cluster metadata is full: {0}")]
+    Full(String),
+}
+
+pub type ApplyResult = Result<Applied, MetadataError>;
+
+/// A deterministic topic id from where its creation sits in the log.
+pub fn topic_id_at(term: u64, index: u64) -> u128 {
+    // Never zero (Kafka's null id): the index of a committed entry is at least 1.
+    (u128::from(term) << 64) | u128::from(index.max(1))
+}
+
+impl Metadata {
+    /// Brokers that may lead and host new replicas, in id order.
+    pub fn live_brokers(&self) -> Vec<BrokerId> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .collect()
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionRecord> {
+        self.topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)
+    }
+
+    /// Applies one committed command. `topic_id` is the id a created topic gets (from
+    /// the entry's log id, the same on every replica).
+    pub fn apply(&mut self, command: &Command, topic_id: u128) -> ApplyResult {
+        match command {
+            Command::RegisterBroker {
+                id,
+                host,
+                port,
+                incarnation,
+            } => self.register(*id, host, *port, *incarnation),
+            Command::FenceBroker { id, incarnation } => self.fence(*id, *incarnation),
+            Command::UnfenceBroker { id, incarnation } => self.unfence(*id, *incarnation),
+            Command::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+            } => self.create_topic(name, *partitions, *replication_factor, configs, topic_id),
+            Command::DeleteTopic { name } => match self.topics.remove(name) {
+                Some(_) => Ok(Applied::TopicDeleted),
+                None => Err(MetadataError::UnknownTopic(name.clone())),
+            },
+        }
+    }
+
+    fn register(&mut self, id: BrokerId, host: &str, port: i32, incarnation: u64) -> ApplyResult {
+        if id < 0 {
+            return Err(MetadataError::InvalidRegistration(format!(
+                "broker id {id} is negative"
+            )));
+        }
+        if !(1..=65535).contains(&port) || host.is_empty() {
+            return Err(MetadataError::InvalidRegistration(format!(
+                "advertised address {host}:{port}"
+            )));
+        }
+        if !self.brokers.contains_key(&id) && self.brokers.len() >= BROKERS_MAX {
+            return Err(MetadataError::Full("brokers".into()));
+        }
+        let was_fenced = self.brokers.get(&id).is_none_or(|b| b.fenced);
+        let changed_incarnation = self
+            .brokers
+            .get(&id)
+            .is_some_and(|b| b.incarnation != incarnation);
+        self.brokers.insert(
+            id,
+            BrokerRegistration {
+                id,
+                host: host.to_owned(),
+                port,
+                incarnation,
+                fenced: false,
+            },
+        );
+        if changed_incarnation && !was_fenced {
+            // The old process is gone (it restarted faster than its session expired):
+            // whatever it led must change epoch, so that nothing of the old incarnation's
+            // leadership is taken for the new one's.
+            self.bump_led_by(id);
+        }
+        self.elect_where_leaderless(id);
+        Ok(Applied::BrokerRegistered)
+    }
+
+    fn fence(&mut self, id: BrokerId, incarnation: u64) -> ApplyResult {
+        let Some(broker) = self.brokers.get_mut(&id) else {
+            return Err(MetadataError::StaleBroker(id));
+        };
+        if broker.incarnation != incarnation {
+            return Err(MetadataError::StaleBroker(id));
+        }
+        if broker.fenced {
+            return Ok(Applied::Nothing);
+        }
+        broker.fenced = true;
+        let mut leaderless = 0;
+        let live = self.live_brokers();
+        for topic in self.topics.values_mut() {
+            for p in &mut topic.partitions {
+                if p.leader != id {
+                    continue;
+                }
+                // A new leader only from the ISR, never an out-of-sync replica.
+                p.leader = p
+                    .isr
+                    .iter()
+                    .copied()
+                    .find(|b| *b != id && live.contains(b))
+                    .unwrap_or(NO_LEADER);
+                if p.leader == NO_LEADER {
+                    leaderless += 1;
+                } else {
+                    p.isr.retain(|b| *b != id);
+                }
+                p.leader_epoch += 1;
+                p.partition_epoch += 1;
+            }
+        }
+        Ok(Applied::BrokerFenced { leaderless })
+    }
+
+    fn unfence(&mut self, id: BrokerId, incarnation: u64) -> ApplyResult {
+        let Some(broker) = self.brokers.get_mut(&id) else {
+            return Err(MetadataError::StaleBroker(id));
+        };
+        if broker.incarnation != incarnation {
+            return Err(MetadataError::StaleBroker(id));
+        }
+        if !broker.fenced {
+            return Ok(Applied::Nothing);
+        }
+        broker.fenced = false;
+        self.elect_where_leaderless(id);
+        Ok(Applied::BrokerUnfenced)
+    }
+
+    /// A broker back in service leads the leaderless partitions whose ISR names it.
+    fn elect_where_leaderless(&mut self, id: BrokerId) {
+        for topic in self.topics.values_mut() {
+            for p in &mut topic.partitions {
+                if p.leader == NO_LEADER && p.isr.contains(&id) {
+                    p.leader = id;
+                    p.leader_epoch += 1;
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn bump_led_by(&mut self, id: BrokerId) {
+        for topic in self.topics.values_mut() {
+            for p in &mut topic.partitions {
+                if p.leader == id {
+                    p.leader_epoch += 1;
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+        topic_id: u128,
+    ) -> ApplyResult {
+        if self.topics.contains_key(name) {
+            return Err(MetadataError::TopicAlreadyExists(name.to_owned()));
+        }
+        if self.topics.len() >= TOPICS_MAX {
+            return Err(MetadataError::Full("topics".into()));
+        }
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
+            return Err(MetadataError::InvalidPartitions(partitions));
+        }
+        let live = self.live_brokers();
+        let rf = usize::try_from(replication_factor).unwrap_or(0);
+        if rf == 0 || rf > live.len() {
+            return Err(MetadataError::InvalidReplicationFactor {
+                requested: replication_factor,
+                live: live.len(),
+            });
+        }
+        let assignment = placement::assign(&live, partitions, rf, self.placement_cursor);
+        self.placement_cursor = self.placement_cursor.wrapping_add(1);
+        let record = TopicRecord {
+            name: name.to_owned(),
+            topic_id,
+            configs: configs.clone(),
+            partitions: assignment
+                .into_iter()
+                .map(|replicas| PartitionRecord {
+                    leader: replicas[0],
+                    // Followers hold no data until replication exists: not in sync.
+                    isr: vec![replicas[0]],
+                    replicas,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                })
+                .collect(),
+        };
+        self.topics.insert(name.to_owned(), record.clone());
+        Ok(Applied::TopicCreated(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(m: &mut Metadata, id: BrokerId, incarnation: u64) -> ApplyResult {
+        m.apply(
+            &Command::RegisterBroker {
+                id,
+                host: format!("127.0.0.{}", id + 1),
+                port: 9092,
+                incarnation,
+            },
+            0,
+        )
+    }
+
+    fn create(m: &mut Metadata, name: &str, partitions: i32, rf: i16) -> ApplyResult {
+        m.apply(
+            &Command::CreateTopic {
+                name: name.into(),
+                partitions,
+                replication_factor: rf,
+                configs: BTreeMap::new(),
+            },
+            topic_id_at(1, m.topics.len() as u64 + 1),
+        )
+    }
+
+    fn three_brokers() -> Metadata {
+        let mut m = Metadata::default();
+        for id in 0..3 {
+            register(&mut m, id, 100 + id as u64).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn given_three_brokers_when_creating_rf3_topic_should_place_three_replicas_with_leaders_spread()
+    {
+        let mut m = three_brokers();
+        let Applied::TopicCreated(t) = create(&mut m, "multiple", 6, 3).unwrap() else {
+            panic!("not created");
+        };
+        let mut leaders = BTreeMap::new();
+        for p in &t.partitions {
+            let mut sorted = p.replicas.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2]);
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!(p.isr, vec![p.leader]);
+            *leaders.entry(p.leader).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn given_two_live_brokers_when_asking_rf3_should_refuse() {
+        let mut m = three_brokers();
+        m.apply(
+            &Command::FenceBroker {
+                id: 2,
+                incarnation: 102,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            create(&mut m, "t", 1, 3),
+            Err(MetadataError::InvalidReplicationFactor {
+                requested: 3,
+                live: 2
+            })
+        );
+        assert!(create(&mut m, "t", 1, 2).is_ok());
+        assert_eq!(
+            create(&mut m, "t", 1, 2),
+            Err(MetadataError::TopicAlreadyExists("t".into()))
+        );
+        assert_eq!(
+            create(&mut m, "u", 0, 1),
+            Err(MetadataError::InvalidPartitions(0))
+        );
+    }
+
+    #[test]
+    fn given_leader_fenced_when_isr_is_leader_alone_should_leave_partition_leaderless_until_it_returns()
+     {
+        let mut m = three_brokers();
+        create(&mut m, "t", 3, 3).unwrap();
+        let led_by_1: Vec<usize> = m.topics["t"]
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.leader == 1)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(led_by_1.len(), 1);
+        let i = led_by_1[0];
+        let applied = m
+            .apply(
+                &Command::FenceBroker {
+                    id: 1,
+                    incarnation: 101,
+                },
+                0,
+            )
+            .unwrap();
+        assert_eq!(applied, Applied::BrokerFenced { leaderless: 1 });
+        let p = &m.topics["t"].partitions[i];
+        assert_eq!(p.leader, NO_LEADER);
+        assert_eq!((p.leader_epoch, p.partition_epoch), (1, 1));
+        assert_eq!(
+            p.isr,
+            vec![1],
+            "the last ISR member stays: no unclean election"
+        );
+        assert_eq!(m.live_brokers(), vec![0, 2]);
+        // A stale incarnation cannot unfence it.
+        assert_eq!(
+            m.apply(
+                &Command::UnfenceBroker {
+                    id: 1,
+                    incarnation: 7
+                },
+                0
+            ),
+            Err(MetadataError::StaleBroker(1))
+        );
+        m.apply(
+            &Command::UnfenceBroker {
+                id: 1,
+                incarnation: 101,
+            },
+            0,
+        )
+        .unwrap();
+        let p = &m.topics["t"].partitions[i];
+        assert_eq!(p.leader, 1);
+        assert_eq!((p.leader_epoch, p.partition_epoch), (2, 2));
+    }
+
+    #[test]
+    fn given_leader_with_in_sync_follower_when_fenced_should_elect_from_isr_and_bump_epoch() {
+        let mut m = three_brokers();
+        create(&mut m, "t", 1, 3).unwrap();
+        let p = &mut m.topics.get_mut("t").unwrap().partitions[0];
+        let leader = p.leader;
+        let follower = p.replicas[1];
+        p.isr = vec![leader, follower];
+        let incarnation = m.brokers[&leader].incarnation;
+        m.apply(
+            &Command::FenceBroker {
+                id: leader,
+                incarnation,
+            },
+            0,
+        )
+        .unwrap();
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!(p.leader, follower);
+        assert_eq!(p.isr, vec![follower]);
+        assert_eq!(p.leader_epoch, 1);
+    }
+
+    #[test]
+    fn given_broker_restarted_before_fencing_when_it_registers_should_bump_epochs_of_what_it_led() {
+        let mut m = three_brokers();
+        create(&mut m, "t", 3, 1).unwrap();
+        let led: Vec<i32> = m.topics["t"]
+            .partitions
+            .iter()
+            .filter(|p| p.leader == 0)
+            .map(|p| p.leader_epoch)
+            .collect();
+        assert_eq!(led, vec![0]);
+        register(&mut m, 0, 999).unwrap();
+        let after: Vec<i32> = m.topics["t"]
+            .partitions
+            .iter()
+            .filter(|p| p.leader == 0)
+            .map(|p| p.leader_epoch)
+            .collect();
+        assert_eq!(after, vec![1]);
+        // The old incarnation can no longer fence or unfence anything.
+        assert_eq!(
+            m.apply(
+                &Command::FenceBroker {
+                    id: 0,
+                    incarnation: 100
+                },
+                0
+            ),
+            Err(MetadataError::StaleBroker(0))
+        );
+    }
+
+    #[test]
+    fn given_deleted_topic_when_created_again_should_get_a_new_id() {
+        let mut m = three_brokers();
+        let Applied::TopicCreated(a) = create(&mut m, "t", 1, 1).unwrap() else {
+            panic!()
+        };
+        m.apply(&Command::DeleteTopic { name: "t".into() }, 0)
+            .unwrap();
+        assert_eq!(
+            m.apply(&Command::DeleteTopic { name: "t".into() }, 0),
+            Err(MetadataError::UnknownTopic("t".into()))
+        );
+        let Applied::TopicCreated(b) = m
+            .apply(
+                &Command::CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: BTreeMap::new(),
+                },
+                topic_id_at(3, 40),
+            )
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_ne!(a.topic_id, b.topic_id);
+    }
+
+    #[test]
+    fn given_bad_registration_should_refuse() {
+        let mut m = Metadata::default();
+        assert!(register(&mut m, -1, 1).is_err());
+        assert!(
+            m.apply(
+                &Command::RegisterBroker {
+                    id: 1,
+                    host: "h".into(),
+                    port: 0,
+                    incarnation: 1
+                },
+                0
+            )
+            .is_err()
+        );
+    }
+}
