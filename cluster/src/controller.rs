@@ -165,14 +165,17 @@ impl Controller {
         &self,
         command: Command,
     ) -> impl std::future::Future<Output = Result<Applied, ControllerError>> + use<> {
-        let (tx, rx) = oneshot::channel();
-        let queued = self.requests.try_send(ControlMessage::Propose(command, tx));
-        async move {
-            match queued {
-                Ok(()) => rx.await.unwrap_or(Err(ControllerError::Stopped)),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(ControllerError::Busy),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(ControllerError::Stopped),
-            }
+        self.handle().propose(command)
+    }
+
+    /// A cloneable handle for proposing and reading the metadata, for the broker's
+    /// cores; stopping stays with the `Controller`.
+    pub fn handle(&self) -> ControllerHandle {
+        ControllerHandle {
+            view: Arc::clone(&self.view),
+            requests: self.requests.clone(),
+            node_id: self.node_id,
+            incarnation: self.incarnation,
         }
     }
 
@@ -228,6 +231,55 @@ impl Drop for Controller {
         if let Some(t) = self.thread.take() {
             let _ = self.requests.try_send(ControlMessage::Crash);
             let _ = t.join();
+        }
+    }
+}
+
+/// What the broker's cores hold of the controller: propose, and read the metadata.
+#[derive(Clone)]
+pub struct ControllerHandle {
+    view: Arc<MetadataView>,
+    requests: mpsc::Sender<ControlMessage>,
+    node_id: BrokerId,
+    incarnation: u64,
+}
+
+impl ControllerHandle {
+    pub fn view(&self) -> &Arc<MetadataView> {
+        &self.view
+    }
+
+    pub fn node_id(&self) -> BrokerId {
+        self.node_id
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// True once the committed metadata holds this start's registration: everything
+    /// committed before this broker started has been applied here.
+    pub fn caught_up(&self) -> bool {
+        self.view
+            .current()
+            .brokers
+            .get(&self.node_id)
+            .is_some_and(|b| b.incarnation == self.incarnation)
+    }
+
+    /// See `Controller::propose`.
+    pub fn propose(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<Applied, ControllerError>> + use<> {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.requests.try_send(ControlMessage::Propose(command, tx));
+        async move {
+            match queued {
+                Ok(()) => rx.await.unwrap_or(Err(ControllerError::Stopped)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(ControllerError::Busy),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(ControllerError::Stopped),
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod rpc;
 pub mod state_machine;
 
 pub use config::{ControllerConfig, Voter, parse_voters};
-pub use controller::{Controller, ControllerError};
+pub use controller::{Controller, ControllerError, ControllerHandle};
 pub use metadata::{
     Applied, BrokerId, BrokerRegistration, Command, Metadata, MetadataError, NO_LEADER,
     PartitionRecord, TopicRecord,

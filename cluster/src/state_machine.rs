@@ -75,12 +75,25 @@ impl MetadataView {
         }
     }
 
+    /// The metadata and the version it was published as, read together.
+    pub fn versioned(&self) -> (u64, Arc<Metadata>) {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (self.version(), Arc::clone(&current))
+    }
+
     fn publish(&self, metadata: Metadata) {
-        *self
+        let mut current = self
             .current
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(metadata);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = Arc::new(metadata);
+        // Under the write lock, so that `versioned` never pairs a state with another
+        // state's version.
         self.version.fetch_add(1, Ordering::AcqRel);
+        drop(current);
         self.changed.notify(usize::MAX);
     }
 

@@ -131,8 +131,11 @@ fn check_request(request: &DecodedRequest, config: &BrokerConfig) {
         }
         RequestBody::CreateTopics(req) => {
             for topic in &req.topics {
-                let Ok(meta) = handlers::admin::requested_topic(topic, config.num_partitions)
-                else {
+                let Ok((meta, _)) = handlers::admin::requested_topic(
+                    topic,
+                    config.num_partitions,
+                    config.default_replication_factor,
+                ) else {
                     continue;
                 };
                 if server::topics::validate(&meta).is_ok() {

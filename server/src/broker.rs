@@ -33,19 +33,28 @@ pub struct RunningBroker {
     /// Where `/metrics` is served, when `metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
+    controller: Option<cluster::Controller>,
 }
 
 impl RunningBroker {
     /// Stops accepting, lets in-flight requests finish, closes every partition cleanly.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        // In a cluster, tell the quorum first that this broker leads nothing any more
+        // (a controlled shutdown), so leadership moves now and not after the session
+        // timeout. A single broker has nowhere to move it.
+        let controller = self.controller.take();
+        let clustered = self.shared.config.controller_quorum_voters.is_some();
         self.shared.begin_shutdown();
         // Wake the acceptor (and the metrics thread) out of accept() so they see the flag.
         let _ = std::net::TcpStream::connect(self.addr);
         if let Some(addr) = self.metrics_addr {
             let _ = std::net::TcpStream::connect(addr);
         }
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(controller) = controller {
+            controller.shutdown(clustered);
         }
     }
 }
@@ -80,6 +89,7 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         None => None,
     };
     let registry = Registry::open(&config.data_dir, cores).context("cannot load topics")?;
+    let controller = start_controller(&config, &registry)?;
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| mpsc::channel::<ShardCommand>(SHARD_INBOX_DEPTH_MAX))
         .unzip();
@@ -94,6 +104,7 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         offsets,
         producer_ids,
         senders,
+        controller.handle(),
     ));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
@@ -145,12 +156,56 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         io_uring,
         metrics_addr,
         threads,
+        controller: Some(controller),
     };
     if let Some(e) = failure {
         broker.shutdown();
         bail!(e);
     }
     Ok(broker)
+}
+
+/// How long a single broker waits at start for its one-voter quorum to register it.
+const REGISTRATION_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Starts this node's controller. A single broker (no quorum configured) waits until its
+/// registration is committed, so it answers as before from its first request; its first
+/// start with a controller imports the topics of a data directory that predates it. In a
+/// cluster the broker serves at once and follows the metadata as it commits (the other
+/// voters may not be up yet).
+fn start_controller(
+    config: &BrokerConfig,
+    registry: &Registry,
+) -> anyhow::Result<cluster::Controller> {
+    let controller_config = config.controller_config().context("configuration")?;
+    let single = controller_config.is_single();
+    let fresh = !controller_config.dir.exists();
+    let controller =
+        cluster::Controller::start(controller_config).context("cannot start the controller")?;
+    if !single {
+        return Ok(controller);
+    }
+    if !controller.wait_registered(REGISTRATION_WAIT_MAX) {
+        bail!("the controller did not register this broker within {REGISTRATION_WAIT_MAX:?}");
+    }
+    if fresh {
+        for meta in registry.list() {
+            let command = cluster::Command::CreateTopic {
+                name: meta.name.clone(),
+                partitions: meta.partitions,
+                replication_factor: 1,
+                configs: meta.configs.clone(),
+            };
+            match futures_executor::block_on(controller.propose(command)) {
+                Ok(_)
+                | Err(cluster::ControllerError::Refused(
+                    cluster::MetadataError::TopicAlreadyExists(_),
+                )) => tracing::info!(topic = %meta.name, "topic recorded with the controller"),
+                Err(e) => bail!("cannot record topic {} with the controller: {e}", meta.name),
+            }
+        }
+    }
+    Ok(controller)
 }
 
 fn run_core(
@@ -186,6 +241,10 @@ fn run_core(
         compio::runtime::spawn(retention_loop(std::rc::Rc::clone(&shard))).detach();
         if id == 0 {
             compio::runtime::spawn(group_timer_loop(std::rc::Rc::clone(&shard))).detach();
+            compio::runtime::spawn(crate::metadata_follower::follow_metadata(
+                std::rc::Rc::clone(&shard),
+            ))
+            .detach();
         }
         let uring = engine::io_mode::current() == Some(engine::IoMode::IoUring);
         let _ = ready.send(Ok(uring));

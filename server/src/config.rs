@@ -115,6 +115,27 @@ pub struct BrokerConfig {
     /// Where to serve Prometheus metrics (`GET /metrics`, OpenMetrics text); off when
     /// unset. Metrics are always counted; this only serves them.
     pub metrics_listen: Option<SocketAddr>,
+    /// This broker's id in the cluster (Kafka `node.id`).
+    pub node_id: i32,
+    /// Where this node's controller listens for the other voters (Kafka's
+    /// `CONTROLLER` listener). Required when `controller_quorum_voters` names others.
+    pub controller_listen: Option<SocketAddr>,
+    /// The controller quorum, Kafka's `controller.quorum.voters` format:
+    /// `1@127.0.0.1:19091,2@127.0.0.1:19092,3@127.0.0.1:19093`. Unset: a one-voter quorum
+    /// of this broker (the single-node default; nothing listens).
+    pub controller_quorum_voters: Option<String>,
+    /// Replicas of a topic created with replication factor -1, and of auto-created ones
+    /// (`default.replication.factor`).
+    pub default_replication_factor: i16,
+    /// In-sync replicas an acks=all produce needs (`min.insync.replicas`). Recorded for
+    /// the replication work; not enforced yet (followers hold no data).
+    pub min_insync_replicas: i16,
+    /// A broker that has not heartbeated to the active controller for this long is
+    /// fenced: it leads nothing until it heartbeats again (`broker.session.timeout.ms`).
+    pub broker_session_timeout_ms: u64,
+    /// How often a broker heartbeats to the active controller
+    /// (`broker.heartbeat.interval.ms`).
+    pub broker_heartbeat_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -146,6 +167,13 @@ impl Default for BrokerConfig {
             queued_max_request_bytes: 512 * 1024 * 1024,
             connections_send_timeout_ms: 30_000,
             metrics_listen: None,
+            node_id: 0,
+            controller_listen: None,
+            controller_quorum_voters: None,
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            broker_session_timeout_ms: 9000,
+            broker_heartbeat_interval_ms: 2000,
         }
     }
 }
@@ -215,6 +243,38 @@ impl BrokerConfig {
                 self.queued_max_request_bytes, self.socket_request_max_bytes
             ));
         }
+        if self.node_id < 0 {
+            return bad(format!("node_id = {} must be at least 0", self.node_id));
+        }
+        if self.default_replication_factor < 1 || self.min_insync_replicas < 1 {
+            return bad(
+                "default_replication_factor and min_insync_replicas must be at least 1".into(),
+            );
+        }
+        if self.broker_heartbeat_interval_ms == 0
+            || self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms
+        {
+            return bad(format!(
+                "broker_session_timeout_ms = {} must be longer than broker_heartbeat_interval_ms = {} (and that positive)",
+                self.broker_session_timeout_ms, self.broker_heartbeat_interval_ms
+            ));
+        }
+        if let Some(voters) = &self.controller_quorum_voters {
+            let voters = cluster::parse_voters(voters)
+                .map_err(|e| ConfigError::Invalid(format!("controller_quorum_voters: {e}")))?;
+            if !voters.iter().any(|v| v.id == self.node_id) {
+                return bad(format!(
+                    "node_id = {} is not among controller_quorum_voters: every broker is also a controller (combined mode)",
+                    self.node_id
+                ));
+            }
+            if voters.len() > 1 && self.controller_listen.is_none() {
+                return bad(
+                    "controller_listen is required when controller_quorum_voters names other nodes"
+                        .into(),
+                );
+            }
+        }
         if self.socket_request_max_bytes > i32::MAX as usize {
             return bad("socket_request_max_bytes exceeds 2 GiB".into());
         }
@@ -255,6 +315,25 @@ impl BrokerConfig {
                 .map(Duration::from_millis),
             ..LogConfig::default()
         }
+    }
+
+    /// The controller's configuration: a one-voter quorum of this broker unless
+    /// `controller_quorum_voters` says otherwise. Call after `validate`.
+    pub fn controller_config(&self) -> Result<cluster::ControllerConfig, ConfigError> {
+        let mut c = cluster::ControllerConfig::single(
+            self.node_id,
+            self.data_dir.join(".cluster"),
+            self.advertised_host(),
+            self.advertised_port(),
+        );
+        if let Some(voters) = &self.controller_quorum_voters {
+            c.voters = cluster::parse_voters(voters)
+                .map_err(|e| ConfigError::Invalid(format!("controller_quorum_voters: {e}")))?;
+            c.listen = self.controller_listen;
+        }
+        c.session_timeout = Duration::from_millis(self.broker_session_timeout_ms);
+        c.heartbeat_interval = Duration::from_millis(self.broker_heartbeat_interval_ms);
+        Ok(c)
     }
 
     pub fn advertised_port(&self) -> i32 {
@@ -337,6 +416,56 @@ mod tests {
             "a budget below the largest frame"
         );
         assert!(BrokerConfig::load(None, env(&[("BROKER_MAX_CONNECTIONS", "0")])).is_err());
+    }
+
+    #[test]
+    fn given_cluster_keys_should_parse_voters_and_refuse_inconsistent_ones() {
+        let voters = "1@127.0.0.1:19091,2@127.0.0.1:19092,3@127.0.0.1:19093";
+        let c = BrokerConfig::load(
+            None,
+            env(&[
+                ("BROKER_NODE_ID", "2"),
+                ("BROKER_CONTROLLER_LISTEN", "127.0.0.1:19092"),
+                ("BROKER_CONTROLLER_QUORUM_VOTERS", voters),
+                ("BROKER_DEFAULT_REPLICATION_FACTOR", "3"),
+            ]),
+        )
+        .unwrap();
+        let cc = c.controller_config().unwrap();
+        assert_eq!(cc.voters.len(), 3);
+        assert!(!cc.is_single());
+        assert_eq!(c.default_replication_factor, 3);
+        // Not a voter; no controller listener; a bad list.
+        assert!(
+            BrokerConfig::load(
+                None,
+                env(&[
+                    ("BROKER_NODE_ID", "4"),
+                    ("BROKER_CONTROLLER_LISTEN", "127.0.0.1:19092"),
+                    ("BROKER_CONTROLLER_QUORUM_VOTERS", voters)
+                ])
+            )
+            .is_err()
+        );
+        assert!(
+            BrokerConfig::load(
+                None,
+                env(&[
+                    ("BROKER_NODE_ID", "1"),
+                    ("BROKER_CONTROLLER_QUORUM_VOTERS", voters)
+                ])
+            )
+            .is_err()
+        );
+        assert!(
+            BrokerConfig::load(
+                None,
+                env(&[("BROKER_CONTROLLER_QUORUM_VOTERS", "1@nowhere")])
+            )
+            .is_err()
+        );
+        let single = BrokerConfig::default().controller_config().unwrap();
+        assert!(single.is_single());
     }
 
     #[test]

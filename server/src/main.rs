@@ -27,6 +27,16 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// This broker's id in the cluster [default: 0]
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Where this node's controller listens for the other voters
+    #[arg(long, value_name = "ADDR")]
+    controller_listen: Option<SocketAddr>,
+    /// The controller quorum: `1@127.0.0.1:19091,2@127.0.0.1:19092,3@127.0.0.1:19093`
+    /// [default: this broker alone]
+    #[arg(long, value_name = "VOTERS")]
+    controller_quorum_voters: Option<String>,
     /// TOML file with further settings (keys as in `BrokerConfig`); `BROKER_<KEY>`
     /// environment variables override it, flags override both.
     #[arg(long)]
@@ -55,6 +65,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = Some(addr);
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(addr) = args.controller_listen {
+        config.controller_listen = Some(addr);
+    }
+    if let Some(voters) = args.controller_quorum_voters {
+        config.controller_quorum_voters = Some(voters);
     }
     config.validate().context("configuration")?;
     raise_open_files_limit(config.max_connections);

@@ -19,6 +19,7 @@ use crate::config::BrokerConfig;
 use crate::fetch_response::{Piece, SendFile};
 use crate::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
 use crate::metrics::{Metrics, PartitionCounters, RejectKind};
+use crate::partition_table::PartitionTable;
 use crate::protocol::error_code;
 use crate::topics::{Registry, TopicMeta, log_config_for};
 
@@ -33,6 +34,11 @@ pub struct BrokerShared {
     offsets: std::sync::Mutex<crate::groups::offsets::OffsetStore>,
     producer_ids: std::sync::Mutex<crate::groups::producer_ids::ProducerIds>,
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
+    /// This node's controller: proposals, and the committed cluster metadata.
+    pub controller: cluster::ControllerHandle,
+    /// The metadata version this broker has applied locally (partitions opened and
+    /// deleted): `metadata_follower` sets it, admin requests wait for it.
+    pub metadata_applied: std::sync::atomic::AtomicU64,
     pub cluster_id: String,
     pub connection_limits: Arc<ConnectionLimits>,
     pub request_memory: Arc<RequestMemory>,
@@ -50,6 +56,7 @@ impl BrokerShared {
         offsets: crate::groups::offsets::OffsetStore,
         producer_ids: crate::groups::producer_ids::ProducerIds,
         shards: Vec<mpsc::Sender<ShardCommand>>,
+        controller: cluster::ControllerHandle,
     ) -> Self {
         let connection_limits = Arc::new(ConnectionLimits::new(
             config.max_connections,
@@ -73,6 +80,8 @@ impl BrokerShared {
             offsets: std::sync::Mutex::new(offsets),
             producer_ids: std::sync::Mutex::new(producer_ids),
             shards,
+            controller,
+            metadata_applied: std::sync::atomic::AtomicU64::new(0),
             cluster_id: "rust-log-broker".to_owned(),
             stopping: AtomicBool::new(false),
             shutdown: Event::new(),
@@ -102,6 +111,11 @@ impl BrokerShared {
         self.producer_ids
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This broker's id in the cluster.
+    pub fn node_id(&self) -> i32 {
+        self.controller.node_id()
     }
 
     pub fn stopping(&self) -> bool {
@@ -201,6 +215,9 @@ pub enum PartitionError {
     InvalidProducerEpoch(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// Another broker leads it, or none does now: the Kafka code says which.
+    #[error("this broker does not lead the partition (error {0})")]
+    NotServedHere(i16),
 }
 
 impl PartitionError {
@@ -217,6 +234,7 @@ impl PartitionError {
             PartitionError::OutOfOrderSequence(_) => error_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
             PartitionError::InvalidProducerEpoch(_) => error_code::INVALID_PRODUCER_EPOCH,
             PartitionError::Storage(_) => error_code::KAFKA_STORAGE_ERROR,
+            PartitionError::NotServedHere(code) => *code,
         }
     }
 }
@@ -329,6 +347,8 @@ pub struct Shard {
     unacked_freed: Event,
     /// acks=0 batches bound for partitions other cores own, one queue per owning core.
     forwards: RefCell<Vec<Forward>>,
+    /// Who leads each partition, from the committed metadata (see `partition_table`).
+    partition_table: RefCell<Rc<PartitionTable>>,
 }
 
 /// acks=0 batches waiting to go to one other core. One task at a time sends them, many
@@ -373,11 +393,26 @@ impl Shard {
             unacked_bytes: Cell::new(0),
             unacked_freed: Event::new(),
             forwards: RefCell::new((0..cores).map(|_| Forward::default()).collect()),
+            partition_table: RefCell::new(Rc::new(PartitionTable::default())),
         }
     }
 
     pub fn config(&self) -> &BrokerConfig {
         &self.shared.config
+    }
+
+    /// This core's partition table, rebuilt from the committed metadata when its version
+    /// moved (one atomic load otherwise).
+    pub fn partition_table(&self) -> Rc<PartitionTable> {
+        let view = self.shared.controller.view();
+        let current = Rc::clone(&self.partition_table.borrow());
+        if current.version == view.version() {
+            return current;
+        }
+        let (version, metadata) = view.versioned();
+        let table = Rc::new(PartitionTable::build(version, &metadata));
+        *self.partition_table.borrow_mut() = Rc::clone(&table);
+        table
     }
 
     fn local(

@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
 
 use super::{Request, str_bytes};
 use crate::fetch_response::Piece;
+use crate::metadata_follower::{controller_error, wait_applied};
 use crate::protocol::{DecodeError, error_code};
 use crate::shard::Shard;
 use crate::topics::{TOPIC_CONFIG_KEYS, TopicError, TopicMeta, check_config};
@@ -41,9 +42,9 @@ pub async fn create_topics(
         let result = CreatableTopicResult::default().with_name(TopicName(str_bytes(&name)));
         results.push(match outcome {
             // num_partitions and replication_factor exist from v5 on.
-            Ok(meta) if request.version >= 5 => result
+            Ok((meta, rf)) if request.version >= 5 => result
                 .with_num_partitions(meta.partitions)
-                .with_replication_factor(1),
+                .with_replication_factor(rf),
             Ok(_) => result,
             Err((code, message)) => {
                 tracing::debug!(topic = %name, code, %message, "create topic refused");
@@ -60,52 +61,101 @@ async fn create_one(
     shard: &Rc<Shard>,
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
-) -> Result<TopicMeta, (i16, String)> {
-    let meta = requested_topic(topic, shard.config().num_partitions)?;
+) -> Result<(TopicMeta, i16), (i16, String)> {
+    let config = shard.config();
+    let (meta, rf) = requested_topic(
+        topic,
+        config.num_partitions,
+        config.default_replication_factor,
+    )?;
+    create_committed(shard, meta, rf, validate_only).await
+}
+
+/// Checks a new topic, has the controller commit it, and waits until it is applied here.
+/// CreateTopics and auto-creation both come this way.
+pub async fn create_committed(
+    shard: &Rc<Shard>,
+    meta: TopicMeta,
+    replication_factor: i16,
+    validate_only: bool,
+) -> Result<(TopicMeta, i16), (i16, String)> {
+    crate::topics::validate(&meta).map_err(|e| {
+        let code = match e {
+            TopicError::InvalidName(_) => error_code::INVALID_TOPIC_EXCEPTION,
+            TopicError::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,
+            TopicError::InvalidConfig { .. } => error_code::INVALID_CONFIG,
+            TopicError::AlreadyExists(_) => error_code::TOPIC_ALREADY_EXISTS,
+            TopicError::Storage(_) => error_code::UNKNOWN_SERVER_ERROR,
+        };
+        (code, e.to_string())
+    })?;
     let name = meta.name.clone();
+    let committed = shard.shared.controller.view().current();
     if validate_only {
-        if shard.shared.registry.get(&name).is_some() {
+        if committed.topics.contains_key(&name) {
             return Err((
                 error_code::TOPIC_ALREADY_EXISTS,
                 format!("topic {name} already exists"),
             ));
         }
-        return Ok(meta);
+        let live = committed.live_brokers().len();
+        if usize::try_from(replication_factor).unwrap_or(0) > live {
+            return Err((
+                error_code::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "replication factor {replication_factor} is larger than the {live} live brokers"
+                ),
+            ));
+        }
+        return Ok((meta, replication_factor));
     }
-    let meta = shard.shared.registry.create(meta).map_err(|e| {
-        let code = match e {
-            TopicError::AlreadyExists(_) => error_code::TOPIC_ALREADY_EXISTS,
-            TopicError::InvalidName(_) => error_code::INVALID_TOPIC_EXCEPTION,
-            TopicError::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,
-            TopicError::InvalidConfig { .. } => error_code::INVALID_CONFIG,
-            TopicError::Storage(_) => error_code::UNKNOWN_SERVER_ERROR,
-        };
-        (code, e.to_string())
-    })?;
+    let command = cluster::Command::CreateTopic {
+        name: name.clone(),
+        partitions: meta.partitions,
+        replication_factor,
+        configs: meta.configs.clone(),
+    };
     shard
-        .open_topic_everywhere(&meta)
+        .shared
+        .controller
+        .propose(command)
         .await
-        .map_err(|e| (error_code::UNKNOWN_SERVER_ERROR, e))?;
-    tracing::info!(topic = %meta.name, partitions = meta.partitions, "created topic");
-    Ok(meta)
+        .map_err(|e| controller_error(&e))?;
+    wait_applied(shard, &name, true).await.map_err(|code| {
+        (
+            code,
+            format!("topic {name} was created but is not open here yet"),
+        )
+    })?;
+    tracing::info!(
+        topic = %name,
+        partitions = meta.partitions,
+        replication_factor,
+        "created topic"
+    );
+    Ok((meta, replication_factor))
 }
 
-/// The topic a CreateTopics entry asks for, checked as far as no broker state is needed:
-/// replication factor, no manual assignment, each config; `default_partitions` stands for
-/// `num_partitions = -1`. The registry checks the name and the partition count.
+/// The topic a CreateTopics entry asks for, and its replication factor, checked as far
+/// as no cluster state is needed: no manual assignment, each config;
+/// `default_partitions` and `default_replication_factor` stand for -1 (as Kafka's
+/// CreateTopics v4+). The controller checks the replication factor against the live
+/// brokers; `topics::validate` checks the name and the partition count.
 pub fn requested_topic(
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     default_partitions: i32,
-) -> Result<TopicMeta, (i16, String)> {
-    if !matches!(topic.replication_factor, -1 | 1) {
-        return Err((
-            error_code::INVALID_REPLICATION_FACTOR,
-            format!(
-                "replication factor {} is not available on a single broker",
-                topic.replication_factor
-            ),
-        ));
-    }
+    default_replication_factor: i16,
+) -> Result<(TopicMeta, i16), (i16, String)> {
+    let replication_factor = match topic.replication_factor {
+        -1 => default_replication_factor,
+        rf if rf >= 1 => rf,
+        rf => {
+            return Err((
+                error_code::INVALID_REPLICATION_FACTOR,
+                format!("replication factor {rf} must be at least 1 (or -1 for the default)"),
+            ));
+        }
+    };
     if !topic.assignments.is_empty() {
         return Err((
             error_code::INVALID_REPLICA_ASSIGNMENT,
@@ -124,11 +174,14 @@ pub fn requested_topic(
         check_config(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
         configs.insert(key, value);
     }
-    Ok(TopicMeta {
-        name: topic.name.0.to_string(),
-        partitions,
-        configs,
-    })
+    Ok((
+        TopicMeta {
+            name: topic.name.0.to_string(),
+            partitions,
+            configs,
+        },
+        replication_factor,
+    ))
 }
 
 pub async fn delete_topics(
@@ -140,22 +193,23 @@ pub async fn delete_topics(
     for name in &req.topic_names {
         let topic = name.0.to_string();
         let result = DeletableTopicResult::default().with_name(Some(name.clone()));
-        let code = match shard.shared.registry.delete(&topic) {
-            None => error_code::UNKNOWN_TOPIC_OR_PARTITION,
-            Some(_) => match shard.delete_topic_everywhere(&topic).await {
-                Ok(()) => {
-                    // A topic recreated under this name must not inherit old offsets.
-                    if let Err(e) = shard.shared.offsets().forget_topic(&topic) {
-                        tracing::error!(%topic, error = %e, "cannot drop the deleted topic's committed offsets");
-                    }
-                    tracing::info!(%topic, "deleted topic");
-                    error_code::NONE
-                }
-                Err(e) => {
-                    tracing::error!(%topic, error = %e, "deleting topic failed");
-                    error_code::UNKNOWN_SERVER_ERROR
-                }
+        let proposed = shard
+            .shared
+            .controller
+            .propose(cluster::Command::DeleteTopic {
+                name: topic.clone(),
+            })
+            .await;
+        let code = match proposed {
+            Ok(_) => match wait_applied(shard, &topic, false).await {
+                Ok(()) => error_code::NONE,
+                Err(code) => code,
             },
+            Err(e) => {
+                let (code, message) = controller_error(&e);
+                tracing::debug!(%topic, code, %message, "delete topic refused");
+                code
+            }
         };
         results.push(result.with_error_code(code));
     }

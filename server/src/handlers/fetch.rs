@@ -86,16 +86,16 @@ async fn read_all(
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in &req.topics {
         let name = topic.topic.0.to_string();
-        let known = shard.shared.registry.get(&name);
+        let table = shard.partition_table();
+        let me = shard.shared.node_id();
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
-            let valid = known
-                .as_ref()
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition));
+            let leads = table.check_leader(me, &name, p.partition);
             let limit = (p.partition_max_bytes.max(0) as u64).min(budget);
-            let result = match TopicPartition::new(&name, p.partition) {
-                Ok(tp) if valid => shard.read(tp, p.fetch_offset, limit).await,
-                _ => Err(crate::shard::PartitionError::UnknownTopicOrPartition),
+            let result = match (TopicPartition::new(&name, p.partition), leads) {
+                (Ok(tp), Ok(())) => shard.read(tp, p.fetch_offset, limit).await,
+                (_, Err(code)) => Err(crate::shard::PartitionError::NotServedHere(code)),
+                (Err(_), Ok(())) => Err(crate::shard::PartitionError::UnknownTopicOrPartition),
             };
             let data = match result {
                 Ok(read) => {

@@ -23,7 +23,6 @@ use kafka_protocol::messages::{
     OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 
-use super::metadata::BROKER_ID;
 use super::{Request, str_bytes};
 use crate::fetch_response::Piece;
 use crate::groups::coordinator::{JoinArgs, JoinOutcome, Reply, SyncOutcome};
@@ -38,7 +37,7 @@ pub fn find_coordinator(
     let _: FindCoordinatorRequest = request.decode("FindCoordinator request")?;
     let config = shard.config();
     let response = FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(BROKER_ID))
+        .with_node_id(BrokerId(shard.shared.node_id()))
         .with_host(str_bytes(&config.advertised_host()))
         .with_port(config.advertised_port());
     request.respond(&response)

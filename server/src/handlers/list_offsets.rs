@@ -22,7 +22,8 @@ pub async fn handle(
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in &req.topics {
         let name = topic.name.0.to_string();
-        let known = shard.shared.registry.get(&name);
+        let table = shard.partition_table();
+        let me = shard.shared.node_id();
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let query = match p.timestamp {
@@ -30,12 +31,11 @@ pub async fn handle(
                 -1 => OffsetQuery::Latest,
                 ts => OffsetQuery::Timestamp(ts),
             };
-            let valid = known
-                .as_ref()
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition_index));
-            let answer = match TopicPartition::new(&name, p.partition_index) {
-                Ok(tp) if valid => shard.offsets(tp, query).await.map_err(|e| e.code()),
-                _ => Err(error_code::UNKNOWN_TOPIC_OR_PARTITION),
+            let leads = table.check_leader(me, &name, p.partition_index);
+            let answer = match (TopicPartition::new(&name, p.partition_index), leads) {
+                (Ok(tp), Ok(())) => shard.offsets(tp, query).await.map_err(|e| e.code()),
+                (_, Err(code)) => Err(code),
+                (Err(_), Ok(())) => Err(error_code::UNKNOWN_TOPIC_OR_PARTITION),
             };
             let response =
                 ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);

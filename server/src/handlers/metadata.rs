@@ -1,5 +1,6 @@
-//! Metadata: this single broker, and the topics asked for (all when none are named),
-//! creating unknown ones when auto-creation is on and the client allows it.
+//! Metadata: the live brokers and the topics asked for (all when none are named), from the
+//! committed cluster metadata, creating unknown ones through the controller when
+//! auto-creation is on and the client allows it.
 
 use std::rc::Rc;
 
@@ -10,11 +11,11 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, TopicName};
 
 use super::{Request, str_bytes};
 use crate::fetch_response::Piece;
+use crate::handlers::admin::create_committed;
 use crate::protocol::{DecodeError, error_code};
 use crate::shard::Shard;
-use crate::topics::{TopicError, TopicMeta};
-
-pub const BROKER_ID: i32 = 0;
+use crate::topics::TopicMeta;
+use cluster::{Metadata, NO_LEADER, TopicRecord};
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -37,18 +38,30 @@ pub async fn handle(
     let mut topics = Vec::new();
     match names {
         None => {
-            for meta in shard.shared.registry.list() {
-                topics.push(topic_entry(&meta.name, Ok(meta.clone())));
+            let metadata = shard.shared.controller.view().current();
+            for topic in metadata.topics.values() {
+                topics.push(topic_entry(&topic.name, Ok(topic), &metadata));
             }
         }
         Some(names) => {
             for name in names {
-                let found = match shard.shared.registry.get(&name) {
-                    Some(meta) => Ok(meta),
-                    None if allow_create => auto_create(shard, &name).await,
-                    None => Err(error_code::UNKNOWN_TOPIC_OR_PARTITION),
+                let mut metadata = shard.shared.controller.view().current();
+                let found = match metadata.topics.contains_key(&name) {
+                    true => Ok(()),
+                    false if allow_create => {
+                        let created = auto_create(shard, &name).await;
+                        metadata = shard.shared.controller.view().current();
+                        created
+                    }
+                    false => Err(error_code::UNKNOWN_TOPIC_OR_PARTITION),
                 };
-                topics.push(topic_entry(&name, found));
+                let found = found.and_then(|()| {
+                    metadata
+                        .topics
+                        .get(&name)
+                        .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)
+                });
+                topics.push(topic_entry(&name, found, &metadata));
             }
         }
     }
@@ -57,16 +70,24 @@ pub async fn handle(
         .into_iter()
         .map(|t| without_leader_epoch_before_v7(t, v))
         .collect();
-    let mut response = MetadataResponse::default()
-        .with_brokers(vec![
+    let metadata = shard.shared.controller.view().current();
+    let brokers = metadata
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| {
             MetadataResponseBroker::default()
-                .with_node_id(BrokerId(BROKER_ID))
-                .with_host(str_bytes(&config.advertised_host()))
-                .with_port(config.advertised_port()),
-        ])
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port)
+        })
+        .collect();
+    let mut response = MetadataResponse::default()
+        .with_brokers(brokers)
         .with_topics(topics);
     if v >= 1 {
-        response = response.with_controller_id(BrokerId(BROKER_ID));
+        let controller = shard.shared.controller.view().controller().unwrap_or(-1);
+        response = response.with_controller_id(BrokerId(controller));
     }
     if v >= 2 {
         response = response.with_cluster_id(Some(str_bytes(&shard.shared.cluster_id)));
@@ -74,37 +95,25 @@ pub async fn handle(
     request.respond(&response)
 }
 
-async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<TopicMeta, i16> {
+/// Creates a topic the client asked about, through the controller, with the broker's
+/// default partitions and replication factor.
+async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<(), i16> {
+    let config = shard.config();
     let meta = TopicMeta {
         name: name.to_owned(),
-        partitions: shard.config().num_partitions,
+        partitions: config.num_partitions,
         configs: Default::default(),
     };
-    let meta = match shard.shared.registry.create(meta) {
-        Ok(meta) => meta,
-        Err(TopicError::AlreadyExists(_)) => {
-            return shard
-                .shared
-                .registry
-                .get(name)
-                .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION);
+    match create_committed(shard, meta, config.default_replication_factor, false).await {
+        Ok(_) => {
+            tracing::info!(topic = name, "auto-created topic");
+            Ok(())
         }
-        Err(TopicError::InvalidName(_)) => return Err(error_code::INVALID_TOPIC_EXCEPTION),
-        Err(e) => {
-            tracing::warn!(topic = name, error = %e, "auto-create failed");
-            return Err(error_code::UNKNOWN_SERVER_ERROR);
-        }
-    };
-    tracing::info!(
-        topic = name,
-        partitions = meta.partitions,
-        "auto-created topic"
-    );
-    match shard.open_topic_everywhere(&meta).await {
-        Ok(()) => Ok(meta),
-        Err(e) => {
-            tracing::error!(topic = name, error = %e, "opening auto-created topic failed");
-            Err(error_code::UNKNOWN_SERVER_ERROR)
+        // Created meanwhile by another client: answer with it.
+        Err((error_code::TOPIC_ALREADY_EXISTS, _)) => Ok(()),
+        Err((code, message)) => {
+            tracing::warn!(topic = name, code, %message, "auto-create failed");
+            Err(code)
         }
     }
 }
@@ -122,19 +131,37 @@ fn without_leader_epoch_before_v7(
     topic
 }
 
-fn topic_entry(name: &str, found: Result<TopicMeta, i16>) -> MetadataResponseTopic {
+fn topic_entry(
+    name: &str,
+    found: Result<&TopicRecord, i16>,
+    metadata: &Metadata,
+) -> MetadataResponseTopic {
     let topic = MetadataResponseTopic::default().with_name(Some(TopicName(str_bytes(name))));
+    let live = |id: &i32| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
+    let ids = |list: &[i32]| list.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
     match found {
         Err(code) => topic.with_error_code(code),
-        Ok(meta) => topic.with_partitions(
-            (0..meta.partitions)
-                .map(|p| {
+        Ok(record) => topic.with_partitions(
+            record
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(index, p)| {
+                    let offline: Vec<i32> =
+                        p.replicas.iter().copied().filter(|id| !live(id)).collect();
+                    let code = if p.leader == NO_LEADER {
+                        error_code::LEADER_NOT_AVAILABLE
+                    } else {
+                        error_code::NONE
+                    };
                     MetadataResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_leader_id(BrokerId(BROKER_ID))
-                        .with_leader_epoch(0)
-                        .with_replica_nodes(vec![BrokerId(BROKER_ID)])
-                        .with_isr_nodes(vec![BrokerId(BROKER_ID)])
+                        .with_error_code(code)
+                        .with_partition_index(i32::try_from(index).unwrap_or(i32::MAX))
+                        .with_leader_id(BrokerId(p.leader))
+                        .with_leader_epoch(p.leader_epoch)
+                        .with_replica_nodes(ids(&p.replicas))
+                        .with_isr_nodes(ids(&p.isr))
+                        .with_offline_replicas(ids(&offline))
                 })
                 .collect(),
         ),

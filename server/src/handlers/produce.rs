@@ -116,21 +116,17 @@ pub async fn handle(
 }
 
 /// Checks what can be checked before the batch travels to its core: the partition
-/// exists, the records are one batch, and not larger than `message_max_bytes`.
+/// exists and this broker leads it, the records are one batch, and not larger than `message_max_bytes`.
 fn check_partition(
     shard: &Shard,
     topic: &str,
     partition: i32,
     records: Option<&[u8]>,
 ) -> Result<TopicPartition, Outcome> {
-    let meta = shard
-        .shared
-        .registry
-        .get(topic)
-        .ok_or(Outcome::error(error_code::UNKNOWN_TOPIC_OR_PARTITION, None))?;
-    if partition < 0 || partition >= meta.partitions {
-        return Err(Outcome::error(error_code::UNKNOWN_TOPIC_OR_PARTITION, None));
-    }
+    shard
+        .partition_table()
+        .check_leader(shard.shared.node_id(), topic, partition)
+        .map_err(|code| Outcome::error(code, None))?;
     let tp = TopicPartition::new(topic, partition)
         .map_err(|e| Outcome::error(error_code::INVALID_TOPIC_EXCEPTION, Some(e.to_string())))?;
     check_records(

@@ -1,0 +1,163 @@
+//! How a broker follows the committed cluster metadata, as a KRaft broker follows the
+//! metadata log: core 0 waits for each new version and makes the local state match it,
+//! opening on every core the partitions of topics this broker holds a replica of and
+//! deleting those of topics the metadata no longer has.
+//!
+//! The local topic registry (`topics.rs`) is this broker's materialization of the
+//! metadata: written only from here, so a restart opens what it held before the
+//! controller has caught up. Deletions wait until the metadata holds this start's own
+//! registration: everything committed before the broker started is applied by then, so a
+//! partial view (a snapshot followed by entries not yet re-applied) never deletes data.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cluster::{ControllerError, Metadata, MetadataError, TopicRecord};
+
+use crate::protocol::error_code;
+use crate::shard::Shard;
+use crate::topics::TopicMeta;
+
+/// How long an admin request waits for its committed change to be applied here.
+pub const APPLY_WAIT_MAX: Duration = Duration::from_secs(10);
+const APPLY_POLL: Duration = Duration::from_millis(2);
+
+/// Runs on core 0 until shutdown.
+pub async fn follow_metadata(shard: Rc<Shard>) {
+    let controller = shard.shared.controller.clone();
+    let mut seen = 0;
+    loop {
+        let changed = std::pin::pin!(controller.view().changed_since(seen));
+        let stop = std::pin::pin!(shard.shared.stopped());
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(changed, stop).await
+        {
+            return;
+        }
+        let (version, metadata) = controller.view().versioned();
+        seen = version;
+        apply(&shard, &metadata, controller.caught_up()).await;
+        shard
+            .shared
+            .metadata_applied
+            .fetch_max(seen, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+fn hosted_here(topic: &TopicRecord, me: i32) -> bool {
+    topic.partitions.iter().any(|p| p.replicas.contains(&me))
+}
+
+fn local_meta(topic: &TopicRecord) -> TopicMeta {
+    TopicMeta {
+        name: topic.name.clone(),
+        partitions: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
+        configs: topic.configs.clone(),
+    }
+}
+
+async fn apply(shard: &Rc<Shard>, metadata: &Metadata, caught_up: bool) {
+    let me = shard.shared.node_id();
+    let registry = &shard.shared.registry;
+    for topic in metadata.topics.values().filter(|t| hosted_here(t, me)) {
+        let wanted = local_meta(topic);
+        match registry.get(&topic.name) {
+            Some(held) if held.partitions == wanted.partitions => continue,
+            // Deleted and created again with another shape while this broker was away.
+            Some(_) => delete_local(shard, &topic.name).await,
+            None => {}
+        }
+        if let Err(e) = registry.create(wanted.clone()) {
+            tracing::error!(topic = %topic.name, error = %e, "cannot record a committed topic");
+            continue;
+        }
+        match shard.open_topic_everywhere(&wanted).await {
+            Ok(()) => tracing::info!(
+                topic = %topic.name,
+                partitions = wanted.partitions,
+                replication_factor = topic.replication_factor(),
+                "opened committed topic"
+            ),
+            Err(e) => {
+                tracing::error!(topic = %topic.name, error = %e, "cannot open a committed topic")
+            }
+        }
+    }
+    if !caught_up {
+        return;
+    }
+    for held in registry.list() {
+        let keep = metadata
+            .topics
+            .get(&held.name)
+            .is_some_and(|t| hosted_here(t, me));
+        if !keep {
+            delete_local(shard, &held.name).await;
+        }
+    }
+}
+
+async fn delete_local(shard: &Rc<Shard>, name: &str) {
+    if shard.shared.registry.delete(name).is_none() {
+        return;
+    }
+    match shard.delete_topic_everywhere(name).await {
+        Ok(()) => {
+            // A topic recreated under this name must not inherit old offsets.
+            if let Err(e) = shard.shared.offsets().forget_topic(name) {
+                tracing::error!(topic = name, error = %e, "cannot drop the deleted topic's committed offsets");
+            }
+            tracing::info!(topic = name, "deleted topic");
+        }
+        Err(e) => tracing::error!(topic = name, error = %e, "deleting topic failed"),
+    }
+}
+
+/// Waits until a committed creation (`present`) or deletion of `name` is applied here:
+/// in this node's metadata view, and by the follower to its local partitions.
+pub async fn wait_applied(shard: &Shard, name: &str, present: bool) -> Result<(), i16> {
+    let deadline = Instant::now() + APPLY_WAIT_MAX;
+    let view = shard.shared.controller.view();
+    loop {
+        let (version, metadata) = view.versioned();
+        let committed = metadata.topics.contains_key(name) == present;
+        let applied = shard
+            .shared
+            .metadata_applied
+            .load(std::sync::atomic::Ordering::Acquire)
+            >= version;
+        if committed && applied {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                topic = name,
+                present,
+                "committed topic change not applied here in time"
+            );
+            return Err(error_code::REQUEST_TIMED_OUT);
+        }
+        compio::time::sleep(APPLY_POLL).await;
+    }
+}
+
+/// The Kafka error code and message for a proposal the controller did not accept.
+pub fn controller_error(e: &ControllerError) -> (i16, String) {
+    let code = match e {
+        ControllerError::Refused(MetadataError::TopicAlreadyExists(_)) => {
+            error_code::TOPIC_ALREADY_EXISTS
+        }
+        ControllerError::Refused(MetadataError::UnknownTopic(_)) => {
+            error_code::UNKNOWN_TOPIC_OR_PARTITION
+        }
+        ControllerError::Refused(MetadataError::InvalidReplicationFactor { .. }) => {
+            error_code::INVALID_REPLICATION_FACTOR
+        }
+        ControllerError::Refused(MetadataError::InvalidPartitions(_)) => {
+            error_code::INVALID_PARTITIONS
+        }
+        ControllerError::Timeout(_) | ControllerError::Busy => error_code::REQUEST_TIMED_OUT,
+        _ => error_code::UNKNOWN_SERVER_ERROR,
+    };
+    (code, e.to_string())
+}

@@ -1,0 +1,265 @@
+//! Three brokers as separate processes, each its own data directory and controller, on
+//! loopback: the controller quorum registers all three, a replication-factor-3 topic gets
+//! three replicas per partition with leaders on every broker, librdkafka produces and
+//! consumes through any bootstrap broker (following the leaders), a broker that does not
+//! lead a partition answers NOT_LEADER_OR_FOLLOWER, and a killed broker is fenced (its
+//! partitions leaderless: followers hold no data yet, so no out-of-sync replica takes
+//! over) until it comes back.
+
+mod common;
+mod wire;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Broker;
+use futures_executor::block_on;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    _root: tempfile::TempDir,
+    brokers: Vec<Broker>,
+}
+
+fn start_cluster() -> Cluster {
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| wire::free_port()).collect();
+    let voters = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let brokers = (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let listen = format!("127.0.0.1:{}", ports[i]);
+            let dir = root.path().join(format!("broker-{id}"));
+            Broker::start_with(
+                &dir,
+                &[
+                    ("BROKER_NODE_ID", id.as_str()),
+                    ("BROKER_CONTROLLER_LISTEN", listen.as_str()),
+                    ("BROKER_CONTROLLER_QUORUM_VOTERS", voters.as_str()),
+                    ("BROKER_DEFAULT_REPLICATION_FACTOR", "3"),
+                    ("BROKER_BROKER_SESSION_TIMEOUT_MS", "3000"),
+                    ("BROKER_BROKER_HEARTBEAT_INTERVAL_MS", "500"),
+                ],
+            )
+        })
+        .collect();
+    Cluster {
+        _root: root,
+        brokers,
+    }
+}
+
+/// Metadata v8 for the given topics (all when `None`) from one broker, on a raw socket.
+fn metadata(addr: &str, topics: Option<&[&str]>) -> MetadataResponse {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = MetadataRequest::default()
+        .with_topics(topics.map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(kafka_protocol::messages::TopicName(
+                            kafka_protocol::protocol::StrBytes::from_string((*n).to_owned()),
+                        )))
+                })
+                .collect()
+        }))
+        .with_allow_auto_topic_creation(false);
+    stream
+        .write_all(&wire::frame(ApiKey::Metadata, 8, 1, &request))
+        .unwrap();
+    wire::decode(
+        ApiKey::Metadata,
+        8,
+        wire::read_response(&mut stream).unwrap(),
+    )
+}
+
+fn broker_ids(m: &MetadataResponse) -> BTreeSet<i32> {
+    m.brokers.iter().map(|b| b.node_id.0).collect()
+}
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client")
+}
+
+#[test]
+fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serve_through_any_broker()
+ {
+    let mut cluster = start_cluster();
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
+    for addr in &addrs {
+        let listed = wire::wait_until(TIMEOUT, || {
+            broker_ids(&metadata(addr, None)) == BTreeSet::from([1, 2, 3])
+        });
+        assert!(listed.is_some(), "{addr} never listed three brokers");
+    }
+    let m = metadata(&addrs[0], None);
+    assert!(
+        (1..=3).contains(&m.controller_id.0),
+        "controller {:?}",
+        m.controller_id
+    );
+    for b in &m.brokers {
+        assert_eq!(
+            b.port,
+            addrs[(b.node_id.0 - 1) as usize]
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<i32>()
+                .unwrap()
+        );
+    }
+
+    // Created through broker 2, which forwards to the active controller if need be.
+    let results = block_on(admin(&addrs[1]).create_topics(
+        &[NewTopic::new("multiple", 6, TopicReplication::Fixed(3))],
+        &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+    ))
+    .unwrap();
+    assert_eq!(results[0], Ok("multiple".to_owned()));
+    let too_wide = block_on(admin(&addrs[1]).create_topics(
+        &[NewTopic::new("too-wide", 1, TopicReplication::Fixed(4))],
+        &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+    ))
+    .unwrap();
+    assert!(too_wide[0].is_err(), "RF 4 on 3 brokers: {too_wide:?}");
+
+    let topic = wire::wait_until(TIMEOUT, || {
+        metadata(&addrs[2], Some(&["multiple"])).topics[0].error_code == 0
+    });
+    assert!(topic.is_some());
+    let m = metadata(&addrs[2], Some(&["multiple"]));
+    let partitions = &m.topics[0].partitions;
+    assert_eq!(partitions.len(), 6);
+    let mut leaders = BTreeMap::new();
+    for p in partitions {
+        let replicas: BTreeSet<i32> = p.replica_nodes.iter().map(|b| b.0).collect();
+        assert_eq!(replicas, BTreeSet::from([1, 2, 3]));
+        // Followers hold no data until replication lands: the ISR is the leader alone.
+        assert_eq!(
+            p.isr_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
+            vec![p.leader_id.0]
+        );
+        *leaders.entry(p.leader_id.0).or_insert(0) += 1;
+    }
+    assert_eq!(leaders, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+
+    // A produce sent to a broker that does not lead the partition.
+    let p0 = &partitions[0];
+    let not_leader = addrs[(p0.leader_id.0 % 3) as usize].clone();
+    let mut stream = TcpStream::connect(&not_leader).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(&wire::produce_frame("multiple", &[wire::batch(1, 10)]))
+        .unwrap();
+    assert_eq!(
+        wire::produce_errors(wire::read_response(&mut stream).unwrap()),
+        vec![6],
+        "NOT_LEADER_OR_FOLLOWER from broker {not_leader}"
+    );
+
+    // librdkafka bootstrapped at broker 3 finds every leader.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addrs[2])
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let sent = 600;
+    for i in 0..sent {
+        let value = format!("message-{i}");
+        let key = i.to_string();
+        block_on(
+            producer.send(
+                FutureRecord::to("multiple")
+                    .partition(i % 6)
+                    .key(&key)
+                    .payload(&value),
+                TIMEOUT,
+            ),
+        )
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    }
+    // ... and a consumer bootstrapped at broker 1 reads them all back.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &addrs[0])
+        .set("group.id", "cluster-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..6 {
+        assignment
+            .add_partition_offset("multiple", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut seen = BTreeSet::new();
+    let read = wire::wait_until(TIMEOUT, || {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            seen.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+        seen.len() == sent as usize
+    });
+    assert!(read.is_some(), "read back {} of {sent}", seen.len());
+
+    // Kill a broker: once its session expires it is fenced, its partitions leaderless.
+    let victim = 2usize;
+    cluster.brokers[victim].kill9();
+    let watcher = addrs[0].clone();
+    let fenced = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&watcher, Some(&["multiple"]));
+        !broker_ids(&m).contains(&3)
+            && m.topics[0]
+                .partitions
+                .iter()
+                .filter(|p| p.replica_nodes.iter().any(|b| b.0 == 3))
+                .all(|p| p.leader_id.0 != 3)
+    });
+    assert!(fenced.is_some(), "broker 3 was never fenced");
+    let m = metadata(&watcher, Some(&["multiple"]));
+    for p in &m.topics[0].partitions {
+        if p.isr_nodes.iter().any(|b| b.0 == 3) {
+            assert_eq!(p.leader_id.0, -1, "no unclean election");
+            assert_eq!(p.error_code, 5, "LEADER_NOT_AVAILABLE");
+            assert!(p.offline_replicas.iter().any(|b| b.0 == 3));
+        }
+    }
+    cluster.brokers[victim].restart();
+    let back = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&watcher, Some(&["multiple"]));
+        broker_ids(&m).contains(&3) && m.topics[0].partitions.iter().all(|p| p.leader_id.0 >= 0)
+    });
+    assert!(back.is_some(), "broker 3 never led again");
+    let m = metadata(&watcher, Some(&["multiple"]));
+    assert!(
+        m.topics[0]
+            .partitions
+            .iter()
+            .any(|p| p.leader_id.0 == 3 && p.leader_epoch >= 2),
+        "the returning leader's epoch moved: {:?}",
+        m.topics[0].partitions
+    );
+}
