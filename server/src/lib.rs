@@ -13,4 +13,5 @@ pub mod metrics_http;
 pub mod protocol;
 pub mod request_bounds;
 pub mod shard;
+pub mod storage_health;
 pub mod topics;

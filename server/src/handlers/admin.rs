@@ -78,7 +78,7 @@ async fn create_one(
             TopicError::InvalidName(_) => error_code::INVALID_TOPIC_EXCEPTION,
             TopicError::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,
             TopicError::InvalidConfig { .. } => error_code::INVALID_CONFIG,
-            TopicError::Storage(_) => error_code::UNKNOWN_SERVER_ERROR,
+            TopicError::Storage(_) => error_code::KAFKA_STORAGE_ERROR,
         };
         (code, e.to_string())
     })?;

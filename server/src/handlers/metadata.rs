@@ -1,5 +1,8 @@
 //! Metadata: this single broker, and the topics asked for (all when none are named),
-//! creating unknown ones when auto-creation is on and the client allows it.
+//! creating unknown ones when auto-creation is on and the client allows it. A partition
+//! whose storage failed carries KAFKA_STORAGE_ERROR and lists the broker among its
+//! offline replicas (v5+), as Kafka reports a replica on a failed log directory; its
+//! leader stays this broker, which still serves its reads after a failed write.
 
 use std::rc::Rc;
 
@@ -12,6 +15,7 @@ use super::{Request, str_bytes};
 use crate::fetch_response::Piece;
 use crate::protocol::{DecodeError, error_code};
 use crate::shard::Shard;
+use crate::storage_health::StorageHealth;
 use crate::topics::{TopicError, TopicMeta};
 
 pub const BROKER_ID: i32 = 0;
@@ -38,7 +42,11 @@ pub async fn handle(
     match names {
         None => {
             for meta in shard.shared.registry.list() {
-                topics.push(topic_entry(&meta.name, Ok(meta.clone())));
+                topics.push(topic_entry(
+                    &meta.name,
+                    Ok(meta.clone()),
+                    &shard.shared.storage,
+                ));
             }
         }
         Some(names) => {
@@ -48,14 +56,14 @@ pub async fn handle(
                     None if allow_create => auto_create(shard, &name).await,
                     None => Err(error_code::UNKNOWN_TOPIC_OR_PARTITION),
                 };
-                topics.push(topic_entry(&name, found));
+                topics.push(topic_entry(&name, found, &shard.shared.storage));
             }
         }
     }
     let v = request.version;
     let topics = topics
         .into_iter()
-        .map(|t| without_leader_epoch_before_v7(t, v))
+        .map(|t| without_fields_newer_than(t, v))
         .collect();
     let mut response = MetadataResponse::default()
         .with_brokers(vec![
@@ -90,6 +98,10 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<TopicMeta, i16> {
                 .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION);
         }
         Err(TopicError::InvalidName(_)) => return Err(error_code::INVALID_TOPIC_EXCEPTION),
+        Err(e @ TopicError::Storage(_)) => {
+            tracing::error!(topic = name, error = %e, "auto-create failed: storage");
+            return Err(error_code::KAFKA_STORAGE_ERROR);
+        }
         Err(e) => {
             tracing::warn!(topic = name, error = %e, "auto-create failed");
             return Err(error_code::UNKNOWN_SERVER_ERROR);
@@ -109,34 +121,52 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<TopicMeta, i16> {
     }
 }
 
-/// The leader epoch exists from v7 on; older versions must leave it at its default.
-fn without_leader_epoch_before_v7(
+/// Fields a version does not carry must stay at their defaults: offline replicas exist
+/// from v5 on, the leader epoch from v7 on.
+fn without_fields_newer_than(
     mut topic: MetadataResponseTopic,
     version: i16,
 ) -> MetadataResponseTopic {
-    if version < 7 {
-        for p in &mut topic.partitions {
+    for p in &mut topic.partitions {
+        if version < 5 {
+            p.offline_replicas.clear();
+        }
+        if version < 7 {
             p.leader_epoch = -1;
         }
     }
     topic
 }
 
-fn topic_entry(name: &str, found: Result<TopicMeta, i16>) -> MetadataResponseTopic {
+fn topic_entry(
+    name: &str,
+    found: Result<TopicMeta, i16>,
+    storage: &StorageHealth,
+) -> MetadataResponseTopic {
     let topic = MetadataResponseTopic::default().with_name(Some(TopicName(str_bytes(name))));
     match found {
         Err(code) => topic.with_error_code(code),
-        Ok(meta) => topic.with_partitions(
-            (0..meta.partitions)
-                .map(|p| {
-                    MetadataResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_leader_id(BrokerId(BROKER_ID))
-                        .with_leader_epoch(0)
-                        .with_replica_nodes(vec![BrokerId(BROKER_ID)])
-                        .with_isr_nodes(vec![BrokerId(BROKER_ID)])
-                })
-                .collect(),
-        ),
+        Ok(meta) => {
+            let failed = storage.failed_in(&meta.name);
+            topic.with_partitions(
+                (0..meta.partitions)
+                    .map(|p| {
+                        let partition = MetadataResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_leader_id(BrokerId(BROKER_ID))
+                            .with_leader_epoch(0)
+                            .with_replica_nodes(vec![BrokerId(BROKER_ID)])
+                            .with_isr_nodes(vec![BrokerId(BROKER_ID)]);
+                        if failed.contains_key(&p) {
+                            partition
+                                .with_error_code(error_code::KAFKA_STORAGE_ERROR)
+                                .with_offline_replicas(vec![BrokerId(BROKER_ID)])
+                        } else {
+                            partition
+                        }
+                    })
+                    .collect(),
+            )
+        }
     }
 }
