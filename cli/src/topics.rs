@@ -187,7 +187,7 @@ fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
             .partitions()
             .iter()
             .map(|p| {
-                serde_json::json!({"partition": p.id(), "leader": p.leader(), "replicas": p.replicas(), "isr": p.isr()})
+                serde_json::json!({"partition": p.id(), "leader": p.leader(), "replicas": p.replicas(), "isr": p.isr(), "error": partition_error(p).map(|e| format!("{e:?}"))})
             })
             .collect();
         if !ctx.json {
@@ -201,8 +201,11 @@ fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
                 configs_text.join(",")
             );
             for p in t.partitions() {
+                let error = partition_error(p)
+                    .map(|e| format!("\tError: {e}"))
+                    .unwrap_or_default();
                 println!(
-                    "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
+                    "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}{error}",
                     t.name(),
                     p.id(),
                     p.leader(),
@@ -217,6 +220,11 @@ fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Array(out));
     }
     Ok(())
+}
+
+/// The partition's error in Metadata, e.g. `KafkaStorageError` when its log failed.
+fn partition_error(p: &rdkafka::metadata::MetadataPartition) -> Option<RDKafkaErrorCode> {
+    p.error().map(RDKafkaErrorCode::from)
 }
 
 fn join(ids: &[i32]) -> String {

@@ -518,3 +518,91 @@ fn given_no_topic_when_the_file_sink_waits_past_its_bound_should_say_what_to_do(
     );
     assert_eq!(ok(klog(&broker, &["topics", "list"], None)), "");
 }
+
+/// A tmpfs mounted for a test, unmounted (lazily, bounded) when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Mounts `size_mib` MiB, or says why not (it needs root) and returns `None`.
+    fn mount(size_mib: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("timeout")
+            .args(["10s", "mount", "-t", "tmpfs", "-o"])
+            .arg(format!("size={size_mib}m"))
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .expect("run mount(8)");
+        if out.status.success() {
+            return Some(Self(dir));
+        }
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs to fill (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("timeout")
+            .args(["10s", "umount", "-l"])
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn given_a_full_disk_when_a_partition_fails_should_show_its_storage_error_in_describe() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(tmpfs) = Tmpfs::mount(4) else {
+        return;
+    };
+    let broker = start_broker(&tmpfs.0.path().join("data"));
+    ok(klog(
+        &broker,
+        &["topics", "create", "disk", "--partitions", "2"],
+        None,
+    ));
+    // Fill what is left of the filesystem, then append: the write fails with ENOSPC.
+    let mut filler = std::fs::File::create(tmpfs.0.path().join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("message.send.max.retries", "0")
+        .create()
+        .unwrap();
+    let sent = futures_executor::block_on(
+        producer
+            .send_result(FutureRecord::<(), _>::to("disk").partition(1).payload("x"))
+            .map_err(|(e, _)| e)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(sent.is_err(), "an append on a full disk must fail");
+
+    let described = ok(klog(&broker, &["topics", "describe", "disk"], None));
+    let line = |p: &str| {
+        described
+            .lines()
+            .find(|l| l.contains(&format!("Partition: {p}\t")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("1").ends_with(
+            "\tError: KafkaStorageError (Broker: Disk error when trying to access log file on disk)"
+        ),
+        "{described}"
+    );
+    assert!(!line("0").contains("Error"), "{described}");
+    let json = ok(klog(
+        &broker,
+        &["--json", "topics", "describe", "disk"],
+        None,
+    ));
+    assert!(json.contains("\"error\":\"KafkaStorageError\""), "{json}");
+    drop(broker);
+}
