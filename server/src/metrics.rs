@@ -619,11 +619,12 @@ mod tests {
 
     #[test]
     fn histograms_merge_across_cores_and_render_as_openmetrics() {
+        let storage = Arc::new(StorageHealth::default());
         let metrics = Arc::new(Metrics::new(
             2,
             Arc::new(ConnectionLimits::new(10, 10)),
             Arc::new(RequestMemory::new(1000)),
-            Arc::new(StorageHealth::default()),
+            Arc::clone(&storage),
             false,
             true,
         ));
@@ -638,6 +639,17 @@ mod tests {
         metrics.partition("t", 0).record_in(100, 3);
         metrics.partition("t", 0).record_out(40, 1);
         metrics.connection_rejected(RejectKind::MaxConnectionsPerIp);
+        metrics.partition("t", 1).record_storage_error();
+        storage.mark_failed(
+            "t",
+            1,
+            &engine::StorageFailure {
+                step: engine::FailedStep::Write,
+                path: "/data/t-1/00000000000000000000.log".into(),
+                kind: std::io::ErrorKind::StorageFull,
+                cause: "No space left on device (os error 28)".into(),
+            },
+        );
         let text = metrics.render();
         for line in [
             "broker_request_duration_seconds_count{api=\"Produce\"} 2",
@@ -651,6 +663,9 @@ mod tests {
             "broker_connections_rejected_total{reason=\"max_connections_per_ip\"} 1",
             "broker_io_mode{mode=\"fallback\"} 1",
             "broker_request_memory_limit_bytes 1000",
+            "broker_partition_storage_failed{topic=\"t\",partition=\"0\"} 0",
+            "broker_partition_storage_failed{topic=\"t\",partition=\"1\"} 1",
+            "broker_partition_storage_errors_total{topic=\"t\",partition=\"1\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
