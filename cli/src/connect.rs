@@ -7,13 +7,16 @@
 //! - the sink appends values to its file, fsyncs, then commits the offset with the file's
 //!   length as commit metadata; on start it cuts the file back to that length, so lines
 //!   written after the last commit are not written twice.
+//!
+//! On a fresh broker the source creates its topic (CreateTopics with the broker's
+//! defaults) and the sink waits for it, bounded, so either may start first.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -24,11 +27,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::Ctx;
-use crate::topics::{TIMEOUT, metadata};
+use crate::topics::{TIMEOUT, ensure_topic, partitions_of};
 
 const POSITION_HEADER: &str = "klog.position";
 /// Lines sent before waiting for their acknowledgements.
 const SOURCE_BATCH_LINES: usize = 5_000;
+/// How long the sink waits for its topic by default (the source may not have run yet).
+const SINK_TOPIC_WAIT_MS_DEFAULT: u64 = 60_000;
+/// How long the source waits for a topic it just created to show in metadata.
+const SOURCE_TOPIC_WAIT: Duration = Duration::from_secs(10);
+/// Pause between metadata requests while waiting for a topic.
+const TOPIC_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectCommand {
@@ -54,6 +63,9 @@ pub enum ConnectCommand {
         /// Stop after this long without a message (default: run until interrupted).
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// How long to wait for the topic to exist (the source creates it).
+        #[arg(long, default_value_t = SINK_TOPIC_WAIT_MS_DEFAULT)]
+        topic_wait_ms: u64,
     },
 }
 
@@ -74,7 +86,53 @@ pub fn run(ctx: &Ctx, command: ConnectCommand) -> anyhow::Result<()> {
             file,
             group,
             timeout_ms,
-        } => sink(ctx, &topic, &file, &group, timeout_ms, &stop),
+            topic_wait_ms,
+        } => {
+            let wait = Duration::from_millis(topic_wait_ms);
+            let Some(partitions) = wait_for_topic(ctx, &topic, wait, "file-sink", &stop)? else {
+                eprintln!("file-sink: stopped before topic {topic} appeared; wrote 0 lines");
+                return Ok(());
+            };
+            sink(ctx, &topic, &partitions, &file, &group, timeout_ms, &stop)
+        }
+    }
+}
+
+/// The partitions of `topic` once it exists: at once, or after waiting up to `wait` (and
+/// saying so on stderr); `None` when stopped while waiting. Fails with what to do when the
+/// topic does not appear in time.
+fn wait_for_topic(
+    ctx: &Ctx,
+    topic: &str,
+    wait: Duration,
+    who: &str,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<Vec<i32>>> {
+    let deadline = Instant::now() + wait;
+    let mut said = false;
+    loop {
+        if let Some(partitions) = partitions_of(ctx, topic)? {
+            return Ok(Some(partitions));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "topic {topic} does not exist (waited {} s): start `klog connect file-source \
+                 --topic {topic}` or create it with `klog topics create {topic}`",
+                wait.as_secs()
+            );
+        }
+        if !said {
+            eprintln!(
+                "{who}: waiting up to {} s for topic {topic} to be created \
+                 (by `klog connect file-source` or `klog topics create`)",
+                wait.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(TOPIC_POLL_INTERVAL);
     }
 }
 
@@ -96,8 +154,8 @@ fn resume_position(ctx: &Ctx, topic: &str) -> anyhow::Result<u64> {
     tpl.add_partition_offset(topic, 0, Offset::Offset(high - 1))
         .context("partition")?;
     consumer.assign(&tpl).context("assign")?;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.context("reading the last record")?;
             let position = m
@@ -124,7 +182,12 @@ fn source(
     follow: bool,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    metadata(ctx, Some(topic))?;
+    // Kafka's file source gets its topic from the broker's auto-create; ours asks for it
+    // explicitly, with the broker's defaults, so it also works where auto-create is off.
+    ensure_topic(ctx, topic)?;
+    if wait_for_topic(ctx, topic, SOURCE_TOPIC_WAIT, "file-source", stop)?.is_none() {
+        return Ok(());
+    }
     let mut position = resume_position(ctx, topic)?;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -188,20 +251,12 @@ fn source(
 fn sink(
     ctx: &Ctx,
     topic: &str,
+    partitions: &[i32],
     path: &PathBuf,
     group: &str,
     timeout_ms: Option<u64>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let md = metadata(ctx, Some(topic))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        bail!("unknown topic {topic}");
-    }
     let consumer: BaseConsumer = ctx
         .config()
         .set("group.id", group)
@@ -211,7 +266,7 @@ fn sink(
         .context("cannot create a consumer")?;
     // Resume: the committed offset, and the file length recorded with it.
     let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
+    for p in partitions {
         tpl.add_partition(topic, *p);
     }
     let committed = consumer
@@ -244,7 +299,7 @@ fn sink(
         .context("cutting the file back to the last commit")?;
     out.seek(SeekFrom::End(0)).context("seek")?;
     consumer.assign(&start).context("assign")?;
-    let mut last = std::time::Instant::now();
+    let mut last = Instant::now();
     let mut written = 0u64;
     while !stop.load(Ordering::Relaxed) {
         if timeout_ms.is_some_and(|t| last.elapsed() > Duration::from_millis(t)) {
@@ -268,7 +323,7 @@ fn sink(
         if buf.is_empty() {
             continue;
         }
-        last = std::time::Instant::now();
+        last = Instant::now();
         out.write_all(&buf).context("writing the file")?;
         out.sync_data().context("syncing the file")?;
         let len = out.metadata().context("file length")?.len();

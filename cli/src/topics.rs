@@ -8,6 +8,7 @@ use futures_executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::Ctx;
 
@@ -49,6 +50,53 @@ pub fn metadata(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<rdkafka::metad
     consumer
         .fetch_metadata(topic, TIMEOUT)
         .with_context(|| format!("broker {} unreachable or not answering", ctx.bootstrap))
+}
+
+/// The partitions of `topic`, or `None` when the broker does not know it. Asks without
+/// auto-creating it (librdkafka's consumers never ask for that).
+pub fn partitions_of(ctx: &Ctx, topic: &str) -> anyhow::Result<Option<Vec<i32>>> {
+    let md = metadata(ctx, Some(topic))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<i32>>())
+        .filter(|partitions| !partitions.is_empty()))
+}
+
+/// Creates `topic` with the broker's default partition count and replication factor
+/// (CreateTopics v4's -1, as Kafka's own tools do; plain 1 and 1 where a broker refuses
+/// that) unless it exists. Another client creating it first is not an error.
+pub fn ensure_topic(ctx: &Ctx, topic: &str) -> anyhow::Result<()> {
+    if partitions_of(ctx, topic)?.is_some() {
+        return Ok(());
+    }
+    let admin = admin(ctx)?;
+    let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let mut refused = RDKafkaErrorCode::UnknownTopicOrPartition;
+    for (partitions, replication) in [(-1, -1), (1, 1)] {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        let results = block_on(admin.create_topics(&[new], &options))
+            .with_context(|| format!("broker {} unreachable", ctx.bootstrap))?;
+        match results.first() {
+            Some(Ok(_)) => {
+                let how = if partitions == -1 {
+                    "the broker's default partitions".to_owned()
+                } else {
+                    format!("{partitions} partition")
+                };
+                eprintln!("klog: created topic {topic} with {how}");
+                return Ok(());
+            }
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
+            Some(Err((_, code))) => refused = *code,
+            None => bail!("the broker did not answer for topic {topic}"),
+        }
+    }
+    bail!(
+        "topic {topic} does not exist and cannot be created ({refused}): \
+         create it with `klog topics create {topic}`"
+    )
 }
 
 pub fn run(ctx: &Ctx, command: TopicsCommand) -> anyhow::Result<()> {
@@ -139,7 +187,7 @@ fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
             .partitions()
             .iter()
             .map(|p| {
-                serde_json::json!({"partition": p.id(), "leader": p.leader(), "replicas": p.replicas(), "isr": p.isr()})
+                serde_json::json!({"partition": p.id(), "leader": p.leader(), "replicas": p.replicas(), "isr": p.isr(), "error": partition_error(p).map(|e| format!("{e:?}"))})
             })
             .collect();
         if !ctx.json {
@@ -153,8 +201,11 @@ fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
                 configs_text.join(",")
             );
             for p in t.partitions() {
+                let error = partition_error(p)
+                    .map(|e| format!("\tError: {e}"))
+                    .unwrap_or_default();
                 println!(
-                    "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
+                    "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}{error}",
                     t.name(),
                     p.id(),
                     p.leader(),
@@ -169,6 +220,11 @@ fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Array(out));
     }
     Ok(())
+}
+
+/// The partition's error in Metadata, e.g. `KafkaStorageError` when its log failed.
+fn partition_error(p: &rdkafka::metadata::MetadataPartition) -> Option<RDKafkaErrorCode> {
+    p.error().map(RDKafkaErrorCode::from)
 }
 
 fn join(ids: &[i32]) -> String {

@@ -380,3 +380,229 @@ fn given_file_source_and_sink_killed_midway_should_reproduce_the_file_byte_for_b
         "the sink's file differs from the source's"
     );
 }
+
+/// The README's `klog connect` commands, word for word but for the optional `[--follow]`.
+fn readme_connect_commands() -> Vec<Vec<String>> {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(&readme).expect("README.md");
+    let commands: Vec<Vec<String>> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("klog "))
+        .filter(|rest| rest.starts_with("connect "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .take_while(|w| !w.starts_with('#'))
+                .filter(|w| !(w.starts_with('[') && w.ends_with(']')))
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        commands.len(),
+        2,
+        "README.md should show the file source and the file sink: {commands:?}"
+    );
+    commands
+}
+
+/// `klog` in `cwd` under `timeout`, in the background.
+fn spawn_klog_in(broker: &Broker, cwd: &Path, args: &[String]) -> Child {
+    bounded_klog()
+        .args(["-b", &broker.addr])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run klog")
+}
+
+#[test]
+fn given_a_fresh_broker_when_the_readmes_connector_commands_run_should_create_the_topic_and_copy_the_file()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("data"));
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let text = "foo\nbar\nhello connect\n";
+    std::fs::write(work.join("test.txt"), text).unwrap();
+    let commands = readme_connect_commands();
+    let (source, sink) = (&commands[0], &commands[1]);
+    assert!(source.iter().any(|w| w == "file-source"), "{source:?}");
+    assert!(sink.iter().any(|w| w == "file-sink"), "{sink:?}");
+    let sink_file = sink
+        .windows(2)
+        .find(|w| w[0] == "--file")
+        .map(|w| work.join(&w[1]))
+        .expect("the sink's --file");
+
+    // The sink first: the topic does not exist yet, so it waits for it.
+    let sink_child = spawn_klog_in(&broker, &work, sink);
+    std::thread::sleep(Duration::from_millis(500));
+    let source_out = spawn_klog_in(&broker, &work, source)
+        .wait_with_output()
+        .expect("file-source output");
+    let source_err = String::from_utf8_lossy(&source_out.stderr).into_owned();
+    assert!(
+        source_out.status.success(),
+        "file-source failed: {source_err}"
+    );
+    assert!(
+        source_err.contains("created topic connect-test"),
+        "{source_err}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read(&sink_file).unwrap_or_default() != text.as_bytes() {
+        assert!(
+            Instant::now() < deadline,
+            "the sink's file never matched the source's: {:?}",
+            String::from_utf8_lossy(&std::fs::read(&sink_file).unwrap_or_default())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGTERM to timeout(1), which passes it on to klog: the sink stops cleanly.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &sink_child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let sink_out = sink_child.wait_with_output().expect("file-sink output");
+    let sink_err = String::from_utf8_lossy(&sink_out.stderr).into_owned();
+    assert!(sink_out.status.success(), "file-sink failed: {sink_err}");
+    assert!(
+        sink_err.contains("waiting up to") && sink_err.contains("wrote 3 lines"),
+        "{sink_err}"
+    );
+    let described = ok(klog(&broker, &["topics", "describe", "connect-test"], None));
+    assert!(
+        described.contains("Topic: connect-test\tPartitionCount: 1"),
+        "created with the broker's default partition count: {described}"
+    );
+    // Run again, the source sends nothing twice.
+    let again = spawn_klog_in(&broker, &work, source)
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("sent 0 lines"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn given_no_topic_when_the_file_sink_waits_past_its_bound_should_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("data"));
+    let out = klog(
+        &broker,
+        &[
+            "connect",
+            "file-sink",
+            "--topic",
+            "never-made",
+            "--file",
+            dir.path().join("sink.txt").to_str().unwrap(),
+            "--topic-wait-ms",
+            "1000",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("topic never-made does not exist")
+            && err.contains("klog topics create never-made"),
+        "{err}"
+    );
+    assert_eq!(ok(klog(&broker, &["topics", "list"], None)), "");
+}
+
+/// A tmpfs mounted for a test, unmounted (lazily, bounded) when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Mounts `size_mib` MiB, or says why not (it needs root) and returns `None`.
+    fn mount(size_mib: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("timeout")
+            .args(["10s", "mount", "-t", "tmpfs", "-o"])
+            .arg(format!("size={size_mib}m"))
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .expect("run mount(8)");
+        if out.status.success() {
+            return Some(Self(dir));
+        }
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs to fill (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("timeout")
+            .args(["10s", "umount", "-l"])
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn given_a_full_disk_when_a_partition_fails_should_show_its_storage_error_in_describe() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(tmpfs) = Tmpfs::mount(4) else {
+        return;
+    };
+    let broker = start_broker(&tmpfs.0.path().join("data"));
+    ok(klog(
+        &broker,
+        &["topics", "create", "disk", "--partitions", "2"],
+        None,
+    ));
+    // Fill what is left of the filesystem, then append: the write fails with ENOSPC.
+    let mut filler = std::fs::File::create(tmpfs.0.path().join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("message.send.max.retries", "0")
+        .create()
+        .unwrap();
+    let sent = futures_executor::block_on(
+        producer
+            .send_result(FutureRecord::<(), _>::to("disk").partition(1).payload("x"))
+            .map_err(|(e, _)| e)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(sent.is_err(), "an append on a full disk must fail");
+
+    let described = ok(klog(&broker, &["topics", "describe", "disk"], None));
+    let line = |p: &str| {
+        described
+            .lines()
+            .find(|l| l.contains(&format!("Partition: {p}\t")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("1").ends_with(
+            "\tError: KafkaStorageError (Broker: Disk error when trying to access log file on disk)"
+        ),
+        "{described}"
+    );
+    assert!(!line("0").contains("Error"), "{described}");
+    let json = ok(klog(
+        &broker,
+        &["--json", "topics", "describe", "disk"],
+        None,
+    ));
+    assert!(json.contains("\"error\":\"KafkaStorageError\""), "{json}");
+    drop(broker);
+}

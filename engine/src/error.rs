@@ -80,8 +80,79 @@ pub enum LogError {
     InvalidProducerEpoch { current: i16, got: i16 },
     #[error("the partition log is closed")]
     Closed,
-    #[error("the partition log failed earlier and refuses further writes: {0}")]
-    Failed(String),
+    #[error("{0}")]
+    StorageFailed(StorageFailure),
+    #[error(
+        "offset {offset} not found in {path} from position {start}: the index disagrees with the log"
+    )]
+    OffsetNotFound {
+        offset: i64,
+        path: PathBuf,
+        start: u64,
+    },
+}
+
+/// The step of the partition's storage that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedStep {
+    /// A write (or a roll, an index or checkpoint write). The bytes of the failed write
+    /// never became visible and were cut off the file where possible; everything written
+    /// before it is intact, so reads go on.
+    Write,
+    /// An fdatasync. What the page cache holds may no longer match the disk (Linux marks
+    /// the failed pages clean, and a later fdatasync may succeed without writing them), so
+    /// the partition serves nothing more until recovery re-validates it at the next open.
+    Sync,
+}
+
+impl std::fmt::Display for FailedStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailedStep::Write => "write",
+            FailedStep::Sync => "fdatasync",
+        })
+    }
+}
+
+/// Why a partition's storage failed. It stays failed until the partition is opened again
+/// (Kafka takes a failed log directory offline until the broker restarts): appends are
+/// refused, and after a failed sync reads are too. Nothing it acknowledged depends on the
+/// failed step: an append is answered only after its write (and, when durable, its sync)
+/// succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("storage failed: {step} of {path}: {cause} (the partition refuses writes until restart)")]
+pub struct StorageFailure {
+    pub step: FailedStep,
+    pub path: PathBuf,
+    /// The I/O error's kind, e.g. `StorageFull` for ENOSPC.
+    pub kind: io::ErrorKind,
+    pub cause: String,
+}
+
+impl StorageFailure {
+    /// Whether reads are still served (only after a failed write).
+    pub fn readable(&self) -> bool {
+        self.step == FailedStep::Write
+    }
+
+    /// The failure `error` causes at `step`.
+    pub(crate) fn from_error(step: FailedStep, error: &LogError) -> Self {
+        match error {
+            LogError::Io { path, source } => Self {
+                step,
+                path: path.clone(),
+                kind: source.kind(),
+                cause: source.to_string(),
+            },
+            LogError::StorageFailed(earlier) => earlier.clone(),
+            other => Self {
+                step,
+                path: PathBuf::new(),
+                kind: io::ErrorKind::Other,
+                cause: other.to_string(),
+            },
+        }
+    }
 }
 
 impl LogError {

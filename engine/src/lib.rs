@@ -22,11 +22,11 @@ pub mod time_index;
 pub use batch::{BatchHeader, Compression};
 pub use config::{FlushPolicy, LogConfig, RecoveryScope, WritePath};
 pub use data_dir::{TopicPartition, list_partitions};
-pub use error::{BatchError, ConfigError, LogError};
+pub use error::{BatchError, ConfigError, FailedStep, LogError, StorageFailure};
 pub use io_mode::IoMode;
 pub use partition::{
-    AppendInfo, AppendWait, FileRange, LogOffsets, Partition, ReadSlice, RecoveryReport,
-    RetentionReport, SyncObserver, TimestampOffset, WriterStats,
+    AppendInfo, AppendWait, FailureObserver, FileRange, LogOffsets, Partition, ReadSlice,
+    RecoveryReport, RetentionReport, SyncObserver, TimestampOffset, WriterStats,
 };
 pub use segment::SegmentFiles;
 

@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
 use crate::checkpoint;
 use crate::config::{FlushPolicy, LogConfig, WritePath};
-use crate::error::{LogError, Result};
+use crate::error::{FailedStep, LogError, Result, StorageFailure};
 use crate::limits::{
     APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, INDEX_PERSIST_ENTRIES_MIN,
     WRITE_GROUP_BATCHES_MAX, WRITE_GROUP_BYTES_MAX,
@@ -123,6 +123,10 @@ pub struct WriterStats {
 /// it took (the broker feeds its flush-latency histogram from it).
 pub type SyncObserver = Rc<dyn Fn(Duration)>;
 
+/// Called on the partition's core when its storage fails, and again if a failed write is
+/// followed by a failed sync (the broker reports the partition offline from it).
+pub type FailureObserver = Rc<dyn Fn(&StorageFailure)>;
+
 /// Segments a single read may span.
 const READ_SEGMENTS_MAX: usize = 4;
 
@@ -134,11 +138,13 @@ pub(crate) struct LogState {
     /// Oldest first; the last one is active. Never empty.
     pub segments: VecDeque<Segment>,
     pub durable_offset: i64,
-    pub failed: Option<String>,
+    /// Set once a write or sync fails; cleared only by opening the partition again.
+    pub failed: Option<StorageFailure>,
     pub closed: bool,
     pub stats: WriterStats,
     pub producers: ProducerStates,
     pub sync_observer: Option<SyncObserver>,
+    pub failure_observer: Option<FailureObserver>,
 }
 
 impl LogState {
@@ -157,6 +163,15 @@ impl LogState {
             log_start_offset: self.segments[0].base_offset,
             log_end_offset: self.active().next_offset,
             durable_offset: self.durable_offset,
+        }
+    }
+
+    /// Reads are refused once a sync has failed: the page cache may hold bytes the disk
+    /// does not.
+    fn check_readable(&self) -> Result<()> {
+        match &self.failed {
+            Some(failure) if !failure.readable() => Err(LogError::StorageFailed(failure.clone())),
+            _ => Ok(()),
         }
     }
 
@@ -297,6 +312,7 @@ impl Partition {
     pub async fn read_ranges(&self, offset: i64, max_bytes: u64) -> Result<ReadSlice> {
         let (snapshots, start, offsets) = {
             let st = self.state.borrow();
+            st.check_readable()?;
             let offsets = st.offsets();
             if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
                 return Err(LogError::OffsetOutOfRange {
@@ -379,6 +395,16 @@ impl Partition {
         self.state.borrow_mut().sync_observer = Some(observer);
     }
 
+    /// Calls `observer` when this partition's storage fails (see `StorageFailure`).
+    pub fn set_failure_observer(&self, observer: FailureObserver) {
+        self.state.borrow_mut().failure_observer = Some(observer);
+    }
+
+    /// Why this partition's storage failed, if it did since it was opened.
+    pub fn failure(&self) -> Option<StorageFailure> {
+        self.state.borrow().failed.clone()
+    }
+
     /// Copying read of whole batches from `offset`, up to `max_bytes` (at least one
     /// batch). For tests and tools; the broker sends `read_ranges` by zero-copy.
     pub async fn read(&self, offset: i64, max_bytes: u64) -> Result<Vec<u8>> {
@@ -398,6 +424,7 @@ impl Partition {
     pub async fn offset_for_timestamp(&self, target: i64) -> Result<Option<TimestampOffset>> {
         let candidates: Vec<(Rc<SegmentFiles>, u64, u64)> = {
             let st = self.state.borrow();
+            st.check_readable()?;
             let Some(first) = st.segments.iter().position(|s| s.max_timestamp >= target) else {
                 return Ok(None);
             };
@@ -518,10 +545,11 @@ async fn find_batch(
         }
         pos += total;
     }
-    Err(LogError::Failed(format!(
-        "offset {offset} not found in {} from position {start}",
-        files.log_path().display()
-    )))
+    Err(LogError::OffsetNotFound {
+        offset,
+        path: files.log_path().to_owned(),
+        start,
+    })
 }
 
 /// Length of the longest prefix of `bytes` made of whole batches (at least the first
@@ -619,7 +647,7 @@ impl Writer {
                     self.sync_and_answer().await;
                     let st = self.state.borrow();
                     let result = match &st.failed {
-                        Some(why) => Err(LogError::Failed(why.clone())),
+                        Some(failure) => Err(LogError::StorageFailed(failure.clone())),
                         None => Ok(st.durable_offset),
                     };
                     let _ = reply.send(result);
@@ -656,16 +684,44 @@ impl Writer {
         }
     }
 
-    fn fail(&self, error: &LogError) {
-        let mut st = self.state.borrow_mut();
-        if st.failed.is_none() {
-            tracing::error!(dir = %st.dir.display(), %error, "partition log failed; refusing further writes");
-            st.failed = Some(error.to_string());
+    /// Latches the partition's failure at `step`. A failed sync after a failed write
+    /// makes it worse (unreadable), never the other way round.
+    fn fail(&self, step: FailedStep, error: &LogError) {
+        let (failure, observer) = {
+            let mut st = self.state.borrow_mut();
+            let worse = match &st.failed {
+                None => true,
+                Some(earlier) => earlier.readable() && step == FailedStep::Sync,
+            };
+            if !worse {
+                return;
+            }
+            let failure = StorageFailure::from_error(step, error);
+            let partition = st.dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            tracing::error!(
+                partition = partition.as_deref().unwrap_or_default(),
+                step = %failure.step,
+                path = %failure.path.display(),
+                cause = %failure.cause,
+                readable = failure.readable(),
+                "partition storage failed: appends are refused with KAFKA_STORAGE_ERROR until \
+                 the broker restarts{}",
+                if failure.readable() { "; reads go on" } else { ", and reads too" }
+            );
+            st.failed = Some(failure.clone());
+            (failure, st.failure_observer.clone())
+        };
+        if let Some(observer) = observer {
+            observer(&failure);
         }
     }
 
-    fn failed(&self) -> Option<String> {
-        self.state.borrow().failed.clone()
+    fn failed(&self) -> Option<LogError> {
+        self.state
+            .borrow()
+            .failed
+            .clone()
+            .map(LogError::StorageFailed)
     }
 
     async fn write_group(&mut self, group: Vec<QueuedAppend>) {
@@ -675,8 +731,8 @@ impl Writer {
         // Retries of batches placed in this very group are answered once those are written.
         let mut early_duplicates = Vec::new();
         for (mut bytes, mut header, wait, reply) in group {
-            if let Some(why) = self.failed() {
-                let _ = reply.send(Err(LogError::Failed(why)));
+            if let Some(failed) = self.failed() {
+                let _ = reply.send(Err(failed));
                 continue;
             }
             // Idempotent producers: a retried batch is answered with its first offsets.
@@ -708,13 +764,13 @@ impl Writer {
             if self.needs_roll(&placed, total, header.offset_count()) {
                 self.write_placed(std::mem::take(&mut bufs), std::mem::take(&mut placed))
                     .await;
-                if let Some(why) = self.failed() {
-                    let _ = reply.send(Err(LogError::Failed(why)));
+                if let Some(failed) = self.failed() {
+                    let _ = reply.send(Err(failed));
                     continue;
                 }
                 if let Err(e) = self.roll().await {
-                    self.fail(&e);
-                    let _ = reply.send(Err(e));
+                    self.fail(FailedStep::Write, &e);
+                    let _ = reply.send(Err(self.failed().unwrap_or(e)));
                     continue;
                 }
                 next_offset = self.state.borrow().active().next_offset;
@@ -740,8 +796,8 @@ impl Writer {
         self.write_placed(bufs, placed).await;
         for (base_offset, last_offset, wait, reply) in early_duplicates {
             match self.failed() {
-                Some(why) => {
-                    let _ = reply.send(Err(LogError::Failed(why)));
+                Some(failed) => {
+                    let _ = reply.send(Err(failed));
                 }
                 None => self.answer_duplicate(base_offset, last_offset, wait, reply),
             }
@@ -807,9 +863,9 @@ impl Writer {
         if placed.is_empty() {
             return;
         }
-        if let Some(why) = self.failed() {
+        if let Some(LogError::StorageFailed(failure)) = self.failed() {
             for p in placed {
-                let _ = p.reply.send(Err(LogError::Failed(why.clone())));
+                let _ = p.reply.send(Err(LogError::StorageFailed(failure.clone())));
             }
             return;
         }
@@ -822,12 +878,16 @@ impl Writer {
             .write_all_at(SegmentFile::Log, bufs, position, write_path)
             .await;
         if let Err(error) = written {
-            self.fail(&error);
-            // Best effort: drop whatever part of the group reached the file, so the segment
-            // ends at its last whole batch (recovery would truncate it anyway).
-            let _ = files.truncate_log(position).await;
+            self.fail(FailedStep::Write, &error);
+            // Nothing of the group was published, so readers never see its bytes. Best
+            // effort: drop whatever part of it reached the file, so the segment ends at its
+            // last whole batch (recovery at the next open truncates it anyway).
+            if let Err(e) = files.truncate_log(position).await {
+                tracing::warn!(error = %e, position, "cannot cut a failed write off the log");
+            }
+            let failure = StorageFailure::from_error(FailedStep::Write, &error);
             for p in placed {
-                let _ = p.reply.send(Err(LogError::Failed(error.to_string())));
+                let _ = p.reply.send(Err(LogError::StorageFailed(failure.clone())));
             }
             return;
         }
@@ -872,7 +932,7 @@ impl Writer {
             self.unsynced.push(Rc::clone(&files));
         }
         if let Err(e) = self.persist_active_indexes(false).await {
-            self.fail(&e);
+            self.fail(FailedStep::Write, &e);
         }
     }
 
@@ -908,6 +968,9 @@ impl Writer {
         if let Some(observer) = observer {
             observer(took);
         }
+        if let Err(e) = &result {
+            self.fail(FailedStep::Sync, e);
+        }
         result
     }
 
@@ -917,7 +980,6 @@ impl Writer {
         let mut result = Ok(());
         for files in std::mem::take(&mut self.unsynced) {
             if let Err(e) = self.timed_sync(&files).await {
-                self.fail(&e);
                 result = Err(e);
                 break;
             }
@@ -936,10 +998,8 @@ impl Writer {
                     ..w.info
                 }));
             } else {
-                let why = self
-                    .failed()
-                    .unwrap_or_else(|| "sync did not cover the batch".to_owned());
-                let _ = w.reply.send(Err(LogError::Failed(why)));
+                // Only a failed sync leaves a waiter uncovered: it is never acknowledged.
+                let _ = w.reply.send(Err(self.failed().unwrap_or(LogError::Closed)));
             }
         }
     }
@@ -960,8 +1020,8 @@ impl Writer {
 
     async fn close(&mut self) -> Result<()> {
         self.sync_and_answer().await;
-        if let Some(why) = self.failed() {
-            return Err(LogError::Failed(why));
+        if let Some(failed) = self.failed() {
+            return Err(failed);
         }
         let (dir, end) = self.seal_active().await?;
         self.write_recovery_point(&dir, end).await?;

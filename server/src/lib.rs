@@ -15,4 +15,5 @@ pub mod partition_table;
 pub mod protocol;
 pub mod request_bounds;
 pub mod shard;
+pub mod storage_health;
 pub mod topics;

@@ -21,6 +21,7 @@ use prometheus_client::metrics::MetricType;
 
 use crate::limits::{ConnectionLimits, RequestMemory};
 use crate::protocol::SUPPORTED_APIS;
+use crate::storage_health::StorageHealth;
 
 /// Request latency buckets, seconds (a long-polling Fetch waits up to its max_wait_ms).
 const REQUEST_BUCKETS_S: &[f64] = &[
@@ -139,6 +140,8 @@ impl CoreMetrics {
 pub struct PartitionCounters {
     inbound: Pair,
     outbound: Pair,
+    /// Appends refused with KAFKA_STORAGE_ERROR (rare: no cache line of its own).
+    storage_errors: AtomicU64,
 }
 
 #[derive(Default)]
@@ -157,6 +160,10 @@ impl PartitionCounters {
     pub fn record_out(&self, bytes: u64, records: u64) {
         self.outbound.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.outbound.records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn record_storage_error(&self) {
+        self.storage_errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -222,6 +229,7 @@ pub struct Metrics {
     partitions: std::sync::Mutex<BTreeMap<PartitionKey, Arc<PartitionCounters>>>,
     connections: Arc<ConnectionLimits>,
     memory: Arc<RequestMemory>,
+    storage: Arc<StorageHealth>,
     accepted: AtomicU64,
     rejected: [AtomicU64; REJECT_KINDS.len()],
     closed: [AtomicU64; CLOSE_KINDS.len()],
@@ -237,6 +245,7 @@ impl Metrics {
         cores: usize,
         connections: Arc<ConnectionLimits>,
         memory: Arc<RequestMemory>,
+        storage: Arc<StorageHealth>,
         inline_writes: bool,
         zero_copy_configured: bool,
     ) -> Self {
@@ -245,6 +254,7 @@ impl Metrics {
             partitions: std::sync::Mutex::new(BTreeMap::new()),
             connections,
             memory,
+            storage,
             accepted: AtomicU64::new(0),
             rejected: Default::default(),
             closed: Default::default(),
@@ -353,7 +363,7 @@ impl Metrics {
             .map(|(k, v)| (k.clone(), Arc::clone(v)))
             .collect();
         type Pick = fn(&PartitionCounters) -> &AtomicU64;
-        let families: [(&str, &str, Pick); 4] = [
+        let families: [(&str, &str, Pick); 5] = [
             (
                 "broker_partition_bytes_in",
                 "Bytes of record batches appended to the partition",
@@ -376,6 +386,12 @@ impl Metrics {
                  may leave up to one index interval of small batches uncounted)",
                 |c| &c.outbound.records,
             ),
+            (
+                "broker_partition_storage_errors",
+                "Appends to the partition refused with KAFKA_STORAGE_ERROR because its \
+                 storage failed",
+                |c| &c.storage_errors,
+            ),
         ];
         for (name, help, pick) in families {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -387,6 +403,22 @@ impl Metrics {
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, u64, u64>(&load(pick(counters)), None)?;
             }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "broker_partition_storage_failed",
+            "1 once a write or fdatasync of the partition failed (ENOSPC, EIO): appends are \
+             refused until the broker restarts",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (topic, partition) in partitions.iter().map(|(k, _)| k) {
+            let failed = self.storage.is_failed(topic, *partition);
+            let labels = [
+                ("topic", topic.clone()),
+                ("partition", partition.to_string()),
+            ];
+            m.encode_family(&labels)?.encode_gauge(&u64::from(failed))?;
         }
 
         // Requests, per API, merged across cores.
@@ -587,10 +619,12 @@ mod tests {
 
     #[test]
     fn histograms_merge_across_cores_and_render_as_openmetrics() {
+        let storage = Arc::new(StorageHealth::default());
         let metrics = Arc::new(Metrics::new(
             2,
             Arc::new(ConnectionLimits::new(10, 10)),
             Arc::new(RequestMemory::new(1000)),
+            Arc::clone(&storage),
             false,
             true,
         ));
@@ -605,6 +639,17 @@ mod tests {
         metrics.partition("t", 0).record_in(100, 3);
         metrics.partition("t", 0).record_out(40, 1);
         metrics.connection_rejected(RejectKind::MaxConnectionsPerIp);
+        metrics.partition("t", 1).record_storage_error();
+        storage.mark_failed(
+            "t",
+            1,
+            &engine::StorageFailure {
+                step: engine::FailedStep::Write,
+                path: "/data/t-1/00000000000000000000.log".into(),
+                kind: std::io::ErrorKind::StorageFull,
+                cause: "No space left on device (os error 28)".into(),
+            },
+        );
         let text = metrics.render();
         for line in [
             "broker_request_duration_seconds_count{api=\"Produce\"} 2",
@@ -618,6 +663,9 @@ mod tests {
             "broker_connections_rejected_total{reason=\"max_connections_per_ip\"} 1",
             "broker_io_mode{mode=\"fallback\"} 1",
             "broker_request_memory_limit_bytes 1000",
+            "broker_partition_storage_failed{topic=\"t\",partition=\"0\"} 0",
+            "broker_partition_storage_failed{topic=\"t\",partition=\"1\"} 1",
+            "broker_partition_storage_errors_total{topic=\"t\",partition=\"1\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -21,6 +21,7 @@ use crate::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
 use crate::metrics::{Metrics, PartitionCounters, RejectKind};
 use crate::partition_table::PartitionTable;
 use crate::protocol::error_code;
+use crate::storage_health::StorageHealth;
 use crate::topics::{Registry, TopicMeta, log_config_for};
 
 /// Messages queued to another core before senders wait.
@@ -43,6 +44,8 @@ pub struct BrokerShared {
     pub connection_limits: Arc<ConnectionLimits>,
     pub request_memory: Arc<RequestMemory>,
     pub metrics: Arc<Metrics>,
+    /// Partitions whose storage failed (until restart).
+    pub storage: Arc<StorageHealth>,
     stopping: AtomicBool,
     shutdown: Event,
     drained: AtomicUsize,
@@ -63,10 +66,12 @@ impl BrokerShared {
             config.max_connections_per_ip,
         ));
         let request_memory = Arc::new(RequestMemory::new(config.queued_max_request_bytes));
+        let storage = Arc::new(StorageHealth::default());
         let metrics = Arc::new(Metrics::new(
             shards.len(),
             Arc::clone(&connection_limits),
             Arc::clone(&request_memory),
+            Arc::clone(&storage),
             config.write_path == crate::config::WriteMode::Inline,
             config.fetch_zero_copy,
         ));
@@ -74,6 +79,7 @@ impl BrokerShared {
             connection_limits,
             request_memory,
             metrics,
+            storage,
             config,
             registry,
             groups: std::sync::Mutex::new(Default::default()),
@@ -704,7 +710,11 @@ impl Shard {
             )
         };
         let bytes = batch.len() as u64;
-        let info = log.append(batch, wait).await?;
+        let info = log.append(batch, wait).await.inspect_err(|e| {
+            if matches!(e, LogError::StorageFailed(_)) {
+                counters.record_storage_error();
+            }
+        })?;
         if !info.duplicate {
             counters.record_in(
                 bytes,
@@ -806,6 +816,12 @@ impl Shard {
             log.set_sync_observer(Rc::new(move |took| {
                 core_metrics.core(id).observe_flush(took)
             }));
+            // The engine has logged the failure (partition, step, file, cause); from now
+            // on Metadata reports the partition offline and the metrics show it.
+            let (storage, topic) = (Arc::clone(&self.shared.storage), meta.name.clone());
+            log.set_failure_observer(Rc::new(move |failure| {
+                storage.mark_failed(&topic, partition, failure)
+            }));
             let data_event = self
                 .shared
                 .registry
@@ -844,6 +860,7 @@ impl Shard {
             p.data_event.notify(usize::MAX);
         }
         self.shared.metrics.remove_topic(name);
+        self.shared.storage.forget_topic(name);
         Ok(())
     }
 

@@ -85,7 +85,7 @@ pub async fn create_committed(
             TopicError::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,
             TopicError::InvalidConfig { .. } => error_code::INVALID_CONFIG,
             TopicError::AlreadyExists(_) => error_code::TOPIC_ALREADY_EXISTS,
-            TopicError::Storage(_) => error_code::UNKNOWN_SERVER_ERROR,
+            TopicError::Storage(_) => error_code::KAFKA_STORAGE_ERROR,
         };
         (code, e.to_string())
     })?;

@@ -1,6 +1,9 @@
 //! Metadata: the live brokers and the topics asked for (all when none are named), from the
 //! committed cluster metadata, creating unknown ones through the controller when
-//! auto-creation is on and the client allows it.
+//! auto-creation is on and the client allows it. A partition whose storage failed on this
+//! broker carries KAFKA_STORAGE_ERROR and lists this broker among its offline replicas
+//! (v5+), as Kafka reports a replica on a failed log directory; its leader stays this
+//! broker, which still serves its reads after a failed write.
 
 use std::rc::Rc;
 
@@ -14,6 +17,7 @@ use crate::fetch_response::Piece;
 use crate::handlers::admin::create_committed;
 use crate::protocol::{DecodeError, error_code};
 use crate::shard::Shard;
+use crate::storage_health::StorageHealth;
 use crate::topics::TopicMeta;
 use cluster::{Metadata, NO_LEADER, TopicRecord};
 
@@ -40,7 +44,13 @@ pub async fn handle(
         None => {
             let metadata = shard.shared.controller.view().current();
             for topic in metadata.topics.values() {
-                topics.push(topic_entry(&topic.name, Ok(topic), &metadata));
+                topics.push(topic_entry(
+                    &topic.name,
+                    Ok(topic),
+                    &metadata,
+                    &shard.shared.storage,
+                    shard.shared.node_id(),
+                ));
             }
         }
         Some(names) => {
@@ -61,14 +71,20 @@ pub async fn handle(
                         .get(&name)
                         .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)
                 });
-                topics.push(topic_entry(&name, found, &metadata));
+                topics.push(topic_entry(
+                    &name,
+                    found,
+                    &metadata,
+                    &shard.shared.storage,
+                    shard.shared.node_id(),
+                ));
             }
         }
     }
     let v = request.version;
     let topics = topics
         .into_iter()
-        .map(|t| without_leader_epoch_before_v7(t, v))
+        .map(|t| without_fields_newer_than(t, v))
         .collect();
     let metadata = shard.shared.controller.view().current();
     let brokers = metadata
@@ -118,13 +134,17 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<(), i16> {
     }
 }
 
-/// The leader epoch exists from v7 on; older versions must leave it at its default.
-fn without_leader_epoch_before_v7(
+/// Fields a version does not carry must stay at their defaults: offline replicas exist
+/// from v5 on, the leader epoch from v7 on.
+fn without_fields_newer_than(
     mut topic: MetadataResponseTopic,
     version: i16,
 ) -> MetadataResponseTopic {
-    if version < 7 {
-        for p in &mut topic.partitions {
+    for p in &mut topic.partitions {
+        if version < 5 {
+            p.offline_replicas.clear();
+        }
+        if version < 7 {
             p.leader_epoch = -1;
         }
     }
@@ -135,35 +155,48 @@ fn topic_entry(
     name: &str,
     found: Result<&TopicRecord, i16>,
     metadata: &Metadata,
+    storage: &StorageHealth,
+    me: i32,
 ) -> MetadataResponseTopic {
     let topic = MetadataResponseTopic::default().with_name(Some(TopicName(str_bytes(name))));
     let live = |id: &i32| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
     let ids = |list: &[i32]| list.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
     match found {
         Err(code) => topic.with_error_code(code),
-        Ok(record) => topic.with_partitions(
-            record
-                .partitions
-                .iter()
-                .enumerate()
-                .map(|(index, p)| {
-                    let offline: Vec<i32> =
-                        p.replicas.iter().copied().filter(|id| !live(id)).collect();
-                    let code = if p.leader == NO_LEADER {
-                        error_code::LEADER_NOT_AVAILABLE
-                    } else {
-                        error_code::NONE
-                    };
-                    MetadataResponsePartition::default()
-                        .with_error_code(code)
-                        .with_partition_index(i32::try_from(index).unwrap_or(i32::MAX))
-                        .with_leader_id(BrokerId(p.leader))
-                        .with_leader_epoch(p.leader_epoch)
-                        .with_replica_nodes(ids(&p.replicas))
-                        .with_isr_nodes(ids(&p.isr))
-                        .with_offline_replicas(ids(&offline))
-                })
-                .collect(),
-        ),
+        Ok(record) => {
+            let failed_here = storage.failed_in(name);
+            topic.with_partitions(
+                record
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(index, p)| {
+                        let index = i32::try_from(index).unwrap_or(i32::MAX);
+                        let storage_failed = failed_here.contains_key(&index);
+                        let offline: Vec<i32> = p
+                            .replicas
+                            .iter()
+                            .copied()
+                            .filter(|id| !live(id) || (*id == me && storage_failed))
+                            .collect();
+                        let code = if p.leader == NO_LEADER {
+                            error_code::LEADER_NOT_AVAILABLE
+                        } else if p.leader == me && storage_failed {
+                            error_code::KAFKA_STORAGE_ERROR
+                        } else {
+                            error_code::NONE
+                        };
+                        MetadataResponsePartition::default()
+                            .with_error_code(code)
+                            .with_partition_index(index)
+                            .with_leader_id(BrokerId(p.leader))
+                            .with_leader_epoch(p.leader_epoch)
+                            .with_replica_nodes(ids(&p.replicas))
+                            .with_isr_nodes(ids(&p.isr))
+                            .with_offline_replicas(ids(&offline))
+                    })
+                    .collect(),
+            )
+        }
     }
 }
