@@ -203,27 +203,13 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
         .expect("delivered");
     }
     // ... and a consumer bootstrapped at broker 1 reads them all back.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &addrs[0])
-        .set("group.id", "cluster-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..6 {
-        assignment
-            .add_partition_offset("multiple", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut seen = BTreeSet::new();
-    let read = wire::wait_until(TIMEOUT, || {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            seen.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-        }
-        seen.len() == sent as usize
-    });
-    assert!(read.is_some(), "read back {} of {sent}", seen.len());
+    let seen = read_all(&addrs[0], sent);
+    assert_eq!(
+        seen.len(),
+        sent as usize,
+        "read back {} of {sent}",
+        seen.len()
+    );
 
     // Kill a broker: once its session expires it is fenced, its partitions leaderless.
     let victim = 2usize;
@@ -247,6 +233,11 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
             assert!(p.offline_replicas.iter().any(|b| b.0 == 3));
         }
     }
+    // The commit index is a hint written without fsync: a power cut can lose it. Without it
+    // the restarted node re-applies its log only as the quorum commits it again, so its
+    // metadata starts empty; it must not take that for "every topic was deleted".
+    let committed = cluster.brokers[victim].data_dir.join(".cluster/committed");
+    std::fs::remove_file(&committed).expect("the controller's commit hint");
     cluster.brokers[victim].restart();
     let back = wire::wait_until(TIMEOUT, || {
         let m = metadata(&watcher, Some(&["multiple"]));
@@ -262,4 +253,39 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
         "the returning leader's epoch moved: {:?}",
         m.topics[0].partitions
     );
+    // What the returning broker led before the kill is still there: a broker that has not
+    // caught up with the metadata yet must not delete its partitions.
+    let again = read_all(&addrs[0], sent);
+    assert_eq!(
+        again.len(),
+        sent as usize,
+        "after the restart, read back {} of {sent}",
+        again.len()
+    );
+}
+
+/// Reads partitions 0..6 of `multiple` from the beginning until `expected` distinct
+/// values came back or the timeout passed.
+fn read_all(bootstrap: &str, expected: i32) -> BTreeSet<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "cluster-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..6 {
+        assignment
+            .add_partition_offset("multiple", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut seen = BTreeSet::new();
+    wire::wait_until(TIMEOUT, || {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            seen.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+        seen.len() == expected as usize
+    });
+    seen
 }
