@@ -57,13 +57,19 @@ enum ControlMessage {
 }
 
 /// The broker's handle on its node's controller.
+/// Derefs to its `ControllerHandle` (propose, view, ids); stopping stays here.
 pub struct Controller {
-    view: Arc<MetadataView>,
-    requests: mpsc::Sender<ControlMessage>,
+    handle: ControllerHandle,
     thread: Option<JoinHandle<()>>,
-    node_id: BrokerId,
-    incarnation: u64,
     listen_addr: Option<SocketAddr>,
+}
+
+impl std::ops::Deref for Controller {
+    type Target = ControllerHandle;
+
+    fn deref(&self) -> &ControllerHandle {
+        &self.handle
+    }
 }
 
 impl Controller {
@@ -132,26 +138,15 @@ impl Controller {
             }
         };
         Ok(Self {
-            view,
-            requests,
+            handle: ControllerHandle {
+                view,
+                requests,
+                node_id,
+                incarnation,
+            },
             thread: Some(thread),
-            node_id,
-            incarnation,
             listen_addr,
         })
-    }
-
-    pub fn view(&self) -> &Arc<MetadataView> {
-        &self.view
-    }
-
-    pub fn node_id(&self) -> BrokerId {
-        self.node_id
-    }
-
-    /// This start's incarnation (random), as registered.
-    pub fn incarnation(&self) -> u64 {
-        self.incarnation
     }
 
     /// Where the controller listens for its peers, when it does.
@@ -159,24 +154,10 @@ impl Controller {
         self.listen_addr
     }
 
-    /// Proposes a command to the active controller (wherever it is) and answers with
-    /// what applying it produced, once committed. Awaitable from any runtime.
-    pub fn propose(
-        &self,
-        command: Command,
-    ) -> impl std::future::Future<Output = Result<Applied, ControllerError>> + use<> {
-        self.handle().propose(command)
-    }
-
     /// A cloneable handle for proposing and reading the metadata, for the broker's
     /// cores; stopping stays with the `Controller`.
     pub fn handle(&self) -> ControllerHandle {
-        ControllerHandle {
-            view: Arc::clone(&self.view),
-            requests: self.requests.clone(),
-            node_id: self.node_id,
-            incarnation: self.incarnation,
-        }
+        self.handle.clone()
     }
 
     /// Blocks until this node's broker is registered (with this incarnation) and not
@@ -196,19 +177,12 @@ impl Controller {
         }
     }
 
-    fn is_registered(&self) -> bool {
-        self.view
-            .current()
-            .brokers
-            .get(&self.node_id)
-            .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced)
-    }
-
     /// Stops the controller: with `fence_self`, first tells the quorum that this broker
     /// leads nothing any more (a controlled shutdown), so leadership moves at once
     /// instead of after the session timeout.
     pub fn shutdown(mut self, fence_self: bool) {
         let _ = self
+            .handle
             .requests
             .try_send(ControlMessage::Shutdown { fence_self });
         if let Some(t) = self.thread.take() {
@@ -219,7 +193,7 @@ impl Controller {
     /// Stops the controller thread at once, as a crash would: no last messages, no
     /// orderly Raft shutdown. What is on disk is what a kill -9 would leave (for tests).
     pub fn crash(mut self) {
-        let _ = self.requests.try_send(ControlMessage::Crash);
+        let _ = self.handle.requests.try_send(ControlMessage::Crash);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -229,7 +203,7 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = self.requests.try_send(ControlMessage::Crash);
+            let _ = self.handle.requests.try_send(ControlMessage::Crash);
             let _ = t.join();
         }
     }
@@ -257,6 +231,16 @@ impl ControllerHandle {
         self.incarnation
     }
 
+    /// True while the committed metadata holds this start's registration, unfenced.
+    pub fn is_registered(&self) -> bool {
+        self.view
+            .current()
+            .brokers
+            .get(&self.node_id)
+            .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced)
+    }
+
+    /// This start's incarnation (random), as registered.
     /// True once the committed metadata holds this start's registration: everything
     /// committed before this broker started has been applied here.
     pub fn caught_up(&self) -> bool {

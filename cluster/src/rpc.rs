@@ -186,6 +186,10 @@ impl PeerClient {
     }
 }
 
+fn remote<E: std::error::Error>(target: NodeId, e: E) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::RemoteError(openraft::error::RemoteError::new(target, e))
+}
+
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, BasicNode, E> {
     RPCError::Network(NetworkError::new(&std::io::Error::new(
         std::io::ErrorKind::InvalidData,
@@ -200,9 +204,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         match self.call(Request::AppendEntries(rpc), &option).await? {
-            Response::AppendEntries(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
+            Response::AppendEntries(r) => r.map_err(|e| remote(self.target, e)),
             _ => Err(unexpected("append entries")),
         }
     }
@@ -216,9 +218,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         match self.call(Request::InstallSnapshot(rpc), &option).await? {
-            Response::InstallSnapshot(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
+            Response::InstallSnapshot(r) => r.map_err(|e| remote(self.target, e)),
             _ => Err(unexpected("install snapshot")),
         }
     }
@@ -229,9 +229,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         match self.call(Request::Vote(rpc), &option).await? {
-            Response::Vote(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
+            Response::Vote(r) => r.map_err(|e| remote(self.target, e)),
             _ => Err(unexpected("vote")),
         }
     }
