@@ -297,10 +297,11 @@ struct Node {
     config: ControllerConfig,
     raft: Raft<TypeConfig>,
     view: Arc<MetadataView>,
-    voters: BTreeMap<u64, BasicNode>,
     sessions: Mutex<HashMap<BrokerId, Session>>,
     /// Connections to the other controllers, for forwarding proposals and heartbeats.
-    peers: tokio::sync::Mutex<HashMap<u64, Peer>>,
+    /// One connection per other voter, each behind its own lock: a slow peer delays only
+    /// what is sent to it.
+    peers: HashMap<u64, tokio::sync::Mutex<Peer>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -432,9 +433,11 @@ async fn start_node(
         config,
         raft,
         view,
-        voters,
         sessions: Mutex::new(HashMap::new()),
-        peers: tokio::sync::Mutex::new(HashMap::new()),
+        peers: voters
+            .iter()
+            .map(|(id, node)| (*id, tokio::sync::Mutex::new(Peer::new(node.addr.clone()))))
+            .collect(),
     })
 }
 
@@ -445,9 +448,7 @@ impl Node {
 
     /// Sends a request to another controller over the connection kept for it.
     async fn forward(&self, to: u64, request: &Request) -> Option<Response> {
-        let addr = self.voters.get(&to)?.addr.clone();
-        let mut peers = self.peers.lock().await;
-        let peer = peers.entry(to).or_insert_with(|| Peer::new(addr));
+        let mut peer = self.peers.get(&to)?.lock().await;
         match peer.call(request, RPC_PROPOSE_TIMEOUT).await {
             Ok(response) => Some(response),
             Err(e) => {
