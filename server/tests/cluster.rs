@@ -289,3 +289,114 @@ fn read_all(bootstrap: &str, expected: i32) -> BTreeSet<String> {
     });
     seen
 }
+
+/// CreateTopics v4 on one broker; the error code (or -2 when the broker did not answer).
+fn try_create(addr: &str, name: &str, partitions: i32, replication_factor: i16) -> i16 {
+    use kafka_protocol::messages::CreateTopicsRequest;
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return -2;
+    };
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(name.to_owned()),
+                ))
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor),
+        ]);
+    if stream
+        .write_all(&wire::frame(ApiKey::CreateTopics, 4, 1, &request))
+        .is_err()
+    {
+        return -2;
+    }
+    match wire::read_response(&mut stream) {
+        Ok(frame) => {
+            let response: kafka_protocol::messages::CreateTopicsResponse =
+                wire::decode(ApiKey::CreateTopics, 4, frame);
+            response.topics[0].error_code
+        }
+        Err(_) => -2,
+    }
+}
+
+/// The controller id every given broker reports, when they agree.
+fn agreed_controller(addrs: &[&str]) -> Option<i32> {
+    let ids: BTreeSet<i32> = addrs
+        .iter()
+        .map(|a| metadata(a, Some(&[])).controller_id.0)
+        .collect();
+    match ids.into_iter().collect::<Vec<_>>().as_slice() {
+        [id] if *id >= 1 => Some(*id),
+        _ => None,
+    }
+}
+
+#[test]
+fn given_three_brokers_when_the_active_controller_is_killed_20_times_should_elect_another_and_lose_no_topic()
+ {
+    let mut cluster = start_cluster();
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
+    let all: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    assert!(wire::wait_until(TIMEOUT, || broker_ids(&metadata(all[0], None)).len() == 3).is_some());
+    assert_eq!(try_create(all[0], "before", 3, 3), 0);
+    let mut expected = BTreeSet::from(["before".to_owned()]);
+    let mut seed: u64 = 0x5eed_0012;
+    let mut elections = Vec::new();
+    let mut creatable = Vec::new();
+    for round in 0..20 {
+        let active = wire::wait_until(TIMEOUT, || agreed_controller(&all).is_some())
+            .and_then(|_| agreed_controller(&all))
+            .expect("an active controller all brokers agree on");
+        let victim = (active - 1) as usize;
+        let survivors: Vec<&str> = (0..3).filter(|i| *i != victim).map(|i| all[i]).collect();
+        cluster.brokers[victim].kill9();
+        let killed = std::time::Instant::now();
+        let elected = wire::wait_until(TIMEOUT, || {
+            agreed_controller(&survivors).is_some_and(|c| c != active)
+        });
+        elections.push(elected.expect("no new controller within 30 s"));
+        // CreateTopics through a survivor chosen by the seed.
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let via = survivors[(seed >> 63) as usize];
+        let name = format!("round-{round}");
+        let created = wire::wait_until(Duration::from_secs(10), || {
+            match try_create(via, &name, 2, 2) {
+                0 | 36 => true,
+                _ => false,
+            }
+        });
+        assert!(
+            created.is_some(),
+            "round {round}: CreateTopics did not work again within 10 s"
+        );
+        creatable.push(killed.elapsed());
+        expected.insert(name);
+        cluster.brokers[victim].restart();
+        // Every broker, the restarted one included, lists every topic ever created.
+        for addr in &all {
+            let listed = wire::wait_until(TIMEOUT, || {
+                let m = metadata(addr, None);
+                let names: BTreeSet<String> = m
+                    .topics
+                    .iter()
+                    .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                    .collect();
+                names == expected && broker_ids(&m).len() == 3
+            });
+            assert!(listed.is_some(), "round {round}: {addr} lost metadata");
+        }
+    }
+    elections.sort();
+    creatable.sort();
+    eprintln!(
+        "controller failover over 20 kills: new controller p50 {:?} max {:?}; CreateTopics works again p50 {:?} max {:?}",
+        elections[10], elections[19], creatable[10], creatable[19]
+    );
+}
