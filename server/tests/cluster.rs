@@ -12,9 +12,10 @@ mod wire;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::TcpStream;
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::Broker;
+use common::{Broker, bounded, require_tool};
 use futures_executor::block_on;
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -396,5 +397,34 @@ fn given_three_brokers_when_the_active_controller_is_killed_20_times_should_elec
     eprintln!(
         "controller failover over 20 kills: new controller p50 {:?} max {:?}; CreateTopics works again p50 {:?} max {:?}",
         elections[10], elections[19], creatable[10], creatable[19]
+    );
+}
+
+#[test]
+fn given_three_brokers_when_driven_by_kafka_python_should_list_them_spread_leaders_and_serve_through_any()
+ {
+    let cluster = start_cluster();
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
+    assert!(
+        wire::wait_until(TIMEOUT, || broker_ids(&metadata(&addrs[0], None)).len()
+            == 3)
+        .is_some()
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/kafka_python_cluster.py"
+    );
+    // The script bounds itself at 120 s (faulthandler dumps its stacks); this is the backstop.
+    let out = bounded(&require_tool("python3"), Duration::from_secs(180))
+        .arg(script)
+        .args(&addrs)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "kafka-python cluster checks failed (is kafka-python installed? .ci/run installs it):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
