@@ -23,7 +23,7 @@ use crate::TypeConfig;
 use crate::config::{ControllerConfig, check_identity};
 use crate::limits::{
     PROPOSE_DEADLINE, PROPOSE_RETRY_PAUSE, REQUEST_QUEUE_DEPTH_MAX, RPC_CONNECTIONS_MAX,
-    RPC_PROPOSE_TIMEOUT, SESSION_CHECK_INTERVAL,
+    RPC_IDLE_TIMEOUT, RPC_PROPOSE_TIMEOUT, SESSION_CHECK_INTERVAL, SNAPSHOT_CHUNK_BYTES_MAX,
 };
 use crate::log_store::LogStore;
 use crate::metadata::{Applied, BrokerId, Command, MetadataError};
@@ -393,6 +393,7 @@ async fn start_node(
         election_timeout_max: ms(config.election_timeout_max),
         heartbeat_interval: ms(config.raft_heartbeat_interval),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX,
         max_in_snapshot_log_to_keep: SNAPSHOT_KEEP_ENTRIES,
         ..Default::default()
     }
@@ -625,6 +626,13 @@ async fn check_sessions(node: Arc<Node>) {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         let metadata = node.view.current();
+        // Only current registrations: bounded by the registered brokers.
+        first_seen.retain(|(id, incarnation), _| {
+            metadata
+                .brokers
+                .get(id)
+                .is_some_and(|b| b.incarnation == *incarnation)
+        });
         let mut changes = Vec::new();
         for broker in metadata.brokers.values() {
             let seen = (*first_seen
@@ -694,7 +702,15 @@ async fn serve_rpc(node: Arc<Node>, listener: tokio::net::TcpListener) {
 
 async fn serve_connection(node: &Node, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    while let Some(request) = read_frame::<Request>(&mut stream).await? {
+    loop {
+        let Ok(next) =
+            tokio::time::timeout(RPC_IDLE_TIMEOUT, read_frame::<Request>(&mut stream)).await
+        else {
+            return Ok(());
+        };
+        let Some(request) = next? else {
+            return Ok(());
+        };
         let response = match request {
             Request::AppendEntries(rpc) => {
                 Response::AppendEntries(node.raft.append_entries(rpc).await)
@@ -710,5 +726,4 @@ async fn serve_connection(node: &Node, mut stream: tokio::net::TcpStream) -> std
         };
         write_frame(&mut stream, &response).await?;
     }
-    Ok(())
 }

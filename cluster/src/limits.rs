@@ -2,11 +2,22 @@
 
 use std::time::Duration;
 
-/// Largest controller log record (one command, or a membership change).
-pub const RAFT_RECORD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest controller log record (one command, or a membership change; commands name a
+/// topic and its configs, never its partitions, so they stay small).
+pub const RAFT_RECORD_BYTES_MAX: usize = 1024 * 1024;
 
-/// Largest frame between controllers (an append of several entries, a snapshot chunk).
-pub const RPC_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest frame between controllers: an append of several entries, a snapshot chunk
+/// (`SNAPSHOT_CHUNK_BYTES_MAX`, about 4x larger as JSON numbers), or the answer to a
+/// proposal (a created topic's whole assignment). Anyone who can reach the controller
+/// port can make it allocate this much per connection, up to `RPC_CONNECTIONS_MAX`.
+pub const RPC_FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Snapshot bytes per InstallSnapshot RPC.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 1024 * 1024;
+
+/// A controller connection with no request for this long is closed (peers heartbeat
+/// many times a second).
+pub const RPC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -14,7 +25,7 @@ pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const RPC_PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections a controller serves at once (its peers and their brokers: a handful).
-pub const RPC_CONNECTIONS_MAX: usize = 256;
+pub const RPC_CONNECTIONS_MAX: usize = 64;
 
 /// Requests from the broker waiting for the controller thread.
 pub const REQUEST_QUEUE_DEPTH_MAX: usize = 1024;

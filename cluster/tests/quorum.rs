@@ -349,3 +349,25 @@ fn given_silent_broker_when_its_session_expires_should_fence_it_and_leave_its_pa
     );
     assert_eq!(p.leader_epoch, 2);
 }
+
+#[test]
+fn given_hostile_bytes_on_the_controller_port_should_close_that_connection_and_keep_serving() {
+    use std::io::{Read, Write};
+    let q = Quorum::start(3);
+    let target = q.node(1).listen_addr().expect("a voter of three listens");
+    // A frame claiming 4 GiB, and one of garbage JSON: each closes its own connection.
+    for bytes in [
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        b"\0\0\0\x05{{{{{".to_vec(),
+    ] {
+        let mut s = std::net::TcpStream::connect(target).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "the connection is closed");
+    }
+    assert!(matches!(
+        create(q.node(1), "after-garbage", 1, 3),
+        Ok(Applied::TopicCreated(_))
+    ));
+}

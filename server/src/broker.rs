@@ -39,9 +39,10 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Stops accepting, lets in-flight requests finish, closes every partition cleanly.
     pub fn shutdown(mut self) {
-        // In a cluster, tell the quorum first that this broker leads nothing any more
-        // (a controlled shutdown), so leadership moves now and not after the session
-        // timeout. A single broker has nowhere to move it.
+        // Last, in a cluster, the controller tells the quorum that this broker leads
+        // nothing any more (a controlled shutdown), so leadership moves now and not after
+        // the session timeout. A single broker has nowhere to move it. (Once followers
+        // hold data, this should come before the cores stop serving.)
         let controller = self.controller.take();
         let clustered = self.shared.config.controller_quorum_voters.is_some();
         self.shared.begin_shutdown();

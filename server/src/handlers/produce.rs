@@ -116,7 +116,8 @@ pub async fn handle(
 }
 
 /// Checks what can be checked before the batch travels to its core: the partition
-/// exists and this broker leads it, the records are one batch, and not larger than `message_max_bytes`.
+/// exists and this broker leads it, the records are one batch, and not larger than
+/// `message_max_bytes`.
 fn check_partition(
     shard: &Shard,
     topic: &str,
