@@ -3,51 +3,15 @@
 //! pipeline that reproduces a multi-megabyte file byte for byte even when the source and
 //! the sink are killed mid-way and restarted.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_klog")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace (cargo test --workspace builds it)",
-        path.display()
-    );
-    path
-}
+use testkit::{Broker, Tmpfs};
 
 fn start_broker(data: &Path) -> Broker {
-    let mut child = Command::new(binary("broker"))
-        .args(["--listen", "127.0.0.1:0", "--cores", "2", "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start broker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let addr = line
-        .trim()
-        .strip_prefix("broker listening on ")
-        .expect("listening line")
-        .to_owned();
-    Broker { child, addr }
+    Broker::start(data)
 }
 
 /// `klog` under coreutils' `timeout`: a consumer waiting for messages that never come fails
@@ -519,54 +483,20 @@ fn given_no_topic_when_the_file_sink_waits_past_its_bound_should_say_what_to_do(
     assert_eq!(ok(klog(&broker, &["topics", "list"], None)), "");
 }
 
-/// A tmpfs mounted for a test, unmounted (lazily, bounded) when dropped.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    /// Mounts `size_mib` MiB, or says why not (it needs root) and returns `None`.
-    fn mount(size_mib: u32) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("timeout")
-            .args(["10s", "mount", "-t", "tmpfs", "-o"])
-            .arg(format!("size={size_mib}m"))
-            .arg("tmpfs")
-            .arg(dir.path())
-            .output()
-            .expect("run mount(8)");
-        if out.status.success() {
-            return Some(Self(dir));
-        }
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs to fill (this test needs root): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        None
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("timeout")
-            .args(["10s", "umount", "-l"])
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn given_a_full_disk_when_a_partition_fails_should_show_its_storage_error_in_describe() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let Some(tmpfs) = Tmpfs::mount(4) else {
         return;
     };
-    let broker = start_broker(&tmpfs.0.path().join("data"));
+    let broker = start_broker(&tmpfs.path().join("data"));
     ok(klog(
         &broker,
         &["topics", "create", "disk", "--partitions", "2"],
         None,
     ));
     // Fill what is left of the filesystem, then append: the write fails with ENOSPC.
-    let mut filler = std::fs::File::create(tmpfs.0.path().join("filler")).unwrap();
+    let mut filler = std::fs::File::create(tmpfs.path().join("filler")).unwrap();
     let chunk = vec![0u8; 64 * 1024];
     while filler.write_all(&chunk).is_ok() {}
     let producer: FutureProducer = rdkafka::ClientConfig::new()

@@ -5,26 +5,14 @@
 //! Every check reads `results.json`: each message produced was read back exactly once,
 //! counts and bytes agree, percentiles are ordered, CPU was accounted to the right process.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use testkit::Broker;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -37,30 +25,7 @@ fn start_broker(data: &Path) -> Broker {
 
 /// Our broker with the given `flush` policy (`per-append` for acks=all runs).
 fn start_broker_with_flush(data: &Path, flush: &str) -> Broker {
-    let binary = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("broker");
-    assert!(
-        binary.exists(),
-        "{} is missing: cargo test --workspace builds it",
-        binary.display()
-    );
-    let mut child = Command::new(binary)
-        .args(["--listen", "127.0.0.1:0", "--cores", "2", "--data-dir"])
-        .arg(data)
-        .env("BROKER_FLUSH", flush)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start broker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let addr = line
-        .trim()
-        .strip_prefix("broker listening on ")
-        .expect("listening line")
-        .to_owned();
-    Broker { child, addr }
+    Broker::start_with(data, &[("BROKER_FLUSH", flush)])
 }
 
 /// `loadgen` under coreutils' `timeout`, so that a run that stops making progress fails its
@@ -222,7 +187,7 @@ fn paper_against_our_broker_checks_every_message_and_writes_the_report() {
     for run in report["runs"].as_array().unwrap() {
         assert_eq!(
             run["broker_pid"].as_u64(),
-            Some(u64::from(broker.child.id())),
+            Some(u64::from(broker.pid())),
             "CPU is charged to our broker: {run}"
         );
     }

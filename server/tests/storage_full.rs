@@ -8,11 +8,10 @@
 mod common;
 mod wire;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{Broker, Tmpfs};
 use futures_executor::block_on;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -29,61 +28,6 @@ const FILLED: i32 = 0;
 /// A partition written before the disk filled, and only read after.
 const OTHER: i32 = 1;
 const VALUE_BYTES: usize = 16 * 1024;
-
-/// A tmpfs mounted for the test, unmounted (lazily, bounded) when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts `size_mib` MiB, or says why not and returns `None`.
-    fn mount(size_mib: u32) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("timeout")
-            .args(["10s", "mount", "-t", "tmpfs", "-o"])
-            .arg(format!("size={size_mib}m"))
-            .arg("tmpfs")
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Self { dir }),
-            Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a {size_mib} MiB tmpfs to fill (this test needs root): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount(8): {e}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn resize(&self, size_mib: u32) {
-        let status = Command::new("timeout")
-            .args(["10s", "mount", "-o"])
-            .arg(format!("remount,size={size_mib}m"))
-            .arg(self.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount with {size_mib} MiB");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("timeout")
-            .args(["10s", "umount", "-l"])
-            .arg(self.path())
-            .status();
-    }
-}
 
 fn consumer(broker: &Broker) -> BaseConsumer {
     ClientConfig::new()

@@ -276,14 +276,8 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// A port free right now on 127.0.0.1 (for the metrics listener).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)]
+pub use testkit::free_port;
 
 /// GET `path` over HTTP/1.1; returns (status line, body).
 pub fn http_get(addr: &str, path: &str) -> (String, String) {
