@@ -1,6 +1,6 @@
 //! The request front door: the input is what a client writes on one connection, frames
 //! back to back (`i32` length, then the frame). Each frame goes through what
-//! `server::connection` does with it — the length checks, `protocol::decode_frame`
+//! `server::kafka::connection` does with it — the length checks, `protocol::decode_frame`
 //! (API and version, header, `request_bounds`, the whole body) — and then through the
 //! handler-level checks that need no broker: topic names, produce records
 //! (`produce::check_records`, then `engine::batch::validate` as an append would),
@@ -15,8 +15,8 @@ use engine::batch;
 use engine::limits::BATCH_BYTES_MAX;
 use kafka_protocol::messages::ApiKey;
 use server::config::BrokerConfig;
-use server::handlers;
-use server::protocol::{self, DecodedRequest, Frame, RequestBody};
+use server::kafka::handlers;
+use server::kafka::protocol::{self, DecodedRequest, Frame, RequestBody};
 
 use crate::alloc_track;
 
@@ -138,9 +138,9 @@ fn check_request(request: &DecodedRequest, config: &BrokerConfig) {
                 ) else {
                     continue;
                 };
-                if server::topics::validate(&meta).is_ok() {
+                if server::control::topics::validate(&meta).is_ok() {
                     // A topic the registry accepts must map to an engine config that opens.
-                    let log = server::topics::log_config_for(&meta, &config.log_config());
+                    let log = server::control::topics::log_config_for(&meta, &config.log_config());
                     assert!(
                         log.validate().is_ok(),
                         "topic configs {:?} gave an invalid log config {log:?}",

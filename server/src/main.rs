@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     raise_open_files_limit(config.max_connections);
     let cores = config.core_count();
     let data_dir = config.data_dir.clone();
-    let broker = server::broker::start(config)?;
+    let broker = server::runtime::broker::start(config)?;
     let io = if broker.io_uring {
         "io_uring".to_owned()
     } else {

@@ -19,9 +19,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use crate::limits::{ConnectionLimits, RequestMemory};
-use crate::protocol::SUPPORTED_APIS;
-use crate::storage_health::StorageHealth;
+use crate::kafka::protocol::SUPPORTED_APIS;
+use crate::runtime::limits::{ConnectionLimits, RequestMemory};
+use crate::runtime::storage_health::StorageHealth;
 
 /// Request latency buckets, seconds (a long-polling Fetch waits up to its max_wait_ms).
 const REQUEST_BUCKETS_S: &[f64] = &[

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::Metrics;
-use crate::shard::BrokerShared;
+use crate::runtime::shard::BrokerShared;
 
 /// Largest request head read; a scrape's is a few hundred bytes.
 const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;

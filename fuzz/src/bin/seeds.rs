@@ -18,7 +18,7 @@ use engine::batch::{self, BatchHeader};
 use engine::{AppendWait, LogConfig, Partition};
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use server::protocol::{self, Frame, RequestBody, SUPPORTED_APIS};
+use server::kafka::protocol::{self, Frame, RequestBody, SUPPORTED_APIS};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 

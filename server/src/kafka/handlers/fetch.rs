@@ -9,10 +9,10 @@ use engine::TopicPartition;
 use kafka_protocol::messages::FetchRequest;
 
 use super::Request;
-use crate::fetch_response::{self, PartitionData, Piece, TopicData};
+use crate::kafka::fetch_response::{self, PartitionData, Piece, TopicData};
+use crate::kafka::protocol::{DecodeError, error_code};
 use crate::metrics::PartitionCounters;
-use crate::protocol::{DecodeError, error_code};
-use crate::shard::Shard;
+use crate::runtime::shard::Shard;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -94,8 +94,10 @@ async fn read_all(
             let limit = (p.partition_max_bytes.max(0) as u64).min(budget);
             let result = match (TopicPartition::new(&name, p.partition), leads) {
                 (Ok(tp), Ok(())) => shard.read(tp, p.fetch_offset, limit).await,
-                (_, Err(code)) => Err(crate::shard::PartitionError::NotServedHere(code)),
-                (Err(_), Ok(())) => Err(crate::shard::PartitionError::UnknownTopicOrPartition),
+                (_, Err(code)) => Err(crate::runtime::shard::PartitionError::NotServedHere(code)),
+                (Err(_), Ok(())) => {
+                    Err(crate::runtime::shard::PartitionError::UnknownTopicOrPartition)
+                }
             };
             let data = match result {
                 Ok(read) => {

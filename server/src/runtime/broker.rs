@@ -17,10 +17,12 @@ use anyhow::{Context, bail};
 use futures_channel::mpsc;
 
 use crate::config::BrokerConfig;
-use crate::limits::Refusal;
+use crate::control::topics::Registry;
 use crate::metrics::RejectKind;
-use crate::shard::{BrokerShared, DrainedGuard, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand};
-use crate::topics::Registry;
+use crate::runtime::limits::Refusal;
+use crate::runtime::shard::{
+    BrokerShared, DrainedGuard, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand,
+};
 
 /// Longest a stopping core waits for its connections to finish their current request.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -94,10 +96,11 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| mpsc::channel::<ShardCommand>(SHARD_INBOX_DEPTH_MAX))
         .unzip();
-    let offsets = crate::groups::offsets::OffsetStore::open(&config.data_dir.join(".groups"))
-        .context("cannot load committed offsets")?;
+    let offsets =
+        crate::control::groups::offsets::OffsetStore::open(&config.data_dir.join(".groups"))
+            .context("cannot load committed offsets")?;
     let producer_ids =
-        crate::groups::producer_ids::ProducerIds::open(&config.data_dir.join(".groups"))
+        crate::control::producer_ids::ProducerIds::open(&config.data_dir.join(".groups"))
             .context("cannot load producer ids")?;
     let shared = Arc::new(BrokerShared::new(
         config,
@@ -242,7 +245,7 @@ fn run_core(
         compio::runtime::spawn(retention_loop(std::rc::Rc::clone(&shard))).detach();
         if id == 0 {
             compio::runtime::spawn(group_timer_loop(std::rc::Rc::clone(&shard))).detach();
-            compio::runtime::spawn(crate::metadata_follower::follow_metadata(
+            compio::runtime::spawn(crate::control::metadata_follower::follow_metadata(
                 std::rc::Rc::clone(&shard),
             ))
             .detach();

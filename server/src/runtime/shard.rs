@@ -16,13 +16,13 @@ use futures_channel::{mpsc, oneshot};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::config::BrokerConfig;
-use crate::fetch_response::{Piece, SendFile};
-use crate::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
+use crate::control::topics::{Registry, TopicMeta, log_config_for};
+use crate::kafka::fetch_response::{Piece, SendFile};
+use crate::kafka::protocol::error_code;
 use crate::metrics::{Metrics, PartitionCounters, RejectKind};
-use crate::partition_table::PartitionTable;
-use crate::protocol::error_code;
-use crate::storage_health::StorageHealth;
-use crate::topics::{Registry, TopicMeta, log_config_for};
+use crate::runtime::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
+use crate::runtime::partition_table::PartitionTable;
+use crate::runtime::storage_health::StorageHealth;
 
 /// Messages queued to another core before senders wait.
 pub const SHARD_INBOX_DEPTH_MAX: usize = 4096;
@@ -31,9 +31,9 @@ pub const SHARD_INBOX_DEPTH_MAX: usize = 4096;
 pub struct BrokerShared {
     pub config: BrokerConfig,
     pub registry: Registry,
-    groups: std::sync::Mutex<crate::groups::coordinator::Coordinator>,
-    offsets: std::sync::Mutex<crate::groups::offsets::OffsetStore>,
-    producer_ids: std::sync::Mutex<crate::groups::producer_ids::ProducerIds>,
+    groups: std::sync::Mutex<crate::control::groups::coordinator::Coordinator>,
+    offsets: std::sync::Mutex<crate::control::groups::offsets::OffsetStore>,
+    producer_ids: std::sync::Mutex<crate::control::producer_ids::ProducerIds>,
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
     /// This node's controller: proposals, and the committed cluster metadata.
     pub controller: cluster::ControllerHandle,
@@ -56,8 +56,8 @@ impl BrokerShared {
     pub fn new(
         config: BrokerConfig,
         registry: Registry,
-        offsets: crate::groups::offsets::OffsetStore,
-        producer_ids: crate::groups::producer_ids::ProducerIds,
+        offsets: crate::control::groups::offsets::OffsetStore,
+        producer_ids: crate::control::producer_ids::ProducerIds,
         shards: Vec<mpsc::Sender<ShardCommand>>,
         controller: cluster::ControllerHandle,
     ) -> Self {
@@ -97,14 +97,18 @@ impl BrokerShared {
     }
 
     /// The group coordinator (control plane; never locked on the produce/fetch path).
-    pub fn groups(&self) -> std::sync::MutexGuard<'_, crate::groups::coordinator::Coordinator> {
+    pub fn groups(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::control::groups::coordinator::Coordinator> {
         self.groups
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Committed offsets (control plane).
-    pub fn offsets(&self) -> std::sync::MutexGuard<'_, crate::groups::offsets::OffsetStore> {
+    pub fn offsets(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::control::groups::offsets::OffsetStore> {
         self.offsets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -113,7 +117,7 @@ impl BrokerShared {
     /// Producer id allocation (control plane).
     pub fn producer_ids(
         &self,
-    ) -> std::sync::MutexGuard<'_, crate::groups::producer_ids::ProducerIds> {
+    ) -> std::sync::MutexGuard<'_, crate::control::producer_ids::ProducerIds> {
         self.producer_ids
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -923,7 +927,7 @@ impl Shard {
                 // Counted here, not when the task first runs, so a burst cannot overshoot.
                 self.connections.set(self.connections.get() + 1);
                 self.shared.metrics.connection_accepted();
-                compio::runtime::spawn(crate::connection::serve(
+                compio::runtime::spawn(crate::kafka::connection::serve(
                     Rc::clone(self),
                     stream,
                     peer,

@@ -11,9 +11,9 @@ use kafka_protocol::messages::produce_response::{
 };
 
 use super::{Request, str_bytes};
-use crate::fetch_response::Piece;
-use crate::protocol::{DecodeError, error_code};
-use crate::shard::{PartitionError, Shard};
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::protocol::{DecodeError, error_code};
+use crate::runtime::shard::{PartitionError, Shard};
 
 struct Outcome {
     code: i16,

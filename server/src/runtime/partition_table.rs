@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use cluster::{BrokerId, Metadata, NO_LEADER};
 
-use crate::protocol::error_code;
+use crate::kafka::protocol::error_code;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionRoute {

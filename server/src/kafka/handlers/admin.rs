@@ -17,11 +17,11 @@ use kafka_protocol::messages::{
 };
 
 use super::{Request, str_bytes};
-use crate::fetch_response::Piece;
-use crate::metadata_follower::{controller_error, wait_applied};
-use crate::protocol::{DecodeError, error_code};
-use crate::shard::Shard;
-use crate::topics::{TOPIC_CONFIG_KEYS, TopicError, TopicMeta, check_config};
+use crate::control::metadata_follower::{controller_error, wait_applied};
+use crate::control::topics::{TOPIC_CONFIG_KEYS, TopicError, TopicMeta, check_config};
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::protocol::{DecodeError, error_code};
+use crate::runtime::shard::Shard;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -79,7 +79,7 @@ pub async fn create_committed(
     replication_factor: i16,
     validate_only: bool,
 ) -> Result<(TopicMeta, i16), (i16, String)> {
-    crate::topics::validate(&meta).map_err(|e| {
+    crate::control::topics::validate(&meta).map_err(|e| {
         let code = match e {
             TopicError::InvalidName(_) => error_code::INVALID_TOPIC_EXCEPTION,
             TopicError::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,

@@ -6,8 +6,8 @@ use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsRes
 use kafka_protocol::protocol::Encodable;
 
 use super::Request;
-use crate::fetch_response::Piece;
-use crate::protocol::{DecodeError, SUPPORTED_APIS, error_code};
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::protocol::{DecodeError, SUPPORTED_APIS, error_code};
 
 fn response(error: i16) -> ApiVersionsResponse {
     ApiVersionsResponse::default()

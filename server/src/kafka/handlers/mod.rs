@@ -1,4 +1,4 @@
-//! One module per Kafka API. Each takes a decoded request and returns the response
+//! One module per Kafka API group. Each takes a decoded request and returns the response
 //! frame as pieces (or nothing, for Produce with acks=0).
 
 use std::rc::Rc;
@@ -6,9 +6,9 @@ use std::rc::Rc;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 
-use crate::fetch_response::Piece;
-use crate::protocol::{self, DecodeError, FromBody, RequestBody};
-use crate::shard::Shard;
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::protocol::{self, DecodeError, FromBody, RequestBody};
+use crate::runtime::shard::Shard;
 
 pub mod admin;
 pub mod api_versions;
@@ -16,7 +16,9 @@ pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offsets;
 pub mod produce;
+pub mod producer_ids;
 
 pub struct Request {
     pub key: ApiKey,
@@ -67,11 +69,11 @@ pub async fn handle(
         ApiKey::SyncGroup => groups::sync_group(shard, request).await,
         ApiKey::Heartbeat => groups::heartbeat(shard, request),
         ApiKey::LeaveGroup => groups::leave_group(shard, request),
-        ApiKey::OffsetCommit => groups::offset_commit(shard, request),
-        ApiKey::OffsetFetch => groups::offset_fetch(shard, request),
+        ApiKey::OffsetCommit => offsets::offset_commit(shard, request),
+        ApiKey::OffsetFetch => offsets::offset_fetch(shard, request),
         ApiKey::ListGroups => groups::list_groups(shard, request),
         ApiKey::DescribeGroups => groups::describe_groups(shard, request),
-        ApiKey::InitProducerId => groups::init_producer_id(shard, request),
+        ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request),
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
             what: "request",

@@ -13,12 +13,12 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, TopicName};
 
 use super::{Request, str_bytes};
-use crate::fetch_response::Piece;
-use crate::handlers::admin::create_committed;
-use crate::protocol::{DecodeError, error_code};
-use crate::shard::Shard;
-use crate::storage_health::StorageHealth;
-use crate::topics::TopicMeta;
+use crate::control::topics::TopicMeta;
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::handlers::admin::create_committed;
+use crate::kafka::protocol::{DecodeError, error_code};
+use crate::runtime::shard::Shard;
+use crate::runtime::storage_health::StorageHealth;
 use cluster::{Metadata, NO_LEADER, TopicRecord};
 
 pub async fn handle(

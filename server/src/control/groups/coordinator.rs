@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_channel::oneshot;
 
-use crate::protocol::error_code;
+use crate::kafka::protocol::error_code;
 
 /// Bounds on the session timeout a member may ask for (Kafka's
 /// group.min/max.session.timeout.ms, with a lower floor for tests).

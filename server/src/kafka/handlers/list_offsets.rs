@@ -10,9 +10,9 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 
 use super::Request;
-use crate::fetch_response::Piece;
-use crate::protocol::{DecodeError, error_code};
-use crate::shard::{OffsetQuery, Shard};
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::protocol::{DecodeError, error_code};
+use crate::runtime::shard::{OffsetQuery, Shard};
 
 pub async fn handle(
     shard: &Rc<Shard>,

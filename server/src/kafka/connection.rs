@@ -19,12 +19,12 @@ use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncReadAtExt, AsyncReadExt, AsyncWrite};
 use compio::net::TcpStream;
 
-use crate::fetch_response::Piece;
-use crate::handlers;
-use crate::limits::{ConnectionSlot, MemoryPermit, RequestMemory};
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::handlers;
+use crate::kafka::protocol::{self, Frame, FrameError};
 use crate::metrics::CloseKind;
-use crate::protocol::{self, Frame, FrameError};
-use crate::shard::Shard;
+use crate::runtime::limits::{ConnectionSlot, MemoryPermit, RequestMemory};
+use crate::runtime::shard::Shard;
 
 /// Bytes moved per splice step; also the copy-path chunk.
 const SEND_CHUNK_BYTES: usize = 1024 * 1024;

@@ -199,9 +199,11 @@ pub fn decode_frame(frame: Vec<u8>) -> Result<Frame, FrameError> {
             }
         })?;
     // Array counts are checked against the bytes present before the codec trusts them.
-    crate::request_bounds::check(key, version, &buf).map_err(|reason| DecodeError::Malformed {
-        what: "request body",
-        reason: reason.to_owned(),
+    crate::kafka::request_bounds::check(key, version, &buf).map_err(|reason| {
+        DecodeError::Malformed {
+            what: "request body",
+            reason: reason.to_owned(),
+        }
     })?;
     let body = RequestBody::decode(key, version, &mut buf)?;
     Ok(Frame::Request(DecodedRequest {

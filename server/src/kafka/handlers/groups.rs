@@ -1,6 +1,7 @@
-//! Group APIs: FindCoordinator (0-2), JoinGroup (0-5), SyncGroup (0-3), Heartbeat (0-3),
-//! LeaveGroup (0-3), OffsetCommit (2-7), OffsetFetch (1-5), ListGroups (0-2),
-//! DescribeGroups (0-4). This single broker coordinates every group.
+//! Group membership APIs: FindCoordinator (0-2), JoinGroup (0-5), SyncGroup (0-3),
+//! Heartbeat (0-3), LeaveGroup (0-3), ListGroups (0-2), DescribeGroups (0-4). Every broker
+//! coordinates the groups its clients ask it about (groups move to a replicated offsets
+//! topic with the cluster groups work).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -11,24 +12,17 @@ use kafka_protocol::messages::describe_groups_response::{
 use kafka_protocol::messages::join_group_response::{JoinGroupResponse, JoinGroupResponseMember};
 use kafka_protocol::messages::leave_group_response::{LeaveGroupResponse, MemberResponse};
 use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
-use kafka_protocol::messages::offset_commit_response::{
-    OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
-};
-use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponse, OffsetFetchResponsePartition, OffsetFetchResponseTopic,
-};
 use kafka_protocol::messages::{
     BrokerId, DescribeGroupsRequest, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, SyncGroupResponse, TopicName,
+    SyncGroupRequest, SyncGroupResponse,
 };
 
 use super::{Request, str_bytes};
-use crate::fetch_response::Piece;
-use crate::groups::coordinator::{JoinArgs, JoinOutcome, Reply, SyncOutcome};
-use crate::groups::offsets::{Committed, OFFSET_METADATA_BYTES_MAX};
-use crate::protocol::{DecodeError, error_code};
-use crate::shard::Shard;
+use crate::control::groups::coordinator::{JoinArgs, JoinOutcome, Reply, SyncOutcome};
+use crate::kafka::fetch_response::Piece;
+use crate::kafka::protocol::{DecodeError, error_code};
+use crate::runtime::shard::Shard;
 
 pub fn find_coordinator(
     shard: &Rc<Shard>,
@@ -184,129 +178,6 @@ pub fn leave_group(
     request.respond(&response)
 }
 
-pub fn offset_commit(
-    shard: &Rc<Shard>,
-    mut request: Request,
-) -> Result<Option<Vec<Piece>>, DecodeError> {
-    let req: OffsetCommitRequest = request.decode("OffsetCommit request")?;
-    let group = req.group_id.0.to_string();
-    let check = shard.shared.groups().check_commit(
-        &group,
-        req.generation_id_or_member_epoch,
-        req.member_id.as_str(),
-        Instant::now(),
-    );
-    let mut commits = Vec::new();
-    let mut topics = Vec::with_capacity(req.topics.len());
-    for topic in &req.topics {
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for p in &topic.partitions {
-            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
-            let known = shard
-                .shared
-                .registry
-                .get(topic.name.0.as_str())
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition_index));
-            let code = if check != error_code::NONE {
-                check
-            } else if !known {
-                error_code::UNKNOWN_TOPIC_OR_PARTITION
-            } else if metadata
-                .as_ref()
-                .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
-            {
-                error_code::OFFSET_METADATA_TOO_LARGE
-            } else {
-                commits.push((
-                    topic.name.0.to_string(),
-                    p.partition_index,
-                    Committed {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata,
-                    },
-                ));
-                error_code::NONE
-            };
-            partitions.push(
-                OffsetCommitResponsePartition::default()
-                    .with_partition_index(p.partition_index)
-                    .with_error_code(code),
-            );
-        }
-        topics.push(
-            OffsetCommitResponseTopic::default()
-                .with_name(topic.name.clone())
-                .with_partitions(partitions),
-        );
-    }
-    if !commits.is_empty()
-        && let Err(e) = shard.shared.offsets().commit(&group, commits)
-    {
-        tracing::error!(%group, error = %e, "cannot store committed offsets");
-        for t in &mut topics {
-            for p in &mut t.partitions {
-                if p.error_code == error_code::NONE {
-                    p.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
-                }
-            }
-        }
-    }
-    request.respond(&OffsetCommitResponse::default().with_topics(topics))
-}
-
-pub fn offset_fetch(
-    shard: &Rc<Shard>,
-    mut request: Request,
-) -> Result<Option<Vec<Piece>>, DecodeError> {
-    let req: OffsetFetchRequest = request.decode("OffsetFetch request")?;
-    let group = req.group_id.0.to_string();
-    let store = shard.shared.offsets();
-    let wanted: Vec<(String, Vec<i32>)> = match &req.topics {
-        Some(topics) => topics
-            .iter()
-            .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
-            .collect(),
-        None => {
-            let mut by_topic: Vec<(String, Vec<i32>)> = Vec::new();
-            for (t, p, _) in store.group_partitions(&group) {
-                match by_topic.iter_mut().find(|(name, _)| *name == t) {
-                    Some((_, ps)) => ps.push(p),
-                    None => by_topic.push((t, vec![p])),
-                }
-            }
-            by_topic
-        }
-    };
-    let topics = wanted
-        .into_iter()
-        .map(|(name, partitions)| {
-            let partitions = partitions
-                .into_iter()
-                .map(|p| {
-                    let found = store.fetch(&group, &name, p);
-                    let r = OffsetFetchResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_committed_offset(found.map_or(-1, |c| c.offset))
-                        .with_metadata(Some(str_bytes(
-                            found.and_then(|c| c.metadata.as_deref()).unwrap_or(""),
-                        )));
-                    if request.version >= 5 {
-                        r.with_committed_leader_epoch(found.map_or(-1, |c| c.leader_epoch))
-                    } else {
-                        r
-                    }
-                })
-                .collect();
-            OffsetFetchResponseTopic::default()
-                .with_name(TopicName(str_bytes(&name)))
-                .with_partitions(partitions)
-        })
-        .collect();
-    drop(store);
-    request.respond(&OffsetFetchResponse::default().with_topics(topics))
-}
-
 pub fn list_groups(
     shard: &Rc<Shard>,
     mut request: Request,
@@ -318,7 +189,7 @@ pub fn list_groups(
             listed.push((
                 g,
                 "consumer".into(),
-                crate::groups::coordinator::GroupState::Empty,
+                crate::control::groups::coordinator::GroupState::Empty,
             ));
         }
     }
@@ -381,34 +252,4 @@ pub fn describe_groups(
         .collect();
     drop(coordinator);
     request.respond(&DescribeGroupsResponse::default().with_groups(groups))
-}
-
-/// InitProducerId (0-1): a fresh producer id, epoch 0, for idempotent producers.
-/// Transactions are not supported: a transactional id is refused.
-pub fn init_producer_id(
-    shard: &Rc<Shard>,
-    mut request: Request,
-) -> Result<Option<Vec<Piece>>, DecodeError> {
-    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
-    let req: InitProducerIdRequest = request.decode("InitProducerId request")?;
-    let response = if req.transactional_id.is_some() {
-        InitProducerIdResponse::default()
-            .with_error_code(error_code::INVALID_REQUEST)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1)
-    } else {
-        match shard.shared.producer_ids().allocate() {
-            Ok(id) => InitProducerIdResponse::default()
-                .with_producer_id(ProducerId(id))
-                .with_producer_epoch(0),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot allocate a producer id");
-                InitProducerIdResponse::default()
-                    .with_error_code(error_code::COORDINATOR_NOT_AVAILABLE)
-                    .with_producer_id(ProducerId(-1))
-                    .with_producer_epoch(-1)
-            }
-        }
-    };
-    request.respond(&response)
 }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use cluster::{ControllerError, Metadata, MetadataError, TopicRecord};
 
-use crate::protocol::error_code;
-use crate::shard::Shard;
-use crate::topics::TopicMeta;
+use crate::control::topics::TopicMeta;
+use crate::kafka::protocol::error_code;
+use crate::runtime::shard::Shard;
 
 /// How long an admin request waits for its committed change to be applied here.
 pub const APPLY_WAIT_MAX: Duration = Duration::from_secs(10);

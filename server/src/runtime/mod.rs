@@ -1,0 +1,8 @@
+//! The thread-per-core runtime: one pinned thread per core, each owning its partitions,
+//! routing partition operations to their owning core, and its own partition table.
+
+pub mod broker;
+pub mod limits;
+pub mod partition_table;
+pub mod shard;
+pub mod storage_health;
