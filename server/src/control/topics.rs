@@ -154,6 +154,14 @@ impl Registry {
         start.wrapping_add(partition.max(0) as usize) % self.cores
     }
 
+    /// Every partition's append event of a topic (empty when the topic is not here).
+    pub fn data_events(&self, topic: &str) -> Vec<Arc<Event>> {
+        self.read()
+            .get(topic)
+            .map(|entry| entry.data_events.clone())
+            .unwrap_or_default()
+    }
+
     pub fn data_event(&self, topic: &str, partition: i32) -> Option<Arc<Event>> {
         let topics = self.read();
         let entry = topics.get(topic)?;

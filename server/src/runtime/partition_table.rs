@@ -1,9 +1,13 @@
 //! A core's partition table: for each partition of the committed metadata, its leader and
-//! leader epoch, rebuilt by the core itself when the metadata version moves. The produce,
-//! fetch and list-offsets paths ask it whether this broker leads a partition; they read
-//! one atomic (the metadata version) and this core's own copy, never a shared lock.
+//! leader epoch, and the event a long-polling fetch waits on, rebuilt by the core itself
+//! when the metadata version (or the version applied locally) moves. The produce, fetch
+//! and list-offsets paths ask it whether this broker leads a partition and what to wait
+//! on; they read two atomics and this core's own copy, never a shared lock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use event_listener::Event;
 
 use cluster::{BrokerId, Metadata, NO_LEADER};
 
@@ -15,15 +19,34 @@ pub struct PartitionRoute {
     pub leader_epoch: i32,
 }
 
+/// Which versions a table was built from: the committed metadata's, and the one this
+/// broker had applied locally (partitions opened, their events made).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableVersion {
+    pub committed: u64,
+    pub applied: u64,
+}
+
+#[derive(Debug, Default)]
+struct TopicRoutes {
+    routes: Vec<PartitionRoute>,
+    /// Per partition, notified after each append; empty while the topic is not open here.
+    data_events: Vec<Arc<Event>>,
+}
+
 #[derive(Debug, Default)]
 pub struct PartitionTable {
-    /// The metadata version this table was built from.
-    pub version: u64,
-    topics: HashMap<String, Vec<PartitionRoute>>,
+    pub version: TableVersion,
+    topics: HashMap<String, TopicRoutes>,
 }
 
 impl PartitionTable {
-    pub fn build(version: u64, metadata: &Metadata) -> Self {
+    /// `data_events` gives a topic's per-partition append events, where it is open here.
+    pub fn build(
+        version: TableVersion,
+        metadata: &Metadata,
+        data_events: impl Fn(&str) -> Vec<Arc<Event>>,
+    ) -> Self {
         let topics = metadata
             .topics
             .values()
@@ -36,7 +59,14 @@ impl PartitionTable {
                         leader_epoch: p.leader_epoch,
                     })
                     .collect();
-                (t.name.clone(), routes)
+                let data_events = data_events(&t.name);
+                (
+                    t.name.clone(),
+                    TopicRoutes {
+                        routes,
+                        data_events,
+                    },
+                )
             })
             .collect();
         Self { version, topics }
@@ -45,8 +75,17 @@ impl PartitionTable {
     pub fn route(&self, topic: &str, partition: i32) -> Option<PartitionRoute> {
         self.topics
             .get(topic)?
+            .routes
             .get(usize::try_from(partition).ok()?)
             .copied()
+    }
+
+    /// The event notified after each append to the partition, when it is open here.
+    pub fn data_event(&self, topic: &str, partition: i32) -> Option<&Arc<Event>> {
+        self.topics
+            .get(topic)?
+            .data_events
+            .get(usize::try_from(partition).ok()?)
     }
 
     /// Whether `me` may serve the partition as its leader, as a Kafka error code:
@@ -92,7 +131,7 @@ mod tests {
             1,
         )
         .unwrap();
-        let table = PartitionTable::build(7, &md);
+        let table = PartitionTable::build(TableVersion::default(), &md, |_| Vec::new());
         let l0 = table.route("t", 0).unwrap().leader;
         let l1 = table.route("t", 1).unwrap().leader;
         assert_ne!(l0, l1);
@@ -117,7 +156,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let table = PartitionTable::build(8, &md);
+        let table = PartitionTable::build(TableVersion::default(), &md, |_| Vec::new());
         assert_eq!(
             table.check_leader(l0, "t", 1),
             Err(error_code::LEADER_NOT_AVAILABLE)

@@ -21,7 +21,7 @@ use crate::kafka::fetch_response::{Piece, SendFile};
 use crate::kafka::protocol::error_code;
 use crate::metrics::{Metrics, PartitionCounters, RejectKind};
 use crate::runtime::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
-use crate::runtime::partition_table::PartitionTable;
+use crate::runtime::partition_table::{PartitionTable, TableVersion};
 use crate::runtime::storage_health::StorageHealth;
 
 /// Messages queued to another core before senders wait.
@@ -415,12 +415,19 @@ impl Shard {
     /// moved (one atomic load otherwise).
     pub fn partition_table(&self) -> Rc<PartitionTable> {
         let view = self.shared.controller.view();
+        let applied = || self.shared.metadata_applied.load(Ordering::Acquire);
         let current = Rc::clone(&self.partition_table.borrow());
-        if current.version == view.version() {
+        if current.version.committed == view.version() && current.version.applied == applied() {
             return current;
         }
-        let (version, metadata) = view.versioned();
-        let table = Rc::new(PartitionTable::build(version, &metadata));
+        // The applied version first: the registry then holds at least what it covers.
+        let applied = applied();
+        let (committed, metadata) = view.versioned();
+        let version = TableVersion { committed, applied };
+        let registry = &self.shared.registry;
+        let table = Rc::new(PartitionTable::build(version, &metadata, |topic| {
+            registry.data_events(topic)
+        }));
         *self.partition_table.borrow_mut() = Rc::clone(&table);
         table
     }

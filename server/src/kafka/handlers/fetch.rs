@@ -30,16 +30,14 @@ pub async fn handle(
     };
     loop {
         // Listen before reading, so an append between the read and the wait is not missed.
+        let table = shard.partition_table();
         let listeners: Vec<_> = req
             .topics
             .iter()
             .flat_map(|t| {
-                t.partitions.iter().filter_map(|p| {
-                    shard
-                        .shared
-                        .registry
-                        .data_event(t.topic.0.as_str(), p.partition)
-                })
+                t.partitions
+                    .iter()
+                    .filter_map(|p| table.data_event(t.topic.0.as_str(), p.partition))
             })
             .map(|event| event.listen())
             .collect();
