@@ -1,5 +1,5 @@
-//! A core's partition table: for each partition of the committed metadata, its leader and
-//! leader epoch, and the event a long-polling fetch waits on, rebuilt by the core itself
+//! A core's partition table: for each partition of the committed metadata, its leader,
+//! leader epoch, this broker's role, the core that owns it here, and the event a long-polling fetch waits on, rebuilt by the core itself
 //! when the metadata version (or the version applied locally) moves. The produce, fetch
 //! and list-offsets paths ask it whether this broker leads a partition and what to wait
 //! on; they read two atomics and this core's own copy, never a shared lock.
@@ -13,10 +13,22 @@ use cluster::{BrokerId, Metadata, NO_LEADER};
 
 use crate::kafka::protocol::error_code;
 
+/// This broker's part in a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    /// Not a replica here: requests for it go to the leader.
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionRoute {
     pub leader: BrokerId,
     pub leader_epoch: i32,
+    pub role: Role,
+    /// The core of this broker that owns the partition (where it is open, if it is).
+    pub core: usize,
 }
 
 /// Which versions a table was built from: the committed metadata's, and the one this
@@ -41,10 +53,13 @@ pub struct PartitionTable {
 }
 
 impl PartitionTable {
-    /// `data_events` gives a topic's per-partition append events, where it is open here.
+    /// `me` is this broker; `core_of` places a partition on a core; `data_events` gives a
+    /// topic's per-partition append events, where it is open here.
     pub fn build(
         version: TableVersion,
         metadata: &Metadata,
+        me: BrokerId,
+        core_of: impl Fn(&str, i32) -> usize,
         data_events: impl Fn(&str) -> Vec<Arc<Event>>,
     ) -> Self {
         let topics = metadata
@@ -54,9 +69,18 @@ impl PartitionTable {
                 let routes = t
                     .partitions
                     .iter()
-                    .map(|p| PartitionRoute {
+                    .enumerate()
+                    .map(|(index, p)| PartitionRoute {
                         leader: p.leader,
                         leader_epoch: p.leader_epoch,
+                        role: if p.leader == me {
+                            Role::Leader
+                        } else if p.replicas.contains(&me) {
+                            Role::Follower
+                        } else {
+                            Role::None
+                        },
+                        core: core_of(&t.name, i32::try_from(index).unwrap_or(i32::MAX)),
                     })
                     .collect();
                 let data_events = data_events(&t.name);
@@ -131,8 +155,19 @@ mod tests {
             1,
         )
         .unwrap();
-        let table = PartitionTable::build(TableVersion::default(), &md, |_| Vec::new());
+        let table = PartitionTable::build(
+            TableVersion::default(),
+            &md,
+            0,
+            |_, p| p as usize,
+            |_| Vec::new(),
+        );
         let l0 = table.route("t", 0).unwrap().leader;
+        assert_eq!(table.route("t", 1).unwrap().core, 1);
+        assert_eq!(
+            table.route("t", 0).unwrap().role,
+            if l0 == 0 { Role::Leader } else { Role::None }
+        );
         let l1 = table.route("t", 1).unwrap().leader;
         assert_ne!(l0, l1);
         assert_eq!(table.check_leader(l0, "t", 0), Ok(()));
@@ -156,7 +191,13 @@ mod tests {
             0,
         )
         .unwrap();
-        let table = PartitionTable::build(TableVersion::default(), &md, |_| Vec::new());
+        let table = PartitionTable::build(
+            TableVersion::default(),
+            &md,
+            0,
+            |_, p| p as usize,
+            |_| Vec::new(),
+        );
         assert_eq!(
             table.check_leader(l0, "t", 1),
             Err(error_code::LEADER_NOT_AVAILABLE)

@@ -425,9 +425,13 @@ impl Shard {
         let (committed, metadata) = view.versioned();
         let version = TableVersion { committed, applied };
         let registry = &self.shared.registry;
-        let table = Rc::new(PartitionTable::build(version, &metadata, |topic| {
-            registry.data_events(topic)
-        }));
+        let table = Rc::new(PartitionTable::build(
+            version,
+            &metadata,
+            self.shared.node_id(),
+            |topic, partition| registry.owner(topic, partition),
+            |topic| registry.data_events(topic),
+        ));
         *self.partition_table.borrow_mut() = Rc::clone(&table);
         table
     }
@@ -443,8 +447,13 @@ impl Shard {
             .ok_or(PartitionError::UnknownTopicOrPartition)
     }
 
+    /// The core that owns a partition, from this core's partition table (a partition the
+    /// metadata does not know is placed the same way, and refused by its owner).
     fn owner(&self, tp: &TopicPartition) -> usize {
-        self.shared.registry.owner(tp.topic(), tp.partition())
+        match self.partition_table().route(tp.topic(), tp.partition()) {
+            Some(route) => route.core,
+            None => self.shared.registry.owner(tp.topic(), tp.partition()),
+        }
     }
 
     async fn send(&self, owner: usize, command: ShardCommand) -> Result<(), PartitionError> {
