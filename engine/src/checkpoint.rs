@@ -1,5 +1,6 @@
-//! Small durable files of a partition directory: the recovery checkpoint and the
-//! clean-shutdown marker. Both are written atomically (temp file, fsync, rename, fsync dir).
+//! Small durable files of a partition directory: the recovery checkpoint, the producer
+//! snapshot, the leader-epoch checkpoint and the clean-shutdown marker. All are written
+//! atomically (temp file, fsync, rename, fsync dir).
 
 use std::path::Path;
 
@@ -13,6 +14,8 @@ pub(crate) const CHECKPOINT_FILE: &str = "recovery-checkpoint";
 pub(crate) const PRODUCER_SNAPSHOT_FILE: &str = "producer-snapshot";
 /// Largest producer snapshot read back (10k producers x 5 batches).
 const PRODUCER_SNAPSHOT_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// The leader-epoch cache (see `leader_epoch.rs`).
+pub(crate) const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
 /// Present only between a clean close and the next open.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const TEMP_SUFFIX: &str = ".tmp";
@@ -120,4 +123,21 @@ pub(crate) async fn read_producer_snapshot(dir: &Path) -> Option<(i64, Vec<u8>)>
     let body = bytes[12..].to_vec();
     let computed = crc32c::crc32c_append(crc32c::crc32c(&bytes[..8]), &body);
     (computed == crc && offset >= 0).then_some((offset, body))
+}
+
+/// Writes the leader-epoch cache's file (the bytes of `LeaderEpochCache::encode`).
+pub(crate) async fn write_leader_epochs(dir: &Path, bytes: Vec<u8>) -> Result<()> {
+    write_atomically(dir, LEADER_EPOCH_FILE, bytes).await
+}
+
+/// The leader-epoch file's bytes, or `None` when it is missing, unreadable or larger than
+/// any cache (the caller then rebuilds the cache from the log).
+pub(crate) async fn read_leader_epochs(dir: &Path) -> Option<Vec<u8>> {
+    let path = dir.join(LEADER_EPOCH_FILE);
+    let len = std::fs::metadata(&path).ok()?.len();
+    if len > crate::limits::LEADER_EPOCH_FILE_BYTES_MAX as u64 {
+        tracing::warn!(path = %path.display(), len, "leader-epoch checkpoint is too large; rebuilding it");
+        return None;
+    }
+    compio::fs::read(&path).await.ok()
 }

@@ -82,6 +82,16 @@ pub enum LogError {
     Closed,
     #[error("{0}")]
     StorageFailed(StorageFailure),
+    #[error("replica batch starts at offset {got} but the log expects {expected}")]
+    ReplicaOffsetMismatch { expected: i64, got: i64 },
+    #[error("the batch ending at offset {last_offset} was truncated away (log end now {log_end})")]
+    TruncatedAway { last_offset: i64, log_end: i64 },
+    #[error("{path} holds no valid batch at position {position}: {reason}")]
+    CorruptSegment {
+        path: PathBuf,
+        position: u64,
+        reason: &'static str,
+    },
     #[error(
         "offset {offset} not found in {path} from position {start}: the index disagrees with the log"
     )]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod data_dir;
 pub mod error;
 pub mod io_mode;
+pub mod leader_epoch;
 pub mod limits;
 pub mod offset_index;
 pub mod partition;
@@ -24,9 +25,11 @@ pub use config::{FlushPolicy, LogConfig, RecoveryScope, WritePath};
 pub use data_dir::{TopicPartition, list_partitions};
 pub use error::{BatchError, ConfigError, FailedStep, LogError, StorageFailure};
 pub use io_mode::IoMode;
+pub use leader_epoch::{EpochEntry, LeaderEpochCache};
 pub use partition::{
     AppendInfo, AppendWait, FailureObserver, FileRange, LogOffsets, Partition, ReadSlice,
-    RecoveryReport, RetentionReport, SyncObserver, TimestampOffset, WriterStats,
+    RecoveryReport, ReplicaAppend, RetentionReport, SyncObserver, TimestampOffset, TruncateReport,
+    WriterStats,
 };
 pub use segment::SegmentFiles;
 

@@ -60,3 +60,11 @@ pub const SCAN_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Segments one partition may hold; opening a directory with more is refused.
 pub const SEGMENTS_PER_PARTITION_MAX: usize = 1_000_000;
+
+/// Leader epochs the epoch cache remembers; the oldest is forgotten beyond it (a leader
+/// change per second for 18 hours).
+pub const LEADER_EPOCH_ENTRIES_MAX: usize = 65_536;
+
+/// Largest `leader-epoch-checkpoint` file read back: the entries at their longest text
+/// form (`-2147483648 -9223372036854775808\n`, 32 bytes) plus the two header lines.
+pub const LEADER_EPOCH_FILE_BYTES_MAX: usize = LEADER_EPOCH_ENTRIES_MAX * 32 + 64;

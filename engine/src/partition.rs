@@ -20,13 +20,17 @@ use futures_util::{SinkExt, StreamExt};
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
 use crate::checkpoint;
 use crate::config::{FlushPolicy, LogConfig, WritePath};
-use crate::error::{FailedStep, LogError, Result, StorageFailure};
+use crate::error::{BatchError, FailedStep, LogError, Result, StorageFailure};
+use crate::leader_epoch::{LeaderEpochCache, UNDEFINED_EPOCH};
 use crate::limits::{
     APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, INDEX_PERSIST_ENTRIES_MIN,
     WRITE_GROUP_BATCHES_MAX, WRITE_GROUP_BYTES_MAX,
 };
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::segment::{BatchScanner, Scanned, Segment, SegmentFile, SegmentFiles, read_at_most};
+use crate::segment::{
+    BatchScanner, Scanned, Segment, SegmentFile, SegmentFiles, SegmentSpan, for_each_header,
+    read_at_most,
+};
 use crate::{now_ms, recovery};
 
 pub use crate::recovery::RecoveryReport;
@@ -90,6 +94,26 @@ impl ReadSlice {
     }
 }
 
+/// What a follower's `append_replica` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAppend {
+    /// Base offset of the first batch written, -1 when nothing was.
+    pub first_offset: i64,
+    pub log_end_offset: i64,
+    /// Every offset below this is on disk (as of the answer).
+    pub durable_offset: i64,
+    pub batches: usize,
+    pub bytes: u64,
+}
+
+/// What `truncate_to` removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TruncateReport {
+    pub log_end_offset: i64,
+    pub bytes_removed: u64,
+    pub segments_deleted: usize,
+}
+
 /// The first record at or after a timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimestampOffset {
@@ -143,6 +167,8 @@ pub(crate) struct LogState {
     pub closed: bool,
     pub stats: WriterStats,
     pub producers: ProducerStates,
+    /// Leader epochs and their start offsets, as persisted in `leader-epoch-checkpoint`.
+    pub epochs: LeaderEpochCache,
     pub sync_observer: Option<SyncObserver>,
     pub failure_observer: Option<FailureObserver>,
 }
@@ -181,14 +207,38 @@ impl LogState {
             .partition_point(|s| s.base_offset <= offset)
             .saturating_sub(1)
     }
+
+    /// Where a header scan for the batch holding `offset` starts: the segment, its
+    /// files and size, and the offset index floor of `offset` in it.
+    fn span_for(&self, offset: i64) -> (usize, SegmentSpan) {
+        let i = self.segment_for(offset);
+        let seg = &self.segments[i];
+        let start = if offset <= seg.base_offset {
+            0
+        } else {
+            u64::from(seg.offset_index.floor(seg.relative(offset)).position)
+        };
+        let span = SegmentSpan {
+            files: Rc::clone(&seg.files),
+            size: seg.size,
+            start,
+        };
+        (i, span)
+    }
 }
 
 enum Command {
-    Append {
-        bytes: Vec<u8>,
-        header: BatchHeader,
+    Append(QueuedAppend),
+    /// Whole, validated batches of a leader, offsets contiguous, written as they are.
+    AppendReplica {
+        records: Vec<u8>,
+        headers: Vec<BatchHeader>,
         wait: AppendWait,
-        reply: oneshot::Sender<Result<AppendInfo>>,
+        reply: oneshot::Sender<Result<ReplicaAppend>>,
+    },
+    Truncate {
+        offset: i64,
+        reply: oneshot::Sender<Result<TruncateReport>>,
     },
     Flush {
         reply: oneshot::Sender<Result<i64>>,
@@ -243,20 +293,128 @@ impl Partition {
 
     /// Validates `batch` and appends it, returning once it is written (or durable, as
     /// `wait` asks). An invalid batch is refused with the reason and the log is untouched.
+    /// The batch is stored with no leader epoch (-1, what Kafka clients send), and the
+    /// leader-epoch cache is left alone: a single node has no leader changes.
     pub async fn append(&self, batch: Vec<u8>, wait: AppendWait) -> Result<AppendInfo> {
+        self.append_with_epoch(batch, wait, UNDEFINED_EPOCH).await
+    }
+
+    /// As `append`, for a leader of `leader_epoch`: the writer stamps the epoch into the
+    /// batch's `partitionLeaderEpoch` (outside the CRC) and, when it is above the cache's
+    /// latest, starts a leader-epoch entry at the batch, persisted before the batch is
+    /// acknowledged. A negative epoch stamps -1 and records nothing.
+    pub async fn append_with_epoch(
+        &self,
+        batch: Vec<u8>,
+        wait: AppendWait,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo> {
         let header = batch::validate(&batch, self.batch_bytes_max)?;
         let (reply, response) = oneshot::channel();
+        self.send(Command::Append(QueuedAppend {
+            bytes: batch,
+            header,
+            wait,
+            leader_epoch: leader_epoch.max(UNDEFINED_EPOCH),
+            reply,
+        }))
+        .await?;
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// A follower's append of the records field of the leader's Fetch response: whole
+    /// RecordBatch v2 batches, then perhaps a partial batch (the leader cuts responses
+    /// mid-batch), which is dropped. Every whole batch is validated and must follow the
+    /// one before; the first must start at this log's end, or nothing is written and the
+    /// answer is `ReplicaOffsetMismatch`. Offsets and leader epochs are kept as sent (the
+    /// epoch cache follows them); producer sequences are not checked but remembered, so
+    /// that this replica deduplicates retries once it leads. Segments roll as for
+    /// `append`; `AppendWait::Durable` answers once the batches are synced under the
+    /// flush policy.
+    pub async fn append_replica(
+        &self,
+        records: Vec<u8>,
+        wait: AppendWait,
+    ) -> Result<ReplicaAppend> {
+        let (headers, whole_bytes) = split_replica_batches(&records, self.batch_bytes_max)?;
+        if headers.is_empty() {
+            let offsets = self.offsets();
+            return Ok(ReplicaAppend {
+                first_offset: -1,
+                log_end_offset: offsets.log_end_offset,
+                durable_offset: offsets.durable_offset,
+                batches: 0,
+                bytes: 0,
+            });
+        }
+        let mut records = records;
+        records.truncate(whole_bytes);
+        let (reply, response) = oneshot::channel();
+        self.send(Command::AppendReplica {
+            records,
+            headers,
+            wait,
+            reply,
+        })
+        .await?;
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Removes every batch at or after `offset` (a follower cutting its log back to where
+    /// it agrees with the leader). The log end becomes the start of the batch holding
+    /// `offset`; at or below the log start everything goes and the log start stays. Later
+    /// segments are deleted, the one holding the cut becomes the active segment again,
+    /// leader epochs from the cut on are forgotten, and the producer state is rebuilt as
+    /// of the new end. Durable appends waiting beyond the cut are answered with
+    /// `TruncatedAway`. Readers holding file ranges keep their open files, though a cut
+    /// segment may now end before their range does. A no-op at or past the log end.
+    pub async fn truncate_to(&self, offset: i64) -> Result<TruncateReport> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Truncate { offset, reply }).await?;
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn send(&self, command: Command) -> Result<()> {
         self.commands
             .clone()
-            .send(Command::Append {
-                bytes: batch,
-                header,
-                wait,
-                reply,
-            })
+            .send(command)
             .await
-            .map_err(|_| LogError::Closed)?;
-        response.await.map_err(|_| LogError::Closed)?
+            .map_err(|_| LogError::Closed)
+    }
+
+    /// The offset below which data counts as written and synced, what a replica may
+    /// report to its leader: the durable offset when the flush policy syncs, the log end
+    /// under `FlushPolicy::Never` (which never syncs on the append path).
+    pub fn stable_offset(&self) -> i64 {
+        let st = self.state.borrow();
+        match st.config.flush_policy {
+            FlushPolicy::Never => st.active().next_offset,
+            FlushPolicy::EveryAppend | FlushPolicy::Interval(_) => st.durable_offset,
+        }
+    }
+
+    /// The latest leader epoch of the log, `None` before any stamped batch.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.state.borrow().epochs.latest_epoch()
+    }
+
+    /// Kafka's `OffsetForLeaderEpoch` answer for `requested`: the largest epoch at or
+    /// below it and the offset where the next epoch starts (the log end for the latest
+    /// epoch); `(-1, -1)` when undefined or unknown (see `LeaderEpochCache::end_offset_for`).
+    pub fn end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
+        let st = self.state.borrow();
+        st.epochs.end_offset_for(requested, st.active().next_offset)
+    }
+
+    /// The leader-epoch cache's entries `(epoch, start_offset)`, for tests and diagnostics.
+    pub fn epoch_entries(&self) -> Vec<(i32, i64)> {
+        self.state
+            .borrow()
+            .epochs
+            .entries()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect()
     }
 
     /// Forces everything written so far to disk; returns the durable offset.
@@ -310,7 +468,25 @@ impl Partition {
     /// first batch is always whole even when larger than `max_bytes`; the last range may
     /// end inside a batch, as Kafka's fetch does. Empty at the log end.
     pub async fn read_ranges(&self, offset: i64, max_bytes: u64) -> Result<ReadSlice> {
-        let (snapshots, start, offsets) = {
+        self.read_ranges_upto(offset, max_bytes, i64::MAX).await
+    }
+
+    /// As `read_ranges`, but the ranges hold no byte of a batch at or after `upto` (a
+    /// consumer reads only below the high watermark). When `upto` falls inside a batch
+    /// they stop at that batch's start. Empty when `offset` is at or past that limit but
+    /// within the log; `OffsetOutOfRange` past the log end as for `read_ranges`.
+    pub async fn read_ranges_upto(
+        &self,
+        offset: i64,
+        max_bytes: u64,
+        upto: i64,
+    ) -> Result<ReadSlice> {
+        let empty = |offsets| ReadSlice {
+            ranges: Vec::new(),
+            offsets,
+            end_offset: offset,
+        };
+        let (mut snapshots, start, offsets, limit) = {
             let st = self.state.borrow();
             st.check_readable()?;
             let offsets = st.offsets();
@@ -321,12 +497,9 @@ impl Partition {
                     log_end: offsets.log_end_offset,
                 });
             }
-            if offset == offsets.log_end_offset {
-                return Ok(ReadSlice {
-                    ranges: Vec::new(),
-                    offsets,
-                    end_offset: offset,
-                });
+            let upto = upto.min(offsets.log_end_offset);
+            if offset >= upto {
+                return Ok(empty(offsets));
             }
             let first = st.segment_for(offset);
             let seg = &st.segments[first];
@@ -338,11 +511,26 @@ impl Partition {
                 .take(READ_SEGMENTS_MAX)
                 .map(|s| (Rc::clone(&s.files), s.size, s.next_offset))
                 .collect();
-            (snapshots, start, offsets)
+            // Below the log end the read stops at the batch holding `upto`: found from
+            // its segment's index floor by a short header scan, once the borrow is gone.
+            let limit = (upto < offsets.log_end_offset).then(|| (first, st.span_for(upto)));
+            (snapshots, start, offsets, limit)
         };
+        if let Some((first, (limit_segment, span))) = limit {
+            let cut = find_batch(&span.files, span.size, span.start, upto).await?;
+            if cut.base_offset <= offset {
+                return Ok(empty(offsets));
+            }
+            // Segments after the one holding the cut are dropped, that one ends there.
+            let keep = limit_segment - first;
+            snapshots.truncate(keep + 1);
+            if let Some(last) = snapshots.get_mut(keep) {
+                *last = (Rc::clone(&span.files), cut.position, cut.base_offset);
+            }
+        }
         let (files, first_size, first_next) = &snapshots[0];
-        let (position, first_len, first_last) =
-            find_batch(files, *first_size, start, offset).await?;
+        let found = find_batch(files, *first_size, start, offset).await?;
+        let (position, first_len, first_last) = (found.position, found.total, found.last_offset);
         let mut ranges = Vec::new();
         let first_available = first_size - position;
         let first = first_available.min(max_bytes.max(first_len));
@@ -513,14 +701,21 @@ impl Partition {
     }
 }
 
+/// A batch found by `find_batch`.
+struct FoundBatch {
+    position: u64,
+    total: u64,
+    base_offset: i64,
+    last_offset: i64,
+}
+
 /// Scans batch headers from `start` for the batch whose last offset is at least `offset`.
-/// Returns its position and length.
 async fn find_batch(
     files: &SegmentFiles,
     size: u64,
     start: u64,
     offset: i64,
-) -> Result<(u64, u64, i64)> {
+) -> Result<FoundBatch> {
     let mut pos = start;
     let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
     loop {
@@ -541,7 +736,12 @@ async fn find_batch(
             break;
         }
         if header.last_offset() >= offset {
-            return Ok((pos, total, header.last_offset()));
+            return Ok(FoundBatch {
+                position: pos,
+                total,
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+            });
         }
         pos += total;
     }
@@ -566,18 +766,137 @@ pub(crate) fn whole_batches_len(bytes: &[u8]) -> usize {
     at
 }
 
-/// An append as the writer receives it.
-type QueuedAppend = (
-    Vec<u8>,
-    BatchHeader,
-    AppendWait,
-    oneshot::Sender<Result<AppendInfo>>,
-);
+/// Splits the records field of a leader's Fetch response into its whole batches,
+/// validating each and checking that each follows the one before. Returns their headers
+/// and the length of the whole-batch prefix; a partial batch at the end is left out.
+/// Lengths come from another broker: each is bounded before it is used.
+fn split_replica_batches(
+    records: &[u8],
+    batch_bytes_max: usize,
+) -> Result<(Vec<BatchHeader>, usize)> {
+    let mut headers: Vec<BatchHeader> = Vec::new();
+    let mut at = 0usize;
+    while records.len() - at >= BATCH_HEADER_BYTES {
+        let rest = &records[at..];
+        let header = BatchHeader::parse(rest)?;
+        let declared = header.declared_total_bytes();
+        if declared < BATCH_HEADER_BYTES as i64 {
+            return Err(BatchError::LengthMismatch {
+                declared,
+                actual: rest.len(),
+            }
+            .into());
+        }
+        if declared > batch_bytes_max as i64 {
+            return Err(BatchError::TooLarge {
+                len: declared as usize,
+                max: batch_bytes_max,
+            }
+            .into());
+        }
+        let total = declared as usize;
+        if total > rest.len() {
+            break; // the partial batch a fetch response may end with
+        }
+        let header = batch::validate(&rest[..total], batch_bytes_max)?;
+        let expected = headers
+            .last()
+            .map_or(header.base_offset, |h| h.last_offset() + 1);
+        if header.base_offset != expected {
+            return Err(LogError::ReplicaOffsetMismatch {
+                expected,
+                got: header.base_offset,
+            });
+        }
+        if header
+            .base_offset
+            .checked_add(header.offset_count())
+            .is_none()
+        {
+            return Err(LogError::OffsetOverflow {
+                offset: header.base_offset,
+            });
+        }
+        headers.push(header);
+        at += total;
+    }
+    Ok((headers, at))
+}
 
+/// Answers every producer of `placed` with `error` (replica batches are answered by
+/// their caller).
+fn refuse_placed(placed: Vec<Placed>, error: &LogError) {
+    for p in placed {
+        if let Some(reply) = p.reply {
+            let _ = reply.send(Err(clone_error(error)));
+        }
+    }
+}
+
+/// The failure a refused write answers with (only storage failures reach here).
+fn clone_error(error: &LogError) -> LogError {
+    match error {
+        LogError::StorageFailed(failure) => LogError::StorageFailed(failure.clone()),
+        other => LogError::StorageFailed(StorageFailure::from_error(FailedStep::Write, other)),
+    }
+}
+
+/// A producer append as the writer receives it.
+struct QueuedAppend {
+    bytes: Vec<u8>,
+    header: BatchHeader,
+    wait: AppendWait,
+    /// Stamped into the batch; -1 for none.
+    leader_epoch: i32,
+    reply: oneshot::Sender<Result<AppendInfo>>,
+}
+
+/// An answer held back until a sync covers `last_offset`.
 struct DurableWaiter {
     last_offset: i64,
-    info: AppendInfo,
-    reply: oneshot::Sender<Result<AppendInfo>>,
+    answer: PendingAnswer,
+}
+
+enum PendingAnswer {
+    Append {
+        info: AppendInfo,
+        reply: oneshot::Sender<Result<AppendInfo>>,
+    },
+    Replica {
+        info: ReplicaAppend,
+        reply: oneshot::Sender<Result<ReplicaAppend>>,
+    },
+}
+
+impl DurableWaiter {
+    /// Answers once everything below `durable_offset` is synced.
+    fn succeed(self, durable_offset: i64) {
+        match self.answer {
+            PendingAnswer::Append { info, reply } => {
+                let _ = reply.send(Ok(AppendInfo {
+                    durable: true,
+                    ..info
+                }));
+            }
+            PendingAnswer::Replica { info, reply } => {
+                let _ = reply.send(Ok(ReplicaAppend {
+                    durable_offset,
+                    ..info
+                }));
+            }
+        }
+    }
+
+    fn fail(self, error: LogError) {
+        match self.answer {
+            PendingAnswer::Append { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            PendingAnswer::Replica { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// A batch placed in the current write group.
@@ -585,7 +904,8 @@ struct Placed {
     header: BatchHeader,
     total: u64,
     wait: AppendWait,
-    reply: oneshot::Sender<Result<AppendInfo>>,
+    /// The producer's reply; `None` for replica batches, answered as a whole by the caller.
+    reply: Option<oneshot::Sender<Result<AppendInfo>>>,
 }
 
 /// The partition's single writer. Owns the order of writes and syncs.
@@ -609,26 +929,16 @@ impl Writer {
                 },
             };
             match command {
-                Command::Append {
-                    bytes,
-                    header,
-                    wait,
-                    reply,
-                } => {
-                    let mut group = vec![(bytes, header, wait, reply)];
-                    let mut group_bytes = group[0].0.len();
+                Command::Append(first) => {
+                    let mut group_bytes = first.bytes.len();
+                    let mut group = vec![first];
                     while group.len() < WRITE_GROUP_BATCHES_MAX
                         && group_bytes < WRITE_GROUP_BYTES_MAX
                     {
                         match rx.try_recv() {
-                            Ok(Command::Append {
-                                bytes,
-                                header,
-                                wait,
-                                reply,
-                            }) => {
-                                group_bytes += bytes.len();
-                                group.push((bytes, header, wait, reply));
+                            Ok(Command::Append(next)) => {
+                                group_bytes += next.bytes.len();
+                                group.push(next);
                             }
                             Ok(other) => {
                                 deferred = Some(other);
@@ -638,10 +948,20 @@ impl Writer {
                         }
                     }
                     self.write_group(group).await;
-                    if self.policy() == FlushPolicy::EveryAppend && !self.durable_waiters.is_empty()
-                    {
-                        self.sync_and_answer().await;
-                    }
+                    self.sync_if_every_append().await;
+                }
+                Command::AppendReplica {
+                    records,
+                    headers,
+                    wait,
+                    reply,
+                } => {
+                    self.append_replica(records, headers, wait, reply).await;
+                    self.sync_if_every_append().await;
+                }
+                Command::Truncate { offset, reply } => {
+                    let result = self.truncate(offset).await;
+                    let _ = reply.send(result);
                 }
                 Command::Flush { reply } => {
                     self.sync_and_answer().await;
@@ -664,6 +984,13 @@ impl Writer {
 
     fn policy(&self) -> FlushPolicy {
         self.state.borrow().config.flush_policy
+    }
+
+    /// Group commit: under `EveryAppend`, one sync for the durable appends just written.
+    async fn sync_if_every_append(&mut self) {
+        if self.policy() == FlushPolicy::EveryAppend && !self.durable_waiters.is_empty() {
+            self.sync_and_answer().await;
+        }
     }
 
     /// Waits for the next command; under an interval policy, syncs when the interval
@@ -730,7 +1057,14 @@ impl Writer {
         let mut next_offset = self.state.borrow().active().next_offset;
         // Retries of batches placed in this very group are answered once those are written.
         let mut early_duplicates = Vec::new();
-        for (mut bytes, mut header, wait, reply) in group {
+        for QueuedAppend {
+            mut bytes,
+            mut header,
+            wait,
+            leader_epoch,
+            reply,
+        } in group
+        {
             if let Some(failed) = self.failed() {
                 let _ = reply.send(Err(failed));
                 continue;
@@ -761,19 +1095,16 @@ impl Writer {
                 }
             }
             let total = bytes.len() as u64;
-            if self.needs_roll(&placed, total, header.offset_count()) {
-                self.write_placed(std::mem::take(&mut bufs), std::mem::take(&mut placed))
-                    .await;
-                if let Some(failed) = self.failed() {
-                    let _ = reply.send(Err(failed));
+            match self
+                .make_room(&mut bufs, &mut placed, total, header.offset_count())
+                .await
+            {
+                Ok(false) => {}
+                Ok(true) => next_offset = self.state.borrow().active().next_offset,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                     continue;
                 }
-                if let Err(e) = self.roll().await {
-                    self.fail(FailedStep::Write, &e);
-                    let _ = reply.send(Err(self.failed().unwrap_or(e)));
-                    continue;
-                }
-                next_offset = self.state.borrow().active().next_offset;
             }
             let Some(after) = next_offset.checked_add(header.offset_count()) else {
                 let _ = reply.send(Err(LogError::OffsetOverflow {
@@ -782,7 +1113,9 @@ impl Writer {
                 continue;
             };
             batch::set_base_offset(&mut bytes, next_offset);
+            batch::set_partition_leader_epoch(&mut bytes, leader_epoch);
             header.base_offset = next_offset;
+            header.partition_leader_epoch = leader_epoch;
             next_offset = after;
             self.state.borrow_mut().producers.record(&header);
             bufs.push(bytes);
@@ -790,7 +1123,7 @@ impl Writer {
                 header,
                 total,
                 wait,
-                reply,
+                reply: Some(reply),
             });
         }
         self.write_placed(bufs, placed).await;
@@ -829,12 +1162,324 @@ impl Writer {
         if wait == AppendWait::Durable && !info.durable && policy != FlushPolicy::Never {
             self.durable_waiters.push(DurableWaiter {
                 last_offset,
-                info,
-                reply,
+                answer: PendingAnswer::Append { info, reply },
             });
         } else {
             let _ = reply.send(Ok(info));
         }
+    }
+
+    /// Writes a leader's batches (validated, offsets contiguous) at the log end as they
+    /// are, rolling segments as appends do, and answers once for all of them.
+    async fn append_replica(
+        &mut self,
+        records: Vec<u8>,
+        headers: Vec<BatchHeader>,
+        wait: AppendWait,
+        reply: oneshot::Sender<Result<ReplicaAppend>>,
+    ) {
+        if let Some(failed) = self.failed() {
+            let _ = reply.send(Err(failed));
+            return;
+        }
+        let log_end = self.state.borrow().active().next_offset;
+        let first_offset = headers.first().map_or(log_end, |h| h.base_offset);
+        if first_offset != log_end {
+            let _ = reply.send(Err(LogError::ReplicaOffsetMismatch {
+                expected: log_end,
+                got: first_offset,
+            }));
+            return;
+        }
+        let batches = headers.len();
+        let bytes = records.len() as u64;
+        // `pending` holds the bytes not yet written; its first `placed_bytes` are placed.
+        let mut pending = records;
+        let mut placed_bytes = 0usize;
+        let mut placed: Vec<Placed> = Vec::with_capacity(headers.len());
+        for header in headers {
+            let total = header.declared_total_bytes() as u64;
+            if self.needs_roll(&placed, total, header.offset_count()) {
+                let rest = pending.split_off(placed_bytes);
+                let mut bufs = vec![std::mem::replace(&mut pending, rest)];
+                placed_bytes = 0;
+                let made = self
+                    .make_room(&mut bufs, &mut placed, total, header.offset_count())
+                    .await;
+                if let Err(e) = made {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+            self.state.borrow_mut().producers.record(&header);
+            placed_bytes += total as usize;
+            placed.push(Placed {
+                header,
+                total,
+                wait: AppendWait::Written,
+                reply: None,
+            });
+        }
+        self.write_placed(vec![pending], placed).await;
+        if let Some(failed) = self.failed() {
+            let _ = reply.send(Err(failed));
+            return;
+        }
+        let (info, policy) = {
+            let st = self.state.borrow();
+            let info = ReplicaAppend {
+                first_offset,
+                log_end_offset: st.active().next_offset,
+                durable_offset: st.durable_offset,
+                batches,
+                bytes,
+            };
+            (info, st.config.flush_policy)
+        };
+        if wait == AppendWait::Durable
+            && policy != FlushPolicy::Never
+            && info.durable_offset < info.log_end_offset
+        {
+            self.durable_waiters.push(DurableWaiter {
+                last_offset: info.log_end_offset - 1,
+                answer: PendingAnswer::Replica { info, reply },
+            });
+        } else {
+            let _ = reply.send(Ok(info));
+        }
+    }
+
+    /// Starts leader-epoch entries for placed batches of a new epoch and persists the
+    /// cache before the batches are written: the file is never behind an acknowledged
+    /// batch (an entry ahead of the log is dropped at the next open).
+    async fn persist_new_epochs(&self, placed: &[Placed]) -> Result<()> {
+        let pending = {
+            let mut st = self.state.borrow_mut();
+            let mut changed = false;
+            for p in placed {
+                changed |= st
+                    .epochs
+                    .assign(p.header.partition_leader_epoch, p.header.base_offset);
+            }
+            changed.then(|| (st.dir.clone(), st.epochs.encode()))
+        };
+        let Some((dir, bytes)) = pending else {
+            return Ok(());
+        };
+        let written = checkpoint::write_leader_epochs(&dir, bytes).await;
+        if written.is_err() {
+            // The batches will not be written: forget the epochs they would have started.
+            let mut st = self.state.borrow_mut();
+            let end = st.active().next_offset;
+            st.epochs.truncate_from_end(end);
+        }
+        written
+    }
+
+    /// Cuts the log back to the start of the batch holding `offset` (see
+    /// `Partition::truncate_to`). Everything that can fail without harm (finding the cut,
+    /// the new segment state, the producer state) is worked out before anything changes.
+    /// Then the steps run in an order where a crash between any two leaves a log that
+    /// recovery opens, with producer state and epochs that match it: the recovery
+    /// checkpoint moves down first (the cut segment and all after it are re-validated at
+    /// open), the producer snapshot as of the new end follows, then memory, the cut file
+    /// and its indexes, the deleted segments, the epoch file and the checkpoint at the new
+    /// end.
+    async fn truncate(&mut self, offset: i64) -> Result<TruncateReport> {
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
+        let (log_start, log_end, dir, interval) = {
+            let st = self.state.borrow();
+            let offsets = st.offsets();
+            let interval = st.config.index_interval_bytes.max(INDEX_INTERVAL_BYTES_MIN);
+            (
+                offsets.log_start_offset,
+                offsets.log_end_offset,
+                st.dir.clone(),
+                interval,
+            )
+        };
+        if offset >= log_end {
+            return Ok(TruncateReport {
+                log_end_offset: log_end,
+                ..TruncateReport::default()
+            });
+        }
+        let (cut_segment, mut segment, cut_position) = {
+            let (i, span) = self.state.borrow().span_for(offset.max(log_start));
+            let segment = self.state.borrow().segments[i].clone();
+            let position = if offset <= log_start {
+                0
+            } else {
+                find_batch(&span.files, span.size, span.start, offset)
+                    .await?
+                    .position
+            };
+            (i, segment, position)
+        };
+        let old_size = segment.size;
+        segment.cut_to(cut_position, interval).await?;
+        let new_end = segment.next_offset;
+        let producers = self.producers_as_of(new_end).await?;
+        tracing::info!(
+            dir = %dir.display(),
+            requested = offset,
+            log_end,
+            new_end,
+            "truncating partition log"
+        );
+
+        for w in std::mem::take(&mut self.durable_waiters) {
+            if w.last_offset >= new_end {
+                let last_offset = w.last_offset;
+                w.fail(LogError::TruncatedAway {
+                    last_offset,
+                    log_end: new_end,
+                });
+            } else {
+                self.durable_waiters.push(w);
+            }
+        }
+        let durable = {
+            let mut st = self.state.borrow_mut();
+            st.durable_offset = st.durable_offset.min(new_end);
+            st.durable_offset
+        };
+        let steps = async {
+            checkpoint::write_checkpoint(&dir, durable).await?;
+            checkpoint::write_producer_snapshot(&dir, new_end, producers.encode()).await
+        };
+        if let Err(e) = steps.await {
+            self.fail(FailedStep::Write, &e);
+            return Err(self.failed().unwrap_or(e));
+        }
+
+        // From here readers see the cut log; the bytes past the cut are still on disk.
+        let (removed, epochs_changed) = {
+            let mut st = self.state.borrow_mut();
+            let removed: Vec<Segment> = st.segments.drain(cut_segment + 1..).collect();
+            st.segments[cut_segment] = segment;
+            st.producers = producers;
+            let epochs_changed = st.epochs.truncate_from_end(new_end);
+            (removed, epochs_changed)
+        };
+        let report = TruncateReport {
+            log_end_offset: new_end,
+            bytes_removed: old_size - cut_position + removed.iter().map(|s| s.size).sum::<u64>(),
+            segments_deleted: removed.len(),
+        };
+        let files = Rc::clone(&self.state.borrow().active().files);
+        if let Err(e) = files.truncate_log(cut_position).await {
+            self.fail(FailedStep::Write, &e);
+            return Err(self.failed().unwrap_or(e));
+        }
+        if let Err(e) = self.rewrite_active_indexes().await {
+            self.fail(FailedStep::Write, &e);
+            return Err(self.failed().unwrap_or(e));
+        }
+        if let Err(e) = self.timed_sync(&files).await {
+            return Err(self.failed().unwrap_or(e));
+        }
+        // Only the active segment is ever unsynced, and the new one was just synced.
+        self.unsynced.clear();
+        let steps = async {
+            for seg in &removed {
+                seg.files.unlink_now()?;
+                tracing::info!(path = %seg.log_path().display(), base_offset = seg.base_offset, "truncation deleted segment");
+            }
+            checkpoint::sync_dir(&dir).await?;
+            if epochs_changed {
+                let bytes = self.state.borrow().epochs.encode();
+                checkpoint::write_leader_epochs(&dir, bytes).await?;
+            }
+            checkpoint::write_checkpoint(&dir, new_end).await
+        };
+        if let Err(e) = steps.await {
+            self.fail(FailedStep::Write, &e);
+            return Err(self.failed().unwrap_or(e));
+        }
+        // Everything below the new end is synced: answer the waiters below the cut.
+        self.sync_and_answer().await;
+        Ok(report)
+    }
+
+    /// The producer state as of `end` (every batch below it, none at or after): the
+    /// snapshot file's state when it is at or below `end`, else an empty one from the log
+    /// start, brought forward by the batch headers from there to `end`. Exact, at the cost
+    /// of reading the log from the snapshot (or the log start) on.
+    async fn producers_as_of(&self, end: i64) -> Result<ProducerStates> {
+        let (dir, log_start) = {
+            let st = self.state.borrow();
+            (st.dir.clone(), st.segments[0].base_offset)
+        };
+        let snapshot = checkpoint::read_producer_snapshot(&dir)
+            .await
+            .filter(|(at, _)| *at <= end)
+            .and_then(|(at, body)| Some((at, ProducerStates::decode(&body)?)));
+        let (from, mut states) = match snapshot {
+            Some((at, states)) => (at.max(log_start), states),
+            None => (log_start, ProducerStates::default()),
+        };
+        let spans: Vec<SegmentSpan> = {
+            let st = self.state.borrow();
+            let (first, span) = st.span_for(from);
+            let later = st.segments.iter().skip(first + 1).map(|s| SegmentSpan {
+                files: Rc::clone(&s.files),
+                size: s.size,
+                start: 0,
+            });
+            std::iter::once(span).chain(later).collect()
+        };
+        for_each_header(&spans, end, &mut |h| {
+            if h.base_offset >= from {
+                states.record(h);
+            }
+        })
+        .await?;
+        Ok(states)
+    }
+
+    /// Rewrites the active segment's index files from memory (after a truncation).
+    async fn rewrite_active_indexes(&mut self) -> Result<()> {
+        let (files, writes) = {
+            let mut st = self.state.borrow_mut();
+            let write_path = st.config.write_path;
+            let active = st.active_mut();
+            active.offset_index.mark_unpersisted();
+            active.time_index.mark_unpersisted();
+            (
+                Rc::clone(&active.files),
+                active.take_index_writes(write_path),
+            )
+        };
+        files.truncate_indexes().await?;
+        writes.write().await
+    }
+
+    /// Makes room in the active segment for a batch of `total` bytes and `offset_count`
+    /// offsets: when it must roll first, writes the batches placed so far and rolls.
+    /// Returns whether it rolled, or the failure that stopped it.
+    async fn make_room(
+        &mut self,
+        bufs: &mut Vec<Vec<u8>>,
+        placed: &mut Vec<Placed>,
+        total: u64,
+        offset_count: i64,
+    ) -> Result<bool> {
+        if !self.needs_roll(placed, total, offset_count) {
+            return Ok(false);
+        }
+        self.write_placed(std::mem::take(bufs), std::mem::take(placed))
+            .await;
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
+        if let Err(e) = self.roll().await {
+            self.fail(FailedStep::Write, &e);
+            return Err(self.failed().unwrap_or(e));
+        }
+        Ok(true)
     }
 
     /// Whether the active segment must roll before a batch of `total` bytes and
@@ -863,10 +1508,13 @@ impl Writer {
         if placed.is_empty() {
             return;
         }
-        if let Some(LogError::StorageFailed(failure)) = self.failed() {
-            for p in placed {
-                let _ = p.reply.send(Err(LogError::StorageFailed(failure.clone())));
-            }
+        if let Some(failed) = self.failed() {
+            refuse_placed(placed, &failed);
+            return;
+        }
+        if let Err(e) = self.persist_new_epochs(&placed).await {
+            self.fail(FailedStep::Write, &e);
+            refuse_placed(placed, &self.failed().unwrap_or(e));
             return;
         }
         let (files, position) = {
@@ -886,9 +1534,7 @@ impl Writer {
                 tracing::warn!(error = %e, position, "cannot cut a failed write off the log");
             }
             let failure = StorageFailure::from_error(FailedStep::Write, &error);
-            for p in placed {
-                let _ = p.reply.send(Err(LogError::StorageFailed(failure.clone())));
-            }
+            refuse_placed(placed, &LogError::StorageFailed(failure));
             return;
         }
         let mut answers = Vec::with_capacity(placed.len());
@@ -917,13 +1563,13 @@ impl Writer {
                 answers.push((p.wait, info, p.reply));
             }
             for (wait, info, reply) in answers {
+                let Some(reply) = reply else { continue };
                 if wait == AppendWait::Written || never {
                     let _ = reply.send(Ok(info));
                 } else {
                     self.durable_waiters.push(DurableWaiter {
                         last_offset: info.last_offset,
-                        info,
-                        reply,
+                        answer: PendingAnswer::Append { info, reply },
                     });
                 }
             }
@@ -993,13 +1639,10 @@ impl Writer {
         let waiters = std::mem::take(&mut self.durable_waiters);
         for w in waiters {
             if w.last_offset < durable {
-                let _ = w.reply.send(Ok(AppendInfo {
-                    durable: true,
-                    ..w.info
-                }));
+                w.succeed(durable);
             } else {
                 // Only a failed sync leaves a waiter uncovered: it is never acknowledged.
-                let _ = w.reply.send(Err(self.failed().unwrap_or(LogError::Closed)));
+                w.fail(self.failed().unwrap_or(LogError::Closed));
             }
         }
     }

@@ -9,7 +9,11 @@
 //! - offsets that do not follow the previous batch -> treated as corruption;
 //! - missing, truncated or garbage `.index`/`.timeindex` -> rebuilt from the log;
 //! - missing or damaged checkpoint -> everything is re-validated;
-//! - leftover temp files from an interrupted checkpoint write -> removed.
+//! - leftover temp files from an interrupted checkpoint write -> removed;
+//! - missing or damaged `leader-epoch-checkpoint` -> rebuilt from the batch headers;
+//!   entries past the recovered log end (written before a batch that never landed, or
+//!   left by an interrupted truncation) -> dropped; batches the scan reads with a newer
+//!   epoch than the file knows -> added.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -19,11 +23,12 @@ use crate::batch::BatchHeader;
 use crate::checkpoint;
 use crate::config::{LogConfig, RecoveryScope};
 use crate::error::{LogError, Result};
+use crate::leader_epoch::LeaderEpochCache;
 use crate::limits::SEGMENTS_PER_PARTITION_MAX;
 use crate::offset_index::OffsetIndex;
 use crate::partition::LogState;
 use crate::producer_state::ProducerStates;
-use crate::segment::{self, Segment};
+use crate::segment::{self, Segment, SegmentSpan};
 use crate::time_index::TimeIndex;
 
 /// What `open` found and did.
@@ -68,9 +73,15 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         },
         None => (0, ProducerStates::default()),
     };
+    // Leader epochs: the file, brought forward by the batches the scan reads.
+    let loaded_epochs = load_epochs(dir).await;
+    let mut epochs = loaded_epochs.clone();
     let mut on_batch = |h: &BatchHeader| {
         if h.base_offset >= snapshot_offset {
             producers.record(h);
+        }
+        if let Some(epochs) = epochs.as_mut() {
+            epochs.assign(h.partition_leader_epoch, h.base_offset);
         }
     };
 
@@ -124,6 +135,16 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
     let log_end = segments[segments.len() - 1].next_offset;
     // Nothing truncated away may still be remembered as written.
     producers.truncate(log_end);
+    let epochs = match epochs {
+        Some(mut epochs) => {
+            epochs.truncate_from_end(log_end);
+            epochs
+        }
+        None => rebuild_epochs(&segments).await,
+    };
+    if loaded_epochs.as_ref() != Some(&epochs) {
+        checkpoint::write_leader_epochs(dir, epochs.encode()).await?;
+    }
     let durable = if clean {
         log_end
     } else {
@@ -146,9 +167,45 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         closed: false,
         stats: Default::default(),
         producers,
+        epochs,
         sync_observer: None,
     };
     Ok((state, report))
+}
+
+/// The leader-epoch cache as its file has it; `None` when missing or damaged.
+async fn load_epochs(dir: &Path) -> Option<LeaderEpochCache> {
+    let bytes = checkpoint::read_leader_epochs(dir).await?;
+    match LeaderEpochCache::decode(&bytes) {
+        Ok(epochs) => Some(epochs),
+        Err(reason) => {
+            tracing::warn!(dir = %dir.display(), reason, "leader-epoch checkpoint is damaged; rebuilding it from the log");
+            None
+        }
+    }
+}
+
+/// The leader-epoch cache from the batch headers of every segment. A segment that does
+/// not frame where recovery trusted it ends the rebuild with what was found so far: the
+/// file is a cache, and it must not keep the log from opening.
+async fn rebuild_epochs(segments: &VecDeque<Segment>) -> LeaderEpochCache {
+    let spans: Vec<SegmentSpan> = segments
+        .iter()
+        .map(|s| SegmentSpan {
+            files: std::rc::Rc::clone(&s.files),
+            size: s.size,
+            start: 0,
+        })
+        .collect();
+    let mut epochs = LeaderEpochCache::default();
+    let scanned = segment::for_each_header(&spans, i64::MAX, &mut |h| {
+        epochs.assign(h.partition_leader_epoch, h.base_offset);
+    })
+    .await;
+    if let Err(e) = scanned {
+        tracing::warn!(error = %e, "leader-epoch rebuild stopped early");
+    }
+    epochs
 }
 
 /// Base offsets of the segment files in `dir`, sorted; removes leftover temp files.

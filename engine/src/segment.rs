@@ -83,7 +83,7 @@ impl SegmentFiles {
             .map_err(|e| LogError::io(&self.log_path, e))
     }
 
-    async fn truncate_indexes(&self) -> Result<()> {
+    pub(crate) async fn truncate_indexes(&self) -> Result<()> {
         self.index
             .set_len(0)
             .await
@@ -119,6 +119,21 @@ impl SegmentFiles {
 
     pub(crate) fn unlink_when_unused(&self) {
         self.unlink_on_drop.set(true);
+    }
+
+    /// Removes the segment's file names now, not when the last reader lets go: a
+    /// truncation may create a segment at the same base offset next. Readers holding
+    /// these files keep reading them.
+    pub(crate) fn unlink_now(&self) -> Result<()> {
+        self.unlink_on_drop.set(false);
+        for path in [&self.log_path, &self.index_path, &self.time_index_path] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(path, e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -184,7 +199,7 @@ fn pwritev_all(file: &File, bufs: &[Vec<u8>], mut pos: u64) -> io::Result<()> {
 }
 
 /// A segment and what the engine knows about it in memory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub files: Rc<SegmentFiles>,
@@ -291,6 +306,50 @@ impl Segment {
         self.time_index.mark_unpersisted();
         // Recovery rewrites through io_uring: it runs once, before any append.
         self.take_index_writes(WritePath::IoUring).write().await
+    }
+
+    /// Cuts the in-memory segment to its first `position` bytes (a batch boundary):
+    /// drops the index entries at or past it, then re-walks the batches from the last
+    /// entry kept up to `position`, so that size, next offset, max timestamp and the
+    /// index cursor describe exactly the bytes left. Reads the file but does not change
+    /// it (the caller cuts it once the new state is in place).
+    pub async fn cut_to(&mut self, position: u64, index_interval_bytes: u64) -> Result<()> {
+        self.offset_index.truncate_to_position(position);
+        let from = self.offset_index.last();
+        // Time entries are taken only with offset entries: keep those up to `from`.
+        self.time_index
+            .truncate_to_relative_offset(from.map_or(0, |e| u64::from(e.relative_offset) + 1));
+        let mut pos = from.map_or(0, |e| u64::from(e.position));
+        self.next_offset = self.base_offset + from.map_or(0, |e| i64::from(e.relative_offset));
+        self.size = pos;
+        self.max_timestamp = self.time_index.last().map_or(-1, |e| e.timestamp);
+        self.bytes_since_index = 0;
+        if position == 0 {
+            self.first_batch_ms = None;
+        }
+        let files = Rc::clone(&self.files);
+        let mut scanner = BatchScanner::new(&files.log, position);
+        loop {
+            let scanned = scanner
+                .batch_at(pos)
+                .await
+                .map_err(|e| LogError::io(files.log_path(), e))?;
+            match scanned {
+                Scanned::End => return Ok(()),
+                Scanned::Invalid(reason) => {
+                    return Err(LogError::CorruptSegment {
+                        path: files.log_path().to_owned(),
+                        position: pos,
+                        reason,
+                    });
+                }
+                Scanned::Batch { header, bytes } => {
+                    let total = bytes.len() as u64;
+                    self.note_batch(pos, &header, total, index_interval_bytes);
+                    pos += total;
+                }
+            }
+        }
     }
 
     pub async fn file_len(&self) -> Result<u64> {
@@ -426,6 +485,54 @@ impl<'a> BatchScanner<'a> {
             bytes: &self.window[at..at + total],
         })
     }
+}
+
+/// A stretch of one segment to walk, copied out of the log state so that no borrow of it
+/// spans the reads.
+pub(crate) struct SegmentSpan {
+    pub files: Rc<SegmentFiles>,
+    /// Bytes of whole batches in the segment.
+    pub size: u64,
+    /// The batch boundary to start from (an index floor, or 0).
+    pub start: u64,
+}
+
+/// Calls `f` with the header of every batch of `spans`, in order, up to the first batch at
+/// or past `end_offset`. These are bytes the engine wrote and checked, so a batch that
+/// does not frame is an error, not a place to stop.
+pub(crate) async fn for_each_header(
+    spans: &[SegmentSpan],
+    end_offset: i64,
+    f: &mut dyn FnMut(&BatchHeader),
+) -> Result<()> {
+    for span in spans {
+        let mut scanner = BatchScanner::new(&span.files.log, span.size);
+        let mut pos = span.start;
+        loop {
+            let scanned = scanner
+                .batch_at(pos)
+                .await
+                .map_err(|e| LogError::io(span.files.log_path(), e))?;
+            match scanned {
+                Scanned::End => break,
+                Scanned::Invalid(reason) => {
+                    return Err(LogError::CorruptSegment {
+                        path: span.files.log_path().to_owned(),
+                        position: pos,
+                        reason,
+                    });
+                }
+                Scanned::Batch { header, bytes } => {
+                    if header.base_offset >= end_offset {
+                        return Ok(());
+                    }
+                    f(&header);
+                    pos += bytes.len() as u64;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Outcome of scanning a segment during open.
