@@ -893,3 +893,125 @@ proptest! {
         });
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// A crash inside `truncate_to`, simulated by combining the files of the log before the
+/// truncation with those it had written by each step. Every combination opens, serves a
+/// whole log (the old one or the cut one), and its producer state and epochs match it.
+#[test]
+fn given_crash_at_each_step_of_a_truncation_when_reopened_should_serve_a_consistent_log() {
+    run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (before, after) = (root.path().join("before"), root.path().join("after"));
+        let (p, _) = Partition::open(&before, segment_config()).await.unwrap();
+        let mut seq = 0;
+        for epoch in [0, 1] {
+            for _ in 0..40 {
+                p.append_with_epoch(idempotent_batch(3, 0, seq, 2), AppendWait::Written, epoch)
+                    .await
+                    .unwrap();
+                seq += 2;
+            }
+        }
+        let old_log = read_everything(&p).await;
+        drop(p); // a crash before the truncation
+        copy_dir(&before, &after);
+        let (p, _) = Partition::open(&after, segment_config()).await.unwrap();
+        let report = p.truncate_to(30).await.unwrap();
+        assert!(report.segments_deleted > 0);
+        let new_log = read_everything(&p).await;
+        drop(p);
+        let logs = |dir: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".log"))
+                .collect();
+            v.sort();
+            v
+        };
+        let cut_segment = logs(&after).last().unwrap().clone();
+        // Files the truncation writes, in the order it writes them.
+        let steps: [&[&str]; 5] = [
+            &["recovery-checkpoint"],
+            &["recovery-checkpoint", "producer-snapshot"],
+            &[
+                "recovery-checkpoint",
+                "producer-snapshot",
+                cut_segment.as_str(),
+            ],
+            &[
+                "recovery-checkpoint",
+                "producer-snapshot",
+                cut_segment.as_str(),
+                "leader-epoch-checkpoint",
+            ],
+            &[
+                "recovery-checkpoint",
+                "producer-snapshot",
+                cut_segment.as_str(),
+                "leader-epoch-checkpoint",
+                "-later segments",
+            ],
+        ];
+        for (step, written) in steps.iter().enumerate() {
+            let dir = root.path().join(format!("step{step}"));
+            copy_dir(&before, &dir);
+            for name in written.iter() {
+                if *name == "-later segments" {
+                    for log in logs(&before) {
+                        if !logs(&after).contains(&log) {
+                            std::fs::remove_file(dir.join(&log)).unwrap();
+                        }
+                    }
+                } else {
+                    std::fs::copy(after.join(name), dir.join(name)).unwrap();
+                }
+            }
+            let (p, _) = Partition::open(&dir, segment_config()).await.unwrap();
+            let served = read_everything(&p).await;
+            let cut = step >= 2;
+            assert_eq!(
+                served,
+                if cut {
+                    new_log.clone()
+                } else {
+                    old_log.clone()
+                },
+                "step {step}"
+            );
+            // The producer state matches the log served: the last batch of the old log is
+            // a duplicate only while it is still there.
+            let retry = p
+                .append(idempotent_batch(3, 0, 158, 2), AppendWait::Written)
+                .await;
+            if cut {
+                assert!(
+                    matches!(
+                        retry,
+                        Err(LogError::OutOfOrderSequence {
+                            expected: 30,
+                            got: 158
+                        })
+                    ),
+                    "step {step}: {retry:?}"
+                );
+            } else {
+                assert!(retry.unwrap().duplicate, "step {step}");
+            }
+            let expected_epochs = if cut {
+                vec![(0, 0)]
+            } else {
+                vec![(0, 0), (1, 80)]
+            };
+            assert_eq!(p.epoch_entries(), expected_epochs, "step {step}");
+        }
+    });
+}
