@@ -1,5 +1,6 @@
 //! The durable partition log: Kafka RecordBatch v2 segments written through io_uring,
-//! sparse offset and time indexes, crash recovery and retention.
+//! sparse offset and time indexes, crash recovery and retention, and what replication
+//! needs from a log (leader epochs, follower appends, truncation, reads below a limit).
 //!
 //! This crate knows nothing about sockets or the Kafka wire protocol beyond the record
 //! batch format, which is also its on-disk format. It keeps no global state: each

@@ -1306,7 +1306,7 @@ impl Writer {
                 ..TruncateReport::default()
             });
         }
-        let (cut_segment, mut segment, cut_position) = {
+        let (mut segment, cut_position) = {
             let (i, span) = self.state.borrow().span_for(offset.max(log_start));
             let segment = self.state.borrow().segments[i].clone();
             let position = if offset <= log_start {
@@ -1316,7 +1316,7 @@ impl Writer {
                     .await?
                     .position
             };
-            (i, segment, position)
+            (segment, position)
         };
         let old_size = segment.size;
         segment.cut_to(cut_position, interval).await?;
@@ -1330,17 +1330,6 @@ impl Writer {
             "truncating partition log"
         );
 
-        for w in std::mem::take(&mut self.durable_waiters) {
-            if w.last_offset >= new_end {
-                let last_offset = w.last_offset;
-                w.fail(LogError::TruncatedAway {
-                    last_offset,
-                    log_end: new_end,
-                });
-            } else {
-                self.durable_waiters.push(w);
-            }
-        }
         let durable = {
             let mut st = self.state.borrow_mut();
             st.durable_offset = st.durable_offset.min(new_end);
@@ -1356,14 +1345,43 @@ impl Writer {
         }
 
         // From here readers see the cut log; the bytes past the cut are still on disk.
-        let (removed, epochs_changed) = {
+        // Retention may have dropped old segments during the awaits above: the segment
+        // holding the cut is found again by its base offset.
+        let swapped = {
             let mut st = self.state.borrow_mut();
-            let removed: Vec<Segment> = st.segments.drain(cut_segment + 1..).collect();
-            st.segments[cut_segment] = segment;
-            st.producers = producers;
-            let epochs_changed = st.epochs.truncate_from_end(new_end);
-            (removed, epochs_changed)
+            let at = st
+                .segments
+                .iter()
+                .position(|s| s.base_offset == segment.base_offset);
+            at.map(|at| {
+                let removed: Vec<Segment> = st.segments.drain(at + 1..).collect();
+                st.segments[at] = segment;
+                st.producers = producers;
+                let epochs_changed = st.epochs.truncate_from_end(new_end);
+                (removed, epochs_changed)
+            })
         };
+        let Some((removed, epochs_changed)) = swapped else {
+            // Retention deleted the segment holding the cut: nothing was cut (the
+            // checkpoint and snapshot written so far hold for the uncut log too).
+            let offsets = self.state.borrow().offsets();
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start: offsets.log_start_offset,
+                log_end: offsets.log_end_offset,
+            });
+        };
+        for w in std::mem::take(&mut self.durable_waiters) {
+            if w.last_offset >= new_end {
+                let last_offset = w.last_offset;
+                w.fail(LogError::TruncatedAway {
+                    last_offset,
+                    log_end: new_end,
+                });
+            } else {
+                self.durable_waiters.push(w);
+            }
+        }
         let report = TruncateReport {
             log_end_offset: new_end,
             bytes_removed: old_size - cut_position + removed.iter().map(|s| s.size).sum::<u64>(),
