@@ -52,7 +52,12 @@ pub enum ControllerError {
 
 enum ControlMessage {
     Propose(Command, oneshot::Sender<Result<Applied, ControllerError>>),
-    Shutdown { fence_self: bool },
+    Shutdown {
+        fence_self: bool,
+    },
+    /// A controlled shutdown's first step: stop heartbeating and fence this broker, so
+    /// its leadership moves to in-sync followers while it still serves.
+    Retire(oneshot::Sender<Result<Applied, ControllerError>>),
     Crash,
 }
 
@@ -251,6 +256,22 @@ impl ControllerHandle {
             .is_some_and(|b| b.incarnation == self.incarnation)
     }
 
+    /// A controlled shutdown's first step: this broker stops heartbeating and is fenced,
+    /// so the partitions it leads move to in-sync followers while it still answers.
+    pub fn retire(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Applied, ControllerError>> + use<> {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.requests.try_send(ControlMessage::Retire(tx));
+        async move {
+            match queued {
+                Ok(()) => rx.await.unwrap_or(Err(ControllerError::Stopped)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(ControllerError::Busy),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(ControllerError::Stopped),
+            }
+        }
+    }
+
     /// See `Controller::propose`.
     pub fn propose(
         &self,
@@ -302,6 +323,8 @@ struct Node {
     /// One connection per other voter, each behind its own lock: a slow peer delays only
     /// what is sent to it.
     peers: HashMap<u64, tokio::sync::Mutex<Peer>>,
+    /// Set by a controlled shutdown: no more heartbeats or registrations from this broker.
+    retiring: std::sync::atomic::AtomicBool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -373,6 +396,19 @@ fn run(
                     }
                     return;
                 }
+                ControlMessage::Retire(reply) => {
+                    node.retiring
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    let fence = Command::FenceBroker {
+                        id: node.id,
+                        incarnation: node.incarnation,
+                    };
+                    let node = Arc::clone(&node);
+                    tokio::spawn(async move {
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        let _ = reply.send(propose(&node, fence, deadline).await);
+                    });
+                }
                 ControlMessage::Crash => return,
             }
         }
@@ -400,7 +436,14 @@ async fn start_node(
     .validate()
     .map_err(|e| format!("raft configuration: {e}"))?;
     let id = u64::try_from(config.node_id).map_err(|_| "negative node id".to_owned())?;
-    let raft = Raft::new(id, Arc::new(raft_config), Network, log_store, state_machine)
+    // Outgoing connections leave from this controller's own address (not the kernel's
+    // pick), so a network partition of one node can be made by address.
+    let source = config
+        .listen
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    let network = Network { source };
+    let raft = Raft::new(id, Arc::new(raft_config), network, log_store, state_machine)
         .await
         .map_err(|e| format!("raft: {e}"))?;
     let voters: BTreeMap<u64, BasicNode> = config
@@ -437,8 +480,12 @@ async fn start_node(
         sessions: Mutex::new(HashMap::new()),
         peers: voters
             .iter()
-            .map(|(id, node)| (*id, tokio::sync::Mutex::new(Peer::new(node.addr.clone()))))
+            .map(|(id, node)| {
+                let peer = Peer::new(node.addr.clone(), source);
+                (*id, tokio::sync::Mutex::new(peer))
+            })
             .collect(),
+        retiring: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -559,6 +606,9 @@ async fn broker_lifecycle(node: Arc<Node>) {
     };
     let mut registered = false;
     loop {
+        if node.retiring.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         if !registered {
             let deadline = Instant::now() + PROPOSE_DEADLINE;
             match propose(&node, register.clone(), deadline).await {
@@ -611,11 +661,15 @@ async fn check_sessions(node: Arc<Node>) {
     let mut active_since: Option<Instant> = None;
     // When each registration was first seen by this active controller.
     let mut first_seen: HashMap<(BrokerId, u64), Instant> = HashMap::new();
+    // When this active controller first saw each registration fenced: only a heartbeat
+    // after that unfences it (a broker that fenced itself to shut down stays fenced).
+    let mut fenced_seen: HashMap<(BrokerId, u64), Instant> = HashMap::new();
     loop {
         tokio::time::sleep(SESSION_CHECK_INTERVAL).await;
         if !node.is_active() {
             active_since = None;
             first_seen.clear();
+            fenced_seen.clear();
             continue;
         }
         let now = Instant::now();
@@ -633,6 +687,17 @@ async fn check_sessions(node: Arc<Node>) {
                 .get(id)
                 .is_some_and(|b| b.incarnation == *incarnation)
         });
+        fenced_seen.retain(|(id, incarnation), _| {
+            metadata
+                .brokers
+                .get(id)
+                .is_some_and(|b| b.incarnation == *incarnation && b.fenced)
+        });
+        for broker in metadata.brokers.values().filter(|b| b.fenced) {
+            fenced_seen
+                .entry((broker.id, broker.incarnation))
+                .or_insert(now);
+        }
         let mut changes = Vec::new();
         for broker in metadata.brokers.values() {
             let seen = (*first_seen
@@ -655,7 +720,15 @@ async fn check_sessions(node: Arc<Node>) {
                     id: broker.id,
                     incarnation: broker.incarnation,
                 });
-            } else if broker.fenced && heartbeat.is_some() && !expired {
+            } else if broker.fenced
+                && !expired
+                && heartbeat.is_some_and(|h| {
+                    h > fenced_seen
+                        .get(&(broker.id, broker.incarnation))
+                        .copied()
+                        .unwrap_or(now)
+                })
+            {
                 tracing::info!(
                     broker = broker.id,
                     "fenced broker heartbeats again: unfencing it"

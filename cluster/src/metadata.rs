@@ -47,8 +47,9 @@ pub struct BrokerRegistration {
 pub struct PartitionRecord {
     /// Brokers that hold a copy, the preferred leader first.
     pub replicas: Vec<BrokerId>,
-    /// The in-sync replicas. Until follower replication exists, a partition's ISR is its
-    /// leader alone (followers hold no data, so they are not in sync).
+    /// The in-sync replicas: every replica at creation; then changed only by the leader's
+    /// `AlterPartition` (a follower fell behind or caught up) and by fencing. Never empty:
+    /// the last member stays even when fenced, so that no out-of-sync replica can lead.
     pub isr: Vec<BrokerId>,
     pub leader: BrokerId,
     /// Bumped by every change of leader (and by every leaderless transition).
@@ -113,6 +114,19 @@ pub enum Command {
     DeleteTopic {
         name: String,
     },
+    /// The leader of a partition changes its ISR (Kafka's AlterPartition): a follower fell
+    /// behind for `replica_lag_time_max_ms`, or caught up. Applied only when the leader,
+    /// leader epoch and partition epoch are those it names (a stale proposal is refused),
+    /// and only with members that are replicas and, when added, not fenced.
+    AlterPartition {
+        topic: String,
+        topic_id: u128,
+        partition: i32,
+        leader: BrokerId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<BrokerId>,
+    },
 }
 
 /// What applying a command produced.
@@ -127,6 +141,10 @@ pub enum Applied {
     BrokerUnfenced,
     TopicCreated(TopicRecord),
     TopicDeleted,
+    /// The new ISR is committed with this partition epoch.
+    PartitionAltered {
+        partition_epoch: i32,
+    },
 }
 
 /// Why a command was refused. Each maps to one Kafka error code in the server.
@@ -146,6 +164,25 @@ pub enum MetadataError {
     InvalidRegistration(String),
     #[error("the cluster metadata is full: {0}")]
     Full(String),
+    /// The proposer's view of the partition is out of date (another leader, epoch or ISR
+    /// change came first).
+    #[error(
+        "stale partition change for {topic}-{partition}: leader {leader} at epochs \
+         {leader_epoch}/{partition_epoch} is not the current one"
+    )]
+    StalePartition {
+        topic: String,
+        partition: i32,
+        leader: BrokerId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+    },
+    #[error("invalid ISR for {topic}-{partition}: {reason}")]
+    InvalidIsr {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
 }
 
 pub type ApplyResult = Result<Applied, MetadataError>;
@@ -195,7 +232,83 @@ impl Metadata {
                 Some(_) => Ok(Applied::TopicDeleted),
                 None => Err(MetadataError::UnknownTopic(name.clone())),
             },
+            Command::AlterPartition {
+                topic,
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => self.alter_partition(
+                topic,
+                *topic_id,
+                *partition,
+                (*leader, *leader_epoch, *partition_epoch),
+                isr,
+            ),
         }
+    }
+
+    fn alter_partition(
+        &mut self,
+        topic: &str,
+        topic_id: u128,
+        partition: i32,
+        (leader, leader_epoch, partition_epoch): (BrokerId, i32, i32),
+        isr: &[BrokerId],
+    ) -> ApplyResult {
+        let stale = || MetadataError::StalePartition {
+            topic: topic.to_owned(),
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+        };
+        let invalid = |reason: &str| MetadataError::InvalidIsr {
+            topic: topic.to_owned(),
+            partition,
+            reason: reason.to_owned(),
+        };
+        let live = self.live_brokers();
+        let Some(record) = self.topics.get_mut(topic) else {
+            return Err(MetadataError::UnknownTopic(topic.to_owned()));
+        };
+        if record.topic_id != topic_id {
+            return Err(MetadataError::UnknownTopic(topic.to_owned()));
+        }
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .and_then(|i| record.partitions.get_mut(i))
+        else {
+            return Err(MetadataError::UnknownTopic(topic.to_owned()));
+        };
+        if p.leader != leader
+            || p.leader_epoch != leader_epoch
+            || p.partition_epoch != partition_epoch
+        {
+            return Err(stale());
+        }
+        if !isr.contains(&leader) {
+            return Err(invalid("the leader must stay in the ISR"));
+        }
+        if isr.len() > p.replicas.len() || isr.iter().any(|b| !p.replicas.contains(b)) {
+            return Err(invalid("every member must be a replica"));
+        }
+        let mut sorted = isr.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != isr.len() {
+            return Err(invalid("a member is named twice"));
+        }
+        if isr.iter().any(|b| !p.isr.contains(b) && !live.contains(b)) {
+            return Err(invalid("a fenced broker cannot join the ISR"));
+        }
+        p.isr = isr.to_vec();
+        p.partition_epoch += 1;
+        Ok(Applied::PartitionAltered {
+            partition_epoch: p.partition_epoch,
+        })
     }
 
     fn register(&mut self, id: BrokerId, host: &str, port: i32, incarnation: u64) -> ApplyResult {
@@ -212,11 +325,17 @@ impl Metadata {
         if !self.brokers.contains_key(&id) && self.brokers.len() >= BROKERS_MAX {
             return Err(MetadataError::Full("brokers".into()));
         }
-        let was_fenced = self.brokers.get(&id).is_none_or(|b| b.fenced);
-        let changed_incarnation = self
-            .brokers
-            .get(&id)
-            .is_some_and(|b| b.incarnation != incarnation);
+        if let Some(old) = self.brokers.get(&id)
+            && old.incarnation != incarnation
+            && !old.fenced
+        {
+            // The old process is gone (it restarted faster than its session expired):
+            // fence it first, so what it led moves to another in-sync replica (or changes
+            // epoch) and it leaves the ISRs it followed in, exactly as if its session had
+            // expired. The new incarnation rejoins ISRs by catching up.
+            let old = old.incarnation;
+            self.fence(id, old)?;
+        }
         self.brokers.insert(
             id,
             BrokerRegistration {
@@ -227,12 +346,6 @@ impl Metadata {
                 fenced: false,
             },
         );
-        if changed_incarnation && !was_fenced {
-            // The old process is gone (it restarted faster than its session expired):
-            // whatever it led must change epoch, so that nothing of the old incarnation's
-            // leadership is taken for the new one's.
-            self.bump_led_by(id);
-        }
         self.elect_where_leaderless(id);
         Ok(Applied::BrokerRegistered)
     }
@@ -253,6 +366,12 @@ impl Metadata {
         for topic in self.topics.values_mut() {
             for p in &mut topic.partitions {
                 if p.leader != id {
+                    // A fenced follower leaves the ISR (it cannot be fetching), unless it
+                    // is the last member: the leader then acknowledges without it.
+                    if p.isr.len() > 1 && p.isr.contains(&id) {
+                        p.isr.retain(|b| *b != id);
+                        p.partition_epoch += 1;
+                    }
                     continue;
                 }
                 // A new leader only from the ISR, never an out-of-sync replica.
@@ -302,17 +421,6 @@ impl Metadata {
         }
     }
 
-    fn bump_led_by(&mut self, id: BrokerId) {
-        for topic in self.topics.values_mut() {
-            for p in &mut topic.partitions {
-                if p.leader == id {
-                    p.leader_epoch += 1;
-                    p.partition_epoch += 1;
-                }
-            }
-        }
-    }
-
     fn create_topic(
         &mut self,
         name: &str,
@@ -348,8 +456,8 @@ impl Metadata {
                 .into_iter()
                 .map(|replicas| PartitionRecord {
                     leader: replicas[0],
-                    // Followers hold no data until replication exists: not in sync.
-                    isr: vec![replicas[0]],
+                    // Every replica is empty, so every replica is in sync.
+                    isr: replicas.clone(),
                     replicas,
                     leader_epoch: 0,
                     partition_epoch: 0,
@@ -410,7 +518,7 @@ mod tests {
             sorted.sort_unstable();
             assert_eq!(sorted, vec![0, 1, 2]);
             assert_eq!(p.leader, p.replicas[0]);
-            assert_eq!(p.isr, vec![p.leader]);
+            assert_eq!(p.isr, p.replicas, "empty replicas are all in sync");
             *leaders.entry(p.leader).or_insert(0) += 1;
         }
         assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
@@ -450,6 +558,9 @@ mod tests {
      {
         let mut m = three_brokers();
         create(&mut m, "t", 3, 3).unwrap();
+        for p in &mut m.topics.get_mut("t").unwrap().partitions {
+            p.isr = vec![p.leader];
+        }
         let led_by_1: Vec<usize> = m.topics["t"]
             .partitions
             .iter()
@@ -543,7 +654,8 @@ mod tests {
             .filter(|p| p.leader == 0)
             .map(|p| p.leader_epoch)
             .collect();
-        assert_eq!(after, vec![1]);
+        // Fenced (leaderless, epoch 1), then led again by the new incarnation (epoch 2).
+        assert_eq!(after, vec![2]);
         // The old incarnation can no longer fence or unfence anything.
         assert_eq!(
             m.apply(
@@ -584,6 +696,112 @@ mod tests {
             panic!()
         };
         assert_ne!(a.topic_id, b.topic_id);
+    }
+
+    fn alter(m: &mut Metadata, topic: &str, isr: Vec<BrokerId>) -> ApplyResult {
+        let t = &m.topics[topic];
+        let p = &t.partitions[0];
+        let command = Command::AlterPartition {
+            topic: topic.into(),
+            topic_id: t.topic_id,
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr,
+        };
+        m.apply(&command, 0)
+    }
+
+    #[test]
+    fn given_current_epochs_when_leader_alters_isr_should_commit_and_bump_partition_epoch() {
+        let mut m = three_brokers();
+        create(&mut m, "t", 1, 3).unwrap();
+        let leader = m.topics["t"].partitions[0].leader;
+        assert_eq!(
+            alter(&mut m, "t", vec![leader]),
+            Ok(Applied::PartitionAltered { partition_epoch: 1 })
+        );
+        assert_eq!(m.topics["t"].partitions[0].isr, vec![leader]);
+        let all = m.topics["t"].partitions[0].replicas.clone();
+        alter(&mut m, "t", all.clone()).unwrap();
+        assert_eq!(m.topics["t"].partitions[0].isr, all);
+        assert_eq!(m.topics["t"].partitions[0].leader_epoch, 0);
+    }
+
+    #[test]
+    fn given_stale_or_invalid_isr_change_should_refuse_and_change_nothing() {
+        let mut m = three_brokers();
+        create(&mut m, "t", 1, 3).unwrap();
+        let before = m.clone();
+        let topic_id = m.topics["t"].topic_id;
+        let p = m.topics["t"].partitions[0].clone();
+        let stale = Command::AlterPartition {
+            topic: "t".into(),
+            topic_id,
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch + 1,
+            isr: vec![p.leader],
+        };
+        assert!(matches!(
+            m.apply(&stale, 0),
+            Err(MetadataError::StalePartition { .. })
+        ));
+        let not_leader = p.replicas[1];
+        let usurper = Command::AlterPartition {
+            topic: "t".into(),
+            topic_id,
+            partition: 0,
+            leader: not_leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![not_leader],
+        };
+        assert!(matches!(
+            m.apply(&usurper, 0),
+            Err(MetadataError::StalePartition { .. })
+        ));
+        for isr in [
+            vec![p.replicas[1]],
+            vec![p.leader, 7],
+            vec![p.leader, p.leader],
+        ] {
+            assert!(
+                matches!(
+                    alter(&mut m, "t", isr.clone()),
+                    Err(MetadataError::InvalidIsr { .. })
+                ),
+                "{isr:?}"
+            );
+        }
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn given_fenced_follower_should_leave_isr_and_not_rejoin_while_fenced() {
+        let mut m = three_brokers();
+        create(&mut m, "t", 1, 3).unwrap();
+        let p = m.topics["t"].partitions[0].clone();
+        let follower = p.replicas[1];
+        let incarnation = m.brokers[&follower].incarnation;
+        m.apply(
+            &Command::FenceBroker {
+                id: follower,
+                incarnation,
+            },
+            0,
+        )
+        .unwrap();
+        let now = &m.topics["t"].partitions[0];
+        assert!(!now.isr.contains(&follower));
+        assert_eq!(now.leader, p.leader, "a follower's fence moves no leader");
+        assert_eq!(now.partition_epoch, p.partition_epoch + 1);
+        assert!(matches!(
+            alter(&mut m, "t", p.replicas.clone()),
+            Err(MetadataError::InvalidIsr { .. })
+        ));
     }
 
     #[test]

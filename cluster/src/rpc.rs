@@ -101,12 +101,19 @@ pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io:
 /// One connection to one peer, opened on first use and again after any error.
 pub struct Peer {
     addr: String,
+    /// The address outgoing connections are bound to (this controller's own listen
+    /// address), so that a network partition can be made by address in tests.
+    source: Option<std::net::IpAddr>,
     stream: Option<TcpStream>,
 }
 
 impl Peer {
-    pub fn new(addr: String) -> Self {
-        Self { addr, stream: None }
+    pub fn new(addr: String, source: Option<std::net::IpAddr>) -> Self {
+        Self {
+            addr,
+            source,
+            stream: None,
+        }
     }
 
     pub async fn call(
@@ -129,11 +136,12 @@ impl Peer {
 
     async fn call_inner(&mut self, request: &Request) -> std::io::Result<Response> {
         if self.stream.is_none() {
-            let stream = tokio::time::timeout(RPC_CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
+            let stream =
+                tokio::time::timeout(RPC_CONNECT_TIMEOUT, connect(&self.addr, self.source))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                    })??;
             stream.set_nodelay(true)?;
             self.stream = Some(stream);
         }
@@ -147,8 +155,28 @@ impl Peer {
     }
 }
 
-/// openraft's view of the other controllers.
-pub struct Network;
+/// Connects to `addr`, from `source` when given.
+async fn connect(addr: &str, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{addr}: no address of {source}'s family")))?;
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
+/// openraft's view of the other controllers: connections from `source` when set.
+pub struct Network {
+    pub source: Option<std::net::IpAddr>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -156,7 +184,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerClient {
             target,
-            peer: Peer::new(node.addr.clone()),
+            peer: Peer::new(node.addr.clone(), self.source),
         }
     }
 }

@@ -302,21 +302,25 @@ fn given_three_controllers_when_the_active_one_crashes_should_elect_another_and_
 }
 
 #[test]
-fn given_silent_broker_when_its_session_expires_should_fence_it_and_leave_its_partitions_leaderless_until_it_returns()
+fn given_silent_broker_when_its_session_expires_should_fence_it_move_what_it_led_within_the_isr_and_leave_rf1_leaderless_until_it_returns()
  {
     let mut q = Quorum::start(3);
     create(q.node(1), "t", 3, 3).unwrap();
+    create(q.node(1), "solo", 3, 1).unwrap();
     let active = q.active(Duration::from_secs(10));
     let victim = (active % 3) + 1;
-    let led_by_victim: Vec<usize> = q.node(active).view().current().topics["t"]
-        .partitions
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.leader == victim)
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(led_by_victim.len(), 1);
-    let i = led_by_victim[0];
+    let led_by = |topic: &str, q: &mut Quorum| -> usize {
+        let led: Vec<usize> = q.node(active).view().current().topics[topic]
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.leader == victim)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(led.len(), 1, "{topic}");
+        led[0]
+    };
+    let (i, solo) = (led_by("t", &mut q), led_by("solo", &mut q));
     q.nodes.remove(&victim).unwrap().crash();
     let watcher = q.node(active);
     wait_for(
@@ -329,25 +333,34 @@ fn given_silent_broker_when_its_session_expires_should_fence_it_and_leave_its_pa
     );
     let md = watcher.view().current();
     let p = &md.topics["t"].partitions[i];
-    assert_eq!(
-        p.leader, NO_LEADER,
-        "no unclean election: its followers are not in sync"
+    assert!(
+        p.leader != victim && p.leader != NO_LEADER,
+        "an in-sync follower leads"
     );
     assert_eq!(p.leader_epoch, 1);
+    for p in &md.topics["t"].partitions {
+        assert!(!p.isr.contains(&victim), "a fenced broker leaves the ISR");
+    }
+    let s = &md.topics["solo"].partitions[solo];
+    assert_eq!(
+        s.leader, NO_LEADER,
+        "no unclean election: nobody else is in sync"
+    );
+    assert_eq!((s.leader_epoch, s.isr.clone()), (1, vec![victim]));
     assert!(!md.live_brokers().contains(&victim));
     q.start_node(victim);
     assert!(q.node(victim).wait_registered(Duration::from_secs(20)));
     let watcher = q.node(active);
-    let p = wait_for(
+    let s = wait_for(
         Duration::from_secs(10),
-        "the returning broker to lead again",
+        "the returning broker to lead its RF 1 partition again",
         || {
             let md = watcher.view().current();
-            let p = md.topics["t"].partitions[i].clone();
+            let p = md.topics["solo"].partitions[solo].clone();
             (p.leader == victim).then_some(p)
         },
     );
-    assert_eq!(p.leader_epoch, 2);
+    assert_eq!(s.leader_epoch, 2);
 }
 
 #[test]

@@ -240,6 +240,10 @@ enum Command {
         offset: i64,
         reply: oneshot::Sender<Result<TruncateReport>>,
     },
+    AssignEpoch {
+        epoch: i32,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Flush {
         reply: oneshot::Sender<Result<i64>>,
     },
@@ -371,6 +375,17 @@ impl Partition {
     pub async fn truncate_to(&self, offset: i64) -> Result<TruncateReport> {
         let (reply, response) = oneshot::channel();
         self.send(Command::Truncate { offset, reply }).await?;
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// A replica that becomes leader at `epoch` records where the epoch starts (its log
+    /// end) before it writes anything, as Kafka's leaders do: a follower asking about an
+    /// epoch this leader never wrote in learns where the leader's next epoch begins. A
+    /// no-op when `epoch` is not above the latest; the entry is dropped at the next open
+    /// if nothing was written at it by then.
+    pub async fn assign_leader_epoch(&self, epoch: i32) -> Result<()> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::AssignEpoch { epoch, reply }).await?;
         response.await.map_err(|_| LogError::Closed)?
     }
 
@@ -963,6 +978,9 @@ impl Writer {
                     let result = self.truncate(offset).await;
                     let _ = reply.send(result);
                 }
+                Command::AssignEpoch { epoch, reply } => {
+                    let _ = reply.send(self.assign_epoch(epoch).await);
+                }
                 Command::Flush { reply } => {
                     self.sync_and_answer().await;
                     let st = self.state.borrow();
@@ -1246,6 +1264,24 @@ impl Writer {
             });
         } else {
             let _ = reply.send(Ok(info));
+        }
+    }
+
+    /// Starts an entry for `epoch` at the log end (see `Partition::assign_leader_epoch`).
+    async fn assign_epoch(&self, epoch: i32) -> Result<()> {
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
+        let pending = {
+            let mut st = self.state.borrow_mut();
+            let end = st.active().next_offset;
+            st.epochs
+                .assign(epoch, end)
+                .then(|| (st.dir.clone(), st.epochs.encode()))
+        };
+        match pending {
+            Some((dir, bytes)) => checkpoint::write_leader_epochs(&dir, bytes).await,
+            None => Ok(()),
         }
     }
 

@@ -112,6 +112,33 @@ fn given_stamped_appends_should_store_the_epoch_and_start_an_entry_per_new_epoch
 }
 
 #[test]
+fn given_a_new_leader_when_it_assigns_its_epoch_should_answer_an_unwritten_epoch_with_its_start() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), LogConfig::default())
+            .await
+            .unwrap();
+        lead(&p, &[(0, 2), (1, 1)], 2).await;
+        // Leader at epoch 3 before writing anything: a follower that wrote at epoch 2
+        // (as a leader nobody followed) learns that epoch 1 ends where 3 starts.
+        p.assign_leader_epoch(3).await.unwrap();
+        assert_eq!(p.epoch_entries(), vec![(0, 0), (1, 4), (3, 6)]);
+        assert_eq!(p.end_offset_for_epoch(2), (1, 6));
+        // Older or equal epochs change nothing; writes at epoch 3 keep its start.
+        p.assign_leader_epoch(3).await.unwrap();
+        p.assign_leader_epoch(2).await.unwrap();
+        lead(&p, &[(3, 1)], 2).await;
+        assert_eq!(p.epoch_entries(), vec![(0, 0), (1, 4), (3, 6)]);
+        p.close().await.unwrap();
+        drop(p);
+        let (p, _) = Partition::open(dir.path(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(p.epoch_entries(), vec![(0, 0), (1, 4), (3, 6)]);
+    });
+}
+
+#[test]
 fn given_no_epoch_below_the_first_when_asked_should_answer_the_first_start() {
     run(async {
         let dir = tempfile::tempdir().unwrap();

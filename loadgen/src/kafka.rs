@@ -25,11 +25,26 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Kafka {
     bootstrap: String,
     runtime: Handle,
+    replication_factor: i32,
+    /// Overrides the mode's acks (`0`, `1`, `all`).
+    acks: Option<String>,
 }
 
 impl Kafka {
     pub fn new(bootstrap: String, runtime: Handle) -> Self {
-        Self { bootstrap, runtime }
+        Self {
+            bootstrap,
+            runtime,
+            replication_factor: 1,
+            acks: None,
+        }
+    }
+
+    /// Topics created with `replication_factor` replicas; producers with `acks` when set.
+    pub fn with_replication(mut self, replication_factor: i32, acks: Option<String>) -> Self {
+        self.replication_factor = replication_factor.max(1);
+        self.acks = acks;
+        self
     }
 
     fn config(&self) -> ClientConfig {
@@ -91,7 +106,7 @@ impl Target for Kafka {
         let topic = NewTopic::new(
             &dest.name,
             dest.partitions as i32,
-            TopicReplication::Fixed(1),
+            TopicReplication::Fixed(self.replication_factor),
         );
         let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         let results = self
@@ -125,9 +140,12 @@ impl Target for Kafka {
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
             .set("message.timeout.ms", "300000");
-        match spec.mode {
-            Mode::Paper => c.set("acks", "0").set("enable.idempotence", "false"),
-            Mode::Durable => c.set("acks", "all").set("enable.idempotence", "true"),
+        match (spec.mode, self.acks.as_deref()) {
+            (Mode::Durable, None | Some("all" | "-1")) => {
+                c.set("acks", "all").set("enable.idempotence", "true")
+            }
+            (Mode::Paper, None) => c.set("acks", "0").set("enable.idempotence", "false"),
+            (_, Some(acks)) => c.set("acks", acks).set("enable.idempotence", "false"),
         };
         let producer: BaseProducer<Counting> =
             c.create_with_context(Counting(Arc::clone(&counts)))?;

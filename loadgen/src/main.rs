@@ -54,6 +54,13 @@ struct Cli {
         default_value = "127.0.0.1:61613"
     )]
     activemq: String,
+    /// Replication factor of the topics the `kafka` target creates.
+    #[arg(long, global = true, default_value_t = 1)]
+    replication_factor: i32,
+    /// The `kafka` target's producer acks, overriding the mode's (`0`, `1` or `all`;
+    /// idempotence is on only with `all` in durable mode).
+    #[arg(long, global = true)]
+    kafka_acks: Option<String>,
     /// No progress bars.
     #[arg(long, global = true)]
     quiet: bool,
@@ -216,10 +223,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let make = |kind: TargetKind| -> Box<dyn Target> {
         match kind {
-            TargetKind::Kafka => Box::new(kafka::Kafka::new(
-                cli.kafka.clone(),
-                runtime.handle().clone(),
-            )),
+            TargetKind::Kafka => Box::new(
+                kafka::Kafka::new(cli.kafka.clone(), runtime.handle().clone())
+                    .with_replication(cli.replication_factor, cli.kafka_acks.clone()),
+            ),
             TargetKind::KafkaLean => Box::new(kafka_lean::KafkaLean::new(cli.kafka.clone())),
             TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(
                 cli.rabbitmq.clone(),

@@ -127,9 +127,13 @@ pub struct BrokerConfig {
     /// Replicas of a topic created with replication factor -1, and of auto-created ones
     /// (`default.replication.factor`).
     pub default_replication_factor: i16,
-    /// In-sync replicas an acks=all produce needs (`min.insync.replicas`). Recorded for
-    /// the replication work; not enforced yet (followers hold no data).
+    /// In-sync replicas an acks=all produce needs (`min.insync.replicas`), capped at a
+    /// topic's replication factor: with fewer, acks=all is refused (NOT_ENOUGH_REPLICAS)
+    /// and the high watermark does not move (KIP-966's strict min ISR).
     pub min_insync_replicas: i16,
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (`replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
     /// A broker that has not heartbeated to the active controller for this long is
     /// fenced: it leads nothing until it heartbeats again (`broker.session.timeout.ms`).
     pub broker_session_timeout_ms: u64,
@@ -171,7 +175,8 @@ impl Default for BrokerConfig {
             controller_listen: None,
             controller_quorum_voters: None,
             default_replication_factor: 1,
-            min_insync_replicas: 1,
+            min_insync_replicas: 2,
+            replica_lag_time_max_ms: 10_000,
             broker_session_timeout_ms: 9000,
             broker_heartbeat_interval_ms: 2000,
         }
@@ -250,6 +255,9 @@ impl BrokerConfig {
             return bad(
                 "default_replication_factor and min_insync_replicas must be at least 1".into(),
             );
+        }
+        if self.replica_lag_time_max_ms == 0 {
+            return bad("replica_lag_time_max_ms must be positive".into());
         }
         if self.broker_heartbeat_interval_ms == 0
             || self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms

@@ -2,9 +2,9 @@
 //! loopback: the controller quorum registers all three, a replication-factor-3 topic gets
 //! three replicas per partition with leaders on every broker, librdkafka produces and
 //! consumes through any bootstrap broker (following the leaders), a broker that does not
-//! lead a partition answers NOT_LEADER_OR_FOLLOWER, and a killed broker is fenced (its
-//! partitions leaderless: followers hold no data yet, so no out-of-sync replica takes
-//! over) until it comes back.
+//! lead a partition answers NOT_LEADER_OR_FOLLOWER, and a killed broker is fenced: it
+//! leaves every ISR, what it led moves to in-sync followers that hold every acknowledged
+//! message, and once restarted it catches up and rejoins the ISRs.
 
 mod common;
 mod wire;
@@ -157,11 +157,8 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
     for p in partitions {
         let replicas: BTreeSet<i32> = p.replica_nodes.iter().map(|b| b.0).collect();
         assert_eq!(replicas, BTreeSet::from([1, 2, 3]));
-        // Followers hold no data until replication lands: the ISR is the leader alone.
-        assert_eq!(
-            p.isr_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
-            vec![p.leader_id.0]
-        );
+        let isr: BTreeSet<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
+        assert_eq!(isr, replicas, "empty replicas are all in sync");
         *leaders.entry(p.leader_id.0).or_insert(0) += 1;
     }
     assert_eq!(leaders, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
@@ -212,7 +209,8 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
         seen.len()
     );
 
-    // Kill a broker: once its session expires it is fenced, its partitions leaderless.
+    // Kill a broker: once its session expires it is fenced, leaves every ISR, and what it
+    // led moves to an in-sync follower, which holds every acknowledged message.
     let victim = 2usize;
     cluster.brokers[victim].kill9();
     let watcher = addrs[0].clone();
@@ -228,11 +226,36 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
     assert!(fenced.is_some(), "broker 3 was never fenced");
     let m = metadata(&watcher, Some(&["multiple"]));
     for p in &m.topics[0].partitions {
-        if p.isr_nodes.iter().any(|b| b.0 == 3) {
-            assert_eq!(p.leader_id.0, -1, "no unclean election");
-            assert_eq!(p.error_code, 5, "LEADER_NOT_AVAILABLE");
-            assert!(p.offline_replicas.iter().any(|b| b.0 == 3));
-        }
+        assert!(p.leader_id.0 >= 1, "an in-sync follower leads: {p:?}");
+        assert!(!p.isr_nodes.iter().any(|b| b.0 == 3), "ISR shrank: {p:?}");
+        assert!(p.offline_replicas.iter().any(|b| b.0 == 3));
+    }
+    let seen = read_all(&addrs[0], sent);
+    assert_eq!(
+        seen.len(),
+        sent as usize,
+        "with the broker killed, read back {} of {sent}",
+        seen.len()
+    );
+    // Two in-sync replicas of three: acks=all goes on (min_insync_replicas = 2).
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addrs[0])
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    for i in sent..2 * sent {
+        let value = format!("message-{i}");
+        block_on(
+            producer.send(
+                FutureRecord::<(), _>::to("multiple")
+                    .partition(i % 6)
+                    .payload(&value),
+                TIMEOUT,
+            ),
+        )
+        .map_err(|(e, _)| e)
+        .expect("delivered with one broker down");
     }
     // The commit index is a hint written without fsync: a power cut can lose it. Without it
     // the restarted node re-applies its log only as the quorum commits it again, so its
@@ -242,26 +265,36 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
     cluster.brokers[victim].restart();
     let back = wire::wait_until(TIMEOUT, || {
         let m = metadata(&watcher, Some(&["multiple"]));
-        broker_ids(&m).contains(&3) && m.topics[0].partitions.iter().all(|p| p.leader_id.0 >= 0)
+        broker_ids(&m).contains(&3)
+            && m.topics[0]
+                .partitions
+                .iter()
+                .all(|p| p.isr_nodes.iter().any(|b| b.0 == 3))
     });
-    assert!(back.is_some(), "broker 3 never led again");
+    assert!(
+        back.is_some(),
+        "broker 3 never caught up into the ISRs: {:?}",
+        metadata(&watcher, Some(&["multiple"])).topics[0].partitions
+    );
     let m = metadata(&watcher, Some(&["multiple"]));
     assert!(
         m.topics[0]
             .partitions
             .iter()
-            .any(|p| p.leader_id.0 == 3 && p.leader_epoch >= 2),
-        "the returning leader's epoch moved: {:?}",
+            .filter(|p| p.replica_nodes[0].0 == 3)
+            .all(|p| p.leader_id.0 != 3 && p.leader_epoch >= 1),
+        "what broker 3 led moved, at a new epoch: {:?}",
         m.topics[0].partitions
     );
-    // What the returning broker led before the kill is still there: a broker that has not
-    // caught up with the metadata yet must not delete its partitions.
-    let again = read_all(&addrs[0], sent);
+    // Everything is still there, and the returning broker did not delete its partitions
+    // before it had caught up with the metadata.
+    let again = read_all(&addrs[0], 2 * sent);
     assert_eq!(
         again.len(),
-        sent as usize,
-        "after the restart, read back {} of {sent}",
-        again.len()
+        2 * sent as usize,
+        "after the restart, read back {} of {}",
+        again.len(),
+        2 * sent
     );
 }
 

@@ -15,6 +15,10 @@ pub mod error_code {
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 76;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
     pub const ILLEGAL_GENERATION: i16 = 22;
@@ -69,6 +73,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 2),
     (ApiKey::DescribeGroups, 0, 4),
     (ApiKey::InitProducerId, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 3),
 ];
 
 /// The lowest Produce version we accept (record batch v2 needs 3; the `kafka-protocol`
@@ -284,6 +289,7 @@ request_bodies! {
     ListGroups => ListGroupsRequest,
     DescribeGroups => DescribeGroupsRequest,
     InitProducerId => InitProducerIdRequest,
+    OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.

@@ -134,8 +134,13 @@ const FETCH_OFFSETS_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
 const OFFSET_FETCH: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(FETCH_OFFSETS_TOPIC))];
 const DESCRIBE_GROUPS: &[(i16, F)] = &[(ALL, F::StrArray), (3, F::I8)];
 
+const EPOCH_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I32), (ALL, F::I32)];
+const EPOCH_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(EPOCH_PARTITION))];
+const OFFSET_FOR_LEADER_EPOCH: &[(i16, F)] = &[(3, F::I32), (ALL, F::Array(EPOCH_TOPIC))];
+
 fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
     Some(match key {
+        ApiKey::OffsetForLeaderEpoch => OFFSET_FOR_LEADER_EPOCH,
         ApiKey::JoinGroup => JOIN_GROUP,
         ApiKey::SyncGroup => SYNC_GROUP,
         ApiKey::LeaveGroup if version >= 3 => LEAVE_GROUP_V3,
@@ -280,9 +285,80 @@ pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'static str>
     }
 }
 
+// Responses a broker reads from another (a follower from its leader): the same walk, as
+// the `kafka-protocol` decoder trusts response counts just as it trusts request counts.
+const ABORTED_TXN: &[(i16, F)] = &[(ALL, F::I64), (ALL, F::I64)];
+const FETCH_RESPONSE_PARTITION: &[(i16, F)] = &[
+    (ALL, F::I32),
+    (ALL, F::I16),
+    (ALL, F::I64),
+    (4, F::I64),
+    (5, F::I64),
+    (4, F::Array(ABORTED_TXN)),
+    (11, F::I32),
+    (ALL, F::Bytes),
+];
+const FETCH_RESPONSE_TOPIC: &[(i16, F)] =
+    &[(ALL, F::Str), (ALL, F::Array(FETCH_RESPONSE_PARTITION))];
+const FETCH_RESPONSE: &[(i16, F)] = &[
+    (1, F::I32),
+    (7, F::I16),
+    (7, F::I32),
+    (ALL, F::Array(FETCH_RESPONSE_TOPIC)),
+];
+const EPOCH_END_OFFSET: &[(i16, F)] = &[(ALL, F::I16), (ALL, F::I32), (1, F::I32), (ALL, F::I64)];
+const EPOCH_RESPONSE_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(EPOCH_END_OFFSET))];
+const OFFSET_FOR_LEADER_EPOCH_RESPONSE: &[(i16, F)] =
+    &[(2, F::I32), (ALL, F::Array(EPOCH_RESPONSE_TOPIC))];
+
+/// Checks the array counts of a response body (after its header) that this broker reads
+/// as a client: Fetch (v4-11) and OffsetForLeaderEpoch (v2-3). Others are refused.
+pub fn check_response(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'static str> {
+    let layout = match key {
+        ApiKey::Fetch if (4..=11).contains(&version) => FETCH_RESPONSE,
+        ApiKey::OffsetForLeaderEpoch if (2..=3).contains(&version) => {
+            OFFSET_FOR_LEADER_EPOCH_RESPONSE
+        }
+        _ => return Err("no bounded layout for this response"),
+    };
+    Walker {
+        bytes: body,
+        at: 0,
+        elements: 0,
+    }
+    .walk(layout, version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_walked_and_absurd_counts_refused() {
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        use kafka_protocol::messages::{FetchResponse, TopicName};
+        let response = FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(TopicName::default())
+                .with_partitions(vec![
+                    PartitionData::default().with_records(Some(
+                        bytes::Bytes::from_static(b"abc")
+                    ));
+                    2
+                ]),
+        ]);
+        for v in 4..=11 {
+            assert_eq!(
+                check_response(ApiKey::Fetch, v, &encoded(&response, v)),
+                Ok(()),
+                "v{v}"
+            );
+        }
+        // throttle, error, session, then two billion topics.
+        let mut absurd = vec![0u8; 10];
+        absurd.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert!(check_response(ApiKey::Fetch, 11, &absurd).is_err());
+    }
     use bytes::BytesMut;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{FetchRequest, MetadataRequest, TopicName};

@@ -41,12 +41,15 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Stops accepting, lets in-flight requests finish, closes every partition cleanly.
     pub fn shutdown(mut self) {
-        // Last, in a cluster, the controller tells the quorum that this broker leads
-        // nothing any more (a controlled shutdown), so leadership moves now and not after
-        // the session timeout. A single broker has nowhere to move it. (Once followers
-        // hold data, this should come before the cores stop serving.)
+        // First, in a cluster, a controlled shutdown: this broker stops heartbeating and
+        // is fenced, so what it leads moves to in-sync followers while it still serves
+        // (requests in flight get NOT_LEADER_OR_FOLLOWER and go to the new leaders). A
+        // single broker has nowhere to move leadership.
         let controller = self.controller.take();
         let clustered = self.shared.config.controller_quorum_voters.is_some();
+        if clustered && let Some(controller) = &controller {
+            retire(controller, &self.shared);
+        }
         self.shared.begin_shutdown();
         // Wake the acceptor (and the metrics thread) out of accept() so they see the flag.
         let _ = std::net::TcpStream::connect(self.addr);
@@ -57,8 +60,44 @@ impl RunningBroker {
             let _ = t.join();
         }
         if let Some(controller) = controller {
-            controller.shutdown(clustered);
+            controller.shutdown(false);
         }
+    }
+}
+
+/// Longest a controlled shutdown waits for its fence to commit and apply.
+const RETIRE_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Fences this broker through the controller and waits until the metadata no longer
+/// names it leader of anything.
+fn retire(controller: &cluster::Controller, shared: &BrokerShared) {
+    use event_listener::Listener;
+    let me = shared.node_id();
+    let deadline = Instant::now() + RETIRE_WAIT_MAX;
+    if let Err(e) = futures_executor::block_on(controller.retire()) {
+        tracing::warn!(error = %e, "controlled shutdown: could not fence this broker; leadership moves when its session expires");
+        return;
+    }
+    let view = controller.view();
+    loop {
+        let listener = view.listen();
+        let leads = view
+            .current()
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.leader == me)
+            .count();
+        if leads == 0 {
+            tracing::info!("controlled shutdown: leadership moved");
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(leads, "controlled shutdown: still leading partitions");
+            return;
+        }
+        listener.wait_timeout(deadline - now);
     }
 }
 
@@ -243,6 +282,10 @@ fn run_core(
         }
         compio::runtime::spawn(std::rc::Rc::clone(&shard).serve_inbox(inbox)).detach();
         compio::runtime::spawn(retention_loop(std::rc::Rc::clone(&shard))).detach();
+        compio::runtime::spawn(crate::runtime::replication::replication_loop(
+            std::rc::Rc::clone(&shard),
+        ))
+        .detach();
         if id == 0 {
             compio::runtime::spawn(group_timer_loop(std::rc::Rc::clone(&shard))).detach();
             compio::runtime::spawn(crate::control::metadata_follower::follow_metadata(

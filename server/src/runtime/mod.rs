@@ -2,7 +2,10 @@
 //! routing partition operations to their owning core, and its own partition table.
 
 pub mod broker;
+pub mod fetcher;
 pub mod limits;
 pub mod partition_table;
+pub mod replica;
+pub mod replication;
 pub mod shard;
 pub mod storage_health;

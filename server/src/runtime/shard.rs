@@ -22,6 +22,7 @@ use crate::kafka::protocol::error_code;
 use crate::metrics::{Metrics, PartitionCounters, RejectKind};
 use crate::runtime::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
 use crate::runtime::partition_table::{PartitionTable, TableVersion};
+use crate::runtime::replica::Replica;
 use crate::runtime::storage_health::StorageHealth;
 
 /// Messages queued to another core before senders wait.
@@ -228,6 +229,9 @@ pub enum PartitionError {
     /// Another broker leads it, or none does now: the Kafka code says which.
     #[error("this broker does not lead the partition (error {0})")]
     NotServedHere(i16),
+    /// Replication refused or did not finish the request (min ISR, epochs, timeout).
+    #[error("replication: {reason} (error {code})")]
+    Replication { code: i16, reason: &'static str },
 }
 
 impl PartitionError {
@@ -245,6 +249,7 @@ impl PartitionError {
             PartitionError::InvalidProducerEpoch(_) => error_code::INVALID_PRODUCER_EPOCH,
             PartitionError::Storage(_) => error_code::KAFKA_STORAGE_ERROR,
             PartitionError::NotServedHere(code) => *code,
+            PartitionError::Replication { code, .. } => *code,
         }
     }
 }
@@ -284,6 +289,8 @@ pub enum OffsetQuery {
 /// Records of one partition read on the core that owns it.
 pub struct ReadResult {
     pub offsets: LogOffsets,
+    /// What the reader may see up to: the high watermark (consumers read below it).
+    pub high_watermark: i64,
     pub records: Vec<Piece>,
     /// Offset after the last whole batch in `records` (see `engine::ReadSlice`).
     pub end_offset: i64,
@@ -294,6 +301,7 @@ pub struct ReadResult {
 /// A read answered by another core: duplicated descriptors, since files are core-local.
 pub struct RemoteRead {
     offsets: LogOffsets,
+    high_watermark: i64,
     ranges: Vec<(OwnedFd, u64, u64)>,
     end_offset: i64,
     counters: Arc<PartitionCounters>,
@@ -311,12 +319,21 @@ pub enum ShardCommand {
         tp: TopicPartition,
         offset: i64,
         max_bytes: u64,
+        reader: Reader,
         reply: oneshot::Sender<Result<RemoteRead, PartitionError>>,
     },
     Offsets {
         tp: TopicPartition,
         query: OffsetQuery,
+        current_leader_epoch: i32,
         reply: oneshot::Sender<Result<(i64, i64), PartitionError>>,
+    },
+    /// OffsetForLeaderEpoch: where `leader_epoch` ends in the leader's log.
+    EpochEnd {
+        tp: TopicPartition,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+        reply: oneshot::Sender<Result<(i32, i64), PartitionError>>,
     },
     OpenTopic {
         meta: TopicMeta,
@@ -341,16 +358,27 @@ pub enum ShardCommand {
     },
 }
 
-struct OwnedPartition {
-    log: Partition,
-    data_event: Arc<Event>,
-    counters: Arc<PartitionCounters>,
+pub(crate) struct OwnedPartition {
+    pub(crate) log: Partition,
+    /// Notified after each append and each move of the high watermark.
+    pub(crate) data_event: Arc<Event>,
+    pub(crate) counters: Arc<PartitionCounters>,
+    /// Leader, epoch, ISR, high watermark (see `replica.rs`).
+    pub(crate) replica: Rc<RefCell<Replica>>,
+}
+
+/// Who reads a partition: a consumer (below the high watermark) or a follower replica
+/// (to the log end; its fetch offset is its progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Consumer { current_leader_epoch: i32 },
+    Follower { id: i32, current_leader_epoch: i32 },
 }
 
 pub struct Shard {
     pub id: usize,
     pub shared: Arc<BrokerShared>,
-    partitions: RefCell<HashMap<TopicPartition, OwnedPartition>>,
+    pub(crate) partitions: RefCell<HashMap<TopicPartition, OwnedPartition>>,
     pub connections: Cell<usize>,
     /// Bytes of acks=0 produce data this core has taken and not yet seen written.
     unacked_bytes: Cell<usize>,
@@ -359,6 +387,10 @@ pub struct Shard {
     forwards: RefCell<Vec<Forward>>,
     /// Who leads each partition, from the committed metadata (see `partition_table`).
     partition_table: RefCell<Rc<PartitionTable>>,
+    /// Leaders this core runs a follower fetcher for (see `fetcher.rs`).
+    pub(crate) fetchers: RefCell<std::collections::HashSet<i32>>,
+    /// Wakes this core's replication loop (a partition was opened here).
+    pub(crate) replication_kick: Event,
 }
 
 /// acks=0 batches waiting to go to one other core. One task at a time sends them, many
@@ -404,6 +436,8 @@ impl Shard {
             unacked_freed: Event::new(),
             forwards: RefCell::new((0..cores).map(|_| Forward::default()).collect()),
             partition_table: RefCell::new(Rc::new(PartitionTable::default())),
+            fetchers: RefCell::new(std::collections::HashSet::new()),
+            replication_kick: Event::new(),
         }
     }
 
@@ -621,10 +655,11 @@ impl Shard {
         tp: TopicPartition,
         offset: i64,
         max_bytes: u64,
+        reader: Reader,
     ) -> Result<ReadResult, PartitionError> {
         let owner = self.owner(&tp);
         if owner == self.id {
-            return self.local_read(&tp, offset, max_bytes).await;
+            return self.local_read(&tp, offset, max_bytes, reader).await;
         }
         let (reply, answer) = oneshot::channel();
         self.send(
@@ -633,6 +668,7 @@ impl Shard {
                 tp,
                 offset,
                 max_bytes,
+                reader,
                 reply,
             },
         )
@@ -651,6 +687,7 @@ impl Shard {
         }
         Ok(ReadResult {
             offsets: remote.offsets,
+            high_watermark: remote.high_watermark,
             records,
             end_offset: remote.end_offset,
             counters: remote.counters,
@@ -661,14 +698,48 @@ impl Shard {
         &self,
         tp: TopicPartition,
         query: OffsetQuery,
+        current_leader_epoch: i32,
     ) -> Result<(i64, i64), PartitionError> {
         let owner = self.owner(&tp);
         if owner == self.id {
-            return self.local_offsets(&tp, query).await;
+            return self.local_offsets(&tp, query, current_leader_epoch).await;
         }
         let (reply, answer) = oneshot::channel();
-        self.send(owner, ShardCommand::Offsets { tp, query, reply })
-            .await?;
+        self.send(
+            owner,
+            ShardCommand::Offsets {
+                tp,
+                query,
+                current_leader_epoch,
+                reply,
+            },
+        )
+        .await?;
+        answer.await.map_err(|_| gone(owner))?
+    }
+
+    /// OffsetForLeaderEpoch for one partition, on its owning core.
+    pub async fn epoch_end(
+        &self,
+        tp: TopicPartition,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+    ) -> Result<(i32, i64), PartitionError> {
+        let owner = self.owner(&tp);
+        if owner == self.id {
+            return self.local_epoch_end(&tp, current_leader_epoch, leader_epoch);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            owner,
+            ShardCommand::EpochEnd {
+                tp,
+                current_leader_epoch,
+                leader_epoch,
+                reply,
+            },
+        )
+        .await?;
         answer.await.map_err(|_| gone(owner))?
     }
 
@@ -718,7 +789,7 @@ impl Shard {
         batch: Vec<u8>,
         wait: AppendWait,
     ) -> Result<AppendInfo, PartitionError> {
-        let (log, event, counters) = {
+        let (log, event, counters, replica) = {
             let partitions = self.partitions.borrow();
             let p = partitions
                 .get(tp)
@@ -727,21 +798,57 @@ impl Shard {
                 p.log.clone(),
                 Arc::clone(&p.data_event),
                 Arc::clone(&p.counters),
+                Rc::clone(&p.replica),
             )
         };
-        let bytes = batch.len() as u64;
-        let info = log.append(batch, wait).await.inspect_err(|e| {
-            if matches!(e, LogError::StorageFailed(_)) {
-                counters.record_storage_error();
+        let epoch = {
+            let r = replica.borrow();
+            r.check_leader(-1).map_err(PartitionError::NotServedHere)?;
+            if wait == AppendWait::Durable {
+                r.check_enough_replicas()
+                    .map_err(|code| PartitionError::Replication {
+                        code,
+                        reason: "the ISR is smaller than min_insync_replicas",
+                    })?;
             }
-        })?;
+            r.leader_epoch
+        };
+        let bytes = batch.len() as u64;
+        let info = log
+            .append_with_epoch(batch, wait, epoch)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, LogError::StorageFailed(_)) {
+                    counters.record_storage_error();
+                }
+            })?;
         if !info.duplicate {
             counters.record_in(
                 bytes,
                 (info.last_offset - info.base_offset + 1).max(0) as u64,
             );
         }
+        let log_end = log.offsets().log_end_offset;
+        replica.borrow_mut().advance_high_watermark(log_end);
         event.notify(usize::MAX);
+        if wait == AppendWait::Durable {
+            // acks=all: answered once every in-sync replica has the batch.
+            let answer = replica.borrow_mut().wait_for(info.last_offset);
+            match answer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(code)) => {
+                    return Err(PartitionError::Replication {
+                        code,
+                        reason: "not replicated to the ISR",
+                    });
+                }
+                Err(_) => {
+                    return Err(PartitionError::NotServedHere(
+                        error_code::NOT_LEADER_OR_FOLLOWER,
+                    ));
+                }
+            }
+        }
         Ok(info)
     }
 
@@ -750,9 +857,11 @@ impl Shard {
         tp: &TopicPartition,
         offset: i64,
         max_bytes: u64,
+        reader: Reader,
     ) -> Result<ReadResult, PartitionError> {
         let (log, counters) = self.local(tp)?;
-        let slice = log.read_ranges(offset, max_bytes).await?;
+        let (high_watermark, upto) = self.check_read(tp, &log, offset, reader)?;
+        let slice = log.read_ranges_upto(offset, max_bytes, upto).await?;
         let end_offset = slice.end_offset;
         let records = slice
             .ranges
@@ -765,6 +874,7 @@ impl Shard {
             .collect();
         Ok(ReadResult {
             offsets: slice.offsets,
+            high_watermark,
             records,
             end_offset,
             counters,
@@ -776,9 +886,11 @@ impl Shard {
         tp: &TopicPartition,
         offset: i64,
         max_bytes: u64,
+        reader: Reader,
     ) -> Result<RemoteRead, PartitionError> {
         let (log, counters) = self.local(tp)?;
-        let slice = log.read_ranges(offset, max_bytes).await?;
+        let (high_watermark, upto) = self.check_read(tp, &log, offset, reader)?;
+        let slice = log.read_ranges_upto(offset, max_bytes, upto).await?;
         let mut ranges = Vec::with_capacity(slice.ranges.len());
         for r in slice.ranges {
             let fd = r
@@ -791,6 +903,7 @@ impl Shard {
         }
         Ok(RemoteRead {
             offsets: slice.offsets,
+            high_watermark,
             ranges,
             end_offset: slice.end_offset,
             counters,
@@ -801,15 +914,24 @@ impl Shard {
         &self,
         tp: &TopicPartition,
         query: OffsetQuery,
+        current_leader_epoch: i32,
     ) -> Result<(i64, i64), PartitionError> {
         let (log, _) = self.local(tp)?;
+        let high_watermark = {
+            let replica = self.replica(tp)?;
+            let r = replica.borrow();
+            r.check_leader(current_leader_epoch)
+                .map_err(PartitionError::NotServedHere)?;
+            r.high_watermark
+        };
         let offsets = log.offsets();
+        // Consumers see the log below the high watermark only.
         Ok(match query {
             OffsetQuery::Earliest => (-1, offsets.log_start_offset),
-            OffsetQuery::Latest => (-1, offsets.log_end_offset),
+            OffsetQuery::Latest => (-1, high_watermark),
             OffsetQuery::Timestamp(ts) => match log.offset_for_timestamp(ts).await? {
-                Some(found) => (found.timestamp, found.offset),
-                None => (-1, -1),
+                Some(found) if found.offset < high_watermark => (found.timestamp, found.offset),
+                _ => (-1, -1),
             },
         })
     }
@@ -848,15 +970,23 @@ impl Shard {
                 .data_event(&meta.name, partition)
                 .unwrap_or_else(|| Arc::new(Event::new()));
             let counters = metrics.partition(&meta.name, partition);
+            let replica = Rc::new(RefCell::new(Replica::new(
+                self.shared.node_id(),
+                usize::try_from(self.shared.config.min_insync_replicas).unwrap_or(1),
+                0,
+            )));
             self.partitions.borrow_mut().insert(
                 tp,
                 OwnedPartition {
                     log,
                     data_event,
                     counters,
+                    replica,
                 },
             );
         }
+        // Its replication state follows the committed metadata from now on.
+        self.replication_kick.notify(usize::MAX);
         Ok(())
     }
 
@@ -969,12 +1099,29 @@ impl Shard {
                 tp,
                 offset,
                 max_bytes,
+                reader,
                 reply,
             } => {
-                let _ = reply.send(self.local_read_for_remote(&tp, offset, max_bytes).await);
+                let _ = reply.send(
+                    self.local_read_for_remote(&tp, offset, max_bytes, reader)
+                        .await,
+                );
             }
-            ShardCommand::Offsets { tp, query, reply } => {
-                let _ = reply.send(self.local_offsets(&tp, query).await);
+            ShardCommand::Offsets {
+                tp,
+                query,
+                current_leader_epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.local_offsets(&tp, query, current_leader_epoch).await);
+            }
+            ShardCommand::EpochEnd {
+                tp,
+                current_leader_epoch,
+                leader_epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.local_epoch_end(&tp, current_leader_epoch, leader_epoch));
             }
             ShardCommand::OpenTopic { meta, reply } => {
                 let _ = reply.send(self.open_topic(&meta).await);

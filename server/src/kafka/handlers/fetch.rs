@@ -1,6 +1,9 @@
 //! Fetch (v4-11): for each partition, file ranges from the batch that holds the fetch
 //! offset, sent by zero-copy. Long-polls until `min_bytes` arrive or `max_wait_ms`
 //! passes, woken by the partitions' append events rather than by polling.
+//!
+//! Consumers read below the high watermark; a follower (`replica_id` set) reads to the
+//! log end, and its fetch offset is its progress (see `runtime/replica.rs`).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -12,7 +15,7 @@ use super::Request;
 use crate::kafka::fetch_response::{self, PartitionData, Piece, TopicData};
 use crate::kafka::protocol::{DecodeError, error_code};
 use crate::metrics::PartitionCounters;
-use crate::runtime::shard::Shard;
+use crate::runtime::shard::{Reader, Shard};
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -90,8 +93,18 @@ async fn read_all(
         for p in &topic.partitions {
             let leads = table.check_leader(me, &name, p.partition);
             let limit = (p.partition_max_bytes.max(0) as u64).min(budget);
+            let reader = if req.replica_id.0 >= 0 {
+                Reader::Follower {
+                    id: req.replica_id.0,
+                    current_leader_epoch: p.current_leader_epoch,
+                }
+            } else {
+                Reader::Consumer {
+                    current_leader_epoch: p.current_leader_epoch,
+                }
+            };
             let result = match (TopicPartition::new(&name, p.partition), leads) {
-                (Ok(tp), Ok(())) => shard.read(tp, p.fetch_offset, limit).await,
+                (Ok(tp), Ok(())) => shard.read(tp, p.fetch_offset, limit, reader).await,
                 (_, Err(code)) => Err(crate::runtime::shard::PartitionError::NotServedHere(code)),
                 (Err(_), Ok(())) => {
                     Err(crate::runtime::shard::PartitionError::UnknownTopicOrPartition)
@@ -117,8 +130,8 @@ async fn read_all(
                     PartitionData {
                         partition: p.partition,
                         error_code: error_code::NONE,
-                        high_watermark: read.offsets.log_end_offset,
-                        last_stable_offset: read.offsets.log_end_offset,
+                        high_watermark: read.high_watermark,
+                        last_stable_offset: read.high_watermark,
                         log_start_offset: read.offsets.log_start_offset,
                         records,
                     }

@@ -33,7 +33,10 @@ pub async fn handle(
             };
             let leads = table.check_leader(me, &name, p.partition_index);
             let answer = match (TopicPartition::new(&name, p.partition_index), leads) {
-                (Ok(tp), Ok(())) => shard.offsets(tp, query).await.map_err(|e| e.code()),
+                (Ok(tp), Ok(())) => shard
+                    .offsets(tp, query, p.current_leader_epoch)
+                    .await
+                    .map_err(|e| e.code()),
                 (_, Err(code)) => Err(code),
                 (Err(_), Ok(())) => Err(error_code::UNKNOWN_TOPIC_OR_PARTITION),
             };
@@ -43,7 +46,11 @@ pub async fn handle(
                 Ok((timestamp, offset)) if request.version >= 4 => response
                     .with_timestamp(timestamp)
                     .with_offset(offset)
-                    .with_leader_epoch(0),
+                    .with_leader_epoch(
+                        table
+                            .route(&name, p.partition_index)
+                            .map_or(-1, |r| r.leader_epoch),
+                    ),
                 Ok((timestamp, offset)) => response.with_timestamp(timestamp).with_offset(offset),
                 Err(code) => response
                     .with_error_code(code)

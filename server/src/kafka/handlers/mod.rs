@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod offsets;
 pub mod produce;
 pub mod producer_ids;
@@ -74,6 +75,7 @@ pub async fn handle(
         ApiKey::ListGroups => groups::list_groups(shard, request),
         ApiKey::DescribeGroups => groups::describe_groups(shard, request),
         ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request),
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(shard, request).await,
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
             what: "request",

@@ -1,0 +1,453 @@
+//! Replication on one core: each core makes its partitions' replication state follow the
+//! committed metadata (leader or follower, epoch, ISR), runs the leader's side (follower
+//! progress from their fetches, the high watermark, ISR changes proposed to the
+//! controller) and the follower's (truncation by leader epoch, appends of the leader's
+//! batches; the fetching itself is `fetcher.rs`).
+//!
+//! Everything here runs on the core that owns the partition; the only cross-thread
+//! traffic is the controller proposal for an ISR change.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cluster::{BrokerId, Command};
+use engine::{AppendWait, FlushPolicy, Partition, TopicPartition};
+
+use crate::kafka::protocol::error_code;
+use crate::runtime::partition_table::Role;
+use crate::runtime::replica::{Replica, Transition};
+use crate::runtime::shard::{PartitionError, Reader, Shard};
+
+/// How often a core checks its leaders' ISRs for followers that fell behind or caught up.
+const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A follower partition as the fetcher sees it when it builds a request.
+#[derive(Debug, Clone)]
+pub struct FollowerView {
+    pub tp: TopicPartition,
+    pub leader_epoch: i32,
+    pub needs_truncation: bool,
+    pub log_end: i64,
+    pub log_start: i64,
+}
+
+impl Shard {
+    pub(crate) fn replica(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<Rc<std::cell::RefCell<Replica>>, PartitionError> {
+        self.partitions
+            .borrow()
+            .get(tp)
+            .map(|p| Rc::clone(&p.replica))
+            .ok_or(PartitionError::UnknownTopicOrPartition)
+    }
+
+    /// Whether `reader` may read `tp` here from `offset`, and up to where: consumers below
+    /// the high watermark, followers to the log end (their fetch offset is recorded as
+    /// their progress, which may move the high watermark). Returns (high watermark, limit).
+    pub(crate) fn check_read(
+        &self,
+        tp: &TopicPartition,
+        log: &Partition,
+        offset: i64,
+        reader: Reader,
+    ) -> Result<(i64, i64), PartitionError> {
+        let (replica, event) = {
+            let partitions = self.partitions.borrow();
+            let p = partitions
+                .get(tp)
+                .ok_or(PartitionError::UnknownTopicOrPartition)?;
+            (Rc::clone(&p.replica), std::sync::Arc::clone(&p.data_event))
+        };
+        let mut r = replica.borrow_mut();
+        match reader {
+            Reader::Consumer {
+                current_leader_epoch,
+            } => {
+                r.check_leader(current_leader_epoch)
+                    .map_err(PartitionError::NotServedHere)?;
+                Ok((r.high_watermark, r.high_watermark))
+            }
+            Reader::Follower {
+                id,
+                current_leader_epoch,
+            } => {
+                r.check_leader(current_leader_epoch)
+                    .map_err(PartitionError::NotServedHere)?;
+                if !r.replicas.contains(&id) || id == self.shared.node_id() {
+                    return Err(PartitionError::NotServedHere(
+                        error_code::NOT_LEADER_OR_FOLLOWER,
+                    ));
+                }
+                let end = log.offsets().log_end_offset;
+                if offset > end {
+                    return Err(PartitionError::OffsetOutOfRange);
+                }
+                r.follower_fetched(id, offset, end, Instant::now());
+                if r.advance_high_watermark(end) {
+                    event.notify(usize::MAX);
+                }
+                Ok((r.high_watermark, end))
+            }
+        }
+    }
+
+    /// OffsetForLeaderEpoch, answered by the leader from its leader-epoch cache.
+    pub(crate) fn local_epoch_end(
+        &self,
+        tp: &TopicPartition,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+    ) -> Result<(i32, i64), PartitionError> {
+        let (log, _) = self.local_log(tp)?;
+        self.replica(tp)?
+            .borrow()
+            .check_leader(current_leader_epoch)
+            .map_err(PartitionError::NotServedHere)?;
+        Ok(log.end_offset_for_epoch(leader_epoch))
+    }
+
+    pub(crate) fn local_log(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<(Partition, std::sync::Arc<crate::metrics::PartitionCounters>), PartitionError>
+    {
+        self.partitions
+            .borrow()
+            .get(tp)
+            .map(|p| (p.log.clone(), std::sync::Arc::clone(&p.counters)))
+            .ok_or(PartitionError::UnknownTopicOrPartition)
+    }
+
+    /// Makes every partition open on this core follow the committed metadata: roles,
+    /// epochs, ISR; starts the fetchers its followers need.
+    pub async fn reconcile(self: &Rc<Self>) {
+        let metadata = self.shared.controller.view().current();
+        let min_isr = usize::try_from(self.shared.config.min_insync_replicas).unwrap_or(1);
+        let now = Instant::now();
+        let mut new_epochs = Vec::new();
+        let mut leaders = std::collections::BTreeSet::new();
+        for (tp, p) in self.partitions.borrow().iter() {
+            let Some(topic) = metadata.topics.get(tp.topic()) else {
+                continue;
+            };
+            let Some(record) = usize::try_from(tp.partition())
+                .ok()
+                .and_then(|i| topic.partitions.get(i))
+            else {
+                continue;
+            };
+            let log_end = p.log.offsets().log_end_offset;
+            let mut r = p.replica.borrow_mut();
+            let transition = r.apply_record(record, topic.topic_id, min_isr, log_end, now);
+            match transition {
+                Transition::BecameLeader => {
+                    tracing::info!(
+                        partition = %tp.dir_name(),
+                        epoch = r.leader_epoch,
+                        isr = ?r.isr,
+                        log_end,
+                        "leading"
+                    );
+                    new_epochs.push((p.log.clone(), r.leader_epoch));
+                }
+                Transition::BecameFollower => tracing::info!(
+                    partition = %tp.dir_name(),
+                    epoch = r.leader_epoch,
+                    leader = r.leader,
+                    log_end,
+                    "following"
+                ),
+                Transition::Stopped | Transition::Unchanged => {}
+            }
+            if r.role == Role::Leader && r.advance_high_watermark(log_end) {
+                p.data_event.notify(usize::MAX);
+            }
+            if r.role == Role::Follower {
+                leaders.insert(r.leader);
+            }
+        }
+        // A new leader records its epoch's start at its log end (Kafka does the same):
+        // a follower asking about an epoch this leader never wrote then learns where the
+        // next epoch begins, and truncates there.
+        for (log, epoch) in new_epochs {
+            if let Err(e) = log.assign_leader_epoch(epoch).await {
+                tracing::error!(error = %e, epoch, "cannot record the new leader epoch");
+            }
+        }
+        for leader in leaders {
+            self.ensure_fetcher(leader);
+        }
+    }
+
+    /// Proposes the ISR changes this core's leaders need (followers that fell behind for
+    /// `replica_lag_time_max_ms` leave, caught-up ones join), one pending per partition.
+    pub fn maintain_isr(self: &Rc<Self>) {
+        let lag_max = Duration::from_millis(self.shared.config.replica_lag_time_max_ms);
+        let now = Instant::now();
+        let mut proposals = Vec::new();
+        for (tp, p) in self.partitions.borrow().iter() {
+            let mut r = p.replica.borrow_mut();
+            if let Some(isr) = r.isr_change(now, lag_max) {
+                tracing::info!(
+                    partition = %tp.dir_name(),
+                    from = ?r.isr,
+                    to = ?isr,
+                    "proposing an ISR change"
+                );
+                proposals.push((
+                    tp.clone(),
+                    Rc::clone(&p.replica),
+                    Command::AlterPartition {
+                        topic: tp.topic().to_owned(),
+                        topic_id: r.topic_id,
+                        partition: tp.partition(),
+                        leader: self.shared.node_id(),
+                        leader_epoch: r.leader_epoch,
+                        partition_epoch: r.partition_epoch,
+                        isr,
+                    },
+                ));
+            }
+        }
+        for (tp, replica, command) in proposals {
+            let proposal = self.shared.controller.propose(command);
+            compio::runtime::spawn(async move {
+                if let Err(e) = proposal.await {
+                    tracing::info!(partition = %tp.dir_name(), error = %e, "ISR change not committed");
+                    replica.borrow_mut().isr_change_failed();
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// This core's partitions that follow `leader`, for the fetcher's next request.
+    pub fn follower_partitions(&self, leader: BrokerId) -> Vec<FollowerView> {
+        self.partitions
+            .borrow()
+            .iter()
+            .filter_map(|(tp, p)| {
+                let r = p.replica.borrow();
+                if r.role != Role::Follower || r.leader != leader {
+                    return None;
+                }
+                let offsets = p.log.offsets();
+                Some(FollowerView {
+                    tp: tp.clone(),
+                    leader_epoch: r.leader_epoch,
+                    needs_truncation: r.needs_truncation,
+                    log_end: offsets.log_end_offset,
+                    log_start: offsets.log_start_offset,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the follower state a fetch was built from still holds.
+    fn still_following(
+        &self,
+        view: &FollowerView,
+    ) -> Option<(Partition, Rc<std::cell::RefCell<Replica>>)> {
+        let partitions = self.partitions.borrow();
+        let p = partitions.get(&view.tp)?;
+        let r = p.replica.borrow();
+        let same = r.role == Role::Follower && r.leader_epoch == view.leader_epoch;
+        (same && r.needs_truncation == view.needs_truncation)
+            .then(|| (p.log.clone(), Rc::clone(&p.replica)))
+    }
+
+    /// Appends what the leader sent (its batches, offsets and epochs kept). Under
+    /// `flush = per-append` it returns once they are synced, so the next fetch offset
+    /// reports only synced data.
+    pub async fn follower_append(
+        &self,
+        view: &FollowerView,
+        records: Vec<u8>,
+        leader_high_watermark: i64,
+    ) -> Result<(), PartitionError> {
+        let Some((log, replica)) = self.still_following(view) else {
+            return Ok(());
+        };
+        if view.needs_truncation || log.offsets().log_end_offset != view.log_end {
+            return Ok(());
+        }
+        let wait = if self.shared.config.log_config().flush_policy == FlushPolicy::EveryAppend {
+            AppendWait::Durable
+        } else {
+            AppendWait::Written
+        };
+        let appended = match log.append_replica(records, wait).await {
+            Ok(appended) => appended,
+            Err(engine::LogError::ReplicaOffsetMismatch { expected, got }) => {
+                tracing::warn!(partition = %view.tp.dir_name(), expected, got, "leader's batches do not follow this log: truncating by epoch");
+                replica.borrow_mut().needs_truncation = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        replica
+            .borrow_mut()
+            .follower_high_watermark(leader_high_watermark, appended.log_end_offset);
+        Ok(())
+    }
+
+    /// The follower's state after the leader answered OffsetForLeaderEpoch: truncate to
+    /// `offset` (where the two logs agree) and start fetching from there.
+    pub async fn follower_truncate(
+        &self,
+        view: &FollowerView,
+        offset: i64,
+    ) -> Result<(), PartitionError> {
+        let Some((log, replica)) = self.still_following(view) else {
+            return Ok(());
+        };
+        let before = log.offsets().log_end_offset;
+        if offset < before {
+            let report = log.truncate_to(offset).await?;
+            tracing::info!(
+                partition = %view.tp.dir_name(),
+                epoch = view.leader_epoch,
+                from = before,
+                to = report.log_end_offset,
+                bytes = report.bytes_removed,
+                "truncated to where this log and the leader's agree"
+            );
+        }
+        let end = log.offsets().log_end_offset;
+        replica.borrow_mut().truncated(end);
+        Ok(())
+    }
+
+    /// Marks a follower partition for truncation before its next fetch.
+    pub fn follower_needs_truncation(&self, tp: &TopicPartition) {
+        if let Ok(replica) = self.replica(tp) {
+            replica.borrow_mut().needs_truncation = true;
+        }
+    }
+
+    fn ensure_fetcher(self: &Rc<Self>, leader: BrokerId) {
+        if self.shared.stopping() || !self.fetchers.borrow_mut().insert(leader) {
+            return;
+        }
+        compio::runtime::spawn(crate::runtime::fetcher::run(Rc::clone(self), leader)).detach();
+    }
+}
+
+/// Where a follower's log agrees with its leader's, from the follower's leader-epoch
+/// entries (`(epoch, start offset)`, ascending), its log end, and the leader's answer
+/// `(epoch, end offset)` for the epoch the follower asked about. Returns the offset to
+/// truncate to, or the (lower) epoch to ask about next (KIP-279's rounds).
+pub fn divergence(
+    entries: &[(i32, i64)],
+    log_end: i64,
+    asked: i32,
+    leader_answer: (i32, i64),
+) -> Divergence {
+    let (leader_epoch, leader_end) = leader_answer;
+    // Our end for an epoch: where our next epoch starts, or our log end.
+    let our_end = |epoch: i32| {
+        entries
+            .iter()
+            .find(|(e, _)| *e > epoch)
+            .map_or(log_end, |(_, start)| *start)
+    };
+    if leader_epoch < 0 || leader_end < 0 {
+        return Divergence::Unknown;
+    }
+    if leader_epoch == asked {
+        return Divergence::TruncateTo(leader_end.min(our_end(asked)).min(log_end));
+    }
+    // The leader's largest epoch at or below ours is lower: ask again about our largest
+    // epoch at or below that one.
+    match entries.iter().rev().find(|(e, _)| *e <= leader_epoch) {
+        Some((e, _)) if *e == leader_epoch => {
+            Divergence::TruncateTo(leader_end.min(our_end(*e)).min(log_end))
+        }
+        Some((e, _)) => Divergence::Ask(*e),
+        // Everything we hold is of epochs the leader never had.
+        None => Divergence::TruncateTo(entries.first().map_or(0, |(_, start)| *start).min(log_end)),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Divergence {
+    TruncateTo(i64),
+    Ask(i32),
+    /// The leader has no epochs at or below the one asked about.
+    Unknown,
+}
+
+/// Per core: follows metadata changes into replication state and checks ISRs, until
+/// shutdown.
+pub async fn replication_loop(shard: Rc<Shard>) {
+    let view = std::sync::Arc::clone(shard.shared.controller.view());
+    let mut seen = 0;
+    loop {
+        let changed = std::pin::pin!(view.changed_since(seen));
+        let kicked = shard.replication_kick.listen();
+        let tick = std::pin::pin!(compio::time::sleep(ISR_CHECK_INTERVAL));
+        let stop = std::pin::pin!(shard.shared.stopped());
+        let woken = futures_util::future::select(changed, kicked);
+        let timed = futures_util::future::select(woken, tick);
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(timed, stop).await
+        {
+            return;
+        }
+        seen = view.version();
+        shard.reconcile().await;
+        shard.maintain_isr();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_same_epoch_should_truncate_to_the_lower_end() {
+        let ours = [(0, 0), (2, 50)];
+        assert_eq!(
+            divergence(&ours, 80, 2, (2, 70)),
+            Divergence::TruncateTo(70)
+        );
+        assert_eq!(
+            divergence(&ours, 60, 2, (2, 70)),
+            Divergence::TruncateTo(60)
+        );
+    }
+
+    #[test]
+    fn given_leader_never_had_our_epoch_should_truncate_where_its_next_epoch_starts() {
+        // KIP-101's case: we wrote at epoch 2 as a leader nobody followed; the leader
+        // went from epoch 1 straight to 3, starting at 40.
+        let ours = [(0, 0), (1, 20), (2, 40)];
+        assert_eq!(
+            divergence(&ours, 55, 2, (1, 40)),
+            Divergence::TruncateTo(40)
+        );
+    }
+
+    #[test]
+    fn given_leader_floor_epoch_we_lack_should_ask_about_our_lower_epoch() {
+        let ours = [(0, 0), (2, 30)];
+        assert_eq!(divergence(&ours, 60, 2, (1, 45)), Divergence::Ask(0));
+        // Next round: the leader's epoch 0 ends at 25 (its epoch 1 starts there).
+        assert_eq!(
+            divergence(&ours, 60, 0, (0, 25)),
+            Divergence::TruncateTo(25)
+        );
+    }
+
+    #[test]
+    fn given_no_common_epoch_should_truncate_everything() {
+        let ours = [(5, 10)];
+        assert_eq!(
+            divergence(&ours, 30, 5, (3, 12)),
+            Divergence::TruncateTo(10)
+        );
+        assert_eq!(divergence(&ours, 30, 5, (-1, -1)), Divergence::Unknown);
+    }
+}
