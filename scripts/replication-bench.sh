@@ -3,19 +3,36 @@
 # librdkafka producing 1 KiB messages in big batches (up to 1000 per request) to a
 # 3-partition topic with replication factor 1 or 3 and acks=1 or acks=all (acks=all is
 # idempotent), alternating the four settings for ROUNDS rounds so a noisy host hits each
-# alike. Every broker runs with one core and the default `flush = per-append`.
+# alike; then end-to-end latency (produce to consume: a consumer sees a message once it
+# is below the high watermark) at RATE msgs/s for each setting. Every broker runs with
+# one core and the default `flush = per-append`. With TMPFS=1 the data directories are on
+# a tmpfs (needs root): what the replication protocol costs without the disk.
 #
-# usage: scripts/replication-bench.sh OUT_DIR [MESSAGES] [ROUNDS]
+# usage: [TMPFS=1] scripts/replication-bench.sh OUT_DIR [MESSAGES] [ROUNDS] [RATE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: $0 OUT_DIR [MESSAGES] [ROUNDS]}
+out=${1:?usage: $0 OUT_DIR [MESSAGES] [ROUNDS] [RATE]}
 messages=${2:-200000}
 rounds=${3:-2}
+rate=${4:-2000}
+tmpfs=${TMPFS:-0}
 cargo build --release --locked -p server -p loadgen
 mkdir -p "$out"
 root=$(mktemp -d /tmp/replication-bench.XXXXXX)
 pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait || true; rm -rf "$root"' EXIT
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait || true
+  if [ "$tmpfs" = 1 ]; then umount -l "$root" || true; fi
+  rm -rf "$root"
+}
+trap cleanup EXIT
+if [ "$tmpfs" = 1 ]; then
+  mount -t tmpfs -o size=8g tmpfs "$root"
+  storage=tmpfs
+else
+  storage=$(df --output=source "$root" | tail -1)
+fi
 voters="1@127.0.0.1:19191,2@127.0.0.1:19192,3@127.0.0.1:19193"
 for id in 1 2 3; do
   BROKER_NODE_ID=$id BROKER_CONTROLLER_LISTEN=127.0.0.1:1919$id \
@@ -28,11 +45,12 @@ for port in 9191 9192 9193; do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 sleep 3 # registrations committed
+dirty=$(git diff --quiet HEAD || echo ' (with uncommitted changes)')
 {
-  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+  echo "commit: $(git rev-parse --short HEAD)$dirty"
   echo "machine: $(nproc) vCPU, $(uname -r), $(awk '/MemTotal/ {print int($2/1024/1024) " GiB"}' /proc/meminfo)"
-  echo "brokers: 3 processes on 127.0.0.1, --cores 1 each, flush = per-append"
-  echo "command: scripts/replication-bench.sh $out $messages $rounds"
+  echo "brokers: 3 processes on 127.0.0.1, --cores 1 each, flush = per-append, data on $storage"
+  echo "command: TMPFS=$tmpfs scripts/replication-bench.sh $out $messages $rounds $rate"
 } >"$out/how.txt"
 run() { # label rf acks round
   target/release/loadgen --kafka 127.0.0.1:9191 --replication-factor "$2" --kafka-acks "$3" \
@@ -40,18 +58,39 @@ run() { # label rf acks round
     --linger-ms 5 --partitions 3 --partitioner per-batch --no-verify \
     --out "$out/$1-round$4" >"$out/$1-round$4.txt" 2>&1
 }
+latency() { # label rf acks
+  target/release/loadgen --kafka 127.0.0.1:9191 --replication-factor "$2" --kafka-acks "$3" \
+    latency --target kafka --mode durable --rate "$rate" --duration 10 --size 1024 \
+    --partitions 3 --out "$out/latency-$1" >"$out/latency-$1.txt" 2>&1
+}
 for round in $(seq 1 "$rounds"); do
   run rf1-acks1 1 1 "$round"
   run rf1-acksall 1 all "$round"
   run rf3-acks1 3 1 "$round"
   run rf3-acksall 3 all "$round"
 done
-echo "| setting | round | msgs/s | MB/s | p50 ms | p99 ms | broker 1 CPU s |" >"$out/summary.md"
-echo "|---|---:|---:|---:|---:|---:|---:|" >>"$out/summary.md"
+latency rf1-acks1 1 1
+latency rf1-acksall 1 all
+latency rf3-acks1 3 1
+latency rf3-acksall 3 all
+summary="$out/summary.md"
+echo "| setting | round | msgs/s | MB/s | broker 1 CPU s |" >"$summary"
+echo "|---|---:|---:|---:|---:|" >>"$summary"
 for f in "$out"/rf*-round*.txt; do
   name=$(basename "$f" .txt)
   row=$(grep '^| produce |' "$f" | head -1)
-  field() { echo "$row" | cut -d'|' -f"$1" | tr -d ' '; }
-  echo "| ${name%-round*} | ${name##*-round} | $(field 5) | $(field 6) | $(field 7) | $(field 8) | $(field 12) |" >>"$out/summary.md"
+  echo "| ${name%-round*} | ${name##*-round} | $(echo "$row" | cut -d'|' -f5 | tr -d ' ') | $(echo "$row" | cut -d'|' -f6 | tr -d ' ') | $(echo "$row" | cut -d'|' -f12 | tr -d ' ') |" >>"$summary"
 done
-cat "$out/summary.md"
+{
+  echo
+  echo "End to end at $rate msgs/s, produce to consume (consumers read below the high watermark):"
+  echo
+  echo "| setting | p50 ms | p99 ms | p99.9 ms | max ms |"
+  echo "|---|---:|---:|---:|---:|"
+} >>"$summary"
+for f in "$out"/latency-*.txt; do
+  name=$(basename "$f" .txt)
+  row=$(grep '^| latency |' "$f" | head -1)
+  echo "| ${name#latency-} | $(echo "$row" | cut -d'|' -f7 | tr -d ' ') | $(echo "$row" | cut -d'|' -f8 | tr -d ' ') | $(echo "$row" | cut -d'|' -f9 | tr -d ' ') | $(echo "$row" | cut -d'|' -f10 | tr -d ' ') |" >>"$summary"
+done
+cat "$summary"

@@ -461,3 +461,116 @@ fn given_three_brokers_when_driven_by_kafka_python_should_list_them_spread_leade
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One idempotent batch of `count` records: producer `pid`, epoch 0, first sequence `seq`.
+fn idempotent_batch(pid: i64, seq: i32, count: usize) -> bytes::Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: seq + i as i32,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::from(format!("idempotent-{}", seq + i as i32))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Produce v7 with acks=all of one batch to partition 0; (error code, base offset).
+fn produce_all(addr: &str, topic: &str, batch: bytes::Bytes) -> (i16, i64) {
+    use kafka_protocol::messages::ProduceResponse;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(&wire::produce_frame_acks(topic, &[batch], -1))
+        .unwrap();
+    let response: ProduceResponse = wire::decode(
+        ApiKey::Produce,
+        7,
+        wire::read_response(&mut stream).unwrap(),
+    );
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[test]
+fn given_an_idempotent_batch_acknowledged_by_the_isr_when_its_leader_dies_should_deduplicate_the_retry_on_the_new_leader()
+ {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+    let mut cluster = start_cluster();
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
+    let created = wire::wait_until(TIMEOUT, || try_create(&addrs[0], "idem", 1, 3) == 0);
+    assert!(created.is_some(), "topic never created");
+    let full = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&addrs[0], Some(&["idem"]));
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(full.is_some());
+    let leader = metadata(&addrs[0], Some(&["idem"])).topics[0].partitions[0]
+        .leader_id
+        .0;
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let mut s = TcpStream::connect(&leader_addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let init: InitProducerIdResponse = wire::call(
+        &mut s,
+        ApiKey::InitProducerId,
+        1,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+    );
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    let first = idempotent_batch(pid, 0, 5);
+    assert_eq!(produce_all(&leader_addr, "idem", first.clone()), (0, 0));
+
+    // The leader dies after every in-sync replica had the batch (acks=all answered); the
+    // producer, not having seen the answer, retries on the new leader.
+    cluster.brokers[(leader - 1) as usize].kill9();
+    let survivor = addrs[(leader % 3) as usize].clone();
+    let moved = wire::wait_until(TIMEOUT, || {
+        let p = &metadata(&survivor, Some(&["idem"])).topics[0].partitions[0];
+        p.leader_id.0 > 0 && p.leader_id.0 != leader
+    });
+    assert!(moved.is_some(), "no new leader");
+    let new_leader = metadata(&survivor, Some(&["idem"])).topics[0].partitions[0]
+        .leader_id
+        .0;
+    let new_addr = addrs[(new_leader - 1) as usize].clone();
+    let retried = wire::wait_until(TIMEOUT, || {
+        produce_all(&new_addr, "idem", first.clone()).0 == 0
+    });
+    assert!(retried.is_some(), "the retry was never accepted");
+    assert_eq!(
+        produce_all(&new_addr, "idem", first),
+        (0, 0),
+        "the retry is answered with the first offsets, not written again"
+    );
+    assert_eq!(
+        produce_all(&new_addr, "idem", idempotent_batch(pid, 5, 5)),
+        (0, 5),
+        "the sequence goes on where it was"
+    );
+}
