@@ -60,7 +60,7 @@ run() { # label rf acks round
 }
 latency() { # label rf acks
   target/release/loadgen --kafka 127.0.0.1:9191 --replication-factor "$2" --kafka-acks "$3" \
-    latency --target kafka --mode durable --rate "$rate" --duration 10 --size 1024 \
+    latency --target kafka --mode durable --rate "$rate" --duration 10 --warmup 2000 --size 1024 \
     --partitions 3 --out "$out/latency-$1" >"$out/latency-$1.txt" 2>&1
 }
 for round in $(seq 1 "$rounds"); do

@@ -33,10 +33,13 @@ const FETCH_WAIT: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after an error (no connection, leader not ready, metadata behind).
 const BACKOFF: Duration = Duration::from_millis(100);
-/// Per partition and per response, as Kafka's replica.fetch.max.bytes and
-/// replica.fetch.response.max.bytes.
-const PARTITION_BYTES_MAX: i32 = 1024 * 1024;
-const RESPONSE_BYTES_MAX: i32 = 10 * 1024 * 1024;
+/// Per partition and per response (Kafka's replica.fetch.max.bytes and
+/// replica.fetch.response.max.bytes, larger: with 1 MiB per partition a follower of a
+/// partition taking 1 MB produce requests moved one request per round trip, and acks=all
+/// throughput was bounded by that, not by the disk). A response is read into memory
+/// whole: 32 MiB per fetcher (one per core and leader broker).
+const PARTITION_BYTES_MAX: i32 = 8 * 1024 * 1024;
+const RESPONSE_BYTES_MAX: i32 = 32 * 1024 * 1024;
 /// OffsetForLeaderEpoch rounds before giving up on a partition for now.
 const DIVERGENCE_ROUNDS_MAX: usize = 16;
 
@@ -99,15 +102,6 @@ pub async fn run(shard: Rc<Shard>, leader: BrokerId) {
     }
     // No await between the last check and this: reconcile sees it gone and starts anew.
     shard.fetchers.borrow_mut().remove(&leader);
-}
-
-/// This follower's high watermark, at most its log end.
-fn high_watermark(shard: &Shard, view: &FollowerView) -> i64 {
-    let hw = shard
-        .replica(&view.tp)
-        .map(|r| r.borrow().high_watermark)
-        .unwrap_or(0);
-    hw.min(view.log_end)
 }
 
 fn topic_name(name: &str) -> TopicName {
@@ -198,26 +192,33 @@ async fn fetch(
 
 /// Truncates each partition to where its log agrees with the leader's, asking the
 /// leader (OffsetForLeaderEpoch) about this replica's latest epoch, then lower ones
-/// until they agree (KIP-279).
+/// until they agree (KIP-279). Ok(false) when some partition could not be settled yet
+/// (the caller backs off; it stays marked and is asked about again).
 async fn truncate(
     shard: &Rc<Shard>,
     client: &mut KafkaClient,
     me: BrokerId,
     partitions: &[&FollowerView],
 ) -> Result<bool, ClientError> {
-    let mut done = false;
+    let mut done = true;
     for view in partitions {
         let Ok((log, _)) = shard.local_log(&view.tp) else {
             continue;
         };
         let Some(mut asked) = log.latest_epoch() else {
-            // Nothing with an epoch here: an empty log (or one written before epochs).
-            let _ = shard
-                .follower_truncate(view, high_watermark(shard, view))
-                .await;
-            done = true;
+            let offsets = log.offsets();
+            if offsets.log_end_offset == offsets.log_start_offset {
+                // Empty: nothing to agree on.
+                done &= shard.follower_truncate(view, view.log_end).await.is_ok();
+            } else {
+                // Batches without epochs (written before replication existed) are never
+                // followed: refuse to guess where to cut.
+                tracing::warn!(partition = %view.tp.dir_name(), "follower log has no leader epochs: cannot find where it agrees with the leader");
+                done = false;
+            }
             continue;
         };
+        let mut settled = false;
         for _ in 0..DIVERGENCE_ROUNDS_MAX {
             let request = OffsetForLeaderEpochRequest::default()
                 .with_replica_id(kafka_protocol::messages::BrokerId(me))
@@ -261,26 +262,24 @@ async fn truncate(
                 (answer.leader_epoch, answer.end_offset),
             ) {
                 Divergence::TruncateTo(offset) => {
-                    if let Err(e) = shard.follower_truncate(view, offset).await {
-                        tracing::error!(partition = %view.tp.dir_name(), error = %e, "truncation failed");
+                    match shard.follower_truncate(view, offset).await {
+                        Ok(()) => settled = true,
+                        Err(e) => {
+                            tracing::error!(partition = %view.tp.dir_name(), error = %e, "truncation failed")
+                        }
                     }
-                    done = true;
                     break;
                 }
                 Divergence::Ask(epoch) => asked = epoch,
                 Divergence::Unknown => {
-                    // The leader knows no epoch at or below ours (it could not record its
-                    // own): fall back to the high watermark, below which every in-sync
-                    // replica agrees.
-                    tracing::warn!(partition = %view.tp.dir_name(), asked, "leader knows no epoch at or below ours: truncating to the high watermark");
-                    let _ = shard
-                        .follower_truncate(view, high_watermark(shard, view))
-                        .await;
-                    done = true;
+                    // The leader knows no epoch at or below ours (it has not recorded its
+                    // own yet): ask again later rather than guess where to cut.
+                    tracing::debug!(partition = %view.tp.dir_name(), asked, "leader knows no epoch at or below ours yet");
                     break;
                 }
             }
         }
+        done &= settled;
     }
     Ok(done)
 }

@@ -23,8 +23,9 @@ use futures_channel::oneshot;
 use crate::kafka::protocol::error_code;
 use crate::runtime::partition_table::Role;
 
-/// How long a proposed ISR change may stay unanswered before the leader may propose again.
-const PENDING_ISR_MAX: Duration = Duration::from_secs(5);
+/// How long a proposed ISR change may stay uncommitted before the leader sends the same
+/// proposal again (never another one: the first may still commit).
+const PENDING_ISR_RESEND: Duration = Duration::from_secs(5);
 
 /// Most acks=all produce requests one partition keeps waiting for its high watermark
 /// (each is bounded by its request timeout too).
@@ -131,6 +132,15 @@ impl Replica {
         self.replicas.clone_from(&record.replicas);
         self.min_isr = min_insync_replicas.clamp(1, record.replicas.len().max(1));
         if record.partition_epoch != self.partition_epoch || epoch_moved {
+            // A member that left the committed ISR must fetch afresh before it can join
+            // again: what it reported before (perhaps as a process since restarted with
+            // less data) says nothing about what it holds now (KIP-903).
+            for b in self.isr.iter().filter(|b| !record.isr.contains(b)) {
+                if let Some(p) = self.followers.get_mut(b) {
+                    p.log_end = -1;
+                    p.leader_end_at_last_fetch = -1;
+                }
+            }
             self.isr.clone_from(&record.isr);
             self.pending_isr = None;
         }
@@ -268,10 +278,13 @@ impl Replica {
     }
 
     /// Resolves once the high watermark passes `last_offset` (acks=all), or with the
-    /// error that ends the wait.
-    pub fn wait_for(&mut self, last_offset: i64) -> oneshot::Receiver<Result<(), i16>> {
+    /// error that ends the wait. `epoch` is the leader epoch the batch was appended at: if
+    /// leadership moved since (even away and back), the batch may have been truncated.
+    pub fn wait_for(&mut self, last_offset: i64, epoch: i32) -> oneshot::Receiver<Result<(), i16>> {
         let (reply, answer) = oneshot::channel();
-        if self.high_watermark > last_offset {
+        if self.leader_epoch != epoch {
+            let _ = reply.send(Err(error_code::NOT_LEADER_OR_FOLLOWER));
+        } else if self.high_watermark > last_offset {
             let _ = reply.send(Ok(()));
         } else if self.role != Role::Leader {
             let _ = reply.send(Err(error_code::NOT_LEADER_OR_FOLLOWER));
@@ -302,16 +315,20 @@ impl Replica {
 
     /// The ISR change this leader should propose now, if any: members that have not
     /// caught up within `lag_max` leave; replicas that have caught up (to the high
-    /// watermark and this epoch's start) join. Marks it pending.
+    /// watermark and this epoch's start) join. Marks it pending. A pending change stays
+    /// pending until the committed record moves (or the controller refuses it for good):
+    /// after `PENDING_ISR_RESEND` the same proposal goes again, as the first may have
+    /// committed without this leader hearing of it.
     pub fn isr_change(&mut self, now: Instant, lag_max: Duration) -> Option<Vec<BrokerId>> {
         if self.role != Role::Leader {
             return None;
         }
-        if let Some((_, since)) = &self.pending_isr {
-            if now.duration_since(*since) < PENDING_ISR_MAX {
+        if let Some((isr, since)) = &mut self.pending_isr {
+            if now.duration_since(*since) < PENDING_ISR_RESEND {
                 return None;
             }
-            self.pending_isr = None;
+            *since = now;
+            return Some(isr.clone());
         }
         let mut isr: Vec<BrokerId> = self
             .isr
@@ -349,9 +366,16 @@ impl Replica {
         Some(isr)
     }
 
-    /// The controller refused or did not answer the proposed change: propose afresh.
-    pub fn isr_change_failed(&mut self) {
-        self.pending_isr = None;
+    /// The controller refused the proposed change `isr` for good (not a timeout: one
+    /// that may still commit keeps it pending): the leader may propose afresh.
+    pub fn isr_change_refused(&mut self, isr: &[BrokerId]) {
+        if self
+            .pending_isr
+            .as_ref()
+            .is_some_and(|(pending, _)| pending == isr)
+        {
+            self.pending_isr = None;
+        }
     }
 
     /// For metrics and tests: whether a proposed ISR change is pending.
@@ -408,7 +432,7 @@ mod tests {
         r.follower_fetched(2, 4, 10, now);
         assert!(r.advance_high_watermark(10));
         assert_eq!(r.high_watermark, 4);
-        let mut w = r.wait_for(7);
+        let mut w = r.wait_for(7, 1);
         assert!(w.try_recv().unwrap().is_none());
         r.follower_fetched(2, 10, 10, now);
         assert!(r.advance_high_watermark(10));
@@ -426,7 +450,7 @@ mod tests {
         );
         assert!(!r.advance_high_watermark(10));
         assert_eq!(r.high_watermark, 0);
-        let mut w = r.wait_for(3);
+        let mut w = r.wait_for(3, 1);
         assert_eq!(
             w.try_recv().unwrap(),
             Some(Err(error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND))
@@ -457,7 +481,7 @@ mod tests {
     #[test]
     fn given_new_epoch_should_fail_waiters_and_fence_old_epoch_requests() {
         let (mut r, now) = leader(1);
-        let mut w = r.wait_for(3);
+        let mut w = r.wait_for(3, 1);
         r.apply_record(&record(1, 2, vec![0, 1, 2]), 7, 1, 10, now);
         assert_eq!(r.role, Role::Follower);
         assert!(r.needs_truncation);
@@ -485,5 +509,38 @@ mod tests {
         );
         assert!(r.isr_change_pending());
         assert_eq!(r.isr_change(now, Duration::from_secs(10)), None);
+        // Unanswered: the same proposal again later, never another one.
+        let later = now + PENDING_ISR_RESEND;
+        r.follower_fetched(1, 0, 0, later);
+        assert_eq!(
+            r.isr_change(later, Duration::from_secs(10)),
+            Some(vec![0, 1, 2])
+        );
+        r.isr_change_refused(&[0, 1]);
+        assert!(r.isr_change_pending(), "another proposal's refusal");
+        r.isr_change_refused(&[0, 1, 2]);
+        assert!(!r.isr_change_pending());
+    }
+
+    #[test]
+    fn given_follower_removed_from_isr_should_need_a_fresh_fetch_to_rejoin() {
+        let (mut r, now) = leader(1);
+        r.follower_fetched(1, 5, 5, now);
+        r.follower_fetched(2, 5, 5, now);
+        r.advance_high_watermark(5);
+        // Broker 2 is fenced (restarted): the controller removed it from the ISR.
+        let mut shrunk = record(0, 1, vec![0, 1]);
+        shrunk.partition_epoch = 2;
+        r.apply_record(&shrunk, 7, 1, 5, now);
+        assert_eq!(
+            r.isr_change(now, Duration::from_secs(10)),
+            None,
+            "its old progress does not count"
+        );
+        r.follower_fetched(2, 5, 5, now);
+        assert_eq!(
+            r.isr_change(now, Duration::from_secs(10)),
+            Some(vec![0, 1, 2])
+        );
     }
 }

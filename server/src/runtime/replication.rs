@@ -75,7 +75,12 @@ impl Shard {
             } => {
                 r.check_leader(current_leader_epoch)
                     .map_err(PartitionError::NotServedHere)?;
-                if !r.replicas.contains(&id) || id == self.shared.node_id() {
+                // Only a replica's own fetch at the leader's epoch (Fetch v9+) counts as
+                // its progress.
+                if !r.replicas.contains(&id)
+                    || id == self.shared.node_id()
+                    || current_leader_epoch < 0
+                {
                     return Err(PartitionError::NotServedHere(
                         error_code::NOT_LEADER_OR_FOLLOWER,
                     ));
@@ -101,10 +106,20 @@ impl Shard {
         leader_epoch: i32,
     ) -> Result<(i32, i64), PartitionError> {
         let (log, _) = self.local_log(tp)?;
-        self.replica(tp)?
-            .borrow()
-            .check_leader(current_leader_epoch)
-            .map_err(PartitionError::NotServedHere)?;
+        let epoch = {
+            let replica = self.replica(tp)?;
+            let r = replica.borrow();
+            r.check_leader(current_leader_epoch)
+                .map_err(PartitionError::NotServedHere)?;
+            r.leader_epoch
+        };
+        // Until the new leader has recorded where its epoch starts, its answer could send
+        // a follower to truncate too far: the follower retries.
+        if log.latest_epoch().is_none_or(|latest| latest < epoch) {
+            return Err(PartitionError::NotServedHere(
+                error_code::LEADER_NOT_AVAILABLE,
+            ));
+        }
         Ok(log.end_offset_for_epoch(leader_epoch))
     }
 
@@ -123,6 +138,12 @@ impl Shard {
     /// Makes every partition open on this core follow the committed metadata: roles,
     /// epochs, ISR; starts the fetchers its followers need.
     pub async fn reconcile(self: &Rc<Self>) {
+        // A restarted broker's view starts from a snapshot and may be behind: it leads or
+        // follows nothing until it holds its own (new) registration, so that it never acts
+        // on an epoch that has moved on.
+        if !self.shared.controller.caught_up() {
+            return;
+        }
         let metadata = self.shared.controller.view().current();
         let min_isr = usize::try_from(self.shared.config.min_insync_replicas).unwrap_or(1);
         let now = Instant::now();
@@ -212,11 +233,27 @@ impl Shard {
             }
         }
         for (tp, replica, command) in proposals {
+            let isr = match &command {
+                Command::AlterPartition { isr, .. } => isr.clone(),
+                _ => Vec::new(),
+            };
             let proposal = self.shared.controller.propose(command);
             compio::runtime::spawn(async move {
-                if let Err(e) = proposal.await {
-                    tracing::info!(partition = %tp.dir_name(), error = %e, "ISR change not committed");
-                    replica.borrow_mut().isr_change_failed();
+                match proposal.await {
+                    Ok(_) => {}
+                    // Refused for good: nothing was committed, propose afresh. A stale
+                    // partition epoch means the record moved on (the new record clears the
+                    // pending change when it is applied here).
+                    Err(cluster::ControllerError::Refused(
+                        e @ cluster::MetadataError::InvalidIsr { .. },
+                    )) => {
+                        tracing::info!(partition = %tp.dir_name(), error = %e, "ISR change refused");
+                        replica.borrow_mut().isr_change_refused(&isr);
+                    }
+                    // It may still commit: it stays pending and goes again later.
+                    Err(e) => {
+                        tracing::info!(partition = %tp.dir_name(), error = %e, "ISR change not committed yet")
+                    }
                 }
             })
             .detach();
@@ -300,12 +337,15 @@ impl Shard {
         view: &FollowerView,
         offset: i64,
     ) -> Result<(), PartitionError> {
-        let Some((log, replica)) = self.still_following(view) else {
+        let Some((log, _)) = self.still_following(view) else {
             return Ok(());
         };
         let before = log.offsets().log_end_offset;
-        if offset < before {
-            let report = log.truncate_to(offset).await?;
+        // Always through the writer, even when nothing seems to be beyond `offset`: a
+        // write queued earlier (a produce taken as leader, an append from the previous
+        // leader's fetch) lands first and is cut too.
+        let report = log.truncate_to(offset).await?;
+        if report.bytes_removed > 0 {
             tracing::info!(
                 partition = %view.tp.dir_name(),
                 epoch = view.leader_epoch,
@@ -315,8 +355,15 @@ impl Shard {
                 "truncated to where this log and the leader's agree"
             );
         }
-        let end = log.offsets().log_end_offset;
-        replica.borrow_mut().truncated(end);
+        // What this follower reports from now on must be on disk (a restart may have left
+        // unsynced bytes in the page cache).
+        if self.shared.config.log_config().flush_policy == FlushPolicy::EveryAppend {
+            log.flush().await?;
+        }
+        // Only if the epoch did not move meanwhile: a newer one needs its own truncation.
+        if let Some((log, replica)) = self.still_following(view) {
+            replica.borrow_mut().truncated(log.offsets().log_end_offset);
+        }
         Ok(())
     }
 

@@ -833,7 +833,7 @@ impl Shard {
         event.notify(usize::MAX);
         if wait == AppendWait::Durable {
             // acks=all: answered once every in-sync replica has the batch.
-            let answer = replica.borrow_mut().wait_for(info.last_offset);
+            let answer = replica.borrow_mut().wait_for(info.last_offset, epoch);
             match answer.await {
                 Ok(Ok(())) => {}
                 Ok(Err(code)) => {

@@ -15,6 +15,9 @@ use crate::kafka::fetch_response::Piece;
 use crate::kafka::protocol::{DecodeError, error_code};
 use crate::runtime::shard::{PartitionError, Shard};
 
+/// For a produce request that names no timeout.
+const DEFAULT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 struct Outcome {
     code: i16,
     base_offset: i64,
@@ -70,10 +73,24 @@ pub async fn handle(
         }
         return Ok(None);
     }
+    // acks=all waits for the ISR at most the request's timeout (its append stays written).
+    let ack_timeout = if req.timeout_ms > 0 {
+        std::time::Duration::from_millis(req.timeout_ms as u64)
+    } else {
+        DEFAULT_ACK_TIMEOUT
+    };
     let appends = pending.into_iter().map(|(name, index, checked, records)| async move {
         let outcome = match (checked, records) {
             (Err(outcome), _) => outcome,
-            (Ok(tp), Some(records)) => match shard.append(tp, records.to_vec(), wait).await {
+            (Ok(tp), Some(records)) => match compio::time::timeout(
+                ack_timeout,
+                shard.append(tp, records.to_vec(), wait),
+            )
+            .await
+            .unwrap_or(Err(PartitionError::Replication {
+                code: error_code::REQUEST_TIMED_OUT,
+                reason: "not replicated to the ISR within the request's timeout",
+            })) {
                 Ok(info) => Outcome {
                     code: error_code::NONE,
                     base_offset: info.base_offset,
