@@ -12,13 +12,7 @@ use cluster::{
     NO_LEADER, Voter,
 };
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::free_port;
 
 struct Quorum {
     root: tempfile::TempDir,

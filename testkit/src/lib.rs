@@ -146,12 +146,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port nobody listens on right now (another process may take it before it is used).
+/// A port nobody listens on right now, below the kernel's ephemeral range (32768 and
+/// up by default): a broker restarted on its port must find it free, and a port from the
+/// ephemeral range may meanwhile be taken as the source port of some outgoing connection
+/// (seen: a controller port taken while its broker was down, its restart refused).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts elsewhere in the range, and walks it.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + start.wrapping_add(step.wrapping_mul(97)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A tmpfs mounted for a test, unmounted (lazily, bounded) when dropped.
