@@ -157,6 +157,9 @@ async fn fetch(
         return Ok(false);
     }
     let mut progressed = false;
+    // The partitions' appends (each with its own sync under `flush = per-append`) run
+    // side by side: each partition has its own writer.
+    let mut appends = Vec::new();
     for topic in response.responses {
         for data in topic.partitions {
             let Some(view) = partitions.iter().find(|p| {
@@ -167,14 +170,15 @@ async fn fetch(
             match data.error_code {
                 error_code::NONE => {
                     let records = data.records.map(|r| r.to_vec()).unwrap_or_default();
-                    if let Err(e) = shard
-                        .follower_append(view, records, data.high_watermark)
-                        .await
-                    {
-                        tracing::warn!(partition = %view.tp.dir_name(), error = %e, "follower append failed");
-                        continue;
-                    }
-                    progressed = true;
+                    appends.push(async move {
+                        let result = shard
+                            .follower_append(view, records, data.high_watermark)
+                            .await;
+                        if let Err(e) = &result {
+                            tracing::warn!(partition = %view.tp.dir_name(), error = %e, "follower append failed");
+                        }
+                        result.is_ok()
+                    });
                 }
                 error_code::OFFSET_OUT_OF_RANGE => {
                     tracing::info!(partition = %view.tp.dir_name(), offset = view.log_end, "fetch offset out of the leader's range: truncating by epoch");
@@ -186,6 +190,9 @@ async fn fetch(
                 }
             }
         }
+    }
+    for ok in futures_util::future::join_all(appends).await {
+        progressed |= ok;
     }
     Ok(progressed)
 }
