@@ -82,7 +82,14 @@ pub struct Metadata {
     /// Where the next topic's replica assignment starts, so successive topics put their
     /// first leader on different brokers.
     pub placement_cursor: u64,
+    /// The first producer id not yet handed to any broker (ids go out in blocks, so two
+    /// brokers never give the same id to two idempotent producers).
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
+
+/// Producer ids per block a broker takes (Kafka's AllocateProducerIds hands out 1000).
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// A change proposed to the controller. Applied in log order by every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +121,12 @@ pub enum Command {
     DeleteTopic {
         name: String,
     },
+    /// A broker takes the next block of producer ids, starting at `at_least` or later
+    /// (ids it handed out before it had a controller stay used).
+    AllocateProducerIds {
+        broker: BrokerId,
+        at_least: i64,
+    },
     /// The leader of a partition changes its ISR (Kafka's AlterPartition): a follower fell
     /// behind for `replica_lag_time_max_ms`, or caught up. Applied only when the leader,
     /// leader epoch and partition epoch are those it names (a stale proposal is refused),
@@ -141,6 +154,11 @@ pub enum Applied {
     BrokerUnfenced,
     TopicCreated(TopicRecord),
     TopicDeleted,
+    /// Producer ids `start..end` are this broker's to hand out.
+    ProducerIds {
+        start: i64,
+        end: i64,
+    },
     /// The new ISR is committed with this partition epoch.
     PartitionAltered {
         partition_epoch: i32,
@@ -232,6 +250,19 @@ impl Metadata {
                 Some(_) => Ok(Applied::TopicDeleted),
                 None => Err(MetadataError::UnknownTopic(name.clone())),
             },
+            Command::AllocateProducerIds { broker, at_least } => {
+                if *broker < 0 || *at_least < 0 {
+                    return Err(MetadataError::InvalidRegistration(format!(
+                        "producer id block for broker {broker} at {at_least}"
+                    )));
+                }
+                let start = self.next_producer_id.max(*at_least);
+                let Some(end) = start.checked_add(PRODUCER_ID_BLOCK) else {
+                    return Err(MetadataError::Full("producer ids".into()));
+                };
+                self.next_producer_id = end;
+                Ok(Applied::ProducerIds { start, end })
+            }
             Command::AlterPartition {
                 topic,
                 topic_id,
@@ -802,6 +833,23 @@ mod tests {
             alter(&mut m, "t", p.replicas.clone()),
             Err(MetadataError::InvalidIsr { .. })
         ));
+    }
+
+    #[test]
+    fn given_brokers_taking_producer_id_blocks_should_never_overlap() {
+        let mut m = three_brokers();
+        let mut take = |broker, at_least| match m
+            .apply(&Command::AllocateProducerIds { broker, at_least }, 0)
+            .unwrap()
+        {
+            Applied::ProducerIds { start, end } => (start, end),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(take(0, 0), (0, 1000));
+        assert_eq!(take(1, 0), (1000, 2000));
+        // A broker that handed out ids before it had a controller.
+        assert_eq!(take(2, 5000), (5000, 6000));
+        assert_eq!(take(0, 0), (6000, 7000));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub async fn handle(
         ApiKey::OffsetFetch => offsets::offset_fetch(shard, request),
         ApiKey::ListGroups => groups::list_groups(shard, request),
         ApiKey::DescribeGroups => groups::describe_groups(shard, request),
-        ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request),
+        ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(shard, request).await,
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
