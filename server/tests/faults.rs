@@ -78,6 +78,17 @@ const LEADER_KILLED: &str = "kill -9 of a leader";
 const LEADER_AND_CONTROLLER_KILLED: &str = "kill -9 of a leader that was the active controller";
 const LEADER_FROZEN: &str = "SIGSTOP of a leader";
 
+/// `FAULT_ACKS=1` (default `all`) runs the producers with acks=1 and no idempotence: a
+/// negative control, under which leader failures lose acknowledged messages and the
+/// suite must fail.
+fn acks_mode() -> &'static str {
+    match std::env::var("FAULT_ACKS").as_deref() {
+        Err(_) | Ok("all") => "all",
+        Ok("1") => "1",
+        Ok(other) => panic!("FAULT_ACKS={other}: all or 1"),
+    }
+}
+
 const CI_SEED: u64 = 0x5eed_0013_0007;
 const CI_ROUNDS: usize = 30;
 const BY_HAND_SEED: u64 = 0x5eed_0013_0300;
@@ -107,7 +118,8 @@ fn run_suite(default_seed: u64, default_rounds: usize) {
     }
     let started = Instant::now();
     eprintln!(
-        "fault suite: seed {seed:#x}, {rounds} rounds; replay with FAULT_SEED={seed:#x} FAULT_ROUNDS={rounds}"
+        "fault suite: seed {seed:#x}, {rounds} rounds, acks={}; replay with FAULT_SEED={seed:#x} FAULT_ROUNDS={rounds}",
+        acks_mode()
     );
     let mut total = Figures::default();
     let mut block = 0u64;
@@ -164,6 +176,7 @@ struct Figures {
     rounds: usize,
     acknowledged: usize,
     acknowledged_by: BTreeMap<&'static str, usize>,
+    acknowledged_without_offset: usize,
     lost: usize,
     duplicated: usize,
     divergent: usize,
@@ -180,6 +193,7 @@ impl Figures {
     fn add(&mut self, other: Figures) {
         self.rounds += other.rounds;
         self.acknowledged += other.acknowledged;
+        self.acknowledged_without_offset += other.acknowledged_without_offset;
         for (k, v) in other.acknowledged_by {
             *self.acknowledged_by.entry(k).or_default() += v;
         }
@@ -222,11 +236,12 @@ impl Figures {
             })
             .collect();
         format!(
-            "rounds {}, acknowledged {} ({}), lost {}, duplicated {}, divergent {}, other anomalies {}, read in doubt {}; \
+            "rounds {}, acknowledged {} ({}; without an offset {}), lost {}, duplicated {}, divergent {}, other anomalies {}, read in doubt {}; \
              failover (producers resume) {}; faults: {}; ISR shrank and grew back in {}/{} rounds; runtime {:.0} s",
             self.rounds,
             self.acknowledged,
             by.join(", "),
+            self.acknowledged_without_offset,
             self.lost,
             self.duplicated,
             self.divergent,
@@ -526,13 +541,20 @@ impl Block {
                 let mut order = NODES.to_vec();
                 let first = self.rng.below(3) as usize;
                 order.rotate_left(first);
+                let mut steps = Vec::new();
                 for node in &order {
+                    let at = Instant::now();
                     self.cluster.node(*node).stop();
-                    self.wait_fenced(*node, Instant::now(), "a clean stop");
+                    let stopped = at.elapsed().as_secs_f64();
+                    let fenced = self.wait_fenced(*node, at, "a clean stop");
                     self.cluster.node(*node).restart();
-                    self.wait_full_isr(&format!("broker {node} back after its clean restart"));
+                    let back =
+                        self.wait_full_isr(&format!("broker {node} back after its clean restart"));
+                    steps.push(format!(
+                        "{node} stopped in {stopped:.1} s, out of the ISRs after {fenced:.1} s, back in {back:.1} s"
+                    ));
                 }
-                format!("rolling restart (SIGTERM, restart) of brokers {order:?}")
+                format!("rolling restart (SIGTERM, restart): {}", steps.join(", "))
             }
         };
         let back = self.wait_full_isr(&what);
@@ -657,7 +679,7 @@ impl Block {
         }
         let above: Vec<&Ack> = acks
             .iter()
-            .filter(|a| a.offset >= high_watermarks[&a.partition])
+            .filter(|a| a.offset.is_some_and(|o| o >= high_watermarks[&a.partition]))
             .collect();
         assert!(
             above.is_empty(),
@@ -693,6 +715,7 @@ impl Block {
 
         let mut figures = std::mem::take(&mut self.figures);
         figures.acknowledged = acks.len();
+        figures.acknowledged_without_offset = verdict.acknowledged_without_offset;
         for d in &deliveries {
             *figures.acknowledged_by.entry(d.producer).or_default() += 1;
         }
@@ -892,7 +915,8 @@ impl ProducerContext for Recorder {
                 ack: Ack {
                     value: sent.value,
                     partition: m.partition(),
-                    offset: m.offset(),
+                    // -1001 when librdkafka acknowledged it implicitly (see `Ack`).
+                    offset: (m.offset() >= 0).then_some(m.offset()),
                 },
                 sent_at: Some(sent.at),
                 acked_at: Instant::now(),
@@ -929,10 +953,11 @@ impl LibrdkafkaProducer {
             in_doubt: Arc::new(AtomicU64::new(0)),
             errors: Arc::clone(&errors),
         };
+        let acks = acks_mode();
         let producer: ThreadedProducer<Recorder> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+            .set("enable.idempotence", (acks == "all").to_string())
+            .set("acks", acks)
             .set("linger.ms", "5")
             // Longer than any fault: a message is acknowledged or still being retried.
             .set("message.timeout.ms", "120000")
@@ -1062,6 +1087,7 @@ impl PythonProducer {
             .arg(script)
             .args([bootstrap, TOPIC, &PARTITIONS.to_string(), "py"])
             .arg(limit_s.to_string())
+            .arg(acks_mode())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().expect("kafka-python's stderr"))
@@ -1089,7 +1115,7 @@ impl PythonProducer {
                                 ack: Ack {
                                     value: (*value).to_owned(),
                                     partition,
-                                    offset,
+                                    offset: Some(offset),
                                 },
                                 sent_at: None,
                                 acked_at: Instant::now(),

@@ -1,8 +1,9 @@
 """An idempotent acks=all kafka-python producer for the fault-injection suite.
 
-Usage: kafka_python_faults.py BOOTSTRAP TOPIC PARTITIONS PREFIX LIMIT_S
+Usage: kafka_python_faults.py BOOTSTRAP TOPIC PARTITIONS PREFIX LIMIT_S [ACKS]
 Sends PREFIX-0, PREFIX-1, ... round robin over the partitions, one every 10 ms, until its
-stdin closes; then flushes and exits. Prints one line per outcome, as it happens:
+stdin closes; then flushes and exits. ACKS is "all" (the default: idempotent, acks=all)
+or "1" (acks=1, not idempotent: the suite's negative control). Prints one line per outcome, as it happens:
   ack VALUE PARTITION OFFSET      the broker acknowledged VALUE at that offset
   fail VALUE ERROR                the producer gave VALUE up (in doubt: it may be stored)
   done SENT                       the last line, after the flush
@@ -16,6 +17,7 @@ import time
 from kafka import KafkaProducer
 
 bootstrap, topic, partitions, prefix, limit_s = sys.argv[1:6]
+acks = sys.argv[6] if len(sys.argv) > 6 else "all"
 partitions = int(partitions)
 faulthandler.dump_traceback_later(int(limit_s), exit=True)
 
@@ -40,8 +42,8 @@ def emit(line):
 
 producer = KafkaProducer(
     bootstrap_servers=bootstrap.split(","),
-    acks="all",
-    enable_idempotence=True,
+    acks="all" if acks == "all" else 1,
+    enable_idempotence=acks == "all",
     linger_ms=5,
     # A request to a frozen or cut-off leader is given up after this and retried
     # (idempotence makes the retry safe); the message itself waits up to the delivery

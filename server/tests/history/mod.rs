@@ -11,12 +11,17 @@ pub mod replicas;
 
 use std::collections::{BTreeMap, HashMap};
 
-/// A producer's delivery report: the broker acknowledged `value` at this offset.
+/// A producer's delivery report: the broker acknowledged `value` in this partition, at
+/// this offset when the client was told it. librdkafka reports some acknowledgements
+/// without one (offset -1001): messages it takes as acknowledged because a later batch of
+/// the same idempotent producer was, after their own request failed (its
+/// `rd_kafka_dr_implicit_ack`), or a DUPLICATE_SEQUENCE_NUMBER answer; those must be read
+/// exactly once in their partition, at any offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     pub value: String,
     pub partition: i32,
-    pub offset: i64,
+    pub offset: Option<i64>,
 }
 
 /// A message the final consumer read.
@@ -34,6 +39,8 @@ pub type Place = (i32, i64);
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub acknowledged: usize,
+    /// Acknowledged without an offset (see `Ack`).
+    pub acknowledged_without_offset: usize,
     pub read: usize,
     /// Read, never acknowledged: sent in doubt (timed out, or in flight at a fault).
     /// Allowed, once.
@@ -42,7 +49,7 @@ pub struct Verdict {
     pub lost: Vec<Ack>,
     /// Read more than once, with every place it was read at.
     pub duplicated: Vec<(String, Vec<Place>)>,
-    /// Acknowledged at one place, read (once) at another.
+    /// Acknowledged at one place (or partition), read (once) at another.
     pub misplaced: Vec<(Ack, Place)>,
     /// Two acknowledgements for one place, or two places acknowledged for one value.
     pub conflicting_acks: Vec<(Ack, Ack)>,
@@ -74,7 +81,7 @@ impl Verdict {
             "lost",
             self.lost
                 .iter()
-                .map(|a| format!("{} acked at {}/{}", a.value, a.partition, a.offset))
+                .map(|a| format!("{} acked at {}/{:?}", a.value, a.partition, a.offset))
                 .collect(),
         );
         list(
@@ -90,7 +97,7 @@ impl Verdict {
                 .iter()
                 .map(|(a, at)| {
                     format!(
-                        "{} acked at {}/{}, read at {at:?}",
+                        "{} acked at {}/{:?}, read at {at:?}",
                         a.value, a.partition, a.offset
                     )
                 })
@@ -118,6 +125,7 @@ impl Verdict {
 pub fn check(acks: &[Ack], reads: &[Read]) -> Verdict {
     let mut verdict = Verdict {
         acknowledged: acks.len(),
+        acknowledged_without_offset: acks.iter().filter(|a| a.offset.is_none()).count(),
         read: reads.len(),
         ..Verdict::default()
     };
@@ -158,7 +166,8 @@ pub fn check(acks: &[Ack], reads: &[Read]) -> Verdict {
         {
             verdict.conflicting_acks.push((first.clone(), a.clone()));
         }
-        if let Some(first) = ack_at_place.insert((a.partition, a.offset), a)
+        if let Some(offset) = a.offset
+            && let Some(first) = ack_at_place.insert((a.partition, offset), a)
             && first.value != a.value
         {
             verdict.conflicting_acks.push((first.clone(), a.clone()));
@@ -169,7 +178,10 @@ pub fn check(acks: &[Ack], reads: &[Read]) -> Verdict {
     for a in acks {
         match read_at.get(a.value.as_str()) {
             None => verdict.lost.push(a.clone()),
-            Some(at) if at.len() == 1 && at[0] != (a.partition, a.offset) => {
+            Some(at)
+                if at.len() == 1
+                    && (at[0].0 != a.partition || a.offset.is_some_and(|o| o != at[0].1)) =>
+            {
                 verdict.misplaced.push((a.clone(), at[0]));
             }
             Some(_) => {}
@@ -190,7 +202,15 @@ mod tests {
         Ack {
             value: value.to_owned(),
             partition,
-            offset,
+            offset: Some(offset),
+        }
+    }
+
+    fn ack_without_offset(value: &str, partition: i32) -> Ack {
+        Ack {
+            value: value.to_owned(),
+            partition,
+            offset: None,
         }
     }
 
@@ -273,5 +293,29 @@ mod tests {
         let v = check(&acks, &reads);
         assert_eq!(v.conflicting_acks, vec![(ack("a", 0, 0), ack("b", 0, 0))]);
         assert_eq!(v.lost, vec![ack("b", 0, 0)]);
+    }
+
+    #[test]
+    fn given_acks_without_offsets_should_require_one_read_in_their_partition() {
+        let acks = [
+            ack_without_offset("a", 0),
+            ack_without_offset("b", 0),
+            ack_without_offset("c", 1),
+            ack_without_offset("d", 1),
+        ];
+        // "a" read once in its partition: fine; "b" never read: lost; "c" read in
+        // another partition: misplaced; "d" read twice: duplicated.
+        let reads = [
+            read(0, 0, "a"),
+            read(0, 1, "c"),
+            read(1, 0, "d"),
+            read(1, 1, "d"),
+        ];
+        let v = check(&acks, &reads);
+        assert_eq!(v.acknowledged_without_offset, 4);
+        assert_eq!(v.lost, vec![ack_without_offset("b", 0)]);
+        assert_eq!(v.misplaced, vec![(ack_without_offset("c", 1), (0, 1))]);
+        assert_eq!(v.duplicated.len(), 1);
+        assert!(v.conflicting_acks.is_empty(), "{}", v.examples());
     }
 }
