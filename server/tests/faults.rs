@@ -117,6 +117,7 @@ fn given_300_seeded_fault_rounds_when_run_by_hand_should_lose_duplicate_and_dive
 #[test]
 fn given_the_active_controller_frozen_should_fence_it_alone_and_keep_the_live_brokers_unfenced() {
     const FREEZES: usize = 3;
+    let _alone = one_cluster_at_a_time();
     let cluster = Cluster::start_apart(
         3,
         &[
@@ -196,6 +197,7 @@ fn run_suite(default_seed: u64, default_rounds: usize) {
     if !Isolation::available() {
         return;
     }
+    let _alone = one_cluster_at_a_time();
     let started = Instant::now();
     eprintln!(
         "fault suite: seed {seed:#x}, {rounds} rounds, acks={}; replay with FAULT_SEED={seed:#x} FAULT_ROUNDS={rounds}",
@@ -239,6 +241,15 @@ fn run_suite(default_seed: u64, default_rounds: usize) {
         p99.is_none_or(|p| p <= FAILOVER_MAX),
         "failover after {LEADER_KILLED}: p99 {p99:?} over {FAILOVER_MAX:?}"
     );
+}
+
+/// The clusters of this file's tests share 127.0.0.2-4, which the partitions cut: one
+/// runs at a time.
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CLUSTERS: Mutex<()> = Mutex::new(());
+    CLUSTERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn env_number(name: &str) -> Option<u64> {
