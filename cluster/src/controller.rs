@@ -494,16 +494,35 @@ impl Node {
         self.view.controller() == Some(self.id)
     }
 
-    /// Sends a request to another controller over the connection kept for it.
-    async fn forward(&self, to: u64, request: &Request) -> Option<Response> {
-        let mut peer = self.peers.get(&to)?.lock().await;
-        match peer.call(request, RPC_PROPOSE_TIMEOUT).await {
+    /// Sends a request to another controller over the connection kept for it, and
+    /// waits at most `timeout` for the answer (the wait for the connection included).
+    async fn forward(&self, to: u64, request: &Request, timeout: Duration) -> Option<Response> {
+        let started = Instant::now();
+        // Only the wait for the lock is cancelled here: `Peer::call` bounds its own
+        // exchange and drops the connection when it times out, so no answer is left
+        // unread on it for the next request.
+        let lock = tokio::time::timeout(timeout, self.peers.get(&to)?.lock()).await;
+        let Ok(mut peer) = lock else {
+            tracing::debug!(to, "forwarding to the active controller: connection busy");
+            return None;
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        match peer.call(request, left).await {
             Ok(response) => Some(response),
             Err(e) => {
                 tracing::debug!(to, error = %e, "forwarding to the active controller failed");
                 None
             }
         }
+    }
+
+    /// How long a broker waits for the active controller to take one heartbeat. A
+    /// controller that froze or was cut off keeps its connections silent rather than
+    /// closing them, and a heartbeat stuck there must give up in time to reach the next
+    /// controller within the session that one grants every broker when it takes over:
+    /// so half a session, never longer than a proposal may take.
+    fn heartbeat_timeout(&self) -> Duration {
+        (self.config.session_timeout / 2).min(RPC_PROPOSE_TIMEOUT)
     }
 
     /// Commits a command here if this node is the active controller.
@@ -563,7 +582,11 @@ async fn propose(
         let outcome = match node.view.controller() {
             Some(id) if id == node.id => node.propose_here(command.clone()).await,
             Some(id) => match node
-                .forward(id as u64, &Request::Propose(command.clone()))
+                .forward(
+                    id as u64,
+                    &Request::Propose(command.clone()),
+                    RPC_PROPOSE_TIMEOUT,
+                )
                 .await
             {
                 Some(Response::Propose(outcome)) => outcome,
@@ -635,6 +658,7 @@ async fn broker_lifecycle(node: Arc<Node>) {
                         id: node.id,
                         incarnation: node.incarnation,
                     },
+                    node.heartbeat_timeout(),
                 )
                 .await
             {

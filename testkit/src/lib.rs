@@ -1,19 +1,30 @@
 //! Test support for every test crate of the workspace (one harness, not one per crate):
 //! the real `broker` binary started on a free port with its own data directory and
-//! stopped by SIGTERM or SIGKILL, external tools bounded by coreutils' `timeout`, free
-//! ports, and a tmpfs mounted for a test. It never links the broker: it runs the binary
-//! that `cargo test` built beside the test executable.
+//! stopped by SIGTERM, SIGKILL or SIGSTOP, clusters of them (on one loopback address, or
+//! each on its own), network partitions between loopback addresses (nftables), external
+//! tools bounded by coreutils' `timeout`, free ports, and a tmpfs mounted for a test. It
+//! never links the broker: it runs the binary that `cargo test` built beside the test
+//! executable.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Longest a clean stop (SIGTERM: a controlled shutdown, then closing every partition)
+/// may take before the test fails; the broker is then killed.
+const STOP_WAIT_MAX: Duration = Duration::from_secs(60);
 
 pub struct Broker {
     child: Option<Child>,
     pub addr: String,
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
+    /// The loopback address it listens on (its outgoing broker-to-broker sockets are
+    /// bound to it too, as the broker binds them to its listen addresses).
+    host: String,
+    /// Between `sigstop` and `sigcont`.
+    frozen: bool,
 }
 
 impl Broker {
@@ -22,18 +33,26 @@ impl Broker {
         Self::start_with(data_dir, &[])
     }
 
-    /// Starts a broker with extra `BROKER_*` settings.
+    /// Starts a broker with extra `BROKER_*` settings (and `RUST_LOG`, which defaults to
+    /// `warn`), on 127.0.0.1.
     pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1", data_dir, env)
+    }
+
+    /// As `start_with`, listening on the loopback address `host` (any of 127.0.0.0/8).
+    pub fn start_on(host: &str, data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr) = spawn(data_dir, None, &env);
+        let (child, addr) = spawn(data_dir, &format!("{host}:0"), &env);
         Self {
             child: Some(child),
             addr,
             data_dir: data_dir.to_owned(),
             env,
+            host: host.to_owned(),
+            frozen: false,
         }
     }
 
@@ -41,32 +60,82 @@ impl Broker {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// The loopback address the broker listens on and sends from.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// True while the process runs (frozen or not).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGTERM, then waits (at most a minute) for a clean exit.
     pub fn stop(&mut self) {
+        if self.frozen {
+            self.sigcont();
+        }
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let status = child.wait().expect("wait for broker");
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + STOP_WAIT_MAX;
+            let status = loop {
+                match child.try_wait().expect("wait for broker") {
+                    Some(status) => break status,
+                    None if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!(
+                            "broker {} did not stop within {STOP_WAIT_MAX:?} of SIGTERM (killed)",
+                            self.addr
+                        );
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
             assert!(status.success(), "broker exited with {status}");
         }
     }
 
-    /// SIGKILL: no chance to flush or mark anything.
+    /// SIGKILL: no chance to flush or mark anything (a frozen broker dies too).
     pub fn kill9(&mut self) {
+        self.frozen = false;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    /// SIGSTOP: the process freezes with its sockets open (peers see silence, not a
+    /// closed connection) until `sigcont`.
+    pub fn sigstop(&mut self) {
+        let pid = self.child.as_ref().expect("a running broker").id();
+        signal(pid, "STOP");
+        self.frozen = true;
+    }
+
+    /// SIGCONT: a frozen broker runs on from where it stopped.
+    pub fn sigcont(&mut self) {
+        let pid = self.child.as_ref().expect("a running broker").id();
+        signal(pid, "CONT");
+        self.frozen = false;
+    }
+
     /// Starts again on the same data directory and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker first");
-        let (child, addr) = spawn(&self.data_dir, Some(&self.addr), &self.env);
+        let (child, addr) = spawn(&self.data_dir, &self.addr, &self.env);
         assert_eq!(addr, self.addr);
         self.child = Some(child);
     }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill(1)");
+    assert!(status.success(), "kill -{name} {pid}: {status}");
 }
 
 impl Drop for Broker {
@@ -75,13 +144,13 @@ impl Drop for Broker {
     }
 }
 
-fn spawn(data_dir: &Path, addr: Option<&str>, env: &[(String, String)]) -> (Child, String) {
+fn spawn(data_dir: &Path, listen: &str, env: &[(String, String)]) -> (Child, String) {
     let mut last_error = String::new();
     // The port of a restart may still be in TIME_WAIT for a moment: retry briefly.
     for _ in 0..50 {
         let mut cmd = Command::new(binary("broker"));
         cmd.arg("--listen")
-            .arg(addr.unwrap_or("127.0.0.1:0"))
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--cores")
@@ -151,6 +220,11 @@ pub fn binary(name: &str) -> PathBuf {
 /// ephemeral range may meanwhile be taken as the source port of some outgoing connection
 /// (seen: a controller port taken while its broker was down, its restart refused).
 pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// As `free_port`, on the loopback address `host` (a broker of `Cluster::start_apart`).
+pub fn free_port_on(host: &str) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -160,11 +234,11 @@ pub fn free_port() -> u16 {
     for _ in 0..SPAN {
         let step = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (LOW + start.wrapping_add(step.wrapping_mul(97)) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind((host, port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port in {LOW}..{}", LOW + SPAN);
+    panic!("no free port on {host} in {LOW}..{}", LOW + SPAN);
 }
 
 /// A tmpfs mounted for a test, unmounted (lazily, bounded) when dropped.
@@ -232,32 +306,51 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` brokers with short session timeouts (3 s, heartbeats every 500 ms) so
-    /// tests see fencing quickly; `extra` adds `BROKER_*` settings to every broker.
+    /// Starts `n` brokers on 127.0.0.1 with short session timeouts (3 s, heartbeats every
+    /// 500 ms) so tests see fencing quickly; `extra` adds `BROKER_*` settings to every
+    /// broker (later settings win).
     pub fn start(n: usize, extra: &[(&str, &str)]) -> Self {
+        Self::start_on(&vec!["127.0.0.1".to_owned(); n], extra)
+    }
+
+    /// As `start`, but broker `i` (1-based) listens on, and sends from, its own loopback
+    /// address 127.0.0.{i+1}: 127.0.0.2, .3, .4, ... 127.0.0.1 is left to the test's own
+    /// clients (the kernel's source address for any connection on `lo`), so an
+    /// `Isolation` between brokers leaves the clients' traffic alone.
+    pub fn start_apart(n: usize, extra: &[(&str, &str)]) -> Self {
+        assert!(n < 254, "one loopback address per broker");
+        let hosts: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", i + 2)).collect();
+        Self::start_on(&hosts, extra)
+    }
+
+    fn start_on(hosts: &[String], extra: &[(&str, &str)]) -> Self {
         let root = tempfile::tempdir().expect("a temporary directory");
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let voters = ports
+        let controller_listens: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("{h}:{}", free_port_on(h)))
+            .collect();
+        let voters = controller_listens
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .map(|(i, listen)| format!("{}@{listen}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let brokers = (0..n)
-            .map(|i| {
+        let brokers = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
                 let id = (i + 1).to_string();
-                let listen = format!("127.0.0.1:{}", ports[i]);
                 let dir = root.path().join(format!("broker-{id}"));
                 let mut env = vec![
                     ("BROKER_NODE_ID", id.as_str()),
-                    ("BROKER_CONTROLLER_LISTEN", listen.as_str()),
+                    ("BROKER_CONTROLLER_LISTEN", controller_listens[i].as_str()),
                     ("BROKER_CONTROLLER_QUORUM_VOTERS", voters.as_str()),
                     ("BROKER_DEFAULT_REPLICATION_FACTOR", "3"),
                     ("BROKER_BROKER_SESSION_TIMEOUT_MS", "3000"),
                     ("BROKER_BROKER_HEARTBEAT_INTERVAL_MS", "500"),
                 ];
                 env.extend_from_slice(extra);
-                Broker::start_with(&dir, &env)
+                Broker::start_on(host, &dir, &env)
             })
             .collect();
         Self {
@@ -274,5 +367,164 @@ impl Cluster {
 
     pub fn addrs(&self) -> Vec<String> {
         self.brokers.iter().map(|b| b.addr.clone()).collect()
+    }
+}
+
+/// A network partition for one test: an nftables table of its own that drops every
+/// packet between the loopback address `victim` and each of `peers` (both ways).
+/// Traffic among the other addresses, and of the victim with itself, flows. Healed (the
+/// table deleted) by `heal`, and by `Drop`, so also when the test panics; a table left
+/// by a test process that was killed is deleted by the next `cut`.
+pub struct Isolation {
+    table: Option<String>,
+}
+
+/// The prefix of every table this harness creates.
+const ISOLATION_TABLE_PREFIX: &str = "testkit_isolation_";
+
+impl Isolation {
+    /// True when nftables can be used here (it needs root and the `nft` tool); otherwise
+    /// says why (SKIPPED: ...) and returns false, and the caller skips its test. Under CI
+    /// (`CI` set, as `.ci/run` runs), where `.ci/run` installs nftables, it fails instead,
+    /// so a suite that needs it can never skip itself silently there.
+    pub fn available() -> bool {
+        let probe = format!("{ISOLATION_TABLE_PREFIX}probe_{}", std::process::id());
+        let why = match nft(&["add", "table", "inet", &probe]) {
+            Ok(()) => match nft(&["delete", "table", "inet", &probe]) {
+                Ok(()) => return true,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let message = format!(
+            "SKIPPED: cannot use nftables to cut the network (this test needs root and `nft`: apt-get install -y nftables): {why}"
+        );
+        assert!(std::env::var_os("CI").is_none(), "under CI: {message}");
+        eprintln!("{message}");
+        false
+    }
+
+    /// Drops everything between `victim` and each of `peers` (IPv4 loopback addresses)
+    /// from now until healed.
+    pub fn cut(victim: &str, peers: &[&str]) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        for address in std::iter::once(&victim).chain(peers) {
+            assert!(
+                address.parse::<std::net::Ipv4Addr>().is_ok(),
+                "an IPv4 address: {address:?}"
+            );
+        }
+        assert!(!peers.is_empty(), "isolated from someone");
+        delete_stale_tables();
+        let table = format!(
+            "{ISOLATION_TABLE_PREFIX}{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let peers = peers.join(", ");
+        // Every packet on `lo` passes the output hook once, so one chain sees it all.
+        let rules = format!(
+            "table inet {table} {{\n\
+             \tchain output {{\n\
+             \t\ttype filter hook output priority 0; policy accept;\n\
+             \t\tip saddr {victim} ip daddr {{ {peers} }} drop\n\
+             \t\tip daddr {victim} ip saddr {{ {peers} }} drop\n\
+             \t}}\n\
+             }}\n"
+        );
+        nft_script(&rules).unwrap_or_else(|e| panic!("nft could not cut {victim}: {e}"));
+        Self { table: Some(table) }
+    }
+
+    /// Lets traffic flow again.
+    pub fn heal(mut self) {
+        self.delete();
+    }
+
+    fn delete(&mut self) {
+        if let Some(table) = self.table.take()
+            && let Err(e) = nft(&["delete", "table", "inet", &table])
+        {
+            // Not a panic: this also runs while a panic unwinds.
+            eprintln!("could not delete nftables table {table}: {e}");
+        }
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// Deletes the tables of test processes that no longer run.
+fn delete_stale_tables() {
+    let Ok(out) = Command::new("timeout")
+        .args(["10s", "nft", "list", "tables", "inet"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(table) = line.trim().strip_prefix("table inet ") else {
+            continue;
+        };
+        let Some(rest) = table.strip_prefix(ISOLATION_TABLE_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('_').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = nft(&["delete", "table", "inet", table]);
+        }
+    }
+}
+
+/// `nft ARGS`, bounded at 10 s; the error says what nft printed.
+fn nft(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("timeout")
+        .args(["10s", "nft"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft {} exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `nft -f -` with `script` on stdin, bounded at 10 s.
+fn nft_script(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("timeout")
+        .args(["10s", "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("writing to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft -f - exited with {}: {}\n{script}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
