@@ -574,3 +574,64 @@ fn given_an_idempotent_batch_acknowledged_by_the_isr_when_its_leader_dies_should
         "the sequence goes on where it was"
     );
 }
+
+/// Produce v7 of one small batch to partition 0 with `acks`; the error code.
+fn produce_code(addr: &str, topic: &str, acks: i16) -> i16 {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return -2;
+    };
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(&wire::produce_frame_acks(
+            topic,
+            &[wire::batch(1, 10)],
+            acks,
+        ))
+        .unwrap();
+    match wire::read_response(&mut stream) {
+        Ok(frame) => wire::produce_errors(frame)[0],
+        Err(_) => -2,
+    }
+}
+
+#[test]
+fn given_an_isr_below_min_insync_replicas_should_refuse_acks_all_with_not_enough_replicas_and_take_acks_1()
+ {
+    // min_insync_replicas = 3: one dead follower puts the ISR below it while the
+    // controller quorum (two of three) can still commit the shrink.
+    let mut cluster = testkit::Cluster::start(3, &[("BROKER_MIN_INSYNC_REPLICAS", "3")]);
+    let addrs = cluster.addrs();
+    let created = wire::wait_until(TIMEOUT, || try_create(&addrs[0], "min-isr", 1, 3) == 0);
+    assert!(created.is_some(), "topic never created");
+    let full = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&addrs[0], Some(&["min-isr"]));
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(full.is_some());
+    let leader = metadata(&addrs[0], Some(&["min-isr"])).topics[0].partitions[0]
+        .leader_id
+        .0;
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let ok = wire::wait_until(TIMEOUT, || produce_code(&leader_addr, "min-isr", -1) == 0);
+    assert!(ok.is_some(), "acks=all with the whole ISR");
+    let follower = leader % 3 + 1;
+    cluster.node(follower).kill9();
+    let shrunk = wire::wait_until(TIMEOUT, || {
+        let p = &metadata(&leader_addr, Some(&["min-isr"])).topics[0].partitions[0];
+        p.isr_nodes.len() == 2 && !p.isr_nodes.iter().any(|b| b.0 == follower)
+    });
+    assert!(shrunk.is_some(), "the ISR never shrank");
+    let refused = wire::wait_until(TIMEOUT, || produce_code(&leader_addr, "min-isr", -1) == 19);
+    assert!(
+        refused.is_some(),
+        "acks=all with two in-sync replicas of the three required: NOT_ENOUGH_REPLICAS"
+    );
+    assert_eq!(
+        produce_code(&leader_addr, "min-isr", 1),
+        0,
+        "acks=1 needs the leader only"
+    );
+    cluster.node(follower).restart();
+    let back = wire::wait_until(TIMEOUT, || produce_code(&leader_addr, "min-isr", -1) == 0);
+    assert!(back.is_some(), "acks=all never worked again");
+}
