@@ -464,37 +464,11 @@ fn given_three_brokers_when_driven_by_kafka_python_should_list_them_spread_leade
 
 /// One idempotent batch of `count` records: producer `pid`, epoch 0, first sequence `seq`.
 fn idempotent_batch(pid: i64, seq: i32, count: usize) -> bytes::Bytes {
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: pid,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: seq + i as i32,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(bytes::Bytes::from(format!("idempotent-{}", seq + i as i32))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
+    wire::idempotent_batch(
+        pid,
+        seq,
+        (0..count).map(|i| format!("idempotent-{}", seq + i as i32).into_bytes()),
     )
-    .unwrap();
-    buf.freeze()
 }
 
 /// Produce v7 with acks=all of one batch to partition 0; (error code, base offset).

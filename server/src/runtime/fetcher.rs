@@ -209,7 +209,7 @@ async fn truncate(
 ) -> Result<bool, ClientError> {
     let mut done = true;
     for view in partitions {
-        let Ok((log, _)) = shard.local_log(&view.tp) else {
+        let Ok((log, _)) = shard.local(&view.tp) else {
             continue;
         };
         let Some(mut asked) = log.latest_epoch() else {

@@ -105,7 +105,7 @@ impl Shard {
         current_leader_epoch: i32,
         leader_epoch: i32,
     ) -> Result<(i32, i64), PartitionError> {
-        let (log, _) = self.local_log(tp)?;
+        let (log, _) = self.local(tp)?;
         let epoch = {
             let replica = self.replica(tp)?;
             let r = replica.borrow();
@@ -121,18 +121,6 @@ impl Shard {
             ));
         }
         Ok(log.end_offset_for_epoch(leader_epoch))
-    }
-
-    pub(crate) fn local_log(
-        &self,
-        tp: &TopicPartition,
-    ) -> Result<(Partition, std::sync::Arc<crate::metrics::PartitionCounters>), PartitionError>
-    {
-        self.partitions
-            .borrow()
-            .get(tp)
-            .map(|p| (p.log.clone(), std::sync::Arc::clone(&p.counters)))
-            .ok_or(PartitionError::UnknownTopicOrPartition)
     }
 
     /// Makes every partition open on this core follow the committed metadata: roles,

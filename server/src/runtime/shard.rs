@@ -470,7 +470,8 @@ impl Shard {
         table
     }
 
-    fn local(
+    /// The log and counters of a partition this core owns.
+    pub(crate) fn local(
         &self,
         tp: &TopicPartition,
     ) -> Result<(Partition, Arc<PartitionCounters>), PartitionError> {

@@ -155,22 +155,38 @@ pub fn create_topic(addr: &str, name: &str, partitions: i32) {
 
 /// One uncompressed batch of `count` records of `value_bytes` each.
 pub fn batch(count: usize, value_bytes: usize) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
+    // Base sequence -1 (no idempotence); the encoder keeps a batch together only while
+    // offset minus sequence is constant.
+    encode_batch(-1, -1, -1, (0..count).map(|_| vec![b'x'; value_bytes]))
+}
+
+/// One idempotent batch: producer `pid` at epoch 0, first sequence `seq`, one record per
+/// value.
+pub fn idempotent_batch(pid: i64, seq: i32, values: impl Iterator<Item = Vec<u8>>) -> Bytes {
+    encode_batch(pid, 0, seq, values)
+}
+
+fn encode_batch(
+    pid: i64,
+    producer_epoch: i16,
+    seq: i32,
+    values: impl Iterator<Item = Vec<u8>>,
+) -> Bytes {
+    let records: Vec<Record> = values
+        .enumerate()
+        .map(|(i, value)| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: pid,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            // Base sequence -1 (no idempotence); the encoder keeps a batch together only
-            // while offset minus sequence is constant.
-            sequence: i as i32 - 1,
+            sequence: seq + i as i32,
             timestamp: 1_700_000_000_000,
             key: None,
-            value: Some(Bytes::from(vec![b'x'; value_bytes])),
+            value: Some(Bytes::from(value)),
             headers: IndexMap::new(),
         })
         .collect();
