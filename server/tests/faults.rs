@@ -188,6 +188,121 @@ fn given_the_active_controller_frozen_should_fence_it_alone_and_keep_the_live_br
     }
 }
 
+/// KIP-101's loss, made to happen on purpose rather than by chance. A follower learns the
+/// high watermark from the leader's fetch responses, one fetch late: while messages flow,
+/// its high watermark trails what it holds, and some of what it holds is acknowledged. A
+/// follower that truncated to its high watermark when the leader changed (Kafka before
+/// KIP-101) would throw acknowledged messages away, and lose them for good if it were
+/// elected before fetching them again. Here it is:
+/// 1. load runs; partition 0 is led by A, B is next in its ISR, then C;
+/// 2. A's fetch responses to C are dropped (C's requests still arrive: A counts C's last
+///    fetch offset, the high watermark reaches it, those messages are acknowledged, but
+///    C never hears the new high watermark), and C cannot reach B's listener nor B C's;
+/// 3. kill -9 of A: B leads; C follows B but cannot ask it where their logs agree;
+/// 4. A restarts with its listener cut off from B and C (its controller restores the
+///    quorum; it cannot catch up, so it stays out of the ISR); kill -9 of B: C leads;
+/// 5. everything heals and restarts; the history checker reads everything back.
+///
+/// Followers stay in the ISR for a minute behind, so C stays electable throughout.
+/// Truncation by epoch (never to the high watermark) keeps every acknowledged message;
+/// truncating to the high watermark on becoming a follower loses some: librdkafka's
+/// idempotent producer then fails on the sequence gap at C (OutOfOrderSequenceNumber)
+/// before the checker even reads (`results/*-replication/mutations.md`).
+#[test]
+fn given_a_follower_whose_high_watermark_trails_when_two_leaders_fail_in_turn_should_lose_no_acknowledged_message()
+ {
+    const P: i32 = 0;
+    if !Isolation::available() {
+        return;
+    }
+    let _alone = one_cluster_at_a_time();
+    let mut block = Block::start_with(CI_SEED, 60_000);
+    let before = block.full_view("before the scenario");
+    let a = before.partitions[&P].leader;
+    let isr = wait_for("partition 0's ISR, in order", || {
+        let m = metadata(&block.addr(a), &[TOPIC])?;
+        let topic = m.topics.first()?;
+        let p = topic.partitions.iter().find(|p| p.partition_index == P)?;
+        Some(p.isr_nodes.iter().map(|b| b.0).collect::<Vec<i32>>())
+    });
+    // The controller elects the first live member of the ISR.
+    let b = isr
+        .iter()
+        .copied()
+        .find(|n| *n != a)
+        .expect("an ISR of three");
+    let c = others(a)
+        .into_iter()
+        .find(|n| *n != b)
+        .expect("a third broker");
+    let (a_addr, b_addr, c_addr) = (block.addr(a), block.addr(b), block.addr(c));
+    let c_host = block.host(c);
+    let leader_of_p = |block: &Block, watcher: i32, not: i32| {
+        wait_for(&format!("a new leader of partition {P}, not {not}"), || {
+            let v = View::of(&block.addr(watcher))?;
+            let leader = v.partitions.get(&P)?.leader;
+            (leader >= 1 && leader != not).then_some(leader)
+        })
+    };
+
+    let c_deaf = Isolation::drop_flows(&[(a_addr.as_str(), c_host.as_str())]);
+    let b_c = Isolation::cut_listeners(&b_addr, &c_addr);
+    std::thread::sleep(Duration::from_millis(1500));
+    let acked_on_p = |block: &Block| {
+        block
+            .deliveries
+            .lock()
+            .expect("deliveries")
+            .iter()
+            .filter(|d| d.ack.partition == P)
+            .filter_map(|d| d.ack.offset)
+            .max()
+    };
+    let acked_before_kill = acked_on_p(&block);
+
+    block.cluster.node(a).kill9();
+    let next = leader_of_p(&block, c, a);
+    assert_eq!(
+        next, b,
+        "the controller elects the first live ISR member ({isr:?}): B={b} should lead after A={a}"
+    );
+    let a_b = Isolation::cut_listeners(&a_addr, &b_addr);
+    let a_c = Isolation::cut_listeners(&a_addr, &c_addr);
+    block.cluster.node(a).restart();
+    wait_for(&format!("broker {a} registered again"), || {
+        View::of(&c_addr)?.brokers.contains(&a).then_some(())
+    });
+    block.cluster.node(b).kill9();
+    let last = leader_of_p(&block, c, b);
+    assert_eq!(
+        last, c,
+        "with A={a} out of the ISR and B={b} fenced, C={c} should lead"
+    );
+    eprintln!(
+        "partition {P}: A={a} acknowledged up to offset {acked_before_kill:?} before its kill; B={b} led, then C={c}"
+    );
+
+    for cut in [c_deaf, b_c, a_b, a_c] {
+        cut.heal();
+    }
+    block.cluster.node(b).restart();
+    block.wait_full_isr("everything healed and restarted");
+    block.wait_progress("everything healed and restarted");
+    let figures = block.finish();
+    let line = figures.line(Duration::ZERO);
+    eprintln!("two leader failures in turn: {line}");
+    assert_eq!(
+        (
+            figures.lost,
+            figures.duplicated,
+            figures.divergent,
+            figures.other_anomalies
+        ),
+        (0, 0, 0, 0),
+        "the history has anomalies (see above)"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The run: blocks of rounds, each on a fresh cluster, and the figures over all of them.
 
@@ -451,9 +566,14 @@ struct Delivery {
 
 impl Block {
     fn start(seed: u64) -> Self {
+        Self::start_with(seed, REPLICA_LAG_TIME_MAX_MS)
+    }
+
+    /// As `start`, with followers leaving an ISR after `lag_ms` behind.
+    fn start_with(seed: u64, lag_ms: u64) -> Self {
         let session = SESSION_TIMEOUT_MS.to_string();
         let heartbeat = HEARTBEAT_INTERVAL_MS.to_string();
-        let lag = REPLICA_LAG_TIME_MAX_MS.to_string();
+        let lag = lag_ms.to_string();
         let log = std::env::var("FAULT_BROKER_LOG").unwrap_or_else(|_| "warn".to_owned());
         let cluster = Cluster::start_apart(
             3,

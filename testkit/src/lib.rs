@@ -407,8 +407,6 @@ impl Isolation {
     /// Drops everything between `victim` and each of `peers` (IPv4 loopback addresses)
     /// from now until healed.
     pub fn cut(victim: &str, peers: &[&str]) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
         for address in std::iter::once(&victim).chain(peers) {
             assert!(
                 address.parse::<std::net::Ipv4Addr>().is_ok(),
@@ -416,24 +414,66 @@ impl Isolation {
             );
         }
         assert!(!peers.is_empty(), "isolated from someone");
+        let peers = peers.join(", ");
+        Self::install(&[
+            format!("ip saddr {victim} ip daddr {{ {peers} }} drop"),
+            format!("ip daddr {victim} ip saddr {{ {peers} }} drop"),
+        ])
+    }
+
+    /// Drops the TCP packets of each flow `(from, to)` from now until healed; each end is
+    /// an IPv4 address, with or without a port (`127.0.0.2`, `127.0.0.2:9092`). A finer
+    /// cut than `cut`: one direction only, or one broker's Kafka listener from another
+    /// broker while their controllers still talk.
+    pub fn drop_flows(flows: &[(&str, &str)]) -> Self {
+        assert!(!flows.is_empty(), "something to drop");
+        let rules: Vec<String> = flows
+            .iter()
+            .map(|(from, to)| {
+                let (from_ip, from_port) = endpoint(from);
+                let (to_ip, to_port) = endpoint(to);
+                let mut rule = format!("ip saddr {from_ip} ip daddr {to_ip} meta l4proto tcp");
+                if let Some(port) = from_port {
+                    rule.push_str(&format!(" tcp sport {port}"));
+                }
+                if let Some(port) = to_port {
+                    rule.push_str(&format!(" tcp dport {port}"));
+                }
+                rule.push_str(" drop");
+                rule
+            })
+            .collect();
+        Self::install(&rules)
+    }
+
+    /// Every Kafka-listener packet between the brokers listening on `a` and `b`
+    /// (`ip:port` each), both ways, both listeners: neither fetches from the other.
+    /// Their controllers, on other ports, still talk.
+    pub fn cut_listeners(a: &str, b: &str) -> Self {
+        let (a_ip, _) = endpoint(a);
+        let (b_ip, _) = endpoint(b);
+        Self::drop_flows(&[(a, b_ip), (b_ip, a), (b, a_ip), (a_ip, b)])
+    }
+
+    /// A table of its own holding `rules` in an output chain.
+    fn install(rules: &[String]) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         delete_stale_tables();
         let table = format!(
             "{ISOLATION_TABLE_PREFIX}{}_{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let peers = peers.join(", ");
         // Every packet on `lo` passes the output hook once, so one chain sees it all.
-        let rules = format!(
-            "table inet {table} {{\n\
-             \tchain output {{\n\
-             \t\ttype filter hook output priority 0; policy accept;\n\
-             \t\tip saddr {victim} ip daddr {{ {peers} }} drop\n\
-             \t\tip daddr {victim} ip saddr {{ {peers} }} drop\n\
-             \t}}\n\
-             }}\n"
+        let mut script = format!(
+            "table inet {table} {{\n\tchain output {{\n\t\ttype filter hook output priority 0; policy accept;\n"
         );
-        nft_script(&rules).unwrap_or_else(|e| panic!("nft could not cut {victim}: {e}"));
+        for rule in rules {
+            script.push_str(&format!("\t\t{rule}\n"));
+        }
+        script.push_str("\t}\n}\n");
+        nft_script(&script).unwrap_or_else(|e| panic!("nft could not install {rules:?}: {e}"));
         Self { table: Some(table) }
     }
 
@@ -456,6 +496,25 @@ impl Drop for Isolation {
     fn drop(&mut self) {
         self.delete();
     }
+}
+
+/// `ip` or `ip:port` (IPv4) as its address and port.
+fn endpoint(text: &str) -> (&str, Option<u16>) {
+    let (ip, port) = match text.split_once(':') {
+        Some((ip, port)) => (
+            ip,
+            Some(
+                port.parse::<u16>()
+                    .unwrap_or_else(|_| panic!("a port in {text:?}")),
+            ),
+        ),
+        None => (text, None),
+    };
+    assert!(
+        ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "an IPv4 address: {text:?}"
+    );
+    (ip, port)
 }
 
 /// Deletes the tables of test processes that no longer run.
