@@ -83,6 +83,13 @@ pub struct ControllerConfig {
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
     pub raft_heartbeat_interval: Duration,
+    /// How often the active controller moves leadership back to preferred replicas
+    /// (Kafka's `leader.imbalance.check.interval.seconds`); None: never
+    /// (`auto.leader.rebalance.enable = false`).
+    pub leader_imbalance_check_interval: Option<Duration>,
+    /// A broker's preferred partitions led elsewhere, in percent, above which they move
+    /// back (`leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_per_broker_percentage: u64,
 }
 
 impl ControllerConfig {
@@ -103,6 +110,8 @@ impl ControllerConfig {
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
             raft_heartbeat_interval: Duration::from_millis(250),
+            leader_imbalance_check_interval: Some(Duration::from_secs(300)),
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 

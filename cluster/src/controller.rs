@@ -370,6 +370,9 @@ fn run(
         tokio::spawn(follow_controller(Arc::clone(&node)));
         tokio::spawn(broker_lifecycle(Arc::clone(&node)));
         tokio::spawn(check_sessions(Arc::clone(&node)));
+        if let Some(interval) = node.config.leader_imbalance_check_interval {
+            tokio::spawn(balance_leaders(Arc::clone(&node), interval));
+        }
         let _ = ready.send(Ok(node.id));
         while let Some(message) = inbox.recv().await {
             match message {
@@ -766,6 +769,33 @@ async fn check_sessions(node: Arc<Node>) {
         for command in changes {
             if let Err(e) = node.propose_here(command).await {
                 tracing::debug!(error = %e, "session change not committed");
+            }
+        }
+    }
+}
+
+/// The active controller moves leadership back to preferred replicas every `interval`
+/// (Kafka's automatic preferred leader election): after a failure, leadership gathers on
+/// the survivors and would stay there, one broker serving what three should.
+async fn balance_leaders(node: Arc<Node>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if !node.is_active() {
+            continue;
+        }
+        let elections = node
+            .view
+            .current()
+            .preferred_elections(node.config.leader_imbalance_per_broker_percentage);
+        for command in elections {
+            if let Command::ElectPreferredLeader {
+                topic, partition, ..
+            } = &command
+            {
+                tracing::info!(%topic, partition, "moving leadership back to the preferred replica");
+            }
+            if let Err(e) = node.propose_here(command).await {
+                tracing::debug!(error = %e, "preferred leader election not committed");
             }
         }
     }

@@ -140,6 +140,15 @@ pub enum Command {
         partition_epoch: i32,
         isr: Vec<BrokerId>,
     },
+    /// Leadership goes back to the partition's preferred replica (its first), which is
+    /// live and in the ISR (Kafka's preferred leader election, `auto.leader.rebalance`).
+    /// Applied only at the leader epoch it names; a new leader epoch.
+    ElectPreferredLeader {
+        topic: String,
+        topic_id: u128,
+        partition: i32,
+        leader_epoch: i32,
+    },
 }
 
 /// What applying a command produced.
@@ -162,6 +171,10 @@ pub enum Applied {
     /// The new ISR is committed with this partition epoch.
     PartitionAltered {
         partition_epoch: i32,
+    },
+    /// The preferred replica leads from this leader epoch.
+    PreferredLeaderElected {
+        leader_epoch: i32,
     },
 }
 
@@ -278,7 +291,97 @@ impl Metadata {
                 (*leader, *leader_epoch, *partition_epoch),
                 isr,
             ),
+            Command::ElectPreferredLeader {
+                topic,
+                topic_id,
+                partition,
+                leader_epoch,
+            } => self.elect_preferred(topic, *topic_id, *partition, *leader_epoch),
         }
+    }
+
+    fn elect_preferred(
+        &mut self,
+        topic: &str,
+        topic_id: u128,
+        partition: i32,
+        leader_epoch: i32,
+    ) -> ApplyResult {
+        let live = self.live_brokers();
+        let p = self
+            .topics
+            .get_mut(topic)
+            .filter(|t| t.topic_id == topic_id)
+            .and_then(|t| {
+                usize::try_from(partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get_mut(i))
+            })
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_owned()))?;
+        if p.leader_epoch != leader_epoch {
+            return Err(MetadataError::StalePartition {
+                topic: topic.to_owned(),
+                partition,
+                leader: p.leader,
+                leader_epoch,
+                partition_epoch: p.partition_epoch,
+            });
+        }
+        let Some(&preferred) = p.replicas.first() else {
+            return Ok(Applied::Nothing);
+        };
+        // Only an in-sync, live replica may lead: it holds everything acknowledged.
+        if p.leader == preferred || !p.isr.contains(&preferred) || !live.contains(&preferred) {
+            return Ok(Applied::Nothing);
+        }
+        p.leader = preferred;
+        p.leader_epoch += 1;
+        p.partition_epoch += 1;
+        Ok(Applied::PreferredLeaderElected {
+            leader_epoch: p.leader_epoch,
+        })
+    }
+
+    /// The partitions whose leadership should go back to their preferred replica, as
+    /// Kafka's controller decides it: per live broker, when more than `percentage` % of
+    /// the partitions that prefer it are led by another broker, every one of those where
+    /// it is in the ISR. Bounded by the partitions.
+    pub fn preferred_elections(&self, percentage: u64) -> Vec<Command> {
+        let live = self.live_brokers();
+        // Per preferred broker: partitions preferring it, those led by another, and the
+        // elections that can run now.
+        let mut preferred: BTreeMap<BrokerId, (u64, u64, Vec<Command>)> = BTreeMap::new();
+        for (name, topic) in &self.topics {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let Some(&first) = p.replicas.first() else {
+                    continue;
+                };
+                if !live.contains(&first) {
+                    continue;
+                }
+                let entry = preferred.entry(first).or_default();
+                entry.0 += 1;
+                if p.leader == first {
+                    continue;
+                }
+                entry.1 += 1;
+                if p.isr.contains(&first)
+                    && let Ok(partition) = i32::try_from(i)
+                {
+                    entry.2.push(Command::ElectPreferredLeader {
+                        topic: name.clone(),
+                        topic_id: topic.topic_id,
+                        partition,
+                        leader_epoch: p.leader_epoch,
+                    });
+                }
+            }
+        }
+        preferred
+            .into_values()
+            .filter(|(count, not_led, _)| not_led * 100 > percentage * count)
+            .flat_map(|(_, _, moves)| moves)
+            .collect()
     }
 
     fn alter_partition(
@@ -868,5 +971,81 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn given_a_leader_moved_off_its_preferred_replica_when_that_replica_is_back_in_sync_should_elect_it_again()
+     {
+        let mut m = three_brokers();
+        create(&mut m, "t", 3, 3).unwrap();
+        // Broker 0 fails: what it led moves to the next in-sync replica.
+        m.apply(
+            &Command::FenceBroker {
+                id: 0,
+                incarnation: 100,
+            },
+            0,
+        )
+        .unwrap();
+        let moved: Vec<usize> = m.topics["t"]
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.replicas[0] == 0)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(moved.len(), 1);
+        let i = moved[0];
+        assert_ne!(m.topics["t"].partitions[i].leader, 0);
+        // Fenced, and then back but not yet in sync: nothing to elect.
+        assert!(m.preferred_elections(10).is_empty());
+        m.apply(
+            &Command::UnfenceBroker {
+                id: 0,
+                incarnation: 100,
+            },
+            0,
+        )
+        .unwrap();
+        assert!(m.preferred_elections(10).is_empty(), "not in the ISR yet");
+        let p = m.topics["t"].partitions[i].clone();
+        let mut isr = p.isr.clone();
+        isr.push(0);
+        m.apply(
+            &Command::AlterPartition {
+                topic: "t".into(),
+                topic_id: m.topics["t"].topic_id,
+                partition: i as i32,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr,
+            },
+            0,
+        )
+        .unwrap();
+        // One partition of one preferring broker 0 is led elsewhere: 100% > 10%.
+        let elections = m.preferred_elections(10);
+        assert_eq!(elections.len(), 1);
+        // At 100%, an imbalance of one in one is not over the threshold.
+        assert!(m.preferred_elections(100).is_empty());
+        let before = m.topics["t"].partitions[i].clone();
+        let applied = m.apply(&elections[0], 0).unwrap();
+        let after = &m.topics["t"].partitions[i];
+        assert_eq!(after.leader, 0);
+        assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+        assert_eq!(after.partition_epoch, before.partition_epoch + 1);
+        assert_eq!(
+            applied,
+            Applied::PreferredLeaderElected {
+                leader_epoch: after.leader_epoch
+            }
+        );
+        assert!(m.preferred_elections(10).is_empty());
+        // The same election again is at a stale epoch: refused.
+        assert!(matches!(
+            m.apply(&elections[0], 0),
+            Err(MetadataError::StalePartition { .. })
+        ));
     }
 }

@@ -140,6 +140,14 @@ pub struct BrokerConfig {
     /// How often a broker heartbeats to the active controller
     /// (`broker.heartbeat.interval.ms`).
     pub broker_heartbeat_interval_ms: u64,
+    /// Whether the active controller moves leadership back to each partition's preferred
+    /// replica once it is in sync again (`auto.leader.rebalance.enable`).
+    pub auto_leader_rebalance_enable: bool,
+    /// How often it checks (`leader.imbalance.check.interval.seconds`).
+    pub leader_imbalance_check_interval_seconds: u64,
+    /// A broker's preferred partitions led elsewhere, in percent, above which they move
+    /// back (`leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_per_broker_percentage: u64,
 }
 
 impl Default for BrokerConfig {
@@ -179,6 +187,9 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 10_000,
             broker_session_timeout_ms: 9000,
             broker_heartbeat_interval_ms: 2000,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 }
@@ -255,6 +266,15 @@ impl BrokerConfig {
             return bad(
                 "default_replication_factor and min_insync_replicas must be at least 1".into(),
             );
+        }
+        if self.leader_imbalance_check_interval_seconds == 0 {
+            return bad("leader_imbalance_check_interval_seconds must be positive".into());
+        }
+        if self.leader_imbalance_per_broker_percentage > 100 {
+            return bad(format!(
+                "leader_imbalance_per_broker_percentage = {} must be at most 100",
+                self.leader_imbalance_per_broker_percentage
+            ));
         }
         if self.replica_lag_time_max_ms == 0 {
             return bad("replica_lag_time_max_ms must be positive".into());
@@ -341,6 +361,10 @@ impl BrokerConfig {
         }
         c.session_timeout = Duration::from_millis(self.broker_session_timeout_ms);
         c.heartbeat_interval = Duration::from_millis(self.broker_heartbeat_interval_ms);
+        c.leader_imbalance_check_interval = self
+            .auto_leader_rebalance_enable
+            .then(|| Duration::from_secs(self.leader_imbalance_check_interval_seconds));
+        c.leader_imbalance_per_broker_percentage = self.leader_imbalance_per_broker_percentage;
         Ok(c)
     }
 

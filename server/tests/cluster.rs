@@ -33,6 +33,11 @@ struct Cluster {
 }
 
 fn start_cluster() -> Cluster {
+    start_cluster_with(&[])
+}
+
+/// As `start_cluster`, with more `BROKER_*` settings for every broker.
+fn start_cluster_with(extra: &[(&str, &str)]) -> Cluster {
     let root = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..3).map(|_| wire::free_port()).collect();
     let voters = ports
@@ -46,17 +51,16 @@ fn start_cluster() -> Cluster {
             let id = (i + 1).to_string();
             let listen = format!("127.0.0.1:{}", ports[i]);
             let dir = root.path().join(format!("broker-{id}"));
-            Broker::start_with(
-                &dir,
-                &[
-                    ("BROKER_NODE_ID", id.as_str()),
-                    ("BROKER_CONTROLLER_LISTEN", listen.as_str()),
-                    ("BROKER_CONTROLLER_QUORUM_VOTERS", voters.as_str()),
-                    ("BROKER_DEFAULT_REPLICATION_FACTOR", "3"),
-                    ("BROKER_BROKER_SESSION_TIMEOUT_MS", "3000"),
-                    ("BROKER_BROKER_HEARTBEAT_INTERVAL_MS", "500"),
-                ],
-            )
+            let mut env = vec![
+                ("BROKER_NODE_ID", id.as_str()),
+                ("BROKER_CONTROLLER_LISTEN", listen.as_str()),
+                ("BROKER_CONTROLLER_QUORUM_VOTERS", voters.as_str()),
+                ("BROKER_DEFAULT_REPLICATION_FACTOR", "3"),
+                ("BROKER_BROKER_SESSION_TIMEOUT_MS", "3000"),
+                ("BROKER_BROKER_HEARTBEAT_INTERVAL_MS", "500"),
+            ];
+            env.extend_from_slice(extra);
+            Broker::start_with(&dir, &env)
         })
         .collect();
     Cluster {
@@ -608,4 +612,108 @@ fn given_an_isr_below_min_insync_replicas_should_refuse_acks_all_with_not_enough
     cluster.node(follower).restart();
     let back = wire::wait_until(TIMEOUT, || produce_code(&leader_addr, "min-isr", -1) == 0);
     assert!(back.is_some(), "acks=all never worked again");
+}
+
+/// Kafka's automatic preferred leader election: a broker killed and restarted gets back
+/// the leadership of the partitions that prefer it once it is in sync again (here
+/// checked every second), at a new leader epoch, and nothing acknowledged is lost by the
+/// move.
+#[test]
+fn given_a_restarted_broker_back_in_sync_should_lead_its_preferred_partitions_again() {
+    let mut cluster =
+        start_cluster_with(&[("BROKER_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS", "1")]);
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
+    let registered = wire::wait_until(TIMEOUT, || {
+        broker_ids(&metadata(&addrs[0], None)) == BTreeSet::from([1, 2, 3])
+    });
+    assert!(registered.is_some(), "three registered brokers");
+    assert_eq!(try_create(&addrs[0], "multiple", 6, 3), 0);
+    let watcher = addrs[0].clone();
+    let partitions = || {
+        metadata(&watcher, Some(&["multiple"])).topics[0]
+            .partitions
+            .clone()
+    };
+    let spread = wire::wait_until(TIMEOUT, || {
+        let ps = partitions();
+        ps.len() == 6 && ps.iter().all(|p| p.leader_id == p.replica_nodes[0])
+    });
+    assert!(
+        spread.is_some(),
+        "every partition led by its preferred replica: {:?}",
+        partitions()
+    );
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addrs[0])
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let send = |from: i32, to: i32| {
+        for i in from..to {
+            let value = format!("message-{i}");
+            block_on(
+                producer.send(
+                    FutureRecord::<(), _>::to("multiple")
+                        .partition(i % 6)
+                        .payload(&value),
+                    TIMEOUT,
+                ),
+            )
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+        }
+    };
+    send(0, 300);
+
+    let victim = 2usize; // broker 3
+    let preferring: Vec<i32> = partitions()
+        .iter()
+        .filter(|p| p.replica_nodes[0].0 == 3)
+        .map(|p| p.partition_index)
+        .collect();
+    assert_eq!(preferring.len(), 2);
+    cluster.brokers[victim].kill9();
+    let moved = wire::wait_until(TIMEOUT, || {
+        partitions()
+            .iter()
+            .filter(|p| preferring.contains(&p.partition_index))
+            .all(|p| p.leader_id.0 >= 1 && p.leader_id.0 != 3)
+    });
+    assert!(
+        moved.is_some(),
+        "broker 3's partitions moved: {:?}",
+        partitions()
+    );
+    let epochs_moved: BTreeMap<i32, i32> = partitions()
+        .iter()
+        .map(|p| (p.partition_index, p.leader_epoch))
+        .collect();
+    send(300, 600);
+    cluster.brokers[victim].restart();
+    let back = wire::wait_until(Duration::from_secs(60), || {
+        partitions()
+            .iter()
+            .filter(|p| preferring.contains(&p.partition_index))
+            .all(|p| p.leader_id.0 == 3)
+    });
+    assert!(
+        back.is_some(),
+        "broker 3 never led its preferred partitions again: {:?}",
+        partitions()
+    );
+    for p in partitions()
+        .iter()
+        .filter(|p| preferring.contains(&p.partition_index))
+    {
+        assert!(
+            p.leader_epoch > epochs_moved[&p.partition_index],
+            "a new leader epoch: {p:?}"
+        );
+    }
+    send(600, 900);
+    let seen = read_all(&addrs[1], 900);
+    assert_eq!(seen.len(), 900, "read back {} of 900", seen.len());
 }
