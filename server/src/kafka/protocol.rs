@@ -47,6 +47,9 @@ pub mod error_code {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const INVALID_RECORD: i16 = 87;
+    pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
+    pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
+    pub const ELECTION_NOT_NEEDED: i16 = 84;
 }
 
 /// The APIs we advertise, with version ranges (BRIEF §3). Only what works is listed.
@@ -74,6 +77,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 4),
     (ApiKey::InitProducerId, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 3),
+    (ApiKey::ElectLeaders, 0, 1),
 ];
 
 /// The lowest Produce version we accept (record batch v2 needs 3; the `kafka-protocol`
@@ -290,6 +294,7 @@ request_bodies! {
     DescribeGroups => DescribeGroupsRequest,
     InitProducerId => InitProducerIdRequest,
     OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
+    ElectLeaders => ElectLeadersRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.

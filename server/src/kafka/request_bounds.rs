@@ -138,8 +138,12 @@ const EPOCH_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I32), (ALL, F::I3
 const EPOCH_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(EPOCH_PARTITION))];
 const OFFSET_FOR_LEADER_EPOCH: &[(i16, F)] = &[(3, F::I32), (ALL, F::Array(EPOCH_TOPIC))];
 
+const ELECT_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
+const ELECT_LEADERS: &[(i16, F)] = &[(1, F::I8), (ALL, F::Array(ELECT_TOPIC)), (ALL, F::I32)];
+
 fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
     Some(match key {
+        ApiKey::ElectLeaders => ELECT_LEADERS,
         ApiKey::OffsetForLeaderEpoch => OFFSET_FOR_LEADER_EPOCH,
         ApiKey::JoinGroup => JOIN_GROUP,
         ApiKey::SyncGroup => SYNC_GROUP,

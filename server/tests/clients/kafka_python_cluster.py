@@ -3,7 +3,8 @@
 Usage: kafka_python_cluster.py BROKER1 BROKER2 BROKER3
 Creates an RF=3, 6-partition topic through broker 2, checks Metadata lists the three
 brokers with three replicas per partition and leaders on all three, produces with acks=all
-bootstrapped at broker 3 and reads everything back bootstrapped at broker 1.
+bootstrapped at broker 3 and reads everything back bootstrapped at broker 1. Asks for
+preferred and unclean leader elections (ElectLeaders) where none is needed.
 Exits non-zero with a message on the first failed check.
 """
 import faulthandler
@@ -44,6 +45,18 @@ check(leaders == [1, 1, 2, 2, 3, 3], f"leaders spread: {leaders}")
 cluster = admin.describe_cluster()
 ids = sorted(field(b, "node_id", "nodeId", "broker_id") for b in cluster["brokers"])
 check(ids == [1, 2, 3], f"three brokers: {cluster}")
+# Every partition is led by its preferred replica: no election needed, of either type
+# (kafka-python passes ELECTION_NOT_NEEDED through); a partition that does not exist is
+# named as such.
+for election_type in (0, 1):
+    response = admin.elect_leaders(election_type, {TOPIC: list(range(6))})
+    codes = sorted(
+        p.error_code for r in response.replica_election_results for p in r.partition_result
+    )
+    check(codes == [84] * 6, f"election type {election_type}: ELECTION_NOT_NEEDED each: {response}")
+response = admin.elect_leaders(0, {TOPIC: [6]}, raise_errors=False)
+codes = [p.error_code for r in response.replica_election_results for p in r.partition_result]
+check(codes == [3], f"UNKNOWN_TOPIC_OR_PARTITION for partition 6: {response}")
 admin.close()
 
 producer = KafkaProducer(bootstrap_servers=b3, acks="all", retries=5, request_timeout_ms=30000)

@@ -12,6 +12,7 @@ use crate::runtime::shard::Shard;
 
 pub mod admin;
 pub mod api_versions;
+pub mod elect_leaders;
 pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
@@ -76,6 +77,7 @@ pub async fn handle(
         ApiKey::DescribeGroups => groups::describe_groups(shard, request),
         ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(shard, request).await,
+        ApiKey::ElectLeaders => elect_leaders::handle(shard, request).await,
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
             what: "request",
