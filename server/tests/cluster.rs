@@ -609,3 +609,96 @@ fn given_an_isr_below_min_insync_replicas_should_refuse_acks_all_with_not_enough
     let back = wire::wait_until(TIMEOUT, || produce_code(&leader_addr, "min-isr", -1) == 0);
     assert!(back.is_some(), "acks=all never worked again");
 }
+
+/// ListOffsets v1 of partition 0 of `topic` at `timestamp` (-2 earliest, -1 latest).
+fn list_offset(addr: &str, topic: &str, timestamp: i64) -> Option<i64> {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_owned()),
+                ))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(timestamp),
+                ]),
+        ]);
+    let response: ListOffsetsResponse = wire::call(&mut stream, ApiKey::ListOffsets, 1, &request);
+    let p = &response.topics[0].partitions[0];
+    (p.error_code == 0).then_some(p.offset)
+}
+
+#[test]
+fn given_a_follower_away_while_the_leaders_retention_passed_its_log_end_should_start_at_the_leaders_log_start_and_rejoin()
+ {
+    let mut cluster = testkit::Cluster::start(
+        3,
+        &[
+            ("BROKER_MESSAGE_MAX_BYTES", "8000"),
+            ("BROKER_LOG_SEGMENT_BYTES", "16384"),
+            ("BROKER_LOG_RETENTION_BYTES", "65536"),
+            ("BROKER_LOG_RETENTION_CHECK_INTERVAL_MS", "1000"),
+        ],
+    );
+    let addrs = cluster.addrs();
+    let created = wire::wait_until(TIMEOUT, || try_create(&addrs[0], "retained", 1, 3) == 0);
+    assert!(created.is_some(), "topic never created");
+    let full = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&addrs[0], Some(&["retained"]));
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(full.is_some());
+    let leader = metadata(&addrs[0], Some(&["retained"])).topics[0].partitions[0]
+        .leader_id
+        .0;
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let mut s = TcpStream::connect(&leader_addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(wire::produce(&mut s, "retained", 10).0, 0);
+    let follower = leader % 3 + 1;
+    let replicated = wire::wait_until(TIMEOUT, || {
+        list_offset(&leader_addr, "retained", -1) == Some(10)
+    });
+    assert!(replicated.is_some(), "the first batch never committed");
+    cluster.node(follower).stop();
+    // While the follower is away, the leader writes far more than it retains.
+    for _ in 0..60 {
+        assert_eq!(wire::produce(&mut s, "retained", 50).0, 0);
+    }
+    let trimmed = wire::wait_until(TIMEOUT, || {
+        list_offset(&leader_addr, "retained", -2).is_some_and(|start| start > 10)
+    });
+    assert!(
+        trimmed.is_some(),
+        "the leader's retention never deleted the first segments"
+    );
+    cluster.node(follower).restart();
+    // The follower's log (10 records) ends below the leader's log start: it must start
+    // again there, catch up and rejoin the ISR, rather than ask for offset 10 forever.
+    let back = wire::wait_until(Duration::from_secs(60), || {
+        let m = metadata(&leader_addr, Some(&["retained"]));
+        m.topics[0].partitions[0]
+            .isr_nodes
+            .iter()
+            .any(|b| b.0 == follower)
+            && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(back.is_some(), "the follower never rejoined the ISR");
+    // Its log starts past what it held before it went away: its old segments are gone.
+    let dir = cluster.node(follower).data_dir.join("retained-0");
+    let first_base = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log")?.parse::<i64>().ok()
+        })
+        .min()
+        .unwrap();
+    assert!(first_base > 10, "the follower's log starts at {first_base}");
+}

@@ -3,6 +3,8 @@
 //! (`replica_id` set, so the leader serves it from the zero-copy path and counts its
 //! fetch offset as this replica's progress), after truncating each partition that
 //! changed epoch by OffsetForLeaderEpoch (KIP-101/279: never to the high watermark).
+//! A partition whose log ends below the leader's log start (retention there) empties
+//! its log and starts again at the leader's log start.
 //!
 //! A fetcher stops when no partition of its core follows that leader any more.
 
@@ -23,7 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::kafka::client::{ClientError, KafkaClient};
 use crate::kafka::protocol::error_code;
-use crate::runtime::replication::{Divergence, FollowerView, divergence};
+use crate::runtime::replication::{Divergence, FollowerView, OutOfRange, divergence, out_of_range};
 use crate::runtime::shard::Shard;
 
 const FETCH_VERSION: i16 = 11;
@@ -160,6 +162,7 @@ async fn fetch(
     // The partitions' appends (each with its own sync under `flush = per-append`) run
     // side by side: each partition has its own writer.
     let mut appends = Vec::new();
+    let mut starts = Vec::new();
     for topic in response.responses {
         for data in topic.partitions {
             let Some(view) = partitions.iter().find(|p| {
@@ -181,8 +184,13 @@ async fn fetch(
                     });
                 }
                 error_code::OFFSET_OUT_OF_RANGE => {
-                    tracing::info!(partition = %view.tp.dir_name(), offset = view.log_end, "fetch offset out of the leader's range: truncating by epoch");
-                    shard.follower_needs_truncation(&view.tp);
+                    match out_of_range(view.log_end, data.log_start_offset) {
+                        OutOfRange::StartAt(log_start) => starts.push((view, log_start)),
+                        OutOfRange::TruncateByEpoch => {
+                            tracing::info!(partition = %view.tp.dir_name(), offset = view.log_end, leader_log_start = data.log_start_offset, "fetch offset past the leader's log end: truncating by epoch");
+                            shard.follower_needs_truncation(&view.tp);
+                        }
+                    }
                     progressed = true;
                 }
                 code => {
@@ -193,6 +201,12 @@ async fn fetch(
     }
     for ok in futures_util::future::join_all(appends).await {
         progressed |= ok;
+    }
+    // Rare (a replica away for longer than the leader's retention): one at a time.
+    for (view, log_start) in starts {
+        if let Err(e) = shard.follower_start_at(view, log_start).await {
+            tracing::error!(partition = %view.tp.dir_name(), log_start, error = %e, "cannot start the log again at the leader's log start");
+        }
     }
     Ok(progressed)
 }

@@ -143,7 +143,8 @@ async fn read_all(
                         error_code: e.code(),
                         high_watermark: -1,
                         last_stable_offset: -1,
-                        log_start_offset: -1,
+                        // A follower below the log start starts again there.
+                        log_start_offset: e.log_start_offset().unwrap_or(-1),
                         records: Vec::new(),
                     }
                 }
