@@ -610,6 +610,73 @@ fn given_an_isr_below_min_insync_replicas_should_refuse_acks_all_with_not_enough
     assert!(back.is_some(), "acks=all never worked again");
 }
 
+/// Fetch v11 of partition 0 of `topic` from offset 0 in the name of replica `replica_id`
+/// at `leader_epoch`, on a connection from `from`; the partition's error code.
+fn replica_fetch_code(
+    from: &str,
+    addr: &str,
+    topic: &str,
+    replica_id: i32,
+    leader_epoch: i32,
+) -> i16 {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    let mut stream = wire::connect_from(from, addr);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(replica_id))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_owned()),
+                ))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(leader_epoch)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1024),
+                ]),
+        ]);
+    let response: FetchResponse = wire::call(&mut stream, ApiKey::Fetch, 11, &request);
+    assert_eq!(response.error_code, 0);
+    response.responses[0].partitions[0].error_code
+}
+
+#[test]
+fn given_a_fetch_in_a_replicas_name_from_another_address_should_refuse_it_as_from_an_unknown_replica()
+ {
+    let cluster = testkit::Cluster::start(3, &[]);
+    let addrs = cluster.addrs();
+    let created = wire::wait_until(TIMEOUT, || try_create(&addrs[0], "spoof", 1, 3) == 0);
+    assert!(created.is_some(), "topic never created");
+    let full = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&addrs[0], Some(&["spoof"]));
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(full.is_some());
+    let p = metadata(&addrs[0], Some(&["spoof"])).topics[0].partitions[0].clone();
+    let (leader, epoch) = (p.leader_id.0, p.leader_epoch);
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let follower = leader % 3 + 1;
+    // The brokers registered 127.0.0.1: a fetch in a follower's name from elsewhere is
+    // answered as Kafka answers an unknown replica, and moves nothing.
+    assert_eq!(
+        replica_fetch_code("127.0.0.9", &leader_addr, "spoof", follower, epoch),
+        6,
+        "NOT_LEADER_OR_FOLLOWER"
+    );
+    assert_eq!(
+        replica_fetch_code("127.0.0.1", &leader_addr, "spoof", follower, epoch),
+        0,
+        "from the follower's own address"
+    );
+}
+
 /// ListOffsets v1 of partition 0 of `topic` at `timestamp` (-2 earliest, -1 latest).
 fn list_offset(addr: &str, topic: &str, timestamp: i64) -> Option<i64> {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};

@@ -5,6 +5,7 @@
 //! on; they read two atomics and this core's own copy, never a shared lock.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use event_listener::Event;
@@ -50,6 +51,9 @@ struct TopicRoutes {
 pub struct PartitionTable {
     pub version: TableVersion,
     topics: HashMap<String, TopicRoutes>,
+    /// Per registered broker, the IP its listener registered, when that is an IP literal
+    /// and not unspecified (what its outgoing connections come from); `None` otherwise.
+    broker_ips: HashMap<BrokerId, Option<IpAddr>>,
 }
 
 impl PartitionTable {
@@ -93,7 +97,35 @@ impl PartitionTable {
                 )
             })
             .collect();
-        Self { version, topics }
+        let broker_ips = metadata
+            .brokers
+            .values()
+            .map(|b| {
+                let ip = b
+                    .host
+                    .parse::<IpAddr>()
+                    .ok()
+                    .filter(|ip| !ip.is_unspecified())
+                    .map(|ip| ip.to_canonical());
+                (b.id, ip)
+            })
+            .collect();
+        Self {
+            version,
+            topics,
+            broker_ips,
+        }
+    }
+
+    /// Whether a follower fetch in the name of broker `id` may come from `peer`: yes when
+    /// `peer` is the IP that broker registered, and when nothing can be told (a host
+    /// name, an unspecified address, a broker this table does not know yet); no when
+    /// the broker registered another IP.
+    pub fn replica_peer_allowed(&self, id: BrokerId, peer: IpAddr) -> bool {
+        match self.broker_ips.get(&id) {
+            Some(Some(ip)) => *ip == peer.to_canonical(),
+            Some(None) | None => true,
+        }
     }
 
     pub fn route(&self, topic: &str, partition: i32) -> Option<PartitionRoute> {
@@ -129,6 +161,42 @@ impl PartitionTable {
 mod tests {
     use super::*;
     use cluster::Command;
+
+    #[test]
+    fn given_registered_listener_ips_should_allow_replica_fetches_only_from_them() {
+        let mut md = Metadata::default();
+        for (id, host) in [
+            (0, "127.0.0.2"),
+            (1, "0.0.0.0"),
+            (2, "broker-2.example"),
+            (3, "::1"),
+        ] {
+            md.apply(
+                &Command::RegisterBroker {
+                    id,
+                    host: host.into(),
+                    port: 9092,
+                    incarnation: 1,
+                },
+                0,
+            )
+            .unwrap();
+        }
+        let table =
+            PartitionTable::build(TableVersion::default(), &md, 0, |_, _| 0, |_| Vec::new());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(table.replica_peer_allowed(0, ip("127.0.0.2")));
+        // A dual-stack listener sees IPv4 peers as mapped IPv6 addresses.
+        assert!(table.replica_peer_allowed(0, ip("::ffff:127.0.0.2")));
+        assert!(!table.replica_peer_allowed(0, ip("127.0.0.1")));
+        assert!(!table.replica_peer_allowed(0, ip("10.1.2.3")));
+        assert!(table.replica_peer_allowed(3, ip("::1")));
+        assert!(!table.replica_peer_allowed(3, ip("127.0.0.1")));
+        // Nothing to check against: an unspecified address, a host name, no registration.
+        assert!(table.replica_peer_allowed(1, ip("10.1.2.3")));
+        assert!(table.replica_peer_allowed(2, ip("10.1.2.3")));
+        assert!(table.replica_peer_allowed(7, ip("10.1.2.3")));
+    }
 
     #[test]
     fn given_metadata_should_answer_leadership_per_partition() {

@@ -72,14 +72,19 @@ impl Shard {
             Reader::Follower {
                 id,
                 current_leader_epoch,
+                peer,
             } => {
                 r.check_leader(current_leader_epoch)
                     .map_err(PartitionError::NotServedHere)?;
                 // Only a replica's own fetch at the leader's epoch (Fetch v9+) counts as
-                // its progress.
+                // its progress. Its own: from the address it registered where that can be
+                // told (brokers connect from their listen address), so that a client that
+                // claims a replica's id cannot move the high watermark; Kafka answers an
+                // unknown replica the same way.
                 if !r.replicas.contains(&id)
                     || id == self.shared.node_id()
                     || current_leader_epoch < 0
+                    || !self.partition_table().replica_peer_allowed(id, peer)
                 {
                     return Err(PartitionError::NotServedHere(
                         error_code::NOT_LEADER_OR_FOLLOWER,

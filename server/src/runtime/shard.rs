@@ -380,11 +380,18 @@ pub(crate) struct OwnedPartition {
 }
 
 /// Who reads a partition: a consumer (below the high watermark) or a follower replica
-/// (to the log end; its fetch offset is its progress).
+/// (to the log end; its fetch offset is its progress), with the address its connection
+/// comes from (checked against the replica's registered address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader {
-    Consumer { current_leader_epoch: i32 },
-    Follower { id: i32, current_leader_epoch: i32 },
+    Consumer {
+        current_leader_epoch: i32,
+    },
+    Follower {
+        id: i32,
+        current_leader_epoch: i32,
+        peer: std::net::IpAddr,
+    },
 }
 
 pub struct Shard {
