@@ -75,6 +75,9 @@ pub struct ControllerConfig {
     /// What this node's broker registers: where clients reach it.
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// The IP its broker's outgoing connections come from (its listen IP, when not a
+    /// wildcard): registered, so leaders count follower fetches only from there.
+    pub source_ip: Option<std::net::IpAddr>,
     /// A broker without a heartbeat for this long is fenced (Kafka's
     /// `broker.session.timeout.ms`).
     pub session_timeout: Duration,
@@ -105,6 +108,7 @@ impl ControllerConfig {
             dir,
             advertised_host: host,
             advertised_port: port,
+            source_ip: None,
             session_timeout: Duration::from_millis(9000),
             heartbeat_interval: Duration::from_millis(1000),
             election_timeout_min: Duration::from_millis(1000),

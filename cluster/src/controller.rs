@@ -629,6 +629,7 @@ async fn broker_lifecycle(node: Arc<Node>) {
         host: node.config.advertised_host.clone(),
         port: node.config.advertised_port,
         incarnation: node.incarnation,
+        source_ip: node.config.source_ip,
     };
     let mut registered = false;
     loop {

@@ -38,6 +38,11 @@ pub struct BrokerRegistration {
     /// Drawn at random by each start of the broker process: a registration with a new
     /// incarnation replaces the old one, and heartbeats of the old one are refused.
     pub incarnation: u64,
+    /// The IP address its outgoing connections (follower fetches) come from, when it
+    /// listens on one: the leader counts a follower fetch only from there. None: not
+    /// checked (a wildcard listener; or a registration from before this field).
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
     /// A fenced broker leads nothing and is not listed to clients: its session expired
     /// (or it shut down) and it has not heartbeated since.
     pub fenced: bool,
@@ -100,6 +105,9 @@ pub enum Command {
         host: String,
         port: i32,
         incarnation: u64,
+        /// See `BrokerRegistration::source_ip`.
+        #[serde(default)]
+        source_ip: Option<std::net::IpAddr>,
     },
     /// The active controller saw no heartbeat from this incarnation for the session
     /// timeout, or the broker is shutting down: it leads nothing from now on.
@@ -250,7 +258,8 @@ impl Metadata {
                 host,
                 port,
                 incarnation,
-            } => self.register(*id, host, *port, *incarnation),
+                source_ip,
+            } => self.register(*id, host, *port, *incarnation, *source_ip),
             Command::FenceBroker { id, incarnation } => self.fence(*id, *incarnation),
             Command::UnfenceBroker { id, incarnation } => self.unfence(*id, *incarnation),
             Command::CreateTopic {
@@ -445,7 +454,14 @@ impl Metadata {
         })
     }
 
-    fn register(&mut self, id: BrokerId, host: &str, port: i32, incarnation: u64) -> ApplyResult {
+    fn register(
+        &mut self,
+        id: BrokerId,
+        host: &str,
+        port: i32,
+        incarnation: u64,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> ApplyResult {
         if id < 0 {
             return Err(MetadataError::InvalidRegistration(format!(
                 "broker id {id} is negative"
@@ -477,6 +493,7 @@ impl Metadata {
                 host: host.to_owned(),
                 port,
                 incarnation,
+                source_ip,
                 fenced: false,
             },
         );
@@ -614,6 +631,7 @@ mod tests {
                 host: format!("127.0.0.{}", id + 1),
                 port: 9092,
                 incarnation,
+                source_ip: None,
             },
             0,
         )
@@ -965,7 +983,8 @@ mod tests {
                     id: 1,
                     host: "h".into(),
                     port: 0,
-                    incarnation: 1
+                    incarnation: 1,
+                    source_ip: None,
                 },
                 0
             )

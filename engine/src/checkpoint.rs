@@ -18,6 +18,9 @@ const PRODUCER_SNAPSHOT_BYTES_MAX: usize = 2 * 1024 * 1024;
 pub(crate) const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
 /// Present only between a clean close and the next open.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+/// Present only while the log is being emptied to start again at an offset
+/// (`Partition::truncate_fully_and_start_at`): recovery finishes the job when it finds it.
+pub(crate) const START_AT_FILE: &str = "start-at";
 const TEMP_SUFFIX: &str = ".tmp";
 const CHECKPOINT_BYTES: usize = 12;
 
@@ -54,11 +57,52 @@ async fn write_atomically(dir: &Path, name: &str, bytes: Vec<u8>) -> Result<()> 
     sync_dir(dir).await
 }
 
-pub(crate) async fn write_checkpoint(dir: &Path, offset: i64) -> Result<()> {
+/// An offset and the CRC-32C of its 8 bytes (the checkpoint and start-at files).
+fn encode_offset(offset: i64) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
     bytes.extend_from_slice(&offset.to_be_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(&offset.to_be_bytes()).to_be_bytes());
-    write_atomically(dir, CHECKPOINT_FILE, bytes).await
+    bytes
+}
+
+/// The offset of `encode_offset`'s bytes; `None` for the wrong size or a failed CRC.
+fn decode_offset(bytes: &[u8]) -> Option<i64> {
+    if bytes.len() != CHECKPOINT_BYTES {
+        return None;
+    }
+    let offset: [u8; 8] = bytes[..8].try_into().ok()?;
+    let crc = u32::from_be_bytes(bytes[8..12].try_into().ok()?);
+    (crc32c::crc32c(&offset) == crc).then(|| i64::from_be_bytes(offset))
+}
+
+pub(crate) async fn write_checkpoint(dir: &Path, offset: i64) -> Result<()> {
+    write_atomically(dir, CHECKPOINT_FILE, encode_offset(offset)).await
+}
+
+/// Records, durably, that the log is to be emptied and start again at `offset`.
+pub(crate) async fn write_start_at(dir: &Path, offset: i64) -> Result<()> {
+    write_atomically(dir, START_AT_FILE, encode_offset(offset)).await
+}
+
+/// What the start-at file says: `None` when there is none, `Some(None)` when it is
+/// damaged (it is written atomically, so only the disk can have damaged it).
+pub(crate) async fn read_start_at(dir: &Path) -> Result<Option<Option<i64>>> {
+    let path = dir.join(START_AT_FILE);
+    match compio::fs::read(&path).await {
+        Ok(bytes) => Ok(Some(decode_offset(&bytes).filter(|o| *o >= 0))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogError::io(path, e)),
+    }
+}
+
+/// Removes the start-at file durably, once the log it describes is in place.
+pub(crate) async fn remove_start_at(dir: &Path) -> Result<()> {
+    let path = dir.join(START_AT_FILE);
+    match compio::fs::remove_file(&path).await {
+        Ok(()) => sync_dir(dir).await,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io(path, e)),
+    }
 }
 
 /// The recovery checkpoint, or 0 (recover everything) when it is missing or damaged.
@@ -67,18 +111,13 @@ pub(crate) async fn read_checkpoint(dir: &Path) -> i64 {
     let Ok(bytes) = compio::fs::read(&path).await else {
         return 0;
     };
-    if bytes.len() != CHECKPOINT_BYTES {
-        tracing::warn!(path = %path.display(), "recovery checkpoint has the wrong size; recovering everything");
-        return 0;
+    match decode_offset(&bytes) {
+        Some(offset) => offset.max(0),
+        None => {
+            tracing::warn!(path = %path.display(), "recovery checkpoint has the wrong size or fails its CRC; recovering everything");
+            0
+        }
     }
-    let mut offset = [0u8; 8];
-    offset.copy_from_slice(&bytes[..8]);
-    let crc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if crc32c::crc32c(&offset) != crc {
-        tracing::warn!(path = %path.display(), "recovery checkpoint fails its CRC; recovering everything");
-        return 0;
-    }
-    i64::from_be_bytes(offset).max(0)
 }
 
 pub(crate) async fn write_clean_marker(dir: &Path) -> Result<()> {

@@ -171,6 +171,8 @@ pub(crate) struct LogState {
     pub epochs: LeaderEpochCache,
     pub sync_observer: Option<SyncObserver>,
     pub failure_observer: Option<FailureObserver>,
+    /// Set while `truncate_fully_and_start_at` swaps the log: retention leaves it alone.
+    pub starting_over: bool,
 }
 
 impl LogState {
@@ -237,6 +239,10 @@ enum Command {
         reply: oneshot::Sender<Result<ReplicaAppend>>,
     },
     Truncate {
+        offset: i64,
+        reply: oneshot::Sender<Result<TruncateReport>>,
+    },
+    StartAt {
         offset: i64,
         reply: oneshot::Sender<Result<TruncateReport>>,
     },
@@ -375,6 +381,21 @@ impl Partition {
     pub async fn truncate_to(&self, offset: i64) -> Result<TruncateReport> {
         let (reply, response) = oneshot::channel();
         self.send(Command::Truncate { offset, reply }).await?;
+        response.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Removes every segment and starts an empty log at `offset` (Kafka's
+    /// `truncateFullyAndStartAt`): a follower whose log ends below its leader's log start
+    /// (the leader's retention deleted what it would fetch next) starts again where the
+    /// leader's log starts. Leader epochs and producer state are cleared with the batches;
+    /// durable appends still waiting are answered with `TruncatedAway`. Crash-safe: a
+    /// `start-at` file is written first and removed last, and recovery that finds it
+    /// finishes the job, so a crash leaves either the old log or the new empty one. An
+    /// offset below the log start is refused (`OffsetOutOfRange`): a segment retention let
+    /// go of may still be unlinked under its name when its last reader drops it.
+    pub async fn truncate_fully_and_start_at(&self, offset: i64) -> Result<TruncateReport> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::StartAt { offset, reply }).await?;
         response.await.map_err(|_| LogError::Closed)?
     }
 
@@ -669,6 +690,10 @@ impl Partition {
     pub fn apply_retention(&self, now_ms: i64) -> RetentionReport {
         let mut st = self.state.borrow_mut();
         let mut report = RetentionReport::default();
+        if st.starting_over {
+            report.log_start_offset = st.segments[0].base_offset;
+            return report;
+        }
         let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
         while st.segments.len() > 1 {
             let oldest = &st.segments[0];
@@ -976,6 +1001,12 @@ impl Writer {
                 }
                 Command::Truncate { offset, reply } => {
                     let result = self.truncate(offset).await;
+                    let _ = reply.send(result);
+                }
+                Command::StartAt { offset, reply } => {
+                    self.state.borrow_mut().starting_over = true;
+                    let result = self.start_at(offset).await;
+                    self.state.borrow_mut().starting_over = false;
                     let _ = reply.send(result);
                 }
                 Command::AssignEpoch { epoch, reply } => {
@@ -1455,6 +1486,112 @@ impl Writer {
         }
         // Everything below the new end is synced: answer the waiters below the cut.
         self.sync_and_answer().await;
+        Ok(report)
+    }
+
+    /// Empties the log and starts it again at `offset` (see
+    /// `Partition::truncate_fully_and_start_at`). The `start-at` file goes first: from
+    /// then on recovery finishes the job whatever else was done, so the order of the rest
+    /// only has to leave files recovery can delete. The new segment is made, memory
+    /// switches to it, the old segments go oldest first, then the epoch file, the producer
+    /// snapshot and the checkpoint describe the new log, and the start-at file goes last.
+    async fn start_at(&mut self, offset: i64) -> Result<TruncateReport> {
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
+        let (dir, offsets) = {
+            let st = self.state.borrow();
+            (st.dir.clone(), st.offsets())
+        };
+        if offset < offsets.log_start_offset {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start: offsets.log_start_offset,
+                log_end: offsets.log_end_offset,
+            });
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            log_start = offsets.log_start_offset,
+            log_end = offsets.log_end_offset,
+            new_start = offset,
+            "emptying the partition log to start again at a new offset"
+        );
+        if let Err(e) = checkpoint::write_start_at(&dir, offset).await {
+            // Nothing has changed yet, but a start-at file may be in place: only recovery
+            // may decide what holds now.
+            self.fail(FailedStep::Write, &e);
+            return Err(self.failed().unwrap_or(e));
+        }
+        // A segment already at `offset` gives its names up first (its readers keep its
+        // open files): the new segment must be a new file.
+        let clash = {
+            let st = self.state.borrow();
+            st.segments
+                .iter()
+                .find(|s| s.base_offset == offset)
+                .map(|s| Rc::clone(&s.files))
+        };
+        let made = async {
+            if let Some(files) = &clash {
+                files.unlink_now()?;
+            }
+            let segment = Segment::open_files(&dir, offset, true).await?;
+            checkpoint::sync_dir(&dir).await?;
+            Ok::<_, LogError>(segment)
+        };
+        let segment = match made.await {
+            Ok(segment) => segment,
+            Err(e) => {
+                self.fail(FailedStep::Write, &e);
+                return Err(self.failed().unwrap_or(e));
+            }
+        };
+        // From here readers see the new, empty log.
+        let removed: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let removed = st.segments.drain(..).collect();
+            st.segments.push_back(segment);
+            st.producers = ProducerStates::default();
+            st.epochs = LeaderEpochCache::default();
+            st.durable_offset = offset;
+            removed
+        };
+        for w in std::mem::take(&mut self.durable_waiters) {
+            let last_offset = w.last_offset;
+            w.fail(LogError::TruncatedAway {
+                last_offset,
+                log_end: offset,
+            });
+        }
+        // The old segments' unsynced bytes no longer matter; the new one holds none.
+        self.unsynced.clear();
+        let report = TruncateReport {
+            log_end_offset: offset,
+            bytes_removed: removed.iter().map(|s| s.size).sum(),
+            segments_deleted: removed.len(),
+        };
+        let steps = async {
+            for seg in &removed {
+                let unlinked_already = clash
+                    .as_ref()
+                    .is_some_and(|files| Rc::ptr_eq(files, &seg.files));
+                if !unlinked_already {
+                    seg.files.unlink_now()?;
+                }
+                tracing::info!(path = %seg.log_path().display(), base_offset = seg.base_offset, "starting over deleted segment");
+            }
+            checkpoint::sync_dir(&dir).await?;
+            checkpoint::write_leader_epochs(&dir, LeaderEpochCache::default().encode()).await?;
+            checkpoint::write_producer_snapshot(&dir, offset, ProducerStates::default().encode())
+                .await?;
+            checkpoint::write_checkpoint(&dir, offset).await?;
+            checkpoint::remove_start_at(&dir).await
+        };
+        if let Err(e) = steps.await {
+            self.fail(FailedStep::Write, &e);
+            return Err(self.failed().unwrap_or(e));
+        }
         Ok(report)
     }
 

@@ -13,7 +13,10 @@
 //! - missing or damaged `leader-epoch-checkpoint` -> rebuilt from the batch headers;
 //!   entries past the recovered log end (written before a batch that never landed, or
 //!   left by an interrupted truncation) -> dropped; batches the scan reads with a newer
-//!   epoch than the file knows -> added.
+//!   epoch than the file knows -> added;
+//! - a `start-at` file (an interrupted `truncate_fully_and_start_at`) -> the job is
+//!   finished: every segment deleted, one empty segment at its offset, no epochs, no
+//!   producers; a damaged one is removed and the log opens as found.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -54,6 +57,16 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
     compio::fs::create_dir_all(dir)
         .await
         .map_err(|e| LogError::io(dir, e))?;
+    match checkpoint::read_start_at(dir).await? {
+        Some(Some(offset)) => finish_start_at(dir, offset).await?,
+        Some(None) => {
+            // Without the offset the job cannot be finished: the log opens as far as it
+            // got (old segments deleted oldest first, the new one after a gap is cut).
+            tracing::warn!(dir = %dir.display(), "start-at file is damaged; recovering the log as found");
+            checkpoint::remove_start_at(dir).await?;
+        }
+        None => {}
+    }
     let clean = checkpoint::clean_marker_exists(dir);
     let checkpoint = checkpoint::read_checkpoint(dir).await;
     let bases = list_segments(dir)?;
@@ -169,8 +182,24 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         producers,
         epochs,
         sync_observer: None,
+        starting_over: false,
     };
     Ok((state, report))
+}
+
+/// Finishes an interrupted `truncate_fully_and_start_at`: whatever it had done, the log
+/// becomes one empty segment at `offset`, with no leader epochs and no producers.
+async fn finish_start_at(dir: &Path, offset: i64) -> Result<()> {
+    tracing::warn!(dir = %dir.display(), offset, "finishing an interrupted start of the log at a new offset");
+    for base in list_segments(dir)? {
+        segment::remove_files(dir, base)?;
+    }
+    drop(Segment::open_files(dir, offset, true).await?);
+    checkpoint::sync_dir(dir).await?;
+    checkpoint::write_leader_epochs(dir, LeaderEpochCache::default().encode()).await?;
+    checkpoint::write_producer_snapshot(dir, offset, ProducerStates::default().encode()).await?;
+    checkpoint::write_checkpoint(dir, offset).await?;
+    checkpoint::remove_start_at(dir).await
 }
 
 /// The leader-epoch cache as its file has it; `None` when missing or damaged.

@@ -24,6 +24,20 @@ pub(crate) fn file_stem(base_offset: i64) -> String {
     format!("{base_offset:020}")
 }
 
+/// Removes the files of the segment at `base_offset` in `dir`, those that exist.
+pub(crate) fn remove_files(dir: &Path, base_offset: i64) -> Result<()> {
+    let stem = file_stem(base_offset);
+    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let path = dir.join(format!("{stem}{suffix}"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
 /// Parses `00000000000000000042.log` into 42; `None` for any other name.
 pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
     let stem = name.strip_suffix(LOG_SUFFIX)?;

@@ -1042,3 +1042,213 @@ fn given_crash_at_each_step_of_a_truncation_when_reopened_should_serve_a_consist
         }
     });
 }
+
+/// Names of the segment log files in `dir`, sorted.
+fn log_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A follower's log of idempotent batches over several segments and two epochs.
+async fn idempotent_log(p: &Partition) {
+    let mut seq = 0;
+    for epoch in [0, 1] {
+        for _ in 0..40 {
+            p.append_with_epoch(idempotent_batch(3, 0, seq, 2), AppendWait::Written, epoch)
+                .await
+                .unwrap();
+            seq += 2;
+        }
+    }
+    assert!(p.segment_count() > 1);
+}
+
+/// What a log emptied to start at 500 must be, whatever happened before it was opened:
+/// one empty segment there, no epochs, no producers; the leader's batches follow it.
+async fn check_started_at_500(p: &Partition, dir: &Path, context: &str) {
+    let offsets = p.offsets();
+    assert_eq!(
+        (offsets.log_start_offset, offsets.log_end_offset),
+        (500, 500),
+        "{context}"
+    );
+    assert_eq!(p.segment_count(), 1, "{context}");
+    assert_eq!(p.size_bytes(), 0, "{context}");
+    assert_eq!(
+        log_files(dir),
+        vec![format!("{:020}.log", 500)],
+        "{context}"
+    );
+    assert_eq!(p.epoch_entries(), vec![], "{context}");
+    assert_eq!(p.latest_epoch(), None, "{context}");
+    assert!(!dir.join("start-at").exists(), "{context}");
+    assert!(
+        matches!(
+            p.read(10, 1024).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ),
+        "{context}"
+    );
+    // The leader's batches from its log start follow, with their epochs.
+    let leader_batch = stored(&idempotent_batch(4, 0, 0, 2), 500, 7);
+    let written = p
+        .append_replica(leader_batch.clone(), AppendWait::Written)
+        .await
+        .unwrap();
+    assert_eq!(written.first_offset, 500, "{context}");
+    assert_eq!(p.epoch_entries(), vec![(7, 500)], "{context}");
+    assert_eq!(read_everything(p).await, leader_batch, "{context}");
+    // The old producer state went with the old batches: the old log's last batch is no
+    // duplicate any more (its producer is unknown, so any sequence is taken).
+    let retry = p
+        .append(idempotent_batch(3, 0, 158, 2), AppendWait::Written)
+        .await
+        .unwrap();
+    assert!(!retry.duplicate, "{context}");
+    assert_eq!(retry.base_offset, 502, "{context}");
+}
+
+#[test]
+fn given_log_below_the_leaders_start_when_started_at_it_should_be_empty_there_across_reopens() {
+    for crash in [false, true] {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (p, _) = Partition::open(dir.path(), segment_config()).await.unwrap();
+            idempotent_log(&p).await;
+            let before = p.offsets().log_end_offset;
+            let segments = p.segment_count();
+            let report = p.truncate_fully_and_start_at(500).await.unwrap();
+            assert_eq!(report.log_end_offset, 500);
+            assert_eq!(report.segments_deleted, segments);
+            assert!(report.bytes_removed > 0);
+            assert!(before < 500);
+            check_started_at_500(&p, dir.path(), "before reopening").await;
+            let model = read_everything(&p).await;
+            if !crash {
+                p.close().await.unwrap();
+            }
+            drop(p);
+            let (p, report) = Partition::open(dir.path(), segment_config()).await.unwrap();
+            assert_eq!(report.log_start_offset, 500, "crash: {crash}");
+            assert_eq!(report.log_end_offset, 504, "crash: {crash}");
+            assert_eq!(read_everything(&p).await, model, "crash: {crash}");
+            assert_eq!(p.epoch_entries(), vec![(7, 500)], "crash: {crash}");
+        });
+    }
+}
+
+#[test]
+fn given_offset_within_or_below_the_log_when_started_at_should_empty_it_or_refuse() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), segment_config()).await.unwrap();
+        idempotent_log(&p).await;
+        // At the base of a live segment: the new segment is a new file under that name.
+        let bases = log_files(dir.path());
+        let base: i64 = bases[1].trim_end_matches(".log").parse().unwrap();
+        p.truncate_fully_and_start_at(base).await.unwrap();
+        assert_eq!(p.offsets().log_start_offset, base);
+        assert_eq!(p.offsets().log_end_offset, base);
+        assert_eq!(p.size_bytes(), 0);
+        assert_eq!(log_files(dir.path()), vec![bases[1].clone()]);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(&bases[1])).unwrap().len(),
+            0
+        );
+        // Below the log start: refused, nothing changes.
+        let refused = p.truncate_fully_and_start_at(base - 1).await;
+        assert!(
+            matches!(refused, Err(LogError::OffsetOutOfRange { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(p.offsets().log_start_offset, base);
+        drop(p);
+        let (p, report) = Partition::open(dir.path(), segment_config()).await.unwrap();
+        assert_eq!(
+            (report.log_start_offset, report.log_end_offset),
+            (base, base)
+        );
+        assert_eq!(p.epoch_entries(), vec![]);
+    });
+}
+
+/// The start-at file as the engine writes it: the offset and the CRC-32C of its bytes.
+fn start_at_file(offset: i64) -> Vec<u8> {
+    let mut bytes = offset.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(&offset.to_be_bytes()).to_be_bytes());
+    bytes
+}
+
+/// A crash inside `truncate_fully_and_start_at`, simulated by combining the files of the
+/// log before it with what it had done by each step: every combination opens as the new
+/// empty log (the start-at file is there) with no epochs and no producers, never a mix.
+#[test]
+fn given_crash_at_each_step_of_starting_over_when_reopened_should_be_the_new_empty_log() {
+    run(async {
+        let root = tempfile::tempdir().unwrap();
+        let (before, after) = (root.path().join("before"), root.path().join("after"));
+        let (p, _) = Partition::open(&before, segment_config()).await.unwrap();
+        idempotent_log(&p).await;
+        let old_log = read_everything(&p).await;
+        drop(p); // a crash before starting over
+        copy_dir(&before, &after);
+        let (p, _) = Partition::open(&after, segment_config()).await.unwrap();
+        p.truncate_fully_and_start_at(500).await.unwrap();
+        drop(p);
+        let old_logs = log_files(&before);
+        let new_segment = format!("{:020}", 500);
+        let steps = [
+            "start-at",
+            "new segment",
+            "oldest half deleted",
+            "all old deleted",
+            "epochs and snapshot",
+            "checkpoint",
+        ];
+        for (step, name) in steps.iter().enumerate() {
+            let dir = root.path().join(format!("step{step}"));
+            copy_dir(&before, &dir);
+            std::fs::write(dir.join("start-at"), start_at_file(500)).unwrap();
+            if step >= 1 {
+                for ext in ["log", "index", "timeindex"] {
+                    let file = format!("{new_segment}.{ext}");
+                    std::fs::copy(after.join(&file), dir.join(&file)).unwrap();
+                }
+            }
+            let deleted = match step {
+                0 | 1 => 0,
+                2 => old_logs.len() / 2,
+                _ => old_logs.len(),
+            };
+            for log in &old_logs[..deleted] {
+                std::fs::remove_file(dir.join(log)).unwrap();
+            }
+            if step >= 4 {
+                for file in ["leader-epoch-checkpoint", "producer-snapshot"] {
+                    std::fs::copy(after.join(file), dir.join(file)).unwrap();
+                }
+            }
+            if step >= 5 {
+                std::fs::copy(
+                    after.join("recovery-checkpoint"),
+                    dir.join("recovery-checkpoint"),
+                )
+                .unwrap();
+            }
+            let (p, _) = Partition::open(&dir, segment_config()).await.unwrap();
+            check_started_at_500(&p, &dir, name).await;
+        }
+        // A damaged start-at file cannot say where to start: the log opens as found.
+        let dir = root.path().join("damaged");
+        copy_dir(&before, &dir);
+        std::fs::write(dir.join("start-at"), b"garbage").unwrap();
+        let (p, _) = Partition::open(&dir, segment_config()).await.unwrap();
+        assert_eq!(read_everything(&p).await, old_log);
+        assert!(!dir.join("start-at").exists());
+    });
+}

@@ -359,6 +359,8 @@ impl BrokerConfig {
                 .map_err(|e| ConfigError::Invalid(format!("controller_quorum_voters: {e}")))?;
             c.listen = self.controller_listen;
         }
+        // Follower fetches leave from the listen IP (`kafka/client.rs` binds to it).
+        c.source_ip = Some(self.listen.ip()).filter(|ip| !ip.is_unspecified());
         c.session_timeout = Duration::from_millis(self.broker_session_timeout_ms);
         c.heartbeat_interval = Duration::from_millis(self.broker_heartbeat_interval_ms);
         c.leader_imbalance_check_interval = self

@@ -717,3 +717,163 @@ fn given_a_restarted_broker_back_in_sync_should_lead_its_preferred_partitions_ag
     let seen = read_all(&addrs[1], 900);
     assert_eq!(seen.len(), 900, "read back {} of 900", seen.len());
 }
+
+/// Fetch v11 of partition 0 of `topic` from offset 0 in the name of replica `replica_id`
+/// at `leader_epoch`, on a connection from `from`; the partition's error code.
+fn replica_fetch_code(
+    from: &str,
+    addr: &str,
+    topic: &str,
+    replica_id: i32,
+    leader_epoch: i32,
+) -> i16 {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    let mut stream = wire::connect_from(from, addr);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(replica_id))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_owned()),
+                ))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(leader_epoch)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1024),
+                ]),
+        ]);
+    let response: FetchResponse = wire::call(&mut stream, ApiKey::Fetch, 11, &request);
+    assert_eq!(response.error_code, 0);
+    response.responses[0].partitions[0].error_code
+}
+
+#[test]
+fn given_a_fetch_in_a_replicas_name_from_another_address_should_refuse_it_as_from_an_unknown_replica()
+ {
+    let cluster = testkit::Cluster::start(3, &[]);
+    let addrs = cluster.addrs();
+    let created = wire::wait_until(TIMEOUT, || try_create(&addrs[0], "spoof", 1, 3) == 0);
+    assert!(created.is_some(), "topic never created");
+    let full = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&addrs[0], Some(&["spoof"]));
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(full.is_some());
+    let p = metadata(&addrs[0], Some(&["spoof"])).topics[0].partitions[0].clone();
+    let (leader, epoch) = (p.leader_id.0, p.leader_epoch);
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let follower = leader % 3 + 1;
+    // The brokers registered 127.0.0.1: a fetch in a follower's name from elsewhere is
+    // answered as Kafka answers an unknown replica, and moves nothing.
+    assert_eq!(
+        replica_fetch_code("127.0.0.9", &leader_addr, "spoof", follower, epoch),
+        6,
+        "NOT_LEADER_OR_FOLLOWER"
+    );
+    assert_eq!(
+        replica_fetch_code("127.0.0.1", &leader_addr, "spoof", follower, epoch),
+        0,
+        "from the follower's own address"
+    );
+}
+
+/// ListOffsets v1 of partition 0 of `topic` at `timestamp` (-2 earliest, -1 latest).
+fn list_offset(addr: &str, topic: &str, timestamp: i64) -> Option<i64> {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_owned()),
+                ))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(timestamp),
+                ]),
+        ]);
+    let response: ListOffsetsResponse = wire::call(&mut stream, ApiKey::ListOffsets, 1, &request);
+    let p = &response.topics[0].partitions[0];
+    (p.error_code == 0).then_some(p.offset)
+}
+
+#[test]
+fn given_a_follower_away_while_the_leaders_retention_passed_its_log_end_should_start_at_the_leaders_log_start_and_rejoin()
+ {
+    let mut cluster = testkit::Cluster::start(
+        3,
+        &[
+            ("BROKER_MESSAGE_MAX_BYTES", "8000"),
+            ("BROKER_LOG_SEGMENT_BYTES", "16384"),
+            ("BROKER_LOG_RETENTION_BYTES", "65536"),
+            ("BROKER_LOG_RETENTION_CHECK_INTERVAL_MS", "1000"),
+        ],
+    );
+    let addrs = cluster.addrs();
+    let created = wire::wait_until(TIMEOUT, || try_create(&addrs[0], "retained", 1, 3) == 0);
+    assert!(created.is_some(), "topic never created");
+    let full = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&addrs[0], Some(&["retained"]));
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(full.is_some());
+    let leader = metadata(&addrs[0], Some(&["retained"])).topics[0].partitions[0]
+        .leader_id
+        .0;
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let mut s = TcpStream::connect(&leader_addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(wire::produce(&mut s, "retained", 10).0, 0);
+    let follower = leader % 3 + 1;
+    let replicated = wire::wait_until(TIMEOUT, || {
+        list_offset(&leader_addr, "retained", -1) == Some(10)
+    });
+    assert!(replicated.is_some(), "the first batch never committed");
+    cluster.node(follower).stop();
+    // While the follower is away, the leader writes far more than it retains.
+    for _ in 0..60 {
+        assert_eq!(wire::produce(&mut s, "retained", 50).0, 0);
+    }
+    let trimmed = wire::wait_until(TIMEOUT, || {
+        list_offset(&leader_addr, "retained", -2).is_some_and(|start| start > 10)
+    });
+    assert!(
+        trimmed.is_some(),
+        "the leader's retention never deleted the first segments"
+    );
+    cluster.node(follower).restart();
+    // The follower's log (10 records) ends below the leader's log start: it must start
+    // again there, catch up and rejoin the ISR, rather than ask for offset 10 forever.
+    let back = wire::wait_until(Duration::from_secs(60), || {
+        let m = metadata(&leader_addr, Some(&["retained"]));
+        m.topics[0].partitions[0]
+            .isr_nodes
+            .iter()
+            .any(|b| b.0 == follower)
+            && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(back.is_some(), "the follower never rejoined the ISR");
+    // Its log starts past what it held before it went away: its old segments are gone.
+    let dir = cluster.node(follower).data_dir.join("retained-0");
+    let first_base = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log")?.parse::<i64>().ok()
+        })
+        .min()
+        .unwrap();
+    assert!(first_base > 10, "the follower's log starts at {first_base}");
+}

@@ -276,6 +276,7 @@ async fn handle_frame(
             .map(|c| c.to_string())
             .unwrap_or_default(),
         client_host: format!("/{}", peer.ip()),
+        peer: peer.ip(),
         body: Some(request.body),
     };
     Ok(handlers::handle(shard, request).await?)

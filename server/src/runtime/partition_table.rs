@@ -5,6 +5,7 @@
 //! on; they read two atomics and this core's own copy, never a shared lock.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use event_listener::Event;
@@ -50,6 +51,9 @@ struct TopicRoutes {
 pub struct PartitionTable {
     pub version: TableVersion,
     topics: HashMap<String, TopicRoutes>,
+    /// Per registered broker, the IP its outgoing connections come from (its listen IP,
+    /// registered with it when not a wildcard); `None` when it registered none.
+    broker_ips: HashMap<BrokerId, Option<IpAddr>>,
 }
 
 impl PartitionTable {
@@ -93,7 +97,28 @@ impl PartitionTable {
                 )
             })
             .collect();
-        Self { version, topics }
+        let broker_ips = metadata
+            .brokers
+            .values()
+            .map(|b| (b.id, b.source_ip.map(|ip| ip.to_canonical())))
+            .collect();
+        Self {
+            version,
+            topics,
+            broker_ips,
+        }
+    }
+
+    /// Whether a follower fetch in the name of broker `id` may come from `peer`: yes when
+    /// `peer` is the source IP that broker registered, and when nothing can be told (it
+    /// listens on a wildcard, or this table does not know it yet); no when it registered
+    /// another IP. Its advertised host says nothing here: behind NAT or in a container
+    /// it is not where its connections come from.
+    pub fn replica_peer_allowed(&self, id: BrokerId, peer: IpAddr) -> bool {
+        match self.broker_ips.get(&id) {
+            Some(Some(ip)) => *ip == peer.to_canonical(),
+            Some(None) | None => true,
+        }
     }
 
     pub fn route(&self, topic: &str, partition: i32) -> Option<PartitionRoute> {
@@ -131,6 +156,44 @@ mod tests {
     use cluster::Command;
 
     #[test]
+    fn given_registered_listener_ips_should_allow_replica_fetches_only_from_them() {
+        let mut md = Metadata::default();
+        // Broker 1 listens on a wildcard (registers no source); its advertised host is
+        // an address it does not send from (NAT, a container).
+        for (id, host, source) in [
+            (0, "127.0.0.2", Some("127.0.0.2")),
+            (1, "203.0.113.7", None),
+            (3, "::1", Some("::1")),
+        ] {
+            md.apply(
+                &Command::RegisterBroker {
+                    id,
+                    host: host.into(),
+                    port: 9092,
+                    incarnation: 1,
+                    source_ip: source.map(|s| s.parse().unwrap()),
+                },
+                0,
+            )
+            .unwrap();
+        }
+        let table =
+            PartitionTable::build(TableVersion::default(), &md, 0, |_, _| 0, |_| Vec::new());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(table.replica_peer_allowed(0, ip("127.0.0.2")));
+        // A dual-stack listener sees IPv4 peers as mapped IPv6 addresses.
+        assert!(table.replica_peer_allowed(0, ip("::ffff:127.0.0.2")));
+        assert!(!table.replica_peer_allowed(0, ip("127.0.0.1")));
+        assert!(!table.replica_peer_allowed(0, ip("10.1.2.3")));
+        assert!(table.replica_peer_allowed(3, ip("::1")));
+        assert!(!table.replica_peer_allowed(3, ip("127.0.0.1")));
+        // Nothing to check against: no source registered (whatever the advertised host),
+        // no registration.
+        assert!(table.replica_peer_allowed(1, ip("10.1.2.3")));
+        assert!(table.replica_peer_allowed(7, ip("10.1.2.3")));
+    }
+
+    #[test]
     fn given_metadata_should_answer_leadership_per_partition() {
         let mut md = Metadata::default();
         for id in 0..2 {
@@ -140,6 +203,7 @@ mod tests {
                     host: "127.0.0.1".into(),
                     port: 9092,
                     incarnation: 1,
+                    source_ip: None,
                 },
                 0,
             )

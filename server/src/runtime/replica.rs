@@ -269,6 +269,13 @@ impl Replica {
         self.needs_truncation = false;
     }
 
+    /// A follower that emptied its log to start again at its leader's log start: its high
+    /// watermark is there (Kafka's `truncateFullyAndStartAt` does the same), never below
+    /// the log start.
+    pub fn started_at(&mut self, log_start: i64) {
+        self.high_watermark = log_start;
+    }
+
     /// Before an acks=all append: Kafka refuses it when the ISR is too small.
     pub fn check_enough_replicas(&self) -> Result<(), i16> {
         if self.isr.len() < self.min_isr {

@@ -72,22 +72,30 @@ impl Shard {
             Reader::Follower {
                 id,
                 current_leader_epoch,
+                peer,
             } => {
                 r.check_leader(current_leader_epoch)
                     .map_err(PartitionError::NotServedHere)?;
                 // Only a replica's own fetch at the leader's epoch (Fetch v9+) counts as
-                // its progress.
+                // its progress. Its own: from the address it registered where that can be
+                // told (brokers connect from their listen address), so that a client that
+                // claims a replica's id cannot move the high watermark; Kafka answers an
+                // unknown replica the same way.
                 if !r.replicas.contains(&id)
                     || id == self.shared.node_id()
                     || current_leader_epoch < 0
+                    || !self.partition_table().replica_peer_allowed(id, peer)
                 {
                     return Err(PartitionError::NotServedHere(
                         error_code::NOT_LEADER_OR_FOLLOWER,
                     ));
                 }
-                let end = log.offsets().log_end_offset;
+                let offsets = log.offsets();
+                let end = offsets.log_end_offset;
                 if offset > end {
-                    return Err(PartitionError::OffsetOutOfRange);
+                    return Err(PartitionError::OffsetOutOfRange {
+                        log_start: offsets.log_start_offset,
+                    });
                 }
                 r.follower_fetched(id, offset, end, Instant::now());
                 if r.advance_high_watermark(end) {
@@ -355,6 +363,36 @@ impl Shard {
         Ok(())
     }
 
+    /// The follower's state after the leader answered its fetch with OFFSET_OUT_OF_RANGE
+    /// and a log start above this log's end (see `out_of_range`): the leader deleted what
+    /// this replica would fetch next, so it empties its log and starts at `log_start`.
+    pub async fn follower_start_at(
+        &self,
+        view: &FollowerView,
+        log_start: i64,
+    ) -> Result<(), PartitionError> {
+        let Some((log, _)) = self.still_following(view) else {
+            return Ok(());
+        };
+        if view.needs_truncation || log.offsets().log_end_offset != view.log_end {
+            return Ok(());
+        }
+        let report = log.truncate_fully_and_start_at(log_start).await?;
+        tracing::warn!(
+            partition = %view.tp.dir_name(),
+            epoch = view.leader_epoch,
+            from = view.log_end,
+            to = log_start,
+            bytes = report.bytes_removed,
+            segments = report.segments_deleted,
+            "log ends below the leader's log start: emptied it to start again there"
+        );
+        if let Some((_, replica)) = self.still_following(view) {
+            replica.borrow_mut().started_at(log_start);
+        }
+        Ok(())
+    }
+
     /// Marks a follower partition for truncation before its next fetch.
     pub fn follower_needs_truncation(&self, tp: &TopicPartition) {
         if let Ok(replica) = self.replica(tp) {
@@ -404,6 +442,25 @@ pub fn divergence(
         // Everything we hold is of epochs the leader never had.
         None => Divergence::TruncateTo(entries.first().map_or(0, |(_, start)| *start).min(log_end)),
     }
+}
+
+/// What a follower does when its leader answers a fetch with OFFSET_OUT_OF_RANGE, from
+/// its own log end and the leader's log start in the answer (-1 when not given), as
+/// Kafka's `handleOutOfRangeError`: below the leader's log start (retention deleted what
+/// it would fetch next) it empties its log and starts there; otherwise it is past the
+/// leader's log end and truncates by epoch.
+pub fn out_of_range(log_end: i64, leader_log_start: i64) -> OutOfRange {
+    if leader_log_start > log_end {
+        OutOfRange::StartAt(leader_log_start)
+    } else {
+        OutOfRange::TruncateByEpoch
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfRange {
+    StartAt(i64),
+    TruncateByEpoch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,6 +531,21 @@ mod tests {
             divergence(&ours, 60, 0, (0, 25)),
             Divergence::TruncateTo(25)
         );
+    }
+
+    #[test]
+    fn given_log_end_below_the_leaders_log_start_should_start_again_there() {
+        assert_eq!(out_of_range(100, 500), OutOfRange::StartAt(500));
+        assert_eq!(out_of_range(0, 1), OutOfRange::StartAt(1));
+    }
+
+    #[test]
+    fn given_log_end_past_the_leaders_range_should_truncate_by_epoch() {
+        // At or above the leader's log start, the leader's log end is what we passed.
+        assert_eq!(out_of_range(500, 500), OutOfRange::TruncateByEpoch);
+        assert_eq!(out_of_range(900, 500), OutOfRange::TruncateByEpoch);
+        // A leader that does not say where its log starts: never empty the log on a guess.
+        assert_eq!(out_of_range(100, -1), OutOfRange::TruncateByEpoch);
     }
 
     #[test]

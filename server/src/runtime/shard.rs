@@ -210,8 +210,10 @@ impl Drop for DrainedGuard {
 pub enum PartitionError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
-    #[error("offset out of range")]
-    OffsetOutOfRange,
+    /// With the log start, which a follower below it starts again at (Fetch v5+ carries
+    /// it in the partition's answer).
+    #[error("offset out of range (log start {log_start})")]
+    OffsetOutOfRange { log_start: i64 },
     #[error("{0}")]
     MessageTooLarge(String),
     #[error("{0}")]
@@ -238,7 +240,7 @@ impl PartitionError {
     pub fn code(&self) -> i16 {
         match self {
             PartitionError::UnknownTopicOrPartition => error_code::UNKNOWN_TOPIC_OR_PARTITION,
-            PartitionError::OffsetOutOfRange => error_code::OFFSET_OUT_OF_RANGE,
+            PartitionError::OffsetOutOfRange { .. } => error_code::OFFSET_OUT_OF_RANGE,
             PartitionError::MessageTooLarge(_) => error_code::MESSAGE_TOO_LARGE,
             PartitionError::CorruptMessage(_) => error_code::CORRUPT_MESSAGE,
             PartitionError::InvalidRecord(_) => error_code::INVALID_RECORD,
@@ -250,6 +252,14 @@ impl PartitionError {
             PartitionError::Storage(_) => error_code::KAFKA_STORAGE_ERROR,
             PartitionError::NotServedHere(code) => *code,
             PartitionError::Replication { code, .. } => *code,
+        }
+    }
+
+    /// The partition's log start, where the error knows it (Fetch answers it).
+    pub fn log_start_offset(&self) -> Option<i64> {
+        match self {
+            PartitionError::OffsetOutOfRange { log_start } => Some(*log_start),
+            _ => None,
         }
     }
 }
@@ -266,7 +276,9 @@ impl From<LogError> for PartitionError {
                 }
                 other => PartitionError::InvalidRecord(other.to_string()),
             },
-            LogError::OffsetOutOfRange { .. } => PartitionError::OffsetOutOfRange,
+            LogError::OffsetOutOfRange { log_start, .. } => {
+                PartitionError::OffsetOutOfRange { log_start }
+            }
             e @ LogError::OutOfOrderSequence { .. } => {
                 PartitionError::OutOfOrderSequence(e.to_string())
             }
@@ -368,11 +380,18 @@ pub(crate) struct OwnedPartition {
 }
 
 /// Who reads a partition: a consumer (below the high watermark) or a follower replica
-/// (to the log end; its fetch offset is its progress).
+/// (to the log end; its fetch offset is its progress), with the address its connection
+/// comes from (checked against the replica's registered address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader {
-    Consumer { current_leader_epoch: i32 },
-    Follower { id: i32, current_leader_epoch: i32 },
+    Consumer {
+        current_leader_epoch: i32,
+    },
+    Follower {
+        id: i32,
+        current_leader_epoch: i32,
+        peer: std::net::IpAddr,
+    },
 }
 
 pub struct Shard {

@@ -44,7 +44,8 @@ pub async fn handle(
             })
             .map(|event| event.listen())
             .collect();
-        let (topics, bytes, any_error, sent) = read_all(shard, &req, response_max).await;
+        let (topics, bytes, any_error, sent) =
+            read_all(shard, &req, request.peer, response_max).await;
         let now = Instant::now();
         if bytes >= min_bytes
             || any_error
@@ -78,6 +79,7 @@ type Sent = Vec<(std::sync::Arc<PartitionCounters>, u64, u64)>;
 async fn read_all(
     shard: &Rc<Shard>,
     req: &FetchRequest,
+    peer: std::net::IpAddr,
     response_max: u64,
 ) -> (Vec<TopicData>, u64, bool, Sent) {
     let mut sent = Vec::new();
@@ -97,6 +99,7 @@ async fn read_all(
                 Reader::Follower {
                     id: req.replica_id.0,
                     current_leader_epoch: p.current_leader_epoch,
+                    peer,
                 }
             } else {
                 Reader::Consumer {
@@ -143,7 +146,8 @@ async fn read_all(
                         error_code: e.code(),
                         high_watermark: -1,
                         last_stable_offset: -1,
-                        log_start_offset: -1,
+                        // A follower below the log start starts again there.
+                        log_start_offset: e.log_start_offset().unwrap_or(-1),
                         records: Vec::new(),
                     }
                 }

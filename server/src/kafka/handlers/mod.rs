@@ -28,6 +28,8 @@ pub struct Request {
     pub correlation_id: i32,
     pub client_id: String,
     pub client_host: String,
+    /// The address the connection comes from.
+    pub peer: std::net::IpAddr,
     /// Decoded by `protocol::decode_frame` before dispatch; the handler takes it once.
     pub body: Option<RequestBody>,
 }
