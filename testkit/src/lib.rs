@@ -388,7 +388,13 @@ impl Isolation {
     /// (`CI` set, as `.ci/run` runs), where `.ci/run` installs nftables, it fails instead,
     /// so a suite that needs it can never skip itself silently there.
     pub fn available() -> bool {
-        let probe = format!("{ISOLATION_TABLE_PREFIX}probe_{}", std::process::id());
+        // A name of its own per call: tests of one process probe side by side.
+        static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let probe = format!(
+            "{ISOLATION_TABLE_PREFIX}probe_{}_{}",
+            std::process::id(),
+            PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let why = match nft(&["add", "table", "inet", &probe]) {
             Ok(()) => match nft(&["delete", "table", "inet", &probe]) {
                 Ok(()) => return true,
@@ -532,6 +538,7 @@ fn delete_stale_tables() {
         let Some(rest) = table.strip_prefix(ISOLATION_TABLE_PREFIX) else {
             continue;
         };
+        let rest = rest.strip_prefix("probe_").unwrap_or(rest);
         let pid = rest.split('_').next().unwrap_or_default();
         if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
             let _ = nft(&["delete", "table", "inet", table]);
