@@ -10,6 +10,8 @@
 //! `baseOffset` and `partitionLeaderEpoch` sit outside the CRC, so assigning offsets never
 //! recomputes it.
 
+use bytes::Bytes;
+
 use crate::error::BatchError;
 
 /// Bytes before the first record.
@@ -306,6 +308,25 @@ pub fn set_partition_leader_epoch(bytes: &mut [u8], epoch: i32) {
     bytes[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Bytes at the head of a batch that hold what the log stamps into it: the base offset,
+/// the batch length and the partition leader epoch (all outside the CRC).
+pub const STAMPED_HEAD_BYTES: usize = LEADER_EPOCH_AT + 4;
+
+/// Splits a validated batch (at least `BATCH_HEADER_BYTES` long) into a copy of its head
+/// with `base_offset` and `epoch` stamped in, and the untouched rest, which shares the
+/// caller's buffer: written back to back they are the stamped batch, and only
+/// `STAMPED_HEAD_BYTES` were copied.
+pub fn stamp_head(batch: &Bytes, base_offset: i64, epoch: i32) -> (Bytes, Bytes) {
+    let mut head = [0u8; STAMPED_HEAD_BYTES];
+    head.copy_from_slice(&batch[..STAMPED_HEAD_BYTES]);
+    set_base_offset(&mut head, base_offset);
+    set_partition_leader_epoch(&mut head, epoch);
+    (
+        Bytes::copy_from_slice(&head),
+        batch.slice(STAMPED_HEAD_BYTES..),
+    )
+}
+
 /// Finds, in an uncompressed, validated batch, the offset and timestamp of the first
 /// record whose timestamp is at least `target`. `None` when no record qualifies or the
 /// batch is compressed (the caller then falls back to the batch's base offset).
@@ -408,6 +429,23 @@ mod tests {
 
     fn check(bytes: &[u8], expect: Result<(), BatchError>) {
         assert_eq!(validate(bytes, 1 << 20).map(|_| ()), expect);
+    }
+
+    #[test]
+    fn given_a_batch_when_its_head_is_stamped_should_equal_the_batch_stamped_in_place() {
+        let original = build_batch(&[b"a", b"bc", b"def"], 1000);
+        let mut in_place = original.clone();
+        set_base_offset(&mut in_place, 4242);
+        set_partition_leader_epoch(&mut in_place, 7);
+        let shared = Bytes::from(original.clone());
+        let (head, rest) = stamp_head(&shared, 4242, 7);
+        assert_eq!(head.len(), STAMPED_HEAD_BYTES);
+        assert_eq!([&head[..], &rest[..]].concat(), in_place);
+        // The rest shares the caller's buffer and the caller's bytes stay as they were.
+        assert_eq!(rest.as_ptr(), shared[STAMPED_HEAD_BYTES..].as_ptr());
+        assert_eq!(&shared[..], &original[..]);
+        let h = validate(&in_place, 1 << 20).unwrap();
+        assert_eq!((h.base_offset, h.partition_leader_epoch), (4242, 7));
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub const APPEND_QUEUE_DEPTH_MAX: usize = 1024;
 /// Appends the writer coalesces into one vectored write (and one sync).
 pub const WRITE_GROUP_BATCHES_MAX: usize = 256;
 
+// A group is written as two buffers per batch (the stamped head, then the rest), and one
+// vectored write takes at most IOV_MAX (1024 on Linux) buffers.
+const _: () = assert!(2 * WRITE_GROUP_BATCHES_MAX <= 1024);
+
 /// Bytes the writer coalesces into one vectored write.
 pub const WRITE_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_channel::{mpsc, oneshot};
 use futures_util::{SinkExt, StreamExt};
 
@@ -233,7 +234,7 @@ enum Command {
     Append(QueuedAppend),
     /// Whole, validated batches of a leader, offsets contiguous, written as they are.
     AppendReplica {
-        records: Vec<u8>,
+        records: Bytes,
         headers: Vec<BatchHeader>,
         wait: AppendWait,
         reply: oneshot::Sender<Result<ReplicaAppend>>,
@@ -305,7 +306,7 @@ impl Partition {
     /// `wait` asks). An invalid batch is refused with the reason and the log is untouched.
     /// The batch is stored with no leader epoch (-1, what Kafka clients send), and the
     /// leader-epoch cache is left alone: a single node has no leader changes.
-    pub async fn append(&self, batch: Vec<u8>, wait: AppendWait) -> Result<AppendInfo> {
+    pub async fn append(&self, batch: impl Into<Bytes>, wait: AppendWait) -> Result<AppendInfo> {
         self.append_with_epoch(batch, wait, UNDEFINED_EPOCH).await
     }
 
@@ -315,10 +316,11 @@ impl Partition {
     /// acknowledged. A negative epoch stamps -1 and records nothing.
     pub async fn append_with_epoch(
         &self,
-        batch: Vec<u8>,
+        batch: impl Into<Bytes>,
         wait: AppendWait,
         leader_epoch: i32,
     ) -> Result<AppendInfo> {
+        let batch: Bytes = batch.into();
         let header = batch::validate(&batch, self.batch_bytes_max)?;
         let (reply, response) = oneshot::channel();
         self.send(Command::Append(QueuedAppend {
@@ -343,9 +345,10 @@ impl Partition {
     /// flush policy.
     pub async fn append_replica(
         &self,
-        records: Vec<u8>,
+        records: impl Into<Bytes>,
         wait: AppendWait,
     ) -> Result<ReplicaAppend> {
+        let records: Bytes = records.into();
         let (headers, whole_bytes) = split_replica_batches(&records, self.batch_bytes_max)?;
         if headers.is_empty() {
             let offsets = self.offsets();
@@ -883,7 +886,8 @@ fn clone_error(error: &LogError) -> LogError {
 
 /// A producer append as the writer receives it.
 struct QueuedAppend {
-    bytes: Vec<u8>,
+    /// The batch as the caller handed it over (a slice of the request frame, not a copy).
+    bytes: Bytes,
     header: BatchHeader,
     wait: AppendWait,
     /// Stamped into the batch; -1 for none.
@@ -1101,13 +1105,16 @@ impl Writer {
     }
 
     async fn write_group(&mut self, group: Vec<QueuedAppend>) {
-        let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(group.len());
+        // Two buffers per batch: its first bytes with the offset and epoch stamped in (a
+        // 16-byte copy), then the rest as the caller's bytes, so the batch itself is never
+        // copied on its way to the file.
+        let mut bufs: Vec<Bytes> = Vec::with_capacity(2 * group.len());
         let mut placed: Vec<Placed> = Vec::with_capacity(group.len());
         let mut next_offset = self.state.borrow().active().next_offset;
         // Retries of batches placed in this very group are answered once those are written.
         let mut early_duplicates = Vec::new();
         for QueuedAppend {
-            mut bytes,
+            bytes,
             mut header,
             wait,
             leader_epoch,
@@ -1161,13 +1168,13 @@ impl Writer {
                 }));
                 continue;
             };
-            batch::set_base_offset(&mut bytes, next_offset);
-            batch::set_partition_leader_epoch(&mut bytes, leader_epoch);
+            let (stamped, rest) = batch::stamp_head(&bytes, next_offset, leader_epoch);
             header.base_offset = next_offset;
             header.partition_leader_epoch = leader_epoch;
             next_offset = after;
             self.state.borrow_mut().producers.record(&header);
-            bufs.push(bytes);
+            bufs.push(stamped);
+            bufs.push(rest);
             placed.push(Placed {
                 header,
                 total,
@@ -1222,7 +1229,7 @@ impl Writer {
     /// are, rolling segments as appends do, and answers once for all of them.
     async fn append_replica(
         &mut self,
-        records: Vec<u8>,
+        records: Bytes,
         headers: Vec<BatchHeader>,
         wait: AppendWait,
         reply: oneshot::Sender<Result<ReplicaAppend>>,
@@ -1653,7 +1660,7 @@ impl Writer {
     /// Returns whether it rolled, or the failure that stopped it.
     async fn make_room(
         &mut self,
-        bufs: &mut Vec<Vec<u8>>,
+        bufs: &mut Vec<Bytes>,
         placed: &mut Vec<Placed>,
         total: u64,
         offset_count: i64,
@@ -1695,7 +1702,7 @@ impl Writer {
 
     /// Writes the placed batches at the end of the active segment in one vectored write,
     /// then publishes them to readers and answers the callers.
-    async fn write_placed(&mut self, bufs: Vec<Vec<u8>>, placed: Vec<Placed>) {
+    async fn write_placed(&mut self, bufs: Vec<Bytes>, placed: Vec<Placed>) {
         if placed.is_empty() {
             return;
         }

@@ -109,13 +109,16 @@ impl SegmentFiles {
     }
 
     /// Writes `bufs` back to back at `pos` of the log (`Log`), offset index or time index.
-    pub(crate) async fn write_all_at(
+    pub(crate) async fn write_all_at<B>(
         &self,
         which: SegmentFile,
-        bufs: Vec<Vec<u8>>,
+        bufs: Vec<B>,
         pos: u64,
         path: WritePath,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        B: compio::buf::IoBuf + AsRef<[u8]>,
+    {
         let (file, name) = match which {
             SegmentFile::Log => (&self.log, &self.log_path),
             SegmentFile::Index => (&self.index, &self.index_path),
@@ -177,18 +180,22 @@ pub(crate) enum SegmentFile {
 }
 
 /// `pwritev` until every byte of `bufs` is written at `pos`, on the calling thread.
-fn pwritev_all(file: &File, bufs: &[Vec<u8>], mut pos: u64) -> io::Result<()> {
+fn pwritev_all<B: AsRef<[u8]>>(file: &File, bufs: &[B], mut pos: u64) -> io::Result<()> {
     let mut index = 0usize;
     let mut skip = 0usize;
     while index < bufs.len() {
-        if skip == bufs[index].len() {
+        if skip == bufs[index].as_ref().len() {
             index += 1;
             skip = 0;
             continue;
         }
         let mut slices = Vec::with_capacity(bufs.len() - index);
-        slices.push(io::IoSlice::new(&bufs[index][skip..]));
-        slices.extend(bufs[index + 1..].iter().map(|b| io::IoSlice::new(b)));
+        slices.push(io::IoSlice::new(&bufs[index].as_ref()[skip..]));
+        slices.extend(
+            bufs[index + 1..]
+                .iter()
+                .map(|b| io::IoSlice::new(b.as_ref())),
+        );
         let written = match rustix::io::pwritev(file, &slices, pos) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
@@ -198,7 +205,7 @@ fn pwritev_all(file: &File, bufs: &[Vec<u8>], mut pos: u64) -> io::Result<()> {
         pos += written as u64;
         let mut left = written;
         while left > 0 {
-            let remaining = bufs[index].len() - skip;
+            let remaining = bufs[index].as_ref().len() - skip;
             if left >= remaining {
                 left -= remaining;
                 index += 1;

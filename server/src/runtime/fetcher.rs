@@ -221,7 +221,7 @@ async fn fetch(
             };
             match data.error_code {
                 error_code::NONE => {
-                    let records = data.records.map(|r| r.to_vec()).unwrap_or_default();
+                    let records = data.records.unwrap_or_default();
                     appends.push(async move {
                         let result = shard
                             .follower_append(view, records, data.high_watermark)

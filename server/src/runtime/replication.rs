@@ -10,6 +10,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cluster::{BrokerId, Command};
 use engine::{AppendWait, FlushPolicy, Partition, TopicPartition};
 
@@ -297,7 +298,7 @@ impl Shard {
     pub async fn follower_append(
         &self,
         view: &FollowerView,
-        records: Vec<u8>,
+        records: Bytes,
         leader_high_watermark: i64,
     ) -> Result<(), PartitionError> {
         let Some((log, replica)) = self.still_following(view) else {

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use engine::{AppendInfo, AppendWait, LogError, LogOffsets, Partition, TopicPartition};
 use event_listener::Event;
 use futures_channel::{mpsc, oneshot};
@@ -323,7 +324,7 @@ pub struct RemoteRead {
 pub enum ShardCommand {
     Append {
         tp: TopicPartition,
-        batch: Vec<u8>,
+        batch: Bytes,
         wait: AppendWait,
         reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
     },
@@ -425,12 +426,12 @@ struct Forward {
 /// One append on its way to the owning core in an `AppendBulk`.
 pub enum Forwarded {
     /// acks=0: its bytes count in the sending core's `unacked_bytes` until it is written.
-    Unacknowledged(TopicPartition, Vec<u8>),
+    Unacknowledged(TopicPartition, Bytes),
     /// An acknowledged append that arrived while acks=0 ones for the same core were still
     /// queued here: it waits its turn, so a connection's appends keep their order.
     Acknowledged {
         tp: TopicPartition,
-        batch: Vec<u8>,
+        batch: Bytes,
         wait: AppendWait,
         reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
     },
@@ -528,7 +529,7 @@ impl Shard {
     pub async fn append(
         self: &Rc<Self>,
         tp: TopicPartition,
-        batch: Vec<u8>,
+        batch: Bytes,
         wait: AppendWait,
     ) -> Result<AppendInfo, PartitionError> {
         let owner = self.owner(&tp);
@@ -581,7 +582,7 @@ impl Shard {
     /// connection's earlier ones and this returns without waiting for the write, so one
     /// connection can keep many small batches in flight, as Kafka's acks=0 producers expect.
     /// What is queued and unwritten is bounded by `UNACKED_PRODUCE_BYTES_MAX` per core.
-    pub async fn append_unacknowledged(self: &Rc<Self>, tp: TopicPartition, batch: Vec<u8>) {
+    pub async fn append_unacknowledged(self: &Rc<Self>, tp: TopicPartition, batch: Bytes) {
         let n = batch.len();
         while self.unacked_bytes.get() != 0
             && self.unacked_bytes.get() + n > UNACKED_PRODUCE_BYTES_MAX
@@ -806,7 +807,7 @@ impl Shard {
     async fn local_append(
         &self,
         tp: &TopicPartition,
-        batch: Vec<u8>,
+        batch: Bytes,
         wait: AppendWait,
     ) -> Result<AppendInfo, PartitionError> {
         let (log, event, counters, replica) = {

@@ -64,7 +64,7 @@ pub async fn handle(
         // Nobody waits for an answer: queue the appends in order and go on reading.
         for (name, index, checked, records) in pending {
             match (checked, records) {
-                (Ok(tp), Some(records)) => shard.append_unacknowledged(tp, records.to_vec()).await,
+                (Ok(tp), Some(records)) => shard.append_unacknowledged(tp, records).await,
                 (checked, _) => {
                     let code = checked.err().map_or(error_code::INVALID_RECORD, |o| o.code);
                     tracing::debug!(topic = %name, partition = index, code, "acks=0 produce refused");
@@ -84,7 +84,7 @@ pub async fn handle(
             (Err(outcome), _) => outcome,
             (Ok(tp), Some(records)) => match compio::time::timeout(
                 ack_timeout,
-                shard.append(tp, records.to_vec(), wait),
+                shard.append(tp, records, wait),
             )
             .await
             .unwrap_or(Err(PartitionError::Replication {
