@@ -8,6 +8,11 @@
 # one core and the default `flush = per-append`. With TMPFS=1 the data directories are on
 # a tmpfs (needs root): what the replication protocol costs without the disk.
 #
+# The same four settings also run through loadgen's own lean client (`kafka-lean`) on a
+# 1-partition topic (it talks to one leader), a client that uses a fraction of
+# librdkafka's CPU: what is left is the brokers' own cost. Each run also records the CPU
+# seconds of all three brokers (from /proc) and of loadgen.
+#
 # usage: [TMPFS=1] scripts/replication-bench.sh OUT_DIR [MESSAGES] [ROUNDS] [RATE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,11 +57,21 @@ dirty=$(git diff --quiet HEAD || echo ' (with uncommitted changes)')
   echo "brokers: 3 processes on 127.0.0.1, --cores 1 each, flush = per-append, data on $storage"
   echo "command: TMPFS=$tmpfs scripts/replication-bench.sh $out $messages $rounds $rate"
 } >"$out/how.txt"
-run() { # label rf acks round
-  target/release/loadgen --kafka 127.0.0.1:9191 --replication-factor "$2" --kafka-acks "$3" \
-    produce --target kafka --mode durable --messages "$messages" --size 1024 --batch 1000 \
-    --linger-ms 5 --partitions 3 --partitioner per-batch --no-verify \
+brokers_cpu() { # CPU seconds of the three brokers so far
+  local ticks=0
+  for p in "${pids[@]}"; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$ticks $(getconf CLK_TCK)" | awk '{printf "%.2f", $1 / $2}'
+}
+run() { # label rf acks round [target partitions]
+  local target=${5:-kafka} partitions=${6:-3} before after
+  before=$(brokers_cpu)
+  /usr/bin/time -f '%U %S' -o "$out/$1-round$4.client-cpu" \
+    target/release/loadgen --kafka 127.0.0.1:9191 --replication-factor "$2" --kafka-acks "$3" \
+    produce --target "$target" --mode durable --messages "$messages" --size 1024 --batch 1000 \
+    --linger-ms 5 --partitions "$partitions" --partitioner per-batch --no-verify \
     --out "$out/$1-round$4" >"$out/$1-round$4.txt" 2>&1
+  after=$(brokers_cpu)
+  echo "$before $after" | awk '{printf "%.2f\n", $2 - $1}' >"$out/$1-round$4.brokers-cpu"
 }
 latency() { # label rf acks
   target/release/loadgen --kafka 127.0.0.1:9191 --replication-factor "$2" --kafka-acks "$3" \
@@ -68,18 +83,23 @@ for round in $(seq 1 "$rounds"); do
   run rf1-acksall 1 all "$round"
   run rf3-acks1 3 1 "$round"
   run rf3-acksall 3 all "$round"
+  run lean-rf1-acks1 1 1 "$round" kafka-lean 1
+  run lean-rf1-acksall 1 all "$round" kafka-lean 1
+  run lean-rf3-acks1 3 1 "$round" kafka-lean 1
+  run lean-rf3-acksall 3 all "$round" kafka-lean 1
 done
 latency rf1-acks1 1 1
 latency rf1-acksall 1 all
 latency rf3-acks1 3 1
 latency rf3-acksall 3 all
 summary="$out/summary.md"
-echo "| setting | round | msgs/s | MB/s | broker 1 CPU s |" >"$summary"
-echo "|---|---:|---:|---:|---:|" >>"$summary"
-for f in "$out"/rf*-round*.txt; do
+echo "| setting | round | msgs/s | MB/s | 3 brokers CPU s | client CPU s |" >"$summary"
+echo "|---|---:|---:|---:|---:|---:|" >>"$summary"
+for f in "$out"/rf*-round*.txt "$out"/lean-*-round*.txt; do
   name=$(basename "$f" .txt)
   row=$(grep '^| produce |' "$f" | head -1)
-  echo "| ${name%-round*} | ${name##*-round} | $(echo "$row" | cut -d'|' -f5 | tr -d ' ') | $(echo "$row" | cut -d'|' -f6 | tr -d ' ') | $(echo "$row" | cut -d'|' -f12 | tr -d ' ') |" >>"$summary"
+  client=$(awk '{printf "%.2f", $1 + $2}' "$out/$name.client-cpu")
+  echo "| ${name%-round*} | ${name##*-round} | $(echo "$row" | cut -d'|' -f5 | tr -d ' ') | $(echo "$row" | cut -d'|' -f6 | tr -d ' ') | $(cat "$out/$name.brokers-cpu") | $client |" >>"$summary"
 done
 {
   echo

@@ -30,7 +30,7 @@ pub use leader_epoch::{EpochEntry, LeaderEpochCache};
 pub use partition::{
     AppendInfo, AppendWait, FailureObserver, FileRange, LogOffsets, Partition, ReadSlice,
     RecoveryReport, ReplicaAppend, RetentionReport, SyncObserver, TimestampOffset, TruncateReport,
-    WriterStats,
+    WriteObserver, WriterStats,
 };
 pub use segment::SegmentFiles;
 

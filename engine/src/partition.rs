@@ -148,6 +148,11 @@ pub struct WriterStats {
 /// it took (the broker feeds its flush-latency histogram from it).
 pub type SyncObserver = Rc<dyn Fn(Duration)>;
 
+/// Called on the partition's core each time written batches become readable, before
+/// they are synced (the broker wakes its followers' fetches from it, so that they copy a
+/// batch while the leader's own fdatasync of it is still running).
+pub type WriteObserver = Rc<dyn Fn()>;
+
 /// Called on the partition's core when its storage fails, and again if a failed write is
 /// followed by a failed sync (the broker reports the partition offline from it).
 pub type FailureObserver = Rc<dyn Fn(&StorageFailure)>;
@@ -171,6 +176,7 @@ pub(crate) struct LogState {
     /// Leader epochs and their start offsets, as persisted in `leader-epoch-checkpoint`.
     pub epochs: LeaderEpochCache,
     pub sync_observer: Option<SyncObserver>,
+    pub write_observer: Option<WriteObserver>,
     pub failure_observer: Option<FailureObserver>,
     /// Set while `truncate_fully_and_start_at` swaps the log: retention leaves it alone.
     pub starting_over: bool,
@@ -620,6 +626,11 @@ impl Partition {
     /// Calls `observer` after each fdatasync of this partition's segment files.
     pub fn set_sync_observer(&self, observer: SyncObserver) {
         self.state.borrow_mut().sync_observer = Some(observer);
+    }
+
+    /// See [`WriteObserver`].
+    pub fn set_write_observer(&self, observer: WriteObserver) {
+        self.state.borrow_mut().write_observer = Some(observer);
     }
 
     /// Calls `observer` when this partition's storage fails (see `StorageFailure`).
@@ -1771,6 +1782,10 @@ impl Writer {
                     });
                 }
             }
+        }
+        let observer = self.state.borrow().write_observer.clone();
+        if let Some(observer) = observer {
+            observer();
         }
         if !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &files)) {
             self.unsynced.push(Rc::clone(&files));

@@ -182,6 +182,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         producers,
         epochs,
         sync_observer: None,
+        write_observer: None,
         starting_over: false,
     };
     Ok((state, report))

@@ -572,6 +572,32 @@ fn given_reads_should_report_the_offset_after_the_last_whole_batch() {
 }
 
 #[test]
+fn given_write_observer_should_see_each_write_readable_before_it_is_synced() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_policy: FlushPolicy::EveryAppend,
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let (sink, handle) = (std::rc::Rc::clone(&seen), p.clone());
+        p.set_write_observer(std::rc::Rc::new(move || {
+            let o = handle.offsets();
+            sink.borrow_mut().push((o.log_end_offset, o.durable_offset));
+        }));
+        for i in 0..3 {
+            p.append(batch(2, 10, i), AppendWait::Durable)
+                .await
+                .unwrap();
+        }
+        // Called once per write, with the batch readable and not yet synced.
+        assert_eq!(*seen.borrow(), vec![(2, 0), (4, 2), (6, 4)]);
+        assert_eq!(p.offsets().durable_offset, 6);
+    });
+}
+
+#[test]
 fn given_sync_observer_should_see_every_fdatasync_and_its_duration() {
     run(async {
         let dir = tempfile::tempdir().unwrap();

@@ -84,8 +84,22 @@ const RECORD_BYTES_MIN: usize = 7;
 /// Fetches in a row that may return data without a whole batch before the run fails.
 const STALLED_FETCHES_MAX: u32 = 100;
 
+/// Durable mode's acks from loadgen's `--kafka-acks`: "all" or "-1" (idempotent, as by
+/// default) or "1" (the leader's write, not idempotent).
+pub fn durable_acks(acks: Option<&str>) -> anyhow::Result<i16> {
+    match acks {
+        None | Some("all" | "-1") => Ok(-1),
+        Some("1") => Ok(1),
+        Some(other) => anyhow::bail!("kafka-lean takes --kafka-acks all, -1 or 1, not {other}"),
+    }
+}
+
 pub struct KafkaLean {
     bootstrap: String,
+    /// Replicas of the topics it creates.
+    replication_factor: i16,
+    /// Durable mode's acks: -1 (all, idempotent, the default) or 1 (not idempotent).
+    durable_acks: i16,
     /// One connection for topic setup, metadata and watermarks, opened on first use.
     admin: Mutex<Option<Conn>>,
 }
@@ -94,8 +108,18 @@ impl KafkaLean {
     pub fn new(bootstrap: String) -> Self {
         Self {
             bootstrap,
+            replication_factor: 1,
+            durable_acks: -1,
             admin: Mutex::new(None),
         }
+    }
+
+    /// Topics created with `replication_factor` replicas; durable-mode producers with
+    /// `durable_acks` (see [`durable_acks`]). The paper mode keeps acks=0.
+    pub fn with_replication(mut self, replication_factor: i16, durable_acks: i16) -> Self {
+        self.replication_factor = replication_factor.max(1);
+        self.durable_acks = durable_acks;
+        self
     }
 
     /// Runs `f` on the admin connection; a failed call drops it (the next one reconnects).
@@ -188,7 +212,7 @@ impl Target for KafkaLean {
                 CreatableTopic::default()
                     .with_name(topic_name(&dest.name))
                     .with_num_partitions(partitions)
-                    .with_replication_factor(1),
+                    .with_replication_factor(self.replication_factor),
             ])
             .with_timeout_ms(millis(ADMIN_TIMEOUT));
         let response: CreateTopicsResponse =
@@ -213,9 +237,13 @@ impl Target for KafkaLean {
 
     fn producer(&self, dest: &Dest, spec: ProducerSpec) -> anyhow::Result<Box<dyn Producer>> {
         let mut conn = Conn::connect(&self.leader(dest)?)?;
-        let (producer_id, producer_epoch) = match spec.mode {
-            Mode::Paper => (-1, -1),
-            Mode::Durable => {
+        let acks = match spec.mode {
+            Mode::Paper => 0,
+            Mode::Durable => self.durable_acks,
+        };
+        let (producer_id, producer_epoch) = match acks {
+            0 | 1 => (-1, -1),
+            _ => {
                 let request = InitProducerIdRequest::default()
                     .with_transactional_id(None)
                     .with_transaction_timeout_ms(60_000);
@@ -229,6 +257,7 @@ impl Target for KafkaLean {
             conn,
             topic: topic_name(&dest.name),
             mode: spec.mode,
+            acks,
             batch: spec.batch.max(1),
             linger: Duration::from_millis(spec.linger_ms),
             producer_id,
@@ -521,6 +550,8 @@ struct LeanProducer {
     conn: Conn,
     topic: TopicName,
     mode: Mode,
+    /// 0 in paper mode; -1 (idempotent) or 1 in durable mode.
+    acks: i16,
     batch: usize,
     linger: Duration,
     producer_id: i64,
@@ -541,10 +572,7 @@ struct LeanProducer {
 
 impl LeanProducer {
     fn acks(&self) -> i16 {
-        match self.mode {
-            Mode::Paper => 0,
-            Mode::Durable => -1,
-        }
+        self.acks
     }
 
     /// The pending records of each partition as one record batch each.
@@ -553,7 +581,7 @@ impl LeanProducer {
             version: 2,
             compression: Compression::None,
         };
-        let idempotent = self.mode == Mode::Durable;
+        let idempotent = self.acks == -1;
         let mut data = Vec::new();
         for (p, records) in self.pending.iter_mut().enumerate() {
             if records.is_empty() {

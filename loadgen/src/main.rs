@@ -54,11 +54,12 @@ struct Cli {
         default_value = "127.0.0.1:61613"
     )]
     activemq: String,
-    /// Replication factor of the topics the `kafka` target creates.
+    /// Replication factor of the topics the `kafka` and `kafka-lean` targets create.
     #[arg(long, global = true, default_value_t = 1)]
     replication_factor: i32,
     /// The `kafka` target's producer acks, overriding the mode's (`0`, `1` or `all`;
-    /// idempotence is on only with `all` in durable mode).
+    /// idempotence is on only with `all` in durable mode). `kafka-lean` takes `1` or
+    /// `all` for its durable mode (idempotent with `all`); its paper mode stays acks=0.
     #[arg(long, global = true)]
     kafka_acks: Option<String>,
     /// No progress bars.
@@ -221,24 +222,31 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let make = |kind: TargetKind| -> Box<dyn Target> {
-        match kind {
+    let lean_replication_factor =
+        i16::try_from(cli.replication_factor).context("--replication-factor")?;
+    let make = |kind: TargetKind| -> anyhow::Result<Box<dyn Target>> {
+        Ok(match kind {
             TargetKind::Kafka => Box::new(
                 kafka::Kafka::new(cli.kafka.clone(), runtime.handle().clone())
                     .with_replication(cli.replication_factor, cli.kafka_acks.clone()),
             ),
-            TargetKind::KafkaLean => Box::new(kafka_lean::KafkaLean::new(cli.kafka.clone())),
+            TargetKind::KafkaLean => Box::new(
+                kafka_lean::KafkaLean::new(cli.kafka.clone()).with_replication(
+                    lean_replication_factor,
+                    kafka_lean::durable_acks(cli.kafka_acks.as_deref())?,
+                ),
+            ),
             TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(
                 cli.rabbitmq.clone(),
                 runtime.handle().clone(),
             )),
             TargetKind::Activemq => Box::new(activemq::ActiveMq::new(cli.activemq.clone())),
-        }
+        })
     };
     match &cli.command {
         Command::Paper(args) => paper(args, &make, cli.quiet),
         Command::Produce(args) => {
-            let target = make(args.target);
+            let target = make(args.target)?;
             reachable(target.as_ref())?;
             let knobs = args.knobs.knobs(cli.quiet);
             let dest = new_dest(target.as_ref(), "produce", knobs.partitions)?;
@@ -250,7 +258,7 @@ fn main() -> anyhow::Result<()> {
             finish(vec![run], Vec::new(), args.out.as_deref(), Vec::new())
         }
         Command::Consume(args) => {
-            let target = make(args.target);
+            let target = make(args.target)?;
             reachable(target.as_ref())?;
             let knobs = args.knobs.knobs(cli.quiet);
             let dest = new_dest(target.as_ref(), "consume", knobs.partitions)?;
@@ -271,7 +279,7 @@ fn main() -> anyhow::Result<()> {
             finish(vec![run], Vec::new(), args.out.as_deref(), Vec::new())
         }
         Command::Latency(args) => {
-            let target = make(args.target);
+            let target = make(args.target)?;
             reachable(target.as_ref())?;
             let mut knobs = args.knobs.knobs(cli.quiet);
             if let Some(d) = knobs.duration.take() {
@@ -449,7 +457,7 @@ fn latency_run(
 
 fn paper(
     args: &PaperArgs,
-    make: &dyn Fn(TargetKind) -> Box<dyn Target>,
+    make: &dyn Fn(TargetKind) -> anyhow::Result<Box<dyn Target>>,
     quiet: bool,
 ) -> anyhow::Result<()> {
     if args.messages == 0 {
@@ -473,7 +481,7 @@ fn paper(
         quiet,
     };
     for &kind in &args.targets {
-        let target = make(kind);
+        let target = make(kind)?;
         let t = target.as_ref();
         if let Err(e) = t.check() {
             eprintln!(

@@ -990,6 +990,12 @@ impl Shard {
                 .registry
                 .data_event(&meta.name, partition)
                 .unwrap_or_else(|| Arc::new(Event::new()));
+            // Followers' fetches wake when a batch is written, not once it is synced: they
+            // copy it while the leader's own fdatasync of it runs (acks=all waits for both).
+            let written = Arc::clone(&data_event);
+            log.set_write_observer(Rc::new(move || {
+                written.notify(usize::MAX);
+            }));
             let counters = metrics.partition(&meta.name, partition);
             let replica = Rc::new(RefCell::new(Replica::new(
                 self.shared.node_id(),
