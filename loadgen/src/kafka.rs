@@ -22,7 +22,27 @@ use crate::target::{
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Our broker, driven through librdkafka.
+pub const OURS: Flavour = Flavour {
+    name: "kafka",
+    how_to_start: "BROKER_FLUSH=interval cargo run --release -p server --bin broker   (paper mode; the default flush is per append)",
+};
+
+/// Apache Kafka itself (`scripts/kafka.sh`), driven through librdkafka.
+pub const APACHE: Flavour = Flavour {
+    name: "apache-kafka",
+    how_to_start: "scripts/kafka.sh install && scripts/kafka.sh start paper   (or durable)",
+};
+
+/// What a Kafka-protocol target calls itself in results, and how to start its broker.
+#[derive(Clone, Copy)]
+pub struct Flavour {
+    pub name: &'static str,
+    pub how_to_start: &'static str,
+}
+
 pub struct Kafka {
+    flavour: Flavour,
     bootstrap: String,
     runtime: Handle,
     replication_factor: i32,
@@ -31,8 +51,9 @@ pub struct Kafka {
 }
 
 impl Kafka {
-    pub fn new(bootstrap: String, runtime: Handle) -> Self {
+    pub fn new(flavour: Flavour, bootstrap: String, runtime: Handle) -> Self {
         Self {
+            flavour,
             bootstrap,
             runtime,
             replication_factor: 1,
@@ -74,7 +95,7 @@ impl Kafka {
 
 impl Target for Kafka {
     fn name(&self) -> &'static str {
-        "kafka"
+        self.flavour.name
     }
 
     fn client(&self) -> String {
@@ -202,7 +223,7 @@ impl Target for Kafka {
     }
 
     fn how_to_start(&self) -> &'static str {
-        "BROKER_FLUSH=interval cargo run --release -p server --bin broker   (paper mode; the default flush is per append)"
+        self.flavour.how_to_start
     }
 }
 

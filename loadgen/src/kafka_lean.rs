@@ -45,7 +45,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use crate::kafka::port_of;
+use crate::kafka::{Flavour, port_of};
 use crate::target::{
     Consumer, ConsumerSpec, Dest, Mode, Producer, ProducerSpec, Target, wait_until,
 };
@@ -94,7 +94,20 @@ pub fn durable_acks(acks: Option<&str>) -> anyhow::Result<i16> {
     }
 }
 
+/// Our broker, driven through the lean client.
+pub const OURS: Flavour = Flavour {
+    name: "kafka-lean",
+    how_to_start: crate::kafka::OURS.how_to_start,
+};
+
+/// Apache Kafka itself (`scripts/kafka.sh`), driven through the lean client.
+pub const APACHE: Flavour = Flavour {
+    name: "apache-kafka-lean",
+    how_to_start: crate::kafka::APACHE.how_to_start,
+};
+
 pub struct KafkaLean {
+    flavour: Flavour,
     bootstrap: String,
     /// Replicas of the topics it creates.
     replication_factor: i16,
@@ -105,8 +118,9 @@ pub struct KafkaLean {
 }
 
 impl KafkaLean {
-    pub fn new(bootstrap: String) -> Self {
+    pub fn new(flavour: Flavour, bootstrap: String) -> Self {
         Self {
+            flavour,
             bootstrap,
             replication_factor: 1,
             durable_acks: -1,
@@ -177,7 +191,7 @@ impl KafkaLean {
 
 impl Target for KafkaLean {
     fn name(&self) -> &'static str {
-        "kafka-lean"
+        self.flavour.name
     }
 
     fn client(&self) -> String {
@@ -247,10 +261,21 @@ impl Target for KafkaLean {
                 let request = InitProducerIdRequest::default()
                     .with_transactional_id(None)
                     .with_transaction_timeout_ms(60_000);
-                let r: InitProducerIdResponse =
-                    conn.call(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &request)?;
-                check_code(r.error_code, None, "InitProducerId")?;
-                (r.producer_id.0, r.producer_epoch)
+                // A broker that has just started may still be loading the state that hands
+                // out producer ids (Apache Kafka answers COORDINATOR_LOAD_IN_PROGRESS or
+                // COORDINATOR_NOT_AVAILABLE): asked again, as Kafka's clients do.
+                let deadline = Instant::now() + ADMIN_TIMEOUT;
+                loop {
+                    let r: InitProducerIdResponse =
+                        conn.call(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &request)?;
+                    let loading = matches!(r.error_code, 14 | 15);
+                    if loading && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    check_code(r.error_code, None, "InitProducerId")?;
+                    break (r.producer_id.0, r.producer_epoch);
+                }
             }
         };
         Ok(Box::new(LeanProducer {
@@ -320,7 +345,7 @@ impl Target for KafkaLean {
     }
 
     fn how_to_start(&self) -> &'static str {
-        "BROKER_FLUSH=interval cargo run --release -p server --bin broker   (paper mode; the default flush is per append)"
+        self.flavour.how_to_start
     }
 }
 

@@ -38,6 +38,15 @@ struct Cli {
         default_value = "127.0.0.1:9092"
     )]
     kafka: String,
+    /// Apache Kafka's bootstrap servers, for the `apache-kafka` and `apache-kafka-lean`
+    /// targets (where `scripts/kafka.sh start` listens).
+    #[arg(
+        long,
+        global = true,
+        env = "LOADGEN_APACHE_KAFKA",
+        default_value = "127.0.0.1:29092"
+    )]
+    apache_kafka: String,
     /// RabbitMQ AMQP 0-9-1 URI.
     #[arg(
         long,
@@ -75,6 +84,10 @@ enum TargetKind {
     Kafka,
     /// The same broker through loadgen's lean pipelined client (`kafka-protocol` codecs).
     KafkaLean,
+    /// Apache Kafka (`scripts/kafka.sh`) through librdkafka, at `--apache-kafka`.
+    ApacheKafka,
+    /// Apache Kafka through the lean client.
+    ApacheKafkaLean,
     Rabbitmq,
     Activemq,
 }
@@ -226,16 +239,30 @@ fn main() -> anyhow::Result<()> {
         i16::try_from(cli.replication_factor).context("--replication-factor")?;
     let make = |kind: TargetKind| -> anyhow::Result<Box<dyn Target>> {
         Ok(match kind {
-            TargetKind::Kafka => Box::new(
-                kafka::Kafka::new(cli.kafka.clone(), runtime.handle().clone())
-                    .with_replication(cli.replication_factor, cli.kafka_acks.clone()),
-            ),
-            TargetKind::KafkaLean => Box::new(
-                kafka_lean::KafkaLean::new(cli.kafka.clone()).with_replication(
-                    lean_replication_factor,
-                    kafka_lean::durable_acks(cli.kafka_acks.as_deref())?,
-                ),
-            ),
+            TargetKind::Kafka | TargetKind::ApacheKafka => {
+                let (flavour, bootstrap) = if kind == TargetKind::Kafka {
+                    (kafka::OURS, &cli.kafka)
+                } else {
+                    (kafka::APACHE, &cli.apache_kafka)
+                };
+                Box::new(
+                    kafka::Kafka::new(flavour, bootstrap.clone(), runtime.handle().clone())
+                        .with_replication(cli.replication_factor, cli.kafka_acks.clone()),
+                )
+            }
+            TargetKind::KafkaLean | TargetKind::ApacheKafkaLean => {
+                let (flavour, bootstrap) = if kind == TargetKind::KafkaLean {
+                    (kafka_lean::OURS, &cli.kafka)
+                } else {
+                    (kafka_lean::APACHE, &cli.apache_kafka)
+                };
+                Box::new(
+                    kafka_lean::KafkaLean::new(flavour, bootstrap.clone()).with_replication(
+                        lean_replication_factor,
+                        kafka_lean::durable_acks(cli.kafka_acks.as_deref())?,
+                    ),
+                )
+            }
             TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(
                 cli.rabbitmq.clone(),
                 runtime.handle().clone(),
