@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use bytes::{BufMut as _, Bytes, BytesMut};
-use kafka_protocol::error::ParseResponseErrorCode as _;
+use kafka_protocol::error::{ParseResponseErrorCode as _, ResponseError};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -268,7 +268,13 @@ impl Target for KafkaLean {
                 loop {
                     let r: InitProducerIdResponse =
                         conn.call(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &request)?;
-                    let loading = matches!(r.error_code, 14 | 15);
+                    let loading = matches!(
+                        r.error_code.err(),
+                        Some(
+                            ResponseError::CoordinatorLoadInProgress
+                                | ResponseError::CoordinatorNotAvailable
+                        )
+                    );
                     if loading && Instant::now() < deadline {
                         std::thread::sleep(Duration::from_millis(100));
                         continue;

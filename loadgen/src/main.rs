@@ -237,31 +237,25 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let lean_replication_factor =
         i16::try_from(cli.replication_factor).context("--replication-factor")?;
+    let kafka_driver = |flavour, bootstrap: &String| {
+        kafka::Kafka::new(flavour, bootstrap.clone(), runtime.handle().clone())
+            .with_replication(cli.replication_factor, cli.kafka_acks.clone())
+    };
+    let lean_driver = |flavour, bootstrap: &String| -> anyhow::Result<kafka_lean::KafkaLean> {
+        Ok(
+            kafka_lean::KafkaLean::new(flavour, bootstrap.clone()).with_replication(
+                lean_replication_factor,
+                kafka_lean::durable_acks(cli.kafka_acks.as_deref())?,
+            ),
+        )
+    };
     let make = |kind: TargetKind| -> anyhow::Result<Box<dyn Target>> {
         Ok(match kind {
-            TargetKind::Kafka | TargetKind::ApacheKafka => {
-                let (flavour, bootstrap) = if kind == TargetKind::Kafka {
-                    (kafka::OURS, &cli.kafka)
-                } else {
-                    (kafka::APACHE, &cli.apache_kafka)
-                };
-                Box::new(
-                    kafka::Kafka::new(flavour, bootstrap.clone(), runtime.handle().clone())
-                        .with_replication(cli.replication_factor, cli.kafka_acks.clone()),
-                )
-            }
-            TargetKind::KafkaLean | TargetKind::ApacheKafkaLean => {
-                let (flavour, bootstrap) = if kind == TargetKind::KafkaLean {
-                    (kafka_lean::OURS, &cli.kafka)
-                } else {
-                    (kafka_lean::APACHE, &cli.apache_kafka)
-                };
-                Box::new(
-                    kafka_lean::KafkaLean::new(flavour, bootstrap.clone()).with_replication(
-                        lean_replication_factor,
-                        kafka_lean::durable_acks(cli.kafka_acks.as_deref())?,
-                    ),
-                )
+            TargetKind::Kafka => Box::new(kafka_driver(kafka::OURS, &cli.kafka)),
+            TargetKind::ApacheKafka => Box::new(kafka_driver(kafka::APACHE, &cli.apache_kafka)),
+            TargetKind::KafkaLean => Box::new(lean_driver(kafka_lean::OURS, &cli.kafka)?),
+            TargetKind::ApacheKafkaLean => {
+                Box::new(lean_driver(kafka_lean::APACHE, &cli.apache_kafka)?)
             }
             TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(
                 cli.rabbitmq.clone(),
