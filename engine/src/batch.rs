@@ -310,13 +310,13 @@ pub fn set_partition_leader_epoch(bytes: &mut [u8], epoch: i32) {
 
 /// Bytes at the head of a batch that hold what the log stamps into it: the base offset,
 /// the batch length and the partition leader epoch (all outside the CRC).
-pub const STAMPED_HEAD_BYTES: usize = LEADER_EPOCH_AT + 4;
+pub(crate) const STAMPED_HEAD_BYTES: usize = LEADER_EPOCH_AT + 4;
 
 /// Splits a validated batch (at least `BATCH_HEADER_BYTES` long) into a copy of its head
 /// with `base_offset` and `epoch` stamped in, and the untouched rest, which shares the
 /// caller's buffer: written back to back they are the stamped batch, and only
 /// `STAMPED_HEAD_BYTES` were copied.
-pub fn stamp_head(batch: &Bytes, base_offset: i64, epoch: i32) -> (Bytes, Bytes) {
+pub(crate) fn stamp_head(batch: &Bytes, base_offset: i64, epoch: i32) -> (Bytes, Bytes) {
     let mut head = [0u8; STAMPED_HEAD_BYTES];
     head.copy_from_slice(&batch[..STAMPED_HEAD_BYTES]);
     set_base_offset(&mut head, base_offset);
