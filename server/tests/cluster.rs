@@ -877,3 +877,142 @@ fn given_a_follower_away_while_the_leaders_retention_passed_its_log_end_should_s
         .unwrap();
     assert!(first_base > 10, "the follower's log starts at {first_base}");
 }
+
+/// Produce v7 of `batch` to partition 0 of `topic` with `acks` and `timeout_ms`.
+fn produce_request(
+    topic: &str,
+    batch: bytes::Bytes,
+    acks: i16,
+    timeout_ms: i32,
+) -> kafka_protocol::messages::ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    kafka_protocol::messages::ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_owned()),
+                ))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch)),
+                ]),
+        ])
+}
+
+/// The leader's log end offset for partition 0 of `topic`: OffsetForLeaderEpoch v3 for
+/// its current epoch, which ends at the log end (above the high watermark).
+fn leader_log_end(addr: &str, topic: &str, epoch: i32) -> i64 {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![
+            OffsetForLeaderTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_owned()),
+                ))
+                .with_partitions(vec![
+                    OffsetForLeaderPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(epoch)
+                        .with_leader_epoch(epoch),
+                ]),
+        ]);
+    let response: OffsetForLeaderEpochResponse =
+        wire::call(&mut s, ApiKey::OffsetForLeaderEpoch, 3, &request);
+    let p = &response.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0, "OffsetForLeaderEpoch on the leader");
+    p.end_offset
+}
+
+/// A produce request waiting for the ISR does not hold up the connection's next request:
+/// the next batch is appended behind it at once, and the answers still come in request
+/// order. Here the ISR cannot be reached (min_insync_replicas = 3, one follower stopped,
+/// and a lag limit longer than the test, so it stays in the ISR): the acks=all request
+/// times out while the acks=1 request sent after it on the same connection is already in
+/// the leader's log; its answer comes second.
+#[test]
+fn given_an_acks_all_produce_waiting_for_the_isr_should_append_the_next_pipelined_request_and_answer_both_in_order()
+ {
+    let mut cluster = testkit::Cluster::start(
+        3,
+        &[
+            ("BROKER_MIN_INSYNC_REPLICAS", "3"),
+            ("BROKER_REPLICA_LAG_TIME_MAX_MS", "60000"),
+        ],
+    );
+    let addrs = cluster.addrs();
+    let created = wire::wait_until(TIMEOUT, || try_create(&addrs[0], "pipelined", 1, 3) == 0);
+    assert!(created.is_some(), "topic never created");
+    let full = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&addrs[0], Some(&["pipelined"]));
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert!(full.is_some());
+    let p = metadata(&addrs[0], Some(&["pipelined"])).topics[0].partitions[0].clone();
+    let (leader, epoch) = (p.leader_id.0, p.leader_epoch);
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let ok = wire::wait_until(TIMEOUT, || produce_code(&leader_addr, "pipelined", -1) == 0);
+    assert!(ok.is_some(), "acks=all with the whole ISR");
+    let before = leader_log_end(&leader_addr, "pipelined", epoch);
+
+    let follower = leader % 3 + 1;
+    cluster.node(follower).sigstop();
+    let mut s = TcpStream::connect(&leader_addr).unwrap();
+    let mut both = wire::frame(
+        ApiKey::Produce,
+        7,
+        11,
+        &produce_request("pipelined", wire::batch(1, 10), -1, 5_000),
+    );
+    both.extend_from_slice(&wire::frame(
+        ApiKey::Produce,
+        7,
+        12,
+        &produce_request("pipelined", wire::batch(1, 10), 1, 5_000),
+    ));
+    let sent = std::time::Instant::now();
+    s.write_all(&both).unwrap();
+    let appended = wire::wait_until(Duration::from_secs(3), || {
+        leader_log_end(&leader_addr, "pipelined", epoch) == before + 2
+    });
+    assert!(
+        appended.is_some(),
+        "the acks=1 request behind a waiting acks=all one was not appended (log end {} from {before})",
+        leader_log_end(&leader_addr, "pipelined", epoch)
+    );
+    s.set_nonblocking(true).unwrap();
+    let mut peek = [0u8; 1];
+    assert!(
+        matches!(s.peek(&mut peek), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "an answer came before the acks=all request's timeout"
+    );
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let frame = wire::read_response(&mut s).unwrap();
+        let correlation = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let response: kafka_protocol::messages::ProduceResponse =
+            wire::decode(ApiKey::Produce, 7, frame);
+        let p = &response.responses[0].partition_responses[0];
+        answers.push((correlation, p.error_code, p.base_offset));
+    }
+    assert!(
+        sent.elapsed() >= Duration::from_secs(4),
+        "the timeout was kept"
+    );
+    assert_eq!(
+        answers,
+        vec![(11, 7, -1), (12, 0, before + 1)],
+        "REQUEST_TIMED_OUT for acks=all, then the acks=1 answer with the next offset"
+    );
+    cluster.node(follower).sigcont();
+}
