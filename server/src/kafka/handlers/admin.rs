@@ -291,7 +291,11 @@ fn topic_configs(shard: &Shard, meta: &TopicMeta) -> Vec<(String, String, i8)> {
             ),
         })
         .collect();
-    out.push(("min.insync.replicas".into(), "1".into(), SOURCE_DEFAULT));
+    out.push((
+        "min.insync.replicas".into(),
+        c.min_insync_replicas.to_string(),
+        SOURCE_DEFAULT,
+    ));
     out.push((
         "message.timestamp.type".into(),
         "CreateTime".into(),
@@ -303,8 +307,16 @@ fn topic_configs(shard: &Shard, meta: &TopicMeta) -> Vec<(String, String, i8)> {
 
 fn broker_configs(shard: &Shard) -> Vec<(String, String, i8)> {
     let c = shard.config();
+    let listener = format!(
+        "PLAINTEXT://{}:{}",
+        c.advertised_host(),
+        c.advertised_port()
+    );
     [
-        ("broker.id", "0".to_owned()),
+        ("broker.id", c.node_id.to_string()),
+        ("node.id", c.node_id.to_string()),
+        ("advertised.listeners", listener),
+        ("listeners", format!("PLAINTEXT://{}", c.listen)),
         ("log.dirs", c.data_dir.display().to_string()),
         ("message.max.bytes", c.message_max_bytes.to_string()),
         (
@@ -316,7 +328,15 @@ fn broker_configs(shard: &Shard) -> Vec<(String, String, i8)> {
             c.auto_create_topics.to_string(),
         ),
         ("num.partitions", c.num_partitions.to_string()),
-        ("default.replication.factor", "1".to_owned()),
+        (
+            "default.replication.factor",
+            c.default_replication_factor.to_string(),
+        ),
+        ("min.insync.replicas", c.min_insync_replicas.to_string()),
+        (
+            "replica.lag.time.max.ms",
+            c.replica_lag_time_max_ms.to_string(),
+        ),
         ("log.segment.bytes", c.log_segment_bytes.to_string()),
         ("log.retention.ms", c.log_retention_ms.to_string()),
         ("log.retention.bytes", c.log_retention_bytes.to_string()),

@@ -1,0 +1,289 @@
+package compat;
+
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collection;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.Config;
+import org.apache.kafka.clients.admin.ConsumerGroupDescription;
+import org.apache.kafka.clients.admin.DescribeClusterResult;
+import org.apache.kafka.clients.admin.GroupListing;
+import org.apache.kafka.clients.admin.ListOffsetsResult;
+import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.admin.OffsetSpec;
+import org.apache.kafka.clients.admin.TopicDescription;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.config.ConfigResource;
+import org.apache.kafka.common.serialization.StringDeserializer;
+import org.apache.kafka.common.serialization.StringSerializer;
+
+/**
+ * The Java client (org.apache.kafka:kafka-clients) against one broker: the AdminClient,
+ * the default producer (idempotent, acks=all) and a consumer group of three with commits
+ * and seeks. Each scenario prints one line, "PASS name" or "FAIL name: why"; the exit
+ * status is the number of failures. Usage: ClientScenarios BOOTSTRAP
+ */
+public final class ClientScenarios {
+    private static final Duration WAIT = Duration.ofSeconds(30);
+    private static final int MESSAGES = 1000;
+    private static final int PARTITIONS = 3;
+
+    private final String bootstrap;
+    private final String topic = "java-compat-" + System.currentTimeMillis();
+    private final String group = topic + "-group";
+    private int failures;
+
+    private ClientScenarios(String bootstrap) {
+        this.bootstrap = bootstrap;
+    }
+
+    public static void main(String[] args) throws Exception {
+        if (args.length != 1) {
+            System.err.println("usage: ClientScenarios BOOTSTRAP");
+            System.exit(2);
+        }
+        ClientScenarios s = new ClientScenarios(args[0]);
+        s.runAll();
+        System.exit(s.failures);
+    }
+
+    interface Scenario {
+        String run() throws Exception;
+    }
+
+    private void scenario(String name, Scenario body) {
+        try {
+            String detail = body.run();
+            System.out.println("PASS " + name + (detail.isEmpty() ? "" : " (" + detail + ")"));
+        } catch (Throwable e) {
+            failures++;
+            Throwable root = e;
+            while (root.getCause() != null && root.getCause() != root) {
+                root = root.getCause();
+            }
+            System.out.println("FAIL " + name + ": " + root.getClass().getSimpleName() + ": "
+                    + root.getMessage());
+        }
+        System.out.flush();
+    }
+
+    private static void check(boolean ok, String what) {
+        if (!ok) {
+            throw new AssertionError(what);
+        }
+    }
+
+    private Properties common() {
+        Properties p = new Properties();
+        p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
+        p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
+        return p;
+    }
+
+    private void runAll() throws Exception {
+        try (Admin admin = Admin.create(common())) {
+            scenario("admin.describeCluster", () -> {
+                DescribeClusterResult c = admin.describeCluster();
+                int nodes = c.nodes().get(30, TimeUnit.SECONDS).size();
+                String id = c.clusterId().get(30, TimeUnit.SECONDS);
+                check(nodes >= 1, "no nodes");
+                check(c.controller().get(30, TimeUnit.SECONDS) != null, "no controller");
+                return nodes + " node(s), cluster id " + id;
+            });
+            scenario("admin.createTopics", () -> {
+                admin.createTopics(List.of(new NewTopic(topic, PARTITIONS, (short) 1)))
+                        .all().get(30, TimeUnit.SECONDS);
+                return topic;
+            });
+            scenario("admin.listTopics", () -> {
+                Set<String> names = admin.listTopics().names().get(30, TimeUnit.SECONDS);
+                check(names.contains(topic), "created topic not listed: " + names);
+                return names.size() + " topic(s)";
+            });
+            scenario("admin.describeTopics", () -> {
+                TopicDescription d = admin.describeTopics(List.of(topic)).allTopicNames()
+                        .get(30, TimeUnit.SECONDS).get(topic);
+                check(d.partitions().size() == PARTITIONS, "partitions: " + d.partitions().size());
+                check(d.partitions().get(0).leader() != null, "no leader");
+                return PARTITIONS + " partitions, leader " + d.partitions().get(0).leader().id();
+            });
+            scenario("admin.describeConfigs(topic)", () -> {
+                ConfigResource r = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+                Config c = admin.describeConfigs(List.of(r)).all().get(30, TimeUnit.SECONDS).get(r);
+                check(c.get("retention.ms") != null, "no retention.ms");
+                return "retention.ms=" + c.get("retention.ms").value();
+            });
+            scenario("admin.describeConfigs(broker)", () -> {
+                String id = String.valueOf(admin.describeCluster().nodes().get(30, TimeUnit.SECONDS)
+                        .iterator().next().id());
+                ConfigResource r = new ConfigResource(ConfigResource.Type.BROKER, id);
+                Config c = admin.describeConfigs(List.of(r)).all().get(30, TimeUnit.SECONDS).get(r);
+                check(c.get("advertised.listeners") != null, "no advertised.listeners");
+                return "advertised.listeners=" + c.get("advertised.listeners").value();
+            });
+
+            Map<Integer, Long> lastOffsets = new ConcurrentHashMap<>();
+            scenario("producer.idempotent-acks-all", () -> {
+                Properties p = common();
+                p.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+                p.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+                p.put(ProducerConfig.LINGER_MS_CONFIG, "5");
+                try (KafkaProducer<String, String> producer = new KafkaProducer<>(p)) {
+                    List<Future<RecordMetadata>> sent = new ArrayList<>();
+                    for (int i = 0; i < MESSAGES; i++) {
+                        sent.add(producer.send(new ProducerRecord<>(topic, "key-" + (i % 17), "value-" + i)));
+                    }
+                    producer.flush();
+                    for (Future<RecordMetadata> f : sent) {
+                        RecordMetadata m = f.get(30, TimeUnit.SECONDS);
+                        lastOffsets.merge(m.partition(), m.offset(), Math::max);
+                    }
+                }
+                return MESSAGES + " acknowledged, last offsets " + lastOffsets;
+            });
+            scenario("admin.listOffsets", () -> {
+                Map<TopicPartition, OffsetSpec> q = new HashMap<>();
+                for (int i = 0; i < PARTITIONS; i++) {
+                    q.put(new TopicPartition(topic, i), OffsetSpec.latest());
+                }
+                Map<TopicPartition, ListOffsetsResult.ListOffsetsResultInfo> r =
+                        admin.listOffsets(q).all().get(30, TimeUnit.SECONDS);
+                long total = r.values().stream().mapToLong(ListOffsetsResult.ListOffsetsResultInfo::offset).sum();
+                check(total == MESSAGES, "latest offsets sum to " + total);
+                return "latest offsets sum to " + total;
+            });
+            scenario("consumer.group-of-three", () -> consumeAsGroup());
+            scenario("admin.listGroups", () -> {
+                Collection<GroupListing> groups = admin.listGroups().all().get(30, TimeUnit.SECONDS);
+                check(groups.stream().anyMatch(g -> g.groupId().equals(group)), "group not listed: " + groups);
+                return groups.size() + " group(s)";
+            });
+            scenario("admin.describeConsumerGroups", () -> {
+                ConsumerGroupDescription d = admin.describeConsumerGroups(List.of(group)).all()
+                        .get(30, TimeUnit.SECONDS).get(group);
+                return "state " + d.groupState() + ", " + d.members().size() + " member(s)";
+            });
+            scenario("admin.listConsumerGroupOffsets", () -> {
+                Map<TopicPartition, OffsetAndMetadata> o = admin.listConsumerGroupOffsets(group)
+                        .partitionsToOffsetAndMetadata().get(30, TimeUnit.SECONDS);
+                long total = o.values().stream().mapToLong(OffsetAndMetadata::offset).sum();
+                check(total == MESSAGES, "committed offsets sum to " + total);
+                return "committed offsets sum to " + total;
+            });
+            scenario("consumer.assign-and-seek", () -> {
+                Properties p = consumerProps(null);
+                try (KafkaConsumer<String, String> c = new KafkaConsumer<>(p)) {
+                    TopicPartition tp = new TopicPartition(topic, 0);
+                    c.assign(List.of(tp));
+                    long end = c.endOffsets(List.of(tp)).get(tp);
+                    check(end >= 2, "partition 0 holds " + end);
+                    long from = end / 2;
+                    c.seek(tp, from);
+                    long first = -1;
+                    long deadline = System.nanoTime() + WAIT.toNanos();
+                    while (first < 0 && System.nanoTime() < deadline) {
+                        for (ConsumerRecord<String, String> r : c.poll(Duration.ofMillis(500))) {
+                            first = r.offset();
+                            break;
+                        }
+                    }
+                    check(first == from, "seek to " + from + " read " + first);
+                    c.seekToBeginning(List.of(tp));
+                    check(c.position(tp) == 0, "seekToBeginning position " + c.position(tp));
+                    return "seek to " + from + " read " + first;
+                }
+            });
+            scenario("admin.deleteTopics", () -> {
+                admin.deleteTopics(List.of(topic)).all().get(30, TimeUnit.SECONDS);
+                long deadline = System.nanoTime() + WAIT.toNanos();
+                while (System.nanoTime() < deadline) {
+                    if (!admin.listTopics().names().get(30, TimeUnit.SECONDS).contains(topic)) {
+                        return "";
+                    }
+                    Thread.sleep(200);
+                }
+                throw new AssertionError("still listed");
+            });
+        }
+    }
+
+    private Properties consumerProps(String groupId) {
+        Properties p = common();
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        if (groupId != null) {
+            p.put(ConsumerConfig.GROUP_ID_CONFIG, groupId);
+        }
+        return p;
+    }
+
+    /** Three consumers in one group share the partitions, read every message once, commit. */
+    private String consumeAsGroup() throws Exception {
+        Set<String> seen = ConcurrentHashMap.newKeySet();
+        Map<String, Set<Integer>> assigned = new ConcurrentHashMap<>();
+        AtomicBoolean done = new AtomicBoolean(false);
+        ExecutorService pool = Executors.newFixedThreadPool(3);
+        List<Future<Integer>> members = new ArrayList<>();
+        for (int m = 0; m < 3; m++) {
+            String name = "member-" + m;
+            members.add(pool.submit(() -> {
+                int read = 0;
+                try (KafkaConsumer<String, String> c = new KafkaConsumer<>(consumerProps(group))) {
+                    c.subscribe(List.of(topic));
+                    long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
+                    while (!done.get() && System.nanoTime() < deadline) {
+                        for (ConsumerRecord<String, String> r : c.poll(Duration.ofMillis(200))) {
+                            if (!seen.add(r.value())) {
+                                throw new AssertionError("read twice: " + r.value());
+                            }
+                            read++;
+                        }
+                        Set<Integer> mine = new HashSet<>();
+                        for (TopicPartition tp : c.assignment()) {
+                            mine.add(tp.partition());
+                        }
+                        assigned.put(name, mine);
+                        c.commitSync();
+                        if (seen.size() >= MESSAGES) {
+                            done.set(true);
+                        }
+                    }
+                    c.commitSync();
+                }
+                return read;
+            }));
+        }
+        List<Integer> counts = new ArrayList<>();
+        for (Future<Integer> f : members) {
+            counts.add(f.get(90, TimeUnit.SECONDS));
+        }
+        pool.shutdown();
+        check(seen.size() == MESSAGES, "read " + seen.size() + " of " + MESSAGES);
+        return "read per member " + counts + ", assignments " + assigned;
+    }
+}

@@ -1,0 +1,342 @@
+//! The broker driven by Apache Kafka's own Java code, pinned in `compat/java/pom.xml` and
+//! resolved from Maven Central by `compat/java/build.sh` (which `.ci/run` calls): the Java
+//! client (`kafka-clients`: AdminClient, the default idempotent producer, a consumer
+//! group of three, seeks), and Kafka's command-line tools (`kafka-tools`, run through
+//! their main classes as `bin/kafka-*.sh` does) walking through seed 004 step by step.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{Broker, bounded, require_tool};
+
+/// Longest one JVM run may take (a tool, or the whole client scenario).
+const JAVA_LIMIT: Duration = Duration::from_secs(180);
+
+/// `compat/java/target/classes` and the jars in `compat/java/target/lib`, from
+/// `compat/java/build.sh` run once per test binary (Maven fetches the jars the first
+/// time only, as loadgen's tests install RabbitMQ when it is missing), so `cargo test`
+/// needs no step of its own for them.
+fn classpath() -> String {
+    static BUILT: OnceLock<Result<String, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let java = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../compat/java");
+            let target = java.join("target");
+            let out = bounded(&java.join("build.sh"), Duration::from_secs(600))
+                .output()
+                .map_err(|e| format!("cannot run compat/java/build.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "compat/java/build.sh failed ({}; it needs Maven and a JDK 17):\n{}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(format!(
+                "{}:{}/*",
+                target.join("classes").display(),
+                target.join("lib").display()
+            ))
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `java -cp <compat classpath> <main> <args>`, bounded, with `stdin` fed and closed.
+fn java(main: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = bounded(&require_tool("java"), JAVA_LIMIT)
+        // A short-lived client: quick start matters more than peak speed.
+        .args([
+            "-XX:TieredStopAtLevel=1",
+            "-Xss1m",
+            "-cp",
+            &classpath(),
+            main,
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run java");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write to java");
+    }
+    drop(input);
+    child.wait_with_output().expect("java output")
+}
+
+/// Runs one of Kafka's tools and returns what it printed; fails the test if it failed.
+fn tool(main: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let out = java(main, args, stdin);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{main} {args:?} exited {}:\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn given_the_java_client_should_pass_its_admin_producer_and_consumer_group_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let out = java("compat.ClientScenarios", &[&broker.addr], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
+    assert!(
+        out.status.success() && failed.is_empty() && passed >= 14,
+        "Java client scenarios: {passed} passed, failed: {failed:#?}\nexit {}; stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const TOPICS: &str = "org.apache.kafka.tools.TopicCommand";
+const PRODUCER: &str = "org.apache.kafka.tools.ConsoleProducer";
+const CONSUMER: &str = "org.apache.kafka.tools.consumer.ConsoleConsumer";
+const GROUPS: &str = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand";
+
+/// Seed 004, sections 3 to 5, with Kafka 4's tools (`--bootstrap-server` where the seed,
+/// written for Kafka 2, says `--zookeeper` or `--broker-list`): create `army`, list and
+/// describe it, type three lines into the console producer, read them back in order with
+/// the console consumer `--from-beginning`, then see its group's offsets.
+#[test]
+fn given_kafkas_own_tools_should_walk_through_seed_004_on_one_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let server = broker.addr.as_str();
+    let created = tool(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            server,
+            "--create",
+            "--replication-factor",
+            "1",
+            "--partitions",
+            "1",
+            "--topic",
+            "army",
+        ],
+        None,
+    );
+    assert!(created.contains("Created topic army"), "{created}");
+    let listed = tool(TOPICS, &["--bootstrap-server", server, "--list"], None);
+    assert!(listed.lines().any(|l| l.trim() == "army"), "{listed}");
+    let described = tool(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            server,
+            "--describe",
+            "--topic",
+            "army",
+        ],
+        None,
+    );
+    assert!(
+        described.contains("PartitionCount: 1") && described.contains("ReplicationFactor: 1"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Partition: 0") && described.contains("Leader: 0"),
+        "{described}"
+    );
+
+    let lines = [
+        "이것은 수류탄이여!",
+        "받아라 수류탄!!!",
+        "전방 100m 적출현 사격 개시",
+    ];
+    tool(
+        PRODUCER,
+        &["--bootstrap-server", server, "--topic", "army"],
+        Some(&format!("{}\n", lines.join("\n"))),
+    );
+    let consumed = tool(
+        CONSUMER,
+        &[
+            "--bootstrap-server",
+            server,
+            "--topic",
+            "army",
+            "--from-beginning",
+            "--group",
+            "seed-004",
+            "--max-messages",
+            "3",
+            "--timeout-ms",
+            "30000",
+        ],
+        None,
+    );
+    assert_eq!(
+        consumed.lines().collect::<Vec<_>>(),
+        lines,
+        "the console consumer prints the lines in the order they were typed"
+    );
+    let groups = tool(
+        GROUPS,
+        &[
+            "--bootstrap-server",
+            server,
+            "--describe",
+            "--group",
+            "seed-004",
+        ],
+        None,
+    );
+    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+    let row: Vec<&str> = groups
+        .lines()
+        .find(|l| l.starts_with("seed-004"))
+        .unwrap_or_else(|| panic!("no row for the group:\n{groups}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[1..6], ["army", "0", "3", "3", "0"], "{groups}");
+}
+
+/// `Leader`, `Replicas` and `Isr` of partition 0 from `kafka-topics --describe`.
+fn describe_partition(bootstrap: &str, topic: &str) -> Option<(i32, Vec<i32>, Vec<i32>)> {
+    let out = java(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--topic",
+            topic,
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains("Partition: 0"))?;
+    let field = |name: &str| -> Option<String> {
+        let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
+        fields
+            .iter()
+            .find_map(|f| f.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let ids = |v: String| -> Vec<i32> {
+        v.split(',')
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    };
+    Some((
+        field("Leader:")?.parse().ok()?,
+        ids(field("Replicas:")?),
+        ids(field("Isr:")?),
+    ))
+}
+
+/// Polls `describe_partition` until `ok` holds; the last answer either way.
+fn describe_until(
+    bootstrap: &str,
+    topic: &str,
+    ok: impl Fn(&(i32, Vec<i32>, Vec<i32>)) -> bool,
+) -> Option<(i32, Vec<i32>, Vec<i32>)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = describe_partition(bootstrap, topic);
+        if seen.as_ref().is_some_and(&ok) || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Seed 004, section 6, with Kafka's own tools against three of our brokers: create
+/// `multiple` with replication factor 3, describe it (Leader, Replicas, Isr), type four
+/// lines, kill -9 the leader, describe shows the Isr without it and another leader, the
+/// console consumer `--from-beginning` still prints all four lines, and the restarted
+/// broker comes back into the Isr.
+#[test]
+fn given_kafkas_own_tools_should_walk_through_seed_004_on_three_brokers_through_a_kill_9() {
+    let mut cluster = testkit::Cluster::start(3, &[]);
+    let bootstrap = cluster.addrs().join(",");
+    let created = tool(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--create",
+            "--replication-factor",
+            "3",
+            "--partitions",
+            "1",
+            "--topic",
+            "multiple",
+        ],
+        None,
+    );
+    assert!(created.contains("Created topic multiple"), "{created}");
+    let full = describe_until(&bootstrap, "multiple", |(leader, replicas, isr)| {
+        *leader > 0 && replicas.len() == 3 && isr.len() == 3
+    });
+    let (leader, replicas, _) = full.clone().unwrap_or_else(|| panic!("describe: {full:?}"));
+    assert!(
+        full.as_ref().is_some_and(|(_, _, isr)| isr.len() == 3),
+        "Isr never held all three replicas: {full:?}"
+    );
+
+    let lines = ["node1", "node2", "node", "node4"];
+    tool(
+        PRODUCER,
+        &["--bootstrap-server", &bootstrap, "--topic", "multiple"],
+        Some(&format!("{}\n", lines.join("\n"))),
+    );
+
+    println!(
+        "before: leader {leader}, replicas {replicas:?}, isr {:?}",
+        full.as_ref().map(|f| &f.2)
+    );
+    cluster.node(leader).kill9();
+    let after = describe_until(&bootstrap, "multiple", |(new_leader, _, isr)| {
+        *new_leader > 0 && *new_leader != leader && isr.len() == 2 && !isr.contains(&leader)
+    });
+    assert!(
+        after
+            .as_ref()
+            .is_some_and(|(l, r, isr)| *l != leader && *r == replicas && !isr.contains(&leader)),
+        "after kill -9 of broker {leader}: {after:?}"
+    );
+    println!("after kill -9 of broker {leader}: {after:?}");
+    let consumed = tool(
+        CONSUMER,
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            "multiple",
+            "--from-beginning",
+            "--max-messages",
+            "4",
+            "--timeout-ms",
+            "30000",
+        ],
+        None,
+    );
+    assert_eq!(consumed.lines().collect::<Vec<_>>(), lines);
+
+    cluster.node(leader).restart();
+    let back = describe_until(&bootstrap, "multiple", |(_, _, isr)| isr.contains(&leader));
+    println!("after its restart: {back:?}");
+    assert!(
+        back.as_ref().is_some_and(|(_, _, isr)| isr.len() == 3),
+        "broker {leader} never rejoined the Isr: {back:?}"
+    );
+}
