@@ -315,7 +315,9 @@ fn reencode(key: ApiKey, version: i16, body: &RequestBody) -> Option<Vec<u8>> {
         OffsetFetch,
         ListGroups,
         DescribeGroups,
-        InitProducerId
+        InitProducerId,
+        OffsetForLeaderEpoch,
+        ElectLeaders
     );
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -355,6 +357,8 @@ fn default_body(key: ApiKey) -> Option<RequestBody> {
         OffsetFetch,
         ListGroups,
         DescribeGroups,
-        InitProducerId
+        InitProducerId,
+        OffsetForLeaderEpoch,
+        ElectLeaders
     )
 }

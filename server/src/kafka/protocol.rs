@@ -31,6 +31,7 @@ pub mod error_code {
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
@@ -66,11 +67,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 3),
     (ApiKey::DescribeConfigs, 1, 3),
     (ApiKey::FindCoordinator, 0, 2),
-    // v5 and LeaveGroup v3 bring static membership (group.instance.id), not implemented.
-    (ApiKey::JoinGroup, 0, 4),
+    // Static membership (group.instance.id): JoinGroup v5, SyncGroup/Heartbeat v3,
+    // LeaveGroup v3 (members by instance id), OffsetCommit v7.
+    (ApiKey::JoinGroup, 0, 5),
     (ApiKey::SyncGroup, 0, 3),
     (ApiKey::Heartbeat, 0, 3),
-    (ApiKey::LeaveGroup, 0, 2),
+    (ApiKey::LeaveGroup, 0, 3),
     (ApiKey::OffsetCommit, 2, 7),
     (ApiKey::OffsetFetch, 1, 5),
     (ApiKey::ListGroups, 0, 2),

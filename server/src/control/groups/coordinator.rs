@@ -3,6 +3,13 @@
 //! selection, session and rebalance timeouts. The group leader client computes the
 //! assignment; the coordinator only relays it.
 //!
+//! Static membership (KIP-345): a member that names a `group.instance.id` is known by it.
+//! It joins without the MEMBER_ID_REQUIRED round; when it comes back under a new member
+//! id (a restarted process) within its session timeout, it takes the old id's place and
+//! assignment, and a stable group whose member metadata did not change does not
+//! rebalance. The id it replaced is fenced (FENCED_INSTANCE_ID), and so is any request
+//! naming the instance with another member id.
+//!
 //! This is control-plane state, shared by all cores behind one mutex (never taken on the
 //! produce or fetch path). Join and Sync answers that must wait are handed back as
 //! oneshot receivers, awaited after the lock is released.
@@ -238,17 +245,30 @@ impl Coordinator {
         {
             return fail(error_code::INCONSISTENT_GROUP_PROTOCOL, &args.member_id);
         }
+        let instance = args.group_instance_id.clone().filter(|i| !i.is_empty());
+        let holder = instance
+            .as_deref()
+            .and_then(|i| static_member(group, i))
+            .map(str::to_owned);
         let mut member_id = args.member_id.clone();
+        match (&instance, holder) {
+            (Some(_), Some(old)) if member_id.is_empty() => {
+                // A static member back under a new id (a restarted process).
+                let new_id = format!("{}-{incarnation:016x}-{seq:x}", client_or_member(&args));
+                return replace_static_member(group, &old, new_id, args, now);
+            }
+            (Some(_), Some(old)) if old != member_id => {
+                return fail(error_code::FENCED_INSTANCE_ID, &member_id);
+            }
+            (Some(_), None) if !member_id.is_empty() => {
+                return fail(error_code::UNKNOWN_MEMBER_ID, &member_id);
+            }
+            _ => {}
+        }
         if member_id.is_empty() {
-            member_id = format!(
-                "{}-{incarnation:016x}-{seq:x}",
-                if args.client_id.is_empty() {
-                    "member"
-                } else {
-                    &args.client_id
-                }
-            );
-            if args.requires_known_member_id {
+            member_id = format!("{}-{incarnation:016x}-{seq:x}", client_or_member(&args));
+            // Static members skip the MEMBER_ID_REQUIRED round, as in Kafka.
+            if args.requires_known_member_id && instance.is_none() {
                 if group.pending.len() >= GROUP_MEMBERS_MAX {
                     return fail(error_code::GROUP_MAX_SIZE_REACHED, "");
                 }
@@ -306,10 +326,11 @@ impl Coordinator {
         &mut self,
         group_id: &str,
         generation: i32,
-        member_id: &str,
+        member: (&str, Option<&str>),
         assignments: Vec<(String, Bytes)>,
         now: Instant,
     ) -> Reply<SyncOutcome> {
+        let (member_id, instance) = member;
         let fail = |code| {
             Reply::Now(SyncOutcome {
                 error_code: code,
@@ -319,6 +340,9 @@ impl Coordinator {
         let Some(group) = self.groups.get_mut(group_id) else {
             return fail(error_code::UNKNOWN_MEMBER_ID);
         };
+        if fenced(group, instance, member_id) {
+            return fail(error_code::FENCED_INSTANCE_ID);
+        }
         let Some(member) = group.members.get_mut(member_id) else {
             return fail(error_code::UNKNOWN_MEMBER_ID);
         };
@@ -366,10 +390,10 @@ impl Coordinator {
         &mut self,
         group_id: &str,
         generation: i32,
-        member_id: &str,
+        member: (&str, Option<&str>),
         now: Instant,
     ) -> i16 {
-        match self.current_member(group_id, generation, member_id, now) {
+        match self.current_member(group_id, generation, member, now) {
             Err(code) => code,
             Ok(GroupState::PreparingRebalance) => error_code::REBALANCE_IN_PROGRESS,
             Ok(_) => error_code::NONE,
@@ -382,13 +406,17 @@ impl Coordinator {
         &mut self,
         group_id: &str,
         generation: i32,
-        member_id: &str,
+        member: (&str, Option<&str>),
         now: Instant,
     ) -> Result<GroupState, i16> {
+        let (member_id, instance) = member;
         let group = self
             .groups
             .get_mut(group_id)
             .ok_or(error_code::UNKNOWN_MEMBER_ID)?;
+        if fenced(group, instance, member_id) {
+            return Err(error_code::FENCED_INSTANCE_ID);
+        }
         let member = group
             .members
             .get_mut(member_id)
@@ -400,28 +428,39 @@ impl Coordinator {
         Ok(group.state)
     }
 
-    /// Removes members; returns an error code per member id.
+    /// Removes members, each named by its member id, its group instance id, or both (an
+    /// instance id held under another member id is fenced); returns an error code each.
     pub fn leave(
         &mut self,
         group_id: &str,
-        member_ids: &[String],
+        members: &[(String, Option<String>)],
         now: Instant,
-    ) -> Vec<(String, i16)> {
+    ) -> Vec<i16> {
         let Some(group) = self.groups.get_mut(group_id) else {
-            return member_ids
-                .iter()
-                .map(|m| (m.clone(), error_code::UNKNOWN_MEMBER_ID))
-                .collect();
+            return vec![error_code::UNKNOWN_MEMBER_ID; members.len()];
         };
-        let mut out = Vec::with_capacity(member_ids.len());
+        let mut out = Vec::with_capacity(members.len());
         let mut removed = false;
-        for id in member_ids {
-            if group.members.remove(id).is_some() {
+        for (member_id, instance) in members {
+            let instance = instance.as_deref().filter(|i| !i.is_empty());
+            let id = match instance.map(|i| static_member(group, i).map(str::to_owned)) {
+                None => member_id.clone(),
+                Some(None) => {
+                    out.push(error_code::UNKNOWN_MEMBER_ID);
+                    continue;
+                }
+                Some(Some(holder)) if !member_id.is_empty() && holder != *member_id => {
+                    out.push(error_code::FENCED_INSTANCE_ID);
+                    continue;
+                }
+                Some(Some(holder)) => holder,
+            };
+            if group.members.remove(&id).is_some() {
                 tracing::debug!(group = %group.id, member = %id, "member leaves");
                 removed = true;
-                out.push((id.clone(), error_code::NONE));
+                out.push(error_code::NONE);
             } else {
-                out.push((id.clone(), error_code::UNKNOWN_MEMBER_ID));
+                out.push(error_code::UNKNOWN_MEMBER_ID);
             }
         }
         if removed {
@@ -435,9 +474,10 @@ impl Coordinator {
         &mut self,
         group_id: &str,
         generation: i32,
-        member_id: &str,
+        member: (&str, Option<&str>),
         now: Instant,
     ) -> i16 {
+        let member_id = member.0;
         if generation < 0 && member_id.is_empty() {
             // A standalone consumer (no group membership) commits freely, as in Kafka.
             return match self.groups.get(group_id) {
@@ -447,7 +487,7 @@ impl Coordinator {
         }
         // As in Kafka: members commit what they processed while the group prepares a
         // rebalance (before rejoining); between join and sync, commits must wait.
-        match self.current_member(group_id, generation, member_id, now) {
+        match self.current_member(group_id, generation, member, now) {
             Err(code) => code,
             Ok(GroupState::CompletingRebalance) => error_code::REBALANCE_IN_PROGRESS,
             Ok(_) => error_code::NONE,
@@ -531,6 +571,146 @@ impl Coordinator {
     }
 }
 
+fn client_or_member(args: &JoinArgs) -> &str {
+    if args.client_id.is_empty() {
+        "member"
+    } else {
+        &args.client_id
+    }
+}
+
+/// The member id that holds the group instance id `instance`.
+fn static_member<'g>(group: &'g Group, instance: &str) -> Option<&'g str> {
+    group
+        .members
+        .iter()
+        .find(|(_, m)| m.group_instance_id.as_deref() == Some(instance))
+        .map(|(id, _)| id.as_str())
+}
+
+/// Whether a request naming `instance` comes from a member id other than the one that
+/// holds it now (an older incarnation of a static member).
+fn fenced(group: &Group, instance: Option<&str>, member_id: &str) -> bool {
+    instance
+        .filter(|i| !i.is_empty())
+        .and_then(|i| static_member(group, i))
+        .is_some_and(|holder| holder != member_id)
+}
+
+/// A static member rejoining under `new_id`: it takes the place of `old_id` (whose
+/// waiting requests are fenced) with its assignment. A stable group whose member kept
+/// its metadata answers at once, at the same generation, without a rebalance; otherwise
+/// the group rebalances (in CompletingRebalance too, as Kafka does: the leader may be
+/// assigning to the old id).
+fn replace_static_member(
+    group: &mut Group,
+    old_id: &str,
+    new_id: String,
+    args: JoinArgs,
+    now: Instant,
+) -> Reply<JoinOutcome> {
+    let Some(mut member) = group.members.remove(old_id) else {
+        return Reply::Now(JoinOutcome {
+            error_code: error_code::UNKNOWN_MEMBER_ID,
+            generation_id: -1,
+            ..JoinOutcome::default()
+        });
+    };
+    if let Some(waiter) = member.join_waiter.take() {
+        let _ = waiter.send(JoinOutcome {
+            error_code: error_code::FENCED_INSTANCE_ID,
+            generation_id: -1,
+            member_id: old_id.to_owned(),
+            ..JoinOutcome::default()
+        });
+    }
+    if let Some(waiter) = member.sync_waiter.take() {
+        let _ = waiter.send(SyncOutcome {
+            error_code: error_code::FENCED_INSTANCE_ID,
+            ..SyncOutcome::default()
+        });
+    }
+    member.protocols = args.protocols;
+    member.client_id = args.client_id;
+    member.client_host = args.client_host;
+    member.session_timeout = Duration::from_millis(args.session_timeout_ms as u64);
+    if args.rebalance_timeout_ms > 0 {
+        member.rebalance_timeout = Duration::from_millis(
+            args.rebalance_timeout_ms.clamp(1, SESSION_TIMEOUT_MS_MAX) as u64,
+        );
+    }
+    member.last_seen = now;
+    if group.leader.as_deref() == Some(old_id) {
+        group.leader = Some(new_id.clone());
+    }
+    group.members.insert(new_id.clone(), member);
+    tracing::info!(
+        group = %group.id,
+        old = %old_id,
+        new = %new_id,
+        state = group.state.name(),
+        protocol = ?group.protocol,
+        next = ?select_protocol(group),
+        "static member rejoins"
+    );
+    // As Kafka: only a change of the group's selected protocol rebalances a stable group
+    // (not the metadata bytes: Java clients put their owned partitions in them).
+    if group.state == GroupState::Stable && select_protocol(group) == group.protocol {
+        let protocol = group.protocol.clone().unwrap_or_default();
+        let leader = group.leader.clone().unwrap_or_default();
+        let members = if leader == new_id {
+            group
+                .members
+                .iter()
+                .map(|(id, m)| {
+                    (
+                        id.clone(),
+                        m.group_instance_id.clone(),
+                        m.metadata_for(&protocol),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        return Reply::Now(JoinOutcome {
+            error_code: error_code::NONE,
+            generation_id: group.generation,
+            protocol_type: group.protocol_type.clone(),
+            protocol_name: group.protocol.clone(),
+            leader,
+            member_id: new_id,
+            members,
+        });
+    }
+    let (tx, rx) = oneshot::channel();
+    if let Some(member) = group.members.get_mut(&new_id) {
+        member.join_waiter = Some(tx);
+    }
+    if group.state != GroupState::PreparingRebalance {
+        prepare_rebalance(group, now);
+    }
+    maybe_complete_join(group, now, false);
+    Reply::Later(rx)
+}
+
+/// The group's protocol: the first protocol of the oldest member that every member
+/// supports.
+fn select_protocol(group: &Group) -> Option<String> {
+    let oldest = group.members.values().min_by_key(|m| m.seq)?;
+    oldest
+        .protocols
+        .iter()
+        .map(|(name, _)| name)
+        .find(|name| {
+            group
+                .members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
+        })
+        .cloned()
+}
+
 fn prepare_rebalance(group: &mut Group, now: Instant) {
     // Members waiting for their assignment must rejoin instead.
     for m in group.members.values_mut() {
@@ -580,20 +760,7 @@ fn maybe_complete_join(group: &mut Group, now: Instant, deadline_passed: bool) {
         member_left(group, now);
         return;
     }
-    // The first protocol of the oldest member that every member supports.
-    let oldest = group
-        .members
-        .values()
-        .min_by_key(|m| m.seq)
-        .map(|m| m.protocols.clone())
-        .unwrap_or_default();
-    let chosen = oldest.iter().map(|(name, _)| name.clone()).find(|name| {
-        group
-            .members
-            .values()
-            .all(|m| m.protocols.iter().any(|(n, _)| n == name))
-    });
-    let Some(protocol) = chosen else {
+    let Some(protocol) = select_protocol(group) else {
         for m in group.members.values_mut() {
             if let Some(waiter) = m.join_waiter.take() {
                 let _ = waiter.send(JoinOutcome {
@@ -696,7 +863,7 @@ mod tests {
         match c.sync(
             "g",
             1,
-            &first.member_id,
+            (&first.member_id, None),
             vec![(first.member_id.clone(), Bytes::from_static(b"a"))],
             t,
         ) {
@@ -706,13 +873,13 @@ mod tests {
             ),
             Reply::Now(o) => panic!("{}", o.error_code),
         }
-        assert_eq!(c.heartbeat("g", 1, &first.member_id, t), 0);
+        assert_eq!(c.heartbeat("g", 1, (&first.member_id, None), t), 0);
         assert_eq!(
-            c.heartbeat("g", 0, &first.member_id, t),
+            c.heartbeat("g", 0, (&first.member_id, None), t),
             error_code::ILLEGAL_GENERATION
         );
         assert_eq!(
-            c.heartbeat("g", 1, "nobody", t),
+            c.heartbeat("g", 1, ("nobody", None), t),
             error_code::UNKNOWN_MEMBER_ID
         );
     }
@@ -732,7 +899,7 @@ mod tests {
         assert_eq!(old.generation_id, new.generation_id);
         assert_ne!(old.member_id, new.member_id);
         assert_eq!(
-            after.check_commit("g", old.generation_id, &old.member_id, t),
+            after.check_commit("g", old.generation_id, (&old.member_id, None), t),
             error_code::UNKNOWN_MEMBER_ID
         );
     }
@@ -743,22 +910,25 @@ mod tests {
         let t = Instant::now();
         let a = now_of(c.join(args("g", ""), t)).member_id;
         now_of(c.join(args("g", &a), t));
-        let _ = c.sync("g", 1, &a, vec![], t);
+        let _ = c.sync("g", 1, (&a, None), vec![], t);
         let b = now_of(c.join(args("g", ""), t)).member_id;
         let b_join = c.join(args("g", &b), t);
         assert_eq!(
-            c.heartbeat("g", 1, &a, t),
+            c.heartbeat("g", 1, (&a, None), t),
             error_code::REBALANCE_IN_PROGRESS
         );
         let a_join = now_of(c.join(args("g", &a), t));
         assert_eq!(a_join.generation_id, 2);
         assert_eq!(now_of(b_join).generation_id, 2);
         // b stops heartbeating: after its session timeout it is removed and a rebalances.
-        let _ = c.sync("g", 2, &a, vec![], t);
-        assert_eq!(c.heartbeat("g", 2, &a, t + Duration::from_secs(9)), 0);
+        let _ = c.sync("g", 2, (&a, None), vec![], t);
+        assert_eq!(
+            c.heartbeat("g", 2, (&a, None), t + Duration::from_secs(9)),
+            0
+        );
         c.tick(t + Duration::from_secs(11));
         assert_eq!(
-            c.heartbeat("g", 2, &a, t + Duration::from_secs(11)),
+            c.heartbeat("g", 2, (&a, None), t + Duration::from_secs(11)),
             error_code::REBALANCE_IN_PROGRESS
         );
         assert_eq!(c.describe("g").unwrap().members.len(), 1);
@@ -772,29 +942,162 @@ mod tests {
         now_of(c.join(args("g", &a), t));
         // Between join and sync, commits wait.
         assert_eq!(
-            c.check_commit("g", 1, &a, t),
+            c.check_commit("g", 1, (&a, None), t),
             error_code::REBALANCE_IN_PROGRESS
         );
-        let _ = c.sync("g", 1, &a, vec![], t);
-        assert_eq!(c.check_commit("g", 1, &a, t), error_code::NONE);
+        let _ = c.sync("g", 1, (&a, None), vec![], t);
+        assert_eq!(c.check_commit("g", 1, (&a, None), t), error_code::NONE);
         let mut other = args("g", "");
         other.protocols = vec![("cooperative-sticky".into(), Bytes::new())];
         let b = now_of(c.join(other, t));
         assert_eq!(b.error_code, error_code::INCONSISTENT_GROUP_PROTOCOL);
         assert_eq!(
-            c.heartbeat("g", 1, &a, t),
+            c.heartbeat("g", 1, (&a, None), t),
             error_code::NONE,
             "the group is untouched"
         );
         // A member rejoining for a rebalance may still commit what it processed.
         let c2 = now_of(c.join(args("g", ""), t)).member_id;
         let _pending = c.join(args("g", &c2), t);
-        assert_eq!(c.check_commit("g", 1, &a, t), error_code::NONE);
+        assert_eq!(c.check_commit("g", 1, (&a, None), t), error_code::NONE);
         // Unknown member ids on unknown groups are refused without creating the group.
         assert_eq!(
             now_of(c.join(args("nope", "ghost"), t)).error_code,
             error_code::UNKNOWN_MEMBER_ID
         );
         assert!(c.describe("nope").is_none());
+    }
+
+    fn static_args(group: &str, member: &str, instance: &str) -> JoinArgs {
+        JoinArgs {
+            group_instance_id: Some(instance.into()),
+            ..args(group, member)
+        }
+    }
+
+    /// Two static members form a stable group; one restarts (a new member id for the same
+    /// instance) within its session timeout: it gets its place and assignment back at the
+    /// same generation, the other sees no rebalance, and the old id is fenced.
+    #[test]
+    fn static_member_restarted_keeps_its_assignment_without_a_rebalance() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        let a_join = c.join(static_args("g", "", "a"), t);
+        let a = match &a_join {
+            Reply::Later(_) => None,
+            Reply::Now(o) => Some(o.error_code),
+        };
+        assert_eq!(a, None, "a static member joins without MEMBER_ID_REQUIRED");
+        let a = now_of(a_join).member_id;
+        let _ = c.sync("g", 1, (&a, Some("a")), vec![], t);
+        let b_join = c.join(static_args("g", "", "b"), t);
+        let a_again = now_of(c.join(static_args("g", &a, "a"), t));
+        let b = now_of(b_join).member_id;
+        assert_eq!(a_again.generation_id, 2);
+        assert_eq!(a_again.leader, a);
+        let assignments = vec![
+            (a.clone(), Bytes::from_static(b"p0")),
+            (b.clone(), Bytes::from_static(b"p1")),
+        ];
+        let _ = c.sync("g", 2, (&b, Some("b")), vec![], t);
+        let _ = c.sync("g", 2, (&a, Some("a")), assignments, t);
+        assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+
+        // b restarts: a new process, the same instance id, no member id.
+        let b2 = now_of(c.join(static_args("g", "", "b"), t));
+        assert_eq!(b2.error_code, error_code::NONE);
+        assert_eq!(b2.generation_id, 2, "no new generation");
+        assert_ne!(b2.member_id, b);
+        assert_eq!(c.heartbeat("g", 2, (&a, Some("a")), t), error_code::NONE);
+        match c.sync("g", 2, (&b2.member_id, Some("b")), vec![], t) {
+            Reply::Now(o) => assert_eq!(o.assignment, Bytes::from_static(b"p1")),
+            Reply::Later(_) => panic!("a stable group answers at once"),
+        }
+        // The old incarnation is fenced wherever it shows up.
+        assert_eq!(
+            c.heartbeat("g", 2, (&b, Some("b")), t),
+            error_code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.check_commit("g", 2, (&b, Some("b")), t),
+            error_code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            now_of(c.join(static_args("g", &b, "b"), t)).error_code,
+            error_code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.leave("g", &[(b.clone(), Some("b".into()))], t),
+            vec![error_code::FENCED_INSTANCE_ID]
+        );
+        assert_eq!(c.describe("g").unwrap().members.len(), 2);
+        // Leaving by instance id alone (as the admin client's removeMembers does).
+        assert_eq!(
+            c.leave("g", &[(String::new(), Some("b".into()))], t),
+            vec![error_code::NONE]
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, (&a, Some("a")), t),
+            error_code::REBALANCE_IN_PROGRESS
+        );
+    }
+
+    /// A static member back with other metadata bytes under the same protocol does not
+    /// rebalance the group (Java clients put their owned partitions there); back with a
+    /// protocol that changes the group's choice, it does. Its session expires like
+    /// anyone's.
+    #[test]
+    fn static_member_rebalances_only_if_the_groups_protocol_changes() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        let a = now_of(c.join(static_args("g", "", "a"), t)).member_id;
+        let _ = c.sync("g", 1, (&a, None), vec![], t);
+        let mut new_bytes = static_args("g", "", "a");
+        new_bytes.protocols = vec![("range".into(), Bytes::from_static(b"owned: p0"))];
+        let a1 = now_of(c.join(new_bytes, t));
+        assert_eq!(a1.generation_id, 1, "no rebalance");
+        let mut changed = static_args("g", "", "a");
+        changed.protocols = vec![
+            ("cooperative-sticky".into(), Bytes::new()),
+            ("range".into(), Bytes::new()),
+        ];
+        let a2 = now_of(c.join(changed, t));
+        assert_eq!(a2.generation_id, 2, "a rebalance");
+        assert_eq!(a2.protocol_name.as_deref(), Some("cooperative-sticky"));
+        assert_eq!(a2.leader, a2.member_id);
+        let _ = c.sync("g", 2, (&a2.member_id, None), vec![], t);
+        c.tick(t + Duration::from_secs(11));
+        assert!(c.describe("g").is_none(), "expired, the group emptied");
+    }
+
+    /// The group's leader restarting as a static member: no rebalance either; it gets the
+    /// member list back (it is the leader) at the same generation.
+    #[test]
+    fn static_leader_restarted_gets_the_members_without_a_rebalance() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        let two = |instance: &str| {
+            let mut a = static_args("g", "", instance);
+            a.protocols = vec![
+                ("range".into(), Bytes::from_static(b"x")),
+                ("cooperative-sticky".into(), Bytes::from_static(b"y")),
+            ];
+            a
+        };
+        let a = now_of(c.join(two("a"), t)).member_id;
+        let _ = c.sync("g", 1, (&a, Some("a")), vec![], t);
+        let b_join = c.join(two("b"), t);
+        let mut a_again = two("a");
+        a_again.member_id = a.clone();
+        assert_eq!(now_of(c.join(a_again, t)).generation_id, 2);
+        let b = now_of(b_join).member_id;
+        let _ = c.sync("g", 2, (&b, Some("b")), vec![], t);
+        let _ = c.sync("g", 2, (&a, Some("a")), vec![], t);
+        assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+        let a2 = now_of(c.join(two("a"), t));
+        assert_eq!((a2.error_code, a2.generation_id), (0, 2));
+        assert_eq!(a2.leader, a2.member_id);
+        assert_eq!(a2.members.len(), 2);
+        assert_eq!(c.heartbeat("g", 2, (&b, Some("b")), t), error_code::NONE);
     }
 }

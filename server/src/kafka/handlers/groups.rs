@@ -111,7 +111,10 @@ pub async fn sync_group(
     let reply = shard.shared.groups().sync(
         req.group_id.0.as_str(),
         req.generation_id,
-        req.member_id.as_str(),
+        (
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|i| i.as_str()),
+        ),
         assignments,
         Instant::now(),
     );
@@ -137,7 +140,10 @@ pub fn heartbeat(
     let code = shard.shared.groups().heartbeat(
         req.group_id.0.as_str(),
         req.generation_id,
-        req.member_id.as_str(),
+        (
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|i| i.as_str()),
+        ),
         Instant::now(),
     );
     request.respond(&HeartbeatResponse::default().with_error_code(code))
@@ -148,32 +154,39 @@ pub fn leave_group(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: LeaveGroupRequest = request.decode("LeaveGroup request")?;
-    let ids: Vec<String> = if request.version >= 3 {
+    let members: Vec<(String, Option<String>)> = if request.version >= 3 {
         req.members
             .iter()
-            .map(|m| m.member_id.to_string())
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
             .collect()
     } else {
-        vec![req.member_id.to_string()]
+        vec![(req.member_id.to_string(), None)]
     };
-    let results = shard
+    let codes = shard
         .shared
         .groups()
-        .leave(req.group_id.0.as_str(), &ids, Instant::now());
+        .leave(req.group_id.0.as_str(), &members, Instant::now());
     let response = if request.version >= 3 {
         LeaveGroupResponse::default().with_members(
-            results
+            members
                 .into_iter()
-                .map(|(id, code)| {
+                .zip(codes)
+                .map(|((id, instance), code)| {
                     MemberResponse::default()
                         .with_member_id(str_bytes(&id))
+                        .with_group_instance_id(instance.as_deref().map(str_bytes))
                         .with_error_code(code)
                 })
                 .collect(),
         )
     } else {
         LeaveGroupResponse::default()
-            .with_error_code(results.first().map_or(error_code::NONE, |r| r.1))
+            .with_error_code(codes.first().copied().unwrap_or(error_code::NONE))
     };
     request.respond(&response)
 }

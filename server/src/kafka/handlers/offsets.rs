@@ -26,7 +26,10 @@ pub fn offset_commit(
     let check = shard.shared.groups().check_commit(
         &group,
         req.generation_id_or_member_epoch,
-        req.member_id.as_str(),
+        (
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|i| i.as_str()),
+        ),
         Instant::now(),
     );
     let mut commits = Vec::new();

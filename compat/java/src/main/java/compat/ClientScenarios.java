@@ -42,8 +42,9 @@ import org.apache.kafka.common.serialization.StringSerializer;
 /**
  * The Java client (org.apache.kafka:kafka-clients) against one broker: the AdminClient,
  * the default producer (idempotent, acks=all) and a consumer group of three with commits
- * and seeks. Each scenario prints one line, "PASS name" or "FAIL name: why"; the exit
- * status is the number of failures. Usage: ClientScenarios BOOTSTRAP
+ * and seeks, and static membership. Each scenario prints one line, "PASS name" or
+ * "FAIL name: why"; the exit status is the number of failures.
+ * Usage: ClientScenarios BOOTSTRAP [ONLY] (ONLY: run the scenarios named so, by prefix)
  */
 public final class ClientScenarios {
     private static final Duration WAIT = Duration.ofSeconds(30);
@@ -55,16 +56,20 @@ public final class ClientScenarios {
     private final String group = topic + "-group";
     private int failures;
 
-    private ClientScenarios(String bootstrap) {
+    /** Runs only the scenarios whose name starts with this (the topic is always created). */
+    private final String only;
+
+    private ClientScenarios(String bootstrap, String only) {
         this.bootstrap = bootstrap;
+        this.only = only;
     }
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 1) {
-            System.err.println("usage: ClientScenarios BOOTSTRAP");
+        if (args.length < 1 || args.length > 2) {
+            System.err.println("usage: ClientScenarios BOOTSTRAP [ONLY]");
             System.exit(2);
         }
-        ClientScenarios s = new ClientScenarios(args[0]);
+        ClientScenarios s = new ClientScenarios(args[0], args.length > 1 ? args[1] : "");
         s.runAll();
         System.exit(s.failures);
     }
@@ -74,6 +79,9 @@ public final class ClientScenarios {
     }
 
     private void scenario(String name, Scenario body) {
+        if (!name.startsWith(only) && !name.equals("admin.createTopics")) {
+            return;
+        }
         try {
             String detail = body.run();
             System.out.println("PASS " + name + (detail.isEmpty() ? "" : " (" + detail + ")"));
@@ -216,6 +224,7 @@ public final class ClientScenarios {
                     return "seek to " + from + " read " + first;
                 }
             });
+            scenario("consumer.static-membership", () -> staticMembership(admin));
             scenario("admin.deleteTopics", () -> {
                 admin.deleteTopics(List.of(topic)).all().get(30, TimeUnit.SECONDS);
                 long deadline = System.nanoTime() + WAIT.toNanos();
@@ -240,6 +249,111 @@ public final class ClientScenarios {
             p.put(ConsumerConfig.GROUP_ID_CONFIG, groupId);
         }
         return p;
+    }
+
+    /** A consumer polling on its own thread until stopped; what it holds, and how often it was assigned. */
+    private final class Polling implements AutoCloseable {
+        private final AtomicBoolean stop = new AtomicBoolean(false);
+        private final java.util.concurrent.atomic.AtomicInteger assignedCalls = new java.util.concurrent.atomic.AtomicInteger();
+        private volatile Set<Integer> held = Set.of();
+        private final List<String> events = java.util.Collections.synchronizedList(new ArrayList<>());
+        private volatile Throwable failed;
+        private final Thread thread;
+
+        Polling(String groupId, String instance, String topicName) {
+            Properties p = consumerProps(groupId);
+            p.put(ConsumerConfig.GROUP_INSTANCE_ID_CONFIG, instance);
+            p.put(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG, "30000");
+            thread = new Thread(() -> {
+                try (KafkaConsumer<String, String> c = new KafkaConsumer<>(p)) {
+                    c.subscribe(List.of(topicName), new org.apache.kafka.clients.consumer.ConsumerRebalanceListener() {
+                        @Override
+                        public void onPartitionsRevoked(Collection<TopicPartition> partitions) {
+                            events.add(java.time.Instant.now() + " revoked " + partitions);
+                        }
+
+                        @Override
+                        public void onPartitionsAssigned(Collection<TopicPartition> partitions) {
+                            assignedCalls.incrementAndGet();
+                            events.add(java.time.Instant.now() + " assigned " + partitions);
+                            Set<Integer> mine = new HashSet<>();
+                            for (TopicPartition tp : partitions) {
+                                mine.add(tp.partition());
+                            }
+                            held = mine;
+                        }
+                    });
+                    while (!stop.get()) {
+                        c.poll(Duration.ofMillis(100));
+                    }
+                } catch (Throwable e) {
+                    failed = e;
+                }
+            }, "static-" + instance);
+            thread.start();
+        }
+
+        Set<Integer> held() {
+            return held;
+        }
+
+        int assignedCalls() {
+            return assignedCalls.get();
+        }
+
+        /** Closes the consumer; a static member sends no LeaveGroup (KIP-345). */
+        @Override
+        public void close() throws InterruptedException {
+            stop.set(true);
+            thread.join(30_000);
+            if (failed != null) {
+                throw new AssertionError("consumer failed", failed);
+            }
+        }
+    }
+
+    private static void waitFor(String what, java.util.function.BooleanSupplier ok) throws InterruptedException {
+        long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
+        while (!ok.getAsBoolean()) {
+            if (System.nanoTime() > deadline) {
+                throw new AssertionError("timed out waiting for " + what);
+            }
+            Thread.sleep(100);
+        }
+    }
+
+    /**
+     * KIP-345: two static members share 4 partitions; one is closed (no LeaveGroup) and a new
+     * process with the same group.instance.id starts within the session timeout: it gets the
+     * same partitions back, and the other member sees no rebalance.
+     */
+    private String staticMembership(Admin admin) throws Exception {
+        String t = topic + "-static";
+        String g = t + "-group";
+        admin.createTopics(List.of(new NewTopic(t, 4, (short) 1))).all().get(30, TimeUnit.SECONDS);
+        try (Polling b = new Polling(g, "b", t)) {
+            Set<Integer> before;
+            int bCalls;
+            try (Polling a = new Polling(g, "a", t)) {
+                waitFor("both members assigned", () -> !a.held().isEmpty() && !b.held().isEmpty()
+                        && a.held().size() + b.held().size() == 4);
+                Thread.sleep(1000);
+                before = a.held();
+                bCalls = b.assignedCalls();
+            }
+            try (Polling a2 = new Polling(g, "a", t)) {
+                waitFor("the restarted member assigned", () -> !a2.held().isEmpty());
+                Thread.sleep(3000);
+                check(a2.held().equals(before), "restarted member got " + a2.held() + ", had " + before);
+                check(b.assignedCalls() == bCalls, "the other member was reassigned "
+                        + (b.assignedCalls() - bCalls) + " more time(s): " + b.events);
+                ConsumerGroupDescription d = admin.describeConsumerGroups(List.of(g)).all()
+                        .get(30, TimeUnit.SECONDS).get(g);
+                long statics = d.members().stream().filter(m -> m.groupInstanceId().isPresent()).count();
+                check(statics == 2, "static members described: " + statics);
+                return "kept " + before + ", other member assigned " + bCalls + " time(s) in all, state " + d.groupState();
+            }
+        }
     }
 
     /** Three consumers in one group share the partitions, read every message once, commit. */
