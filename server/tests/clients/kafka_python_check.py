@@ -218,6 +218,78 @@ check(sorted(late) == sorted(f"late{i}".encode() for i in range(10)), f"resumed 
 m3.close()
 listed = admin.list_groups()
 check("py-group" in str(listed), f"group listed: {listed}")
+
+# Static membership (KIP-345): two static members share a topic; one process exits (a
+# static member sends no LeaveGroup) and a new one with the same group_instance_id starts
+# within the session timeout: it gets the same partitions, and the other member is not
+# reassigned.
+admin.create_topics([NewTopic("py-static", num_partitions=4, replication_factor=1)])
+
+
+def static_member(instance):
+    env = dict(os.environ, KAFKA_PYTHON_MEMBER_GROUP="py-static-group",
+               KAFKA_PYTHON_MEMBER_TOPIC="py-static", KAFKA_PYTHON_MEMBER_INSTANCE=instance,
+               KAFKA_PYTHON_MEMBER_SESSION_MS="30000")
+    proc = subprocess.Popen([sys.executable, member_script, bootstrap], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    children.append(proc)
+    state = {"assigned": None, "rebalances": 0}
+
+    def read():
+        for line in proc.stdout:
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            with lock:
+                if kind == "A":
+                    state["assigned"] = set(int(p) for p in rest.split(",") if p)
+                elif kind == "R":
+                    state["rebalances"] += 1
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, state
+
+
+def wait_until(what, ok, limit=60):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        with lock:
+            if ok():
+                return
+        time.sleep(0.1)
+    check(False, f"timed out waiting for {what}")
+
+
+# b first, alone, so that it leads the group and the member restarted is not the leader:
+# a restarted leader runs the assignor again at JoinGroup v5 (v9's skip_assignment is not
+# served yet) and kafka-python then rejoins once more when its metadata catches up.
+b_proc, b = static_member("b")
+wait_until("the first static member assigned", lambda: b["assigned"] is not None and len(b["assigned"]) == 4)
+a_proc, a = static_member("a")
+wait_until("both static members assigned", lambda: bool(a["assigned"]) and bool(b["assigned"])
+           and not (a["assigned"] & b["assigned"]) and len(a["assigned"] | b["assigned"]) == 4)
+# Settled: no member reassigned for 3 s (a leader may rejoin once after its first
+# assignment, when its metadata of the new topic catches up).
+deadline = time.time() + 60
+while True:
+    with lock:
+        counts = (a["rebalances"], b["rebalances"])
+    time.sleep(3)
+    with lock:
+        if counts == (a["rebalances"], b["rebalances"]):
+            a_before, b_rebalances = set(a["assigned"]), b["rebalances"]
+            break
+    check(time.time() < deadline, "the static group never settled")
+tell(a_proc, "exit")
+check(a_proc.wait(30) == 0, "the static member did not exit cleanly")
+a2_proc, a2 = static_member("a")
+wait_until("the restarted static member assigned", lambda: bool(a2["assigned"]))
+time.sleep(3)
+with lock:
+    check(a2["assigned"] == a_before, f"restarted static member got {a2['assigned']}, had {a_before}")
+    check(b["rebalances"] == b_rebalances,
+          f"the other member was reassigned {b['rebalances'] - b_rebalances} more time(s)")
+for p in (a2_proc, b_proc):
+    tell(p, "exit")
+    p.wait(30)
 described = admin.describe_groups(["py-group"])
 check("py-group" in str(described), f"group described: {described}")
 

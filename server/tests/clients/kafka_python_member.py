@@ -1,8 +1,13 @@
 """One kafka-python consumer-group member, in its own process, driven over stdin/stdout.
 
 Usage: kafka_python_member.py BOOTSTRAP
-Prints `A p,p,...` when its assignment changes and `V value` per record. On `stop` it
-commits (retrying while the group rebalances) and prints `C`; on `close` it leaves.
+Prints `A p,p,...` when its assignment changes, `R` each time a rebalance assigns it
+partitions, and `V value` per record. On `stop` it commits (retrying while the group
+rebalances) and prints `C`; on `close` it leaves; on `exit` it closes at once (a static
+member does not leave then: KIP-345).
+Environment: KAFKA_PYTHON_MEMBER_GROUP (py-group), KAFKA_PYTHON_MEMBER_TOPIC (py-shared),
+KAFKA_PYTHON_MEMBER_INSTANCE (a group.instance.id: a static member),
+KAFKA_PYTHON_MEMBER_SESSION_MS (6000).
 Two kafka-python consumers in one process share its network thread, and under load that
 thread was seen to stall both (no heartbeats, sessions expiring); real members are
 separate processes anyway.
@@ -12,7 +17,7 @@ import os
 import select
 import sys
 
-from kafka import KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import RebalanceInProgressError
 
 
@@ -29,17 +34,30 @@ def command(timeout):
 if os.environ.get("KAFKA_PYTHON_MEMBER_LOG"):
     logging.basicConfig(level=getattr(logging, os.environ["KAFKA_PYTHON_MEMBER_LOG"]), stream=sys.stderr,
                         format=f"%(asctime)s member {os.getpid()} %(name)s: %(message)s")
-member = KafkaConsumer(bootstrap_servers=sys.argv[1], group_id="py-group",
+topic = os.environ.get("KAFKA_PYTHON_MEMBER_TOPIC", "py-shared")
+member = KafkaConsumer(bootstrap_servers=sys.argv[1],
+                       group_id=os.environ.get("KAFKA_PYTHON_MEMBER_GROUP", "py-group"),
+                       group_instance_id=os.environ.get("KAFKA_PYTHON_MEMBER_INSTANCE"),
                        auto_offset_reset="earliest", enable_auto_commit=False,
-                       session_timeout_ms=6000, heartbeat_interval_ms=500)
+                       session_timeout_ms=int(os.environ.get("KAFKA_PYTHON_MEMBER_SESSION_MS", "6000")),
+                       heartbeat_interval_ms=500)
+
+
+class Rebalances(ConsumerRebalanceListener):
+    def on_partitions_revoked(self, revoked):
+        pass
+
+    def on_partitions_assigned(self, assigned):
+        say("R")
+
 # Two guards against a kafka-python 3.0.12 bug, seen with this broker under CPU load: when
 # a poll's timeout ends while the member's own JoinGroup/SyncGroup is in flight, and the
 # rejoin was caused by a metadata change, the finished join is never applied (the member
 # keeps an empty assignment, stops heartbeating, and is expired). So the member learns the
 # topic's partitions before it subscribes (no metadata-driven rejoin after its first
 # join), and polls with a timeout long enough for a join to finish inside one poll.
-member.partitions_for_topic("py-shared")
-member.subscribe(["py-shared"])
+member.partitions_for_topic(topic)
+member.subscribe([topic], listener=Rebalances())
 shown = None
 while True:
     for records in member.poll(timeout_ms=1000).values():
@@ -52,6 +70,9 @@ while True:
     said = command(0)
     if said == "stop":
         break
+    if said == "exit":
+        member.close()
+        sys.exit(0)
     if said == "":  # the driving process is gone
         member.close()
         sys.exit(1)

@@ -334,10 +334,23 @@ public final class ClientScenarios {
         try (Polling b = new Polling(g, "b", t)) {
             Set<Integer> before;
             int bCalls;
+            // b first, alone, so that it leads the group and the member restarted is not
+            // the leader (a restarted leader runs the assignor again at JoinGroup v5).
+            waitFor("the first member assigned", () -> b.held().size() == 4);
             try (Polling a = new Polling(g, "a", t)) {
                 waitFor("both members assigned", () -> !a.held().isEmpty() && !b.held().isEmpty()
                         && a.held().size() + b.held().size() == 4);
-                Thread.sleep(1000);
+                // Settled: nobody reassigned for 3 s (a leader may rejoin once after its
+                // first assignment, when its metadata of the new topic catches up).
+                long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
+                while (true) {
+                    int calls = a.assignedCalls() + b.assignedCalls();
+                    Thread.sleep(3000);
+                    if (calls == a.assignedCalls() + b.assignedCalls()) {
+                        break;
+                    }
+                    check(System.nanoTime() < deadline, "the static group never settled");
+                }
                 before = a.held();
                 bCalls = b.assignedCalls();
             }
