@@ -1,7 +1,6 @@
-//! One client connection: read a frame, handle it, write the response, in request order.
-//! Requests are handled one at a time; only a produce request waiting for its answer (the
-//! ISR, for acks=all) lets the next one be read, up to `PIPELINED_REQUESTS_MAX` in
-//! flight; further pipelined requests wait in the kernel.
+//! One client connection: read a frame, handle it, write the response, in order, one
+//! request at a time (as Kafka's own broker does, so responses keep request order, and
+//! the in-flight bound per connection is one: pipelined requests wait in the kernel).
 //! A frame whose length is out of bounds, an unknown API, an unsupported version or a
 //! body that does not decode closes this connection and nothing else.
 //!
@@ -97,52 +96,16 @@ pub async fn serve(
         .set(shard.connections.get().saturating_sub(1));
 }
 
-/// Most requests one connection has read and not yet answered: the one being handled
-/// plus those waiting for their answers (produce requests waiting for the ISR). Kafka
-/// clients keep at most 5 in flight per connection with idempotence.
-const PIPELINED_REQUESTS_MAX: usize = 5;
-
-/// A request read and handled (or, for produce, taken by its partitions' leaders) whose
-/// response is due in this position.
-struct Due {
-    api_key: i16,
-    started: Instant,
-    reply: handlers::Reply,
-}
-
-/// Reads and handles requests one after the other, and writes their responses in the
-/// same order from a second loop, so a produce request waiting for the ISR does not hold
-/// up the next one: its batch is already taken by its leader, so nothing read after it can
-/// overtake it (Redpanda pipelines in the same way; Kafka's broker reads nothing more
-/// from a connection until it answered). Everything else is handled as before, one at a
-/// time, in order.
 async fn serve_requests(
     shard: &Rc<Shard>,
     stream: &TcpStream,
     sender: &mut ResponseSender<'_>,
     peer: std::net::SocketAddr,
 ) -> Result<(), CloseReason> {
-    // Bounded: the reader waits when this many answers are outstanding.
-    let (due, answers) = futures_channel::mpsc::channel::<Due>(PIPELINED_REQUESTS_MAX - 1);
-    let read = read_requests(shard, stream, peer, due);
-    let write = write_responses(shard, sender, answers);
-    // The first error closes the connection; a clean end of reading lets the writer send
-    // what is still due.
-    futures_util::future::try_join(read, write)
-        .await
-        .map(|_| ())
-}
-
-async fn read_requests(
-    shard: &Rc<Shard>,
-    stream: &TcpStream,
-    peer: std::net::SocketAddr,
-    mut due: futures_channel::mpsc::Sender<Due>,
-) -> Result<(), CloseReason> {
-    use futures_util::SinkExt;
     let max = shard.config().socket_request_max_bytes;
     let idle = Duration::from_millis(shard.config().connections_max_idle_ms);
     let memory = &shard.shared.request_memory;
+    let metrics = shard.shared.metrics.core(shard.id);
     let mut reader = FrameReader::new();
     loop {
         let frame = {
@@ -168,41 +131,15 @@ async fn read_requests(
             Some(&[a, b]) => i16::from_be_bytes([a, b]),
             _ => return Err(FrameError::FrameLength(frame.len() as i64).into()),
         };
-        let reply = handle_frame(shard, frame, peer).await?;
-        // The request's bytes are gone once it is handled (a produce's batches are
-        // written); what is still due holds no budget (file ranges, small encoded parts,
-        // a produce's wait for the ISR).
+        let response = handle_frame(shard, frame, peer).await?;
+        // The request's bytes are gone once its response is built; the response holds
+        // no budget (file ranges, and small encoded parts).
         drop(permit);
-        let item = Due {
-            api_key,
-            started,
-            reply,
-        };
-        if due.send(item).await.is_err() {
-            // The writer ended; its error closes the connection.
-            return Ok(());
-        }
-    }
-}
-
-async fn write_responses(
-    shard: &Rc<Shard>,
-    sender: &mut ResponseSender<'_>,
-    mut answers: futures_channel::mpsc::Receiver<Due>,
-) -> Result<(), CloseReason> {
-    use futures_util::StreamExt;
-    let metrics = shard.shared.metrics.core(shard.id);
-    while let Some(item) = answers.next().await {
-        let pieces = match item.reply {
-            handlers::Reply::Now(pieces) => pieces,
-            handlers::Reply::Later(answer) => answer.await?,
-        };
-        if let Some(pieces) = pieces {
+        if let Some(pieces) = response {
             sender.send(pieces).await?;
         }
-        metrics.observe_request(item.api_key, item.started.elapsed());
+        metrics.observe_request(api_key, started.elapsed());
     }
-    Ok(())
 }
 
 /// Frames up to this size do not wait for the request memory budget.
@@ -319,12 +256,12 @@ async fn handle_frame(
     shard: &Rc<Shard>,
     frame: Vec<u8>,
     peer: std::net::SocketAddr,
-) -> Result<handlers::Reply, CloseReason> {
+) -> Result<Option<Vec<Piece>>, CloseReason> {
     let request = match protocol::decode_frame(frame)? {
         Frame::ApiVersionsUnsupported { correlation_id } => {
-            return Ok(handlers::Reply::Now(Some(vec![Piece::Bytes(
+            return Ok(Some(vec![Piece::Bytes(
                 handlers::api_versions::unsupported(correlation_id)?,
-            )])));
+            )]));
         }
         Frame::Request(r) => r,
     };

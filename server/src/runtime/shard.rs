@@ -206,40 +206,6 @@ impl Drop for DrainedGuard {
     }
 }
 
-/// An append its partition's leader has taken: written (or synced, as its wait asked),
-/// with its offsets. For acks=all the answer from the ISR is still to come.
-#[derive(Debug)]
-pub struct Appended {
-    pub info: AppendInfo,
-    /// acks=all: answered once the high watermark passes the batch, or with the error that
-    /// ended the wait (leadership lost, the ISR shrunk below `min_insync_replicas`).
-    replicated: Option<oneshot::Receiver<Result<(), i16>>>,
-}
-
-impl Appended {
-    /// The append's answer: at once for acks=1, once the ISR has it for acks=all.
-    pub async fn replicated(self) -> Result<AppendInfo, PartitionError> {
-        if let Some(answer) = self.replicated {
-            match answer.await {
-                Ok(Ok(())) => {}
-                Ok(Err(code)) => {
-                    return Err(PartitionError::Replication {
-                        code,
-                        reason: "not replicated to the ISR",
-                    });
-                }
-                // The leader dropped its waiters: it no longer leads the partition.
-                Err(_) => {
-                    return Err(PartitionError::NotServedHere(
-                        error_code::NOT_LEADER_OR_FOLLOWER,
-                    ));
-                }
-            }
-        }
-        Ok(self.info)
-    }
-}
-
 /// Why an operation on a partition failed, as Kafka error codes see it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PartitionError {
@@ -360,7 +326,7 @@ pub enum ShardCommand {
         tp: TopicPartition,
         batch: Bytes,
         wait: AppendWait,
-        reply: oneshot::Sender<Result<Appended, PartitionError>>,
+        reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
     },
     Read {
         tp: TopicPartition,
@@ -467,7 +433,7 @@ pub enum Forwarded {
         tp: TopicPartition,
         batch: Bytes,
         wait: AppendWait,
-        reply: oneshot::Sender<Result<Appended, PartitionError>>,
+        reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
     },
 }
 
@@ -566,23 +532,6 @@ impl Shard {
         batch: Bytes,
         wait: AppendWait,
     ) -> Result<AppendInfo, PartitionError> {
-        self.append_staged(tp, batch, wait)
-            .await?
-            .replicated()
-            .await
-    }
-
-    /// Appends as `wait` says on the leader itself (written, or synced under the flush
-    /// policy) and returns then: for acks=all what is left, the wait for the ISR, is in
-    /// the returned `Appended`. Once this returns, the batch has its offsets, so a later
-    /// append cannot overtake it; a connection may then go on to its next request while
-    /// this one replicates (see `kafka::connection`).
-    pub async fn append_staged(
-        self: &Rc<Self>,
-        tp: TopicPartition,
-        batch: Bytes,
-        wait: AppendWait,
-    ) -> Result<Appended, PartitionError> {
         let owner = self.owner(&tp);
         let (reply, answer) = oneshot::channel();
         if owner == self.id {
@@ -860,7 +809,7 @@ impl Shard {
         tp: &TopicPartition,
         batch: Bytes,
         wait: AppendWait,
-    ) -> Result<Appended, PartitionError> {
+    ) -> Result<AppendInfo, PartitionError> {
         let (log, event, counters, replica) = {
             let partitions = self.partitions.borrow();
             let p = partitions
@@ -903,10 +852,25 @@ impl Shard {
         let log_end = log.offsets().log_end_offset;
         replica.borrow_mut().advance_high_watermark(log_end);
         event.notify(usize::MAX);
-        // acks=all: answered once every in-sync replica has the batch.
-        let replicated = (wait == AppendWait::Durable)
-            .then(|| replica.borrow_mut().wait_for(info.last_offset, epoch));
-        Ok(Appended { info, replicated })
+        if wait == AppendWait::Durable {
+            // acks=all: answered once every in-sync replica has the batch.
+            let answer = replica.borrow_mut().wait_for(info.last_offset, epoch);
+            match answer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(code)) => {
+                    return Err(PartitionError::Replication {
+                        code,
+                        reason: "not replicated to the ISR",
+                    });
+                }
+                Err(_) => {
+                    return Err(PartitionError::NotServedHere(
+                        error_code::NOT_LEADER_OR_FOLLOWER,
+                    ));
+                }
+            }
+        }
+        Ok(info)
     }
 
     async fn local_read(

@@ -1,9 +1,6 @@
 //! One module per Kafka API group. Each takes a decoded request and returns the response
-//! frame as pieces (or nothing, for Produce with acks=0); Produce answers in two stages
-//! (`Reply::Later`).
+//! frame as pieces (or nothing, for Produce with acks=0).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 
 use kafka_protocol::messages::ApiKey;
@@ -58,31 +55,14 @@ impl Request {
     }
 }
 
-/// A handler's answer: the response frame now (or none, for acks=0), or one that comes
-/// when the work the request started finishes. The connection sends answers in request
-/// order and may read the next request while a `Later` one is outstanding.
-pub enum Reply {
-    Now(Option<Vec<Piece>>),
-    Later(Pin<Box<dyn Future<Output = Response>>>),
-}
-
-/// A response frame as pieces, none for acks=0, or the error that closes the connection.
-pub type Response = Result<Option<Vec<Piece>>, DecodeError>;
-
-pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Reply, DecodeError> {
-    if request.key == ApiKey::Produce {
-        return produce::handle(shard, request).await;
-    }
-    handle_now(shard, request).await.map(Reply::Now)
-}
-
-async fn handle_now(
+pub async fn handle(
     shard: &Rc<Shard>,
     request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     match request.key {
         ApiKey::ApiVersions => api_versions::handle(request),
         ApiKey::Metadata => metadata::handle(shard, request).await,
+        ApiKey::Produce => produce::handle(shard, request).await,
         ApiKey::Fetch => fetch::handle(shard, request).await,
         ApiKey::ListOffsets => list_offsets::handle(shard, request).await,
         ApiKey::CreateTopics => admin::create_topics(shard, request).await,

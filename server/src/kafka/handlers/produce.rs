@@ -1,9 +1,8 @@
 //! Produce (v3-8; v0-2 are advertised for librdkafka's sake and refused at the front door).
 //! Each partition's batch goes to the core that owns it; acks=1 answers once written,
-//! acks=all once durable under the flush policy and in the ISR, acks=0 not at all.
+//! acks=all once durable under the flush policy, acks=0 not at all.
 
 use std::rc::Rc;
-use std::time::Instant;
 
 use engine::{AppendWait, TopicPartition};
 use kafka_protocol::messages::ProduceRequest;
@@ -11,7 +10,7 @@ use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 
-use super::{Reply, Request, str_bytes};
+use super::{Request, str_bytes};
 use crate::kafka::fetch_response::Piece;
 use crate::kafka::protocol::{DecodeError, error_code};
 use crate::runtime::shard::{PartitionError, Shard};
@@ -37,11 +36,10 @@ impl Outcome {
     }
 }
 
-/// Produce. Each partition's append is taken by its leader before this returns (so the
-/// connection's next request cannot overtake it); the response is `Reply::Later` and comes
-/// once every partition's append has its answer: at once for acks=1, once the ISR has
-/// it for acks=all.
-pub async fn handle(shard: &Rc<Shard>, mut request: Request) -> Result<Reply, DecodeError> {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: ProduceRequest = request.decode("Produce request")?;
     let acks_ok = matches!(req.acks, -1..=1);
     let wait = if req.acks == -1 {
@@ -73,7 +71,7 @@ pub async fn handle(shard: &Rc<Shard>, mut request: Request) -> Result<Reply, De
                 }
             }
         }
-        return Ok(Reply::Now(None));
+        return Ok(None);
     }
     // acks=all waits for the ISR at most the request's timeout (its append stays written).
     let ack_timeout = if req.timeout_ms > 0 {
@@ -81,69 +79,34 @@ pub async fn handle(shard: &Rc<Shard>, mut request: Request) -> Result<Reply, De
     } else {
         DEFAULT_ACK_TIMEOUT
     };
-    let deadline = Instant::now() + ack_timeout;
-    let timed_out = || PartitionError::Replication {
-        code: error_code::REQUEST_TIMED_OUT,
-        reason: "not replicated to the ISR within the request's timeout",
-    };
-    // First stage: every partition's leader takes its batch.
-    let appends = pending
-        .into_iter()
-        .map(|(name, index, checked, records)| async move {
-            let taken = match (checked, records) {
-                (Err(outcome), _) => Err(outcome),
-                (Ok(tp), Some(records)) => compio::time::timeout(
-                    deadline.saturating_duration_since(Instant::now()),
-                    shard.append_staged(tp, records, wait),
-                )
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
-                .map_err(|e| refused(&name, index, e)),
-                (Ok(_), None) => Err(Outcome::error(
-                    error_code::INVALID_RECORD,
-                    Some("no records".into()),
-                )),
-            };
-            (name, index, taken)
-        });
-    let taken = futures_util::future::join_all(appends).await;
-    // Second stage, which the connection awaits in its own time: the answers.
-    Ok(Reply::Later(Box::pin(async move {
-        let answers = taken.into_iter().map(|(name, index, taken)| async move {
-            let outcome = match taken {
-                Err(outcome) => outcome,
-                Ok(appended) => match compio::time::timeout(
-                    deadline.saturating_duration_since(Instant::now()),
-                    appended.replicated(),
-                )
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
-                {
-                    Ok(info) => Outcome {
-                        code: error_code::NONE,
-                        base_offset: info.base_offset,
-                        log_start_offset: info.log_start_offset,
-                        message: None,
-                    },
-                    Err(e) => refused(&name, index, e),
+    let appends = pending.into_iter().map(|(name, index, checked, records)| async move {
+        let outcome = match (checked, records) {
+            (Err(outcome), _) => outcome,
+            (Ok(tp), Some(records)) => match compio::time::timeout(
+                ack_timeout,
+                shard.append(tp, records, wait),
+            )
+            .await
+            .unwrap_or(Err(PartitionError::Replication {
+                code: error_code::REQUEST_TIMED_OUT,
+                reason: "not replicated to the ISR within the request's timeout",
+            })) {
+                Ok(info) => Outcome {
+                    code: error_code::NONE,
+                    base_offset: info.base_offset,
+                    log_start_offset: info.log_start_offset,
+                    message: None,
                 },
-            };
-            (name, index, outcome)
-        });
-        let results = futures_util::future::join_all(answers).await;
-        respond(&request, results)
-    })))
-}
-
-fn refused(topic: &str, partition: i32, e: PartitionError) -> Outcome {
-    tracing::debug!(topic, partition, error = %e, "produce refused");
-    Outcome::error(e.code(), Some(e.to_string()))
-}
-
-fn respond(
-    request: &Request,
-    results: Vec<(String, i32, Outcome)>,
-) -> Result<Option<Vec<Piece>>, DecodeError> {
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
+                    Outcome::error(e.code(), Some(e.to_string()))
+                }
+            },
+            (Ok(_), None) => Outcome::error(error_code::INVALID_RECORD, Some("no records".into())),
+        };
+        (name, index, outcome)
+    });
+    let results = futures_util::future::join_all(appends).await;
     let mut topics: Vec<TopicProduceResponse> = Vec::new();
     for (name, index, outcome) in results {
         let mut partition = PartitionProduceResponse::default()
