@@ -68,15 +68,18 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 3),
     (ApiKey::FindCoordinator, 0, 2),
     // Static membership (group.instance.id): JoinGroup v5, SyncGroup/Heartbeat v3,
-    // LeaveGroup v3 (members by instance id), OffsetCommit v7.
-    (ApiKey::JoinGroup, 0, 5),
-    (ApiKey::SyncGroup, 0, 3),
-    (ApiKey::Heartbeat, 0, 3),
-    (ApiKey::LeaveGroup, 0, 3),
+    // LeaveGroup v3 (members by instance id), OffsetCommit v7. Flexible from JoinGroup
+    // v6, SyncGroup v4, Heartbeat v4, LeaveGroup v4; JoinGroup v9 skips a static leader's
+    // assignment (KIP-814); SyncGroup v5 checks the protocol type and name.
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::OffsetCommit, 2, 7),
     (ApiKey::OffsetFetch, 1, 5),
-    (ApiKey::ListGroups, 0, 2),
-    (ApiKey::DescribeGroups, 0, 4),
+    // ListGroups v4 filters by state, v5 by type; both flexible, as DescribeGroups v5.
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::InitProducerId, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 3),
     (ApiKey::ElectLeaders, 0, 1),

@@ -4,8 +4,9 @@
 //! Why by hand: the crate's array decoder calls `Vec::with_capacity(count)` with the count
 //! from the wire. A 12-byte request claiming two billion topics would make the broker try
 //! to allocate hundreds of gigabytes and abort. No crate offers a bounded decoder, so this
-//! walker follows the (non-flexible) request layouts of the APIs we serve and refuses any
-//! count that the remaining bytes could not hold.
+//! walker follows the request layouts of the APIs we serve, non-flexible and flexible
+//! (KIP-482: compact lengths as unsigned varints, tagged fields after every struct), and
+//! refuses any count that the remaining bytes could not hold.
 
 use kafka_protocol::messages::ApiKey;
 
@@ -103,16 +104,19 @@ const JOIN_GROUP: &[(i16, F)] = &[
     (5, F::Str),
     (ALL, F::Str),
     (ALL, F::Array(PROTOCOL)),
+    (8, F::Str),
 ];
 const SYNC_GROUP: &[(i16, F)] = &[
     (ALL, F::Str),
     (ALL, F::I32),
     (ALL, F::Str),
     (3, F::Str),
+    (5, F::Str),
+    (5, F::Str),
     (ALL, F::Array(PROTOCOL)),
 ];
 const LEAVE_GROUP_V0: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Str)];
-const MEMBER_IDENTITY: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Str)];
+const MEMBER_IDENTITY: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Str), (5, F::Str)];
 const LEAVE_GROUP_V3: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(MEMBER_IDENTITY))];
 const COMMIT_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I64), (6, F::I32), (ALL, F::Str)];
 const COMMIT_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(COMMIT_PARTITION))];
@@ -133,6 +137,7 @@ const OFFSET_COMMIT_V5: &[(i16, F)] = &[
 const FETCH_OFFSETS_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
 const OFFSET_FETCH: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(FETCH_OFFSETS_TOPIC))];
 const DESCRIBE_GROUPS: &[(i16, F)] = &[(ALL, F::StrArray), (3, F::I8)];
+const LIST_GROUPS: &[(i16, F)] = &[(4, F::StrArray), (5, F::StrArray)];
 
 const EPOCH_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I32), (ALL, F::I32)];
 const EPOCH_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(EPOCH_PARTITION))];
@@ -153,6 +158,7 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
         ApiKey::OffsetCommit => OFFSET_COMMIT_V2,
         ApiKey::OffsetFetch => OFFSET_FETCH,
         ApiKey::DescribeGroups => DESCRIBE_GROUPS,
+        ApiKey::ListGroups => LIST_GROUPS,
         ApiKey::Produce => PRODUCE,
         ApiKey::Fetch => FETCH,
         ApiKey::ListOffsets => LIST_OFFSETS,
@@ -165,25 +171,30 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
 }
 
 /// Fewest bytes one element of a layout takes on the wire.
-fn min_bytes(layout: &[(i16, F)], version: i16) -> usize {
-    layout
+fn min_bytes(layout: &[(i16, F)], version: i16, flexible: bool) -> usize {
+    let fields = layout
         .iter()
         .filter(|(since, _)| version >= *since)
         .map(|(_, f)| match f {
             F::I8 => 1,
+            // Compact lengths and counts are unsigned varints: one byte at least.
+            F::Str | F::Bytes | F::Array(_) | F::I32Array | F::StrArray if flexible => 1,
             F::I16 | F::Str => 2,
             F::I32 | F::Bytes | F::Array(_) | F::I32Array | F::StrArray => 4,
             F::I64 => 8,
         })
-        .sum::<usize>()
-        .max(1)
+        .sum::<usize>();
+    // A flexible struct ends with its tagged fields: a count, one byte at least.
+    (fields + usize::from(flexible)).max(1)
 }
 
 struct Walker<'a> {
     bytes: &'a [u8],
     at: usize,
-    /// Array elements counted so far.
+    /// Array elements (and tagged fields) counted so far.
     elements: usize,
+    /// A flexible version (KIP-482): compact encodings and tagged fields.
+    flexible: bool,
 }
 
 impl Walker<'_> {
@@ -210,17 +221,51 @@ impl Walker<'_> {
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// An unsigned varint of at most 32 bits (compact lengths, counts, tags).
+    fn uvarint(&mut self) -> Result<u32, &'static str> {
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let b = self.take(1)?[0];
+            if i == 4 && b > 0x0f {
+                return Err("varint longer than 32 bits");
+            }
+            value |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("varint longer than 32 bits")
+    }
+
+    /// A string or bytes length: i16 or i32 (-1 = null), or compact (0 = null).
+    fn length(&mut self, wide: bool) -> Result<usize, &'static str> {
+        if self.flexible {
+            return Ok((self.uvarint()? as usize).saturating_sub(1));
+        }
+        let len = if wide {
+            self.i32()?
+        } else {
+            i32::from(self.i16()?)
+        };
+        Ok(usize::try_from(len).unwrap_or(0))
+    }
+
     /// Reads an array count and checks that `element_min` bytes each fit.
     fn count(&mut self, element_min: usize) -> Result<usize, &'static str> {
-        let n = self.i32()?;
-        if n < 0 {
-            return if n == -1 {
-                Ok(0)
-            } else {
-                Err("negative array count")
-            };
-        }
-        let n = n as usize;
+        let n = if self.flexible {
+            // Compact: the count plus one, 0 for null.
+            (self.uvarint()? as usize).saturating_sub(1)
+        } else {
+            let n = self.i32()?;
+            if n < 0 {
+                return if n == -1 {
+                    Ok(0)
+                } else {
+                    Err("negative array count")
+                };
+            }
+            n as usize
+        };
         if n.saturating_mul(element_min) > self.remaining() {
             return Err("array count exceeds the bytes present");
         }
@@ -231,6 +276,27 @@ impl Walker<'_> {
         Ok(n)
     }
 
+    /// Tagged fields (flexible versions): a count, then each a tag, a size and that many
+    /// bytes. The decoder keeps unknown ones as byte strings, bounded by what is present.
+    fn tagged_fields(&mut self) -> Result<(), &'static str> {
+        // A plain count (not plus one), each field two bytes at least.
+        let n = self.uvarint()? as usize;
+        if n.saturating_mul(2) > self.remaining() {
+            return Err("array count exceeds the bytes present");
+        }
+        self.elements += n;
+        if self.elements > REQUEST_ARRAY_ELEMENTS_MAX {
+            return Err("too many array elements in one request");
+        }
+        for _ in 0..n {
+            self.uvarint()?;
+            let size = self.uvarint()? as usize;
+            self.take(size)?;
+        }
+        Ok(())
+    }
+
+    /// One struct of `layout`: its fields, then (flexible) its tagged fields.
     fn walk(&mut self, layout: &[(i16, F)], version: i16) -> Result<(), &'static str> {
         for (since, field) in layout {
             if version < *since {
@@ -241,20 +307,12 @@ impl Walker<'_> {
                 F::I16 => drop(self.take(2)?),
                 F::I32 => drop(self.take(4)?),
                 F::I64 => drop(self.take(8)?),
-                F::Str => {
-                    let len = self.i16()?;
-                    if len > 0 {
-                        self.take(len as usize)?;
-                    }
-                }
-                F::Bytes => {
-                    let len = self.i32()?;
-                    if len > 0 {
-                        self.take(len as usize)?;
-                    }
+                F::Str | F::Bytes => {
+                    let len = self.length(matches!(field, F::Bytes))?;
+                    self.take(len)?;
                 }
                 F::Array(element) => {
-                    let n = self.count(min_bytes(element, version))?;
+                    let n = self.count(min_bytes(element, version, self.flexible))?;
                     for _ in 0..n {
                         self.walk(element, version)?;
                     }
@@ -264,25 +322,32 @@ impl Walker<'_> {
                     self.take(n * 4)?;
                 }
                 F::StrArray => {
-                    let n = self.count(2)?;
+                    let n = self.count(if self.flexible { 1 } else { 2 })?;
                     for _ in 0..n {
-                        self.walk(&[(ALL, F::Str)], version)?;
+                        let len = self.length(false)?;
+                        self.take(len)?;
                     }
                 }
             }
+        }
+        if self.flexible {
+            self.tagged_fields()?;
         }
         Ok(())
     }
 }
 
 /// Checks the array counts of a request body (after its header) for `key` at `version`.
-/// APIs without arrays in their non-flexible bodies pass through.
+/// APIs without arrays in their bodies (Heartbeat, InitProducerId, FindCoordinator up to
+/// v3, ApiVersions) pass through: their flexible versions' tagged fields are byte strings
+/// the decoder bounds by what is present.
 pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'static str> {
     match layout(key, version) {
         Some(layout) => Walker {
             bytes: body,
             at: 0,
             elements: 0,
+            flexible: key.request_header_version(version) >= 2,
         }
         .walk(layout, version),
         None => Ok(()),
@@ -329,6 +394,7 @@ pub fn check_response(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'st
         bytes: body,
         at: 0,
         elements: 0,
+        flexible: false,
     }
     .walk(layout, version)
 }
@@ -396,6 +462,128 @@ mod tests {
                 "metadata v{v}"
             );
         }
+    }
+
+    /// The group APIs at every version we serve, flexible ones (compact encodings, tagged
+    /// fields) included, with every array populated.
+    #[test]
+    fn group_requests_pass_for_every_version_flexible_ones_too() {
+        use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+        use kafka_protocol::messages::leave_group_request::MemberIdentity;
+        use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+        use kafka_protocol::messages::{
+            DescribeGroupsRequest, GroupId, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+            SyncGroupRequest,
+        };
+        let s = StrBytes::from_static_str;
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_member_id(s("m"))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(bytes::Bytes::from_static(b"meta"));
+                2
+            ]);
+        let sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_assignments(vec![
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(s("m"))
+                    .with_assignment(bytes::Bytes::from_static(b"a"));
+                2
+            ]);
+        let describe = DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g")); 3]);
+        let list = ListGroupsRequest::default();
+        for v in 0..=9 {
+            let mut j = join.clone();
+            if v >= 5 {
+                j = j.with_group_instance_id(Some(s("i")));
+            }
+            if v >= 8 {
+                j = j.with_reason(Some(s("why")));
+            }
+            assert_eq!(
+                check(ApiKey::JoinGroup, v, &encoded(&j, v)),
+                Ok(()),
+                "join v{v}"
+            );
+        }
+        for v in 0..=5 {
+            let mut y = sync.clone();
+            if v >= 5 {
+                y = y
+                    .with_protocol_type(Some(s("consumer")))
+                    .with_protocol_name(Some(s("range")));
+            }
+            assert_eq!(
+                check(ApiKey::SyncGroup, v, &encoded(&y, v)),
+                Ok(()),
+                "sync v{v}"
+            );
+            assert_eq!(
+                check(ApiKey::DescribeGroups, v, &encoded(&describe, v)),
+                Ok(()),
+                "describe v{v}"
+            );
+            let l = if v >= 4 {
+                list.clone()
+                    .with_states_filter(vec![s("Stable"), s("Empty")])
+                    .with_types_filter(if v >= 5 { vec![s("classic")] } else { vec![] })
+            } else {
+                list.clone()
+            };
+            assert_eq!(
+                check(ApiKey::ListGroups, v, &encoded(&l, v)),
+                Ok(()),
+                "list v{v}"
+            );
+            let leave = if v >= 3 {
+                LeaveGroupRequest::default().with_members(vec![
+                    MemberIdentity::default()
+                        .with_member_id(s("m"))
+                        .with_group_instance_id(Some(s("i")))
+                        .with_reason(if v >= 5 {
+                            Some(s("bye"))
+                        } else {
+                            None
+                        });
+                    2
+                ])
+            } else {
+                LeaveGroupRequest::default().with_member_id(s("m"))
+            };
+            assert_eq!(
+                check(ApiKey::LeaveGroup, v, &encoded(&leave, v)),
+                Ok(()),
+                "leave v{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_compact_counts_and_tags_are_refused() {
+        // DescribeGroups v5: a compact count of 2^28 groups in four bytes.
+        assert_eq!(
+            check(ApiKey::DescribeGroups, 5, &[0x80, 0x80, 0x80, 0x01]),
+            Err("array count exceeds the bytes present")
+        );
+        // A varint that never ends within 32 bits.
+        assert_eq!(
+            check(ApiKey::DescribeGroups, 5, &[0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err("varint longer than 32 bits")
+        );
+        // ListGroups v4: empty states filter, then a million tagged fields in two bytes.
+        assert_eq!(
+            check(ApiKey::ListGroups, 4, &[0x01, 0xc0, 0x84, 0x3d]),
+            Err("array count exceeds the bytes present")
+        );
+        // A tagged field whose size runs past the end.
+        assert_eq!(
+            check(ApiKey::ListGroups, 4, &[0x01, 0x01, 0x00, 0x7f]),
+            Err("request ends early")
+        );
     }
 
     #[test]

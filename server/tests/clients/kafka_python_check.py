@@ -258,9 +258,11 @@ def wait_until(what, ok, limit=60):
     check(False, f"timed out waiting for {what}")
 
 
-# b first, alone, so that it leads the group and the member restarted is not the leader:
-# a restarted leader runs the assignor again at JoinGroup v5 (v9's skip_assignment is not
-# served yet) and kafka-python then rejoins once more when its metadata catches up.
+# b first, alone, so that it leads the group and the member restarted (a) is not the
+# leader: a restarted kafka-python leader rejoins by itself half a second after it is
+# back (seen here with the group Stable, its generation and protocol unchanged), and any
+# broker answers a known leader's JoinGroup in a stable group with a rebalance. The Java
+# check restarts the leader too (JoinGroup v9's skip_assignment, KIP-814).
 b_proc, b = static_member("b")
 wait_until("the first static member assigned", lambda: b["assigned"] is not None and len(b["assigned"]) == 4)
 a_proc, a = static_member("a")

@@ -62,6 +62,9 @@ pub struct JoinOutcome {
     pub member_id: String,
     /// Filled for the leader only: (member id, group instance id, metadata).
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// A static leader back in a stable group: the assignment stands, the leader need not
+    /// compute one (JoinGroup v9's `skip_assignment`, KIP-814).
+    pub skip_assignment: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -400,6 +403,27 @@ impl Coordinator {
         }
     }
 
+    /// SyncGroup v5+ names the protocol type and name it joined with: they must be the
+    /// group's (INCONSISTENT_GROUP_PROTOCOL otherwise), as Kafka checks.
+    pub fn check_protocol(
+        &self,
+        group_id: &str,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+    ) -> i16 {
+        let Some(group) = self.groups.get(group_id) else {
+            return error_code::NONE;
+        };
+        let differs = |named: Option<&str>, ours: &Option<String>| {
+            named.is_some_and(|n| ours.as_deref().is_some_and(|o| o != n))
+        };
+        if differs(protocol_type, &group.protocol_type) || differs(protocol_name, &group.protocol) {
+            error_code::INCONSISTENT_GROUP_PROTOCOL
+        } else {
+            error_code::NONE
+        }
+    }
+
     /// Checks that `member_id` belongs to the group's current generation, refreshing its
     /// session; returns the group's state.
     fn current_member(
@@ -678,6 +702,7 @@ fn replace_static_member(
             generation_id: group.generation,
             protocol_type: group.protocol_type.clone(),
             protocol_name: group.protocol.clone(),
+            skip_assignment: leader == new_id,
             leader,
             member_id: new_id,
             members,
@@ -819,6 +844,7 @@ fn maybe_complete_join(group: &mut Group, now: Instant, deadline_passed: bool) {
                 } else {
                     Vec::new()
                 },
+                skip_assignment: false,
             });
         }
     }

@@ -1,5 +1,7 @@
-//! Group membership APIs: FindCoordinator (0-2), JoinGroup (0-5), SyncGroup (0-3),
-//! Heartbeat (0-3), LeaveGroup (0-3), ListGroups (0-2), DescribeGroups (0-4). Every broker
+//! Group membership APIs: FindCoordinator (0-2), JoinGroup (0-9), SyncGroup (0-5),
+//! Heartbeat (0-4), LeaveGroup (0-5), ListGroups (0-5), DescribeGroups (0-5); from
+//! JoinGroup v6, SyncGroup v4, Heartbeat v4, LeaveGroup v4, ListGroups v3 and
+//! DescribeGroups v5 on, the flexible encodings (KIP-482). Every broker
 //! coordinates the groups its clients ask it about (groups move to a replicated offsets
 //! topic with the cluster groups work).
 
@@ -95,6 +97,12 @@ pub async fn join_group(
         );
     // protocol_name may be null only from v7 on (Java's reader refuses it earlier).
     response.protocol_name = response.protocol_name.or(Some(str_bytes("")));
+    if request.version >= 7 {
+        response.protocol_type = outcome.protocol_type.as_deref().map(str_bytes);
+    }
+    if request.version >= 9 {
+        response.skip_assignment = outcome.skip_assignment;
+    }
     request.respond(&response)
 }
 
@@ -103,6 +111,16 @@ pub async fn sync_group(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: SyncGroupRequest = request.decode("SyncGroup request")?;
+    if request.version >= 5 {
+        let code = shard.shared.groups().check_protocol(
+            req.group_id.0.as_str(),
+            req.protocol_type.as_ref().map(|t| t.as_str()),
+            req.protocol_name.as_ref().map(|n| n.as_str()),
+        );
+        if code != error_code::NONE {
+            return request.respond(&SyncGroupResponse::default().with_error_code(code));
+        }
+    }
     let assignments = req
         .assignments
         .iter()
@@ -125,11 +143,15 @@ pub async fn sync_group(
             ..SyncOutcome::default()
         }),
     };
-    request.respond(
-        &SyncGroupResponse::default()
-            .with_error_code(outcome.error_code)
-            .with_assignment(outcome.assignment),
-    )
+    let mut response = SyncGroupResponse::default()
+        .with_error_code(outcome.error_code)
+        .with_assignment(outcome.assignment);
+    if request.version >= 5 {
+        response = response
+            .with_protocol_type(outcome.protocol_type.as_deref().map(str_bytes))
+            .with_protocol_name(outcome.protocol_name.as_deref().map(str_bytes));
+    }
+    request.respond(&response)
 }
 
 pub fn heartbeat(
@@ -195,7 +217,7 @@ pub fn list_groups(
     shard: &Rc<Shard>,
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
-    let _: ListGroupsRequest = request.decode("ListGroups request")?;
+    let req: ListGroupsRequest = request.decode("ListGroups request")?;
     let mut listed = shard.shared.groups().list();
     for g in shard.shared.offsets().groups() {
         if !listed.iter().any(|(id, _, _)| *id == g) {
@@ -206,12 +228,33 @@ pub fn list_groups(
             ));
         }
     }
+    // v4 filters by state, v5 by group type; every group here is a classic one.
+    let state_ok = |state: &str| {
+        req.states_filter.is_empty()
+            || req
+                .states_filter
+                .iter()
+                .any(|s| s.as_str().eq_ignore_ascii_case(state))
+    };
+    let type_ok = req.types_filter.is_empty()
+        || req
+            .types_filter
+            .iter()
+            .any(|t| t.as_str().eq_ignore_ascii_case("classic"));
     let groups = listed
         .into_iter()
-        .map(|(id, protocol_type, _)| {
-            ListedGroup::default()
+        .filter(|(_, _, state)| type_ok && state_ok(state.name()))
+        .map(|(id, protocol_type, state)| {
+            let mut g = ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(&id)))
-                .with_protocol_type(str_bytes(&protocol_type))
+                .with_protocol_type(str_bytes(&protocol_type));
+            if request.version >= 4 {
+                g = g.with_group_state(str_bytes(state.name()));
+            }
+            if request.version >= 5 {
+                g = g.with_group_type(str_bytes("classic"));
+            }
+            g
         })
         .collect();
     request.respond(&ListGroupsResponse::default().with_groups(groups))

@@ -325,46 +325,67 @@ public final class ClientScenarios {
     /**
      * KIP-345: two static members share 4 partitions; one is closed (no LeaveGroup) and a new
      * process with the same group.instance.id starts within the session timeout: it gets the
-     * same partitions back, and the other member sees no rebalance.
+     * same partitions back, and the other member sees no rebalance. Then the same for the
+     * group's leader, which JoinGroup v9 lets skip the assignment (KIP-814).
      */
     private String staticMembership(Admin admin) throws Exception {
         String t = topic + "-static";
         String g = t + "-group";
         admin.createTopics(List.of(new NewTopic(t, 4, (short) 1))).all().get(30, TimeUnit.SECONDS);
-        try (Polling b = new Polling(g, "b", t)) {
-            Set<Integer> before;
-            int bCalls;
-            // b first, alone, so that it leads the group and the member restarted is not
-            // the leader (a restarted leader runs the assignor again at JoinGroup v5).
+        List<Polling> open = new ArrayList<>();
+        try {
+            // b first, alone, so that it leads the group.
+            Polling b = new Polling(g, "b", t);
+            open.add(b);
             waitFor("the first member assigned", () -> b.held().size() == 4);
-            try (Polling a = new Polling(g, "a", t)) {
-                waitFor("both members assigned", () -> !a.held().isEmpty() && !b.held().isEmpty()
-                        && a.held().size() + b.held().size() == 4);
-                // Settled: nobody reassigned for 3 s (a leader may rejoin once after its
-                // first assignment, when its metadata of the new topic catches up).
-                long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
-                while (true) {
-                    int calls = a.assignedCalls() + b.assignedCalls();
-                    Thread.sleep(3000);
-                    if (calls == a.assignedCalls() + b.assignedCalls()) {
-                        break;
-                    }
-                    check(System.nanoTime() < deadline, "the static group never settled");
-                }
-                before = a.held();
-                bCalls = b.assignedCalls();
-            }
-            try (Polling a2 = new Polling(g, "a", t)) {
-                waitFor("the restarted member assigned", () -> !a2.held().isEmpty());
+            Polling a = new Polling(g, "a", t);
+            open.add(a);
+            waitFor("both members assigned", () -> !a.held().isEmpty() && !b.held().isEmpty()
+                    && a.held().size() + b.held().size() == 4);
+            // Settled: nobody reassigned for 3 s (a leader may rejoin once after its first
+            // assignment, when its metadata of the new topic catches up).
+            long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
+            while (true) {
+                int calls = a.assignedCalls() + b.assignedCalls();
                 Thread.sleep(3000);
-                check(a2.held().equals(before), "restarted member got " + a2.held() + ", had " + before);
-                check(b.assignedCalls() == bCalls, "the other member was reassigned "
-                        + (b.assignedCalls() - bCalls) + " more time(s): " + b.events);
-                ConsumerGroupDescription d = admin.describeConsumerGroups(List.of(g)).all()
-                        .get(30, TimeUnit.SECONDS).get(g);
-                long statics = d.members().stream().filter(m -> m.groupInstanceId().isPresent()).count();
-                check(statics == 2, "static members described: " + statics);
-                return "kept " + before + ", other member assigned " + bCalls + " time(s) in all, state " + d.groupState();
+                if (calls == a.assignedCalls() + b.assignedCalls()) {
+                    break;
+                }
+                check(System.nanoTime() < deadline, "the static group never settled");
+            }
+            Set<Integer> aBefore = a.held();
+            int bCalls = b.assignedCalls();
+            open.remove(a);
+            a.close();
+            Polling a2 = new Polling(g, "a", t);
+            open.add(a2);
+            waitFor("the restarted member assigned", () -> !a2.held().isEmpty());
+            Thread.sleep(3000);
+            check(a2.held().equals(aBefore), "restarted member got " + a2.held() + ", had " + aBefore);
+            check(b.assignedCalls() == bCalls, "the leader was reassigned "
+                    + (b.assignedCalls() - bCalls) + " more time(s): " + b.events);
+
+            Set<Integer> bBefore = b.held();
+            int a2Calls = a2.assignedCalls();
+            open.remove(b);
+            b.close();
+            Polling b2 = new Polling(g, "b", t);
+            open.add(b2);
+            waitFor("the restarted leader assigned", () -> !b2.held().isEmpty());
+            Thread.sleep(3000);
+            check(b2.held().equals(bBefore), "restarted leader got " + b2.held() + ", had " + bBefore);
+            check(a2.assignedCalls() == a2Calls, "the other member was reassigned when the leader restarted "
+                    + (a2.assignedCalls() - a2Calls) + " more time(s): " + a2.events);
+
+            ConsumerGroupDescription d = admin.describeConsumerGroups(List.of(g)).all()
+                    .get(30, TimeUnit.SECONDS).get(g);
+            long statics = d.members().stream().filter(m -> m.groupInstanceId().isPresent()).count();
+            check(statics == 2, "static members described: " + statics);
+            return "member kept " + aBefore + ", leader kept " + bBefore + ", no other reassignment, state "
+                    + d.groupState();
+        } finally {
+            for (Polling p : open) {
+                p.close();
             }
         }
     }
