@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Broker, bounded, require_tool};
+use common::{Broker, bounded, require_python_clients};
 use futures_executor::block_on;
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -452,7 +452,7 @@ fn given_three_brokers_when_driven_by_kafka_python_should_list_them_spread_leade
         "/tests/clients/kafka_python_cluster.py"
     );
     // The script bounds itself at 120 s (faulthandler dumps its stacks); this is the backstop.
-    let out = bounded(&require_tool("python3"), Duration::from_secs(180))
+    let out = bounded(&require_python_clients(), Duration::from_secs(180))
         .arg(script)
         .args(&addrs)
         .stdin(Stdio::null())

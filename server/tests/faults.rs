@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{bounded, require_tool};
+use common::{bounded, require_python_clients};
 use history::{Ack, Read, replicas};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, ResponseHeader};
@@ -1294,7 +1294,7 @@ impl PythonProducer {
         // worst).
         let limit_s = ROUNDS_PER_CLUSTER_MAX as u64 * 60 + 300;
         let stderr = tempfile::NamedTempFile::new().expect("a file for kafka-python's stderr");
-        let mut child = bounded(&require_tool("python3"), Duration::from_secs(limit_s + 60))
+        let mut child = bounded(&require_python_clients(), Duration::from_secs(limit_s + 60))
             .arg(script)
             .args([bootstrap, TOPIC, &PARTITIONS.to_string(), "py"])
             .arg(limit_s.to_string())

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Broker, bounded, require_tool};
+use common::{Broker, bounded, require_python_clients, require_tool};
 
 fn kcat(broker: &Broker, args: &[&str], stdin: Option<&str>) -> String {
     let mut child = bounded(&require_tool("kcat"), Duration::from_secs(60))
@@ -101,7 +101,7 @@ fn given_kafka_python_when_driving_the_broker_should_pass_its_checks() {
         "/tests/clients/kafka_python_check.py"
     );
     // The script bounds itself at 180 s (faulthandler dumps its stacks); this is the backstop.
-    let out = bounded(&require_tool("python3"), Duration::from_secs(240))
+    let out = bounded(&require_python_clients(), Duration::from_secs(240))
         .arg(script)
         .arg(&broker.addr)
         .arg(dir.path())

@@ -175,16 +175,104 @@ fn spawn(data_dir: &Path, listen: &str, env: &[(String, String)]) -> (Child, Str
     panic!("broker did not start: {last_error}");
 }
 
-/// Fails with a clear message when a tool that `.ci/run` installs is missing.
+/// A tool the tests run, from `PATH`. One that is missing but that Debian packages (kcat,
+/// nftables' `nft`) is installed first with apt-get, once per test process, so that
+/// `cargo test` needs no set-up step of its own on a fresh machine of this kind (root, apt
+/// reachable); if that fails, the test fails with what to run.
 pub fn require_tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
+    ensure_tool(name).unwrap_or_else(|| {
+        panic!("{name} is not installed: run .ci/run, or `apt-get install -y {name}`")
+    })
+}
+
+/// `name` from `PATH`, installed first with apt-get if it is missing and Debian packages
+/// it; `None` if it is still missing.
+fn ensure_tool(name: &str) -> Option<PathBuf> {
+    if let Some(found) = on_path(name) {
+        return Some(found);
+    }
+    let package = match name {
+        "kcat" => Some("kcat"),
+        "nft" => Some("nftables"),
+        _ => None,
+    };
+    if let Some(package) = package {
+        install_once(&format!("apt-get:{package}"), || {
+            let quiet = |args: &[&str]| {
+                Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            quiet(&["install", "-y", "-qq", package])
+                || (quiet(&["update", "-qq"]) && quiet(&["install", "-y", "-qq", package]))
+        });
+    }
+    on_path(name)
+}
+
+/// `python3` with the Python clients the tests drive (kafka-python 3.0.12 and its codecs),
+/// installed with pip first if they are missing (once per test process).
+pub fn require_python_clients() -> PathBuf {
+    let python = require_tool("python3");
+    let has_them = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import kafka, lz4, snappy, zstandard"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_them(&python) {
+        install_once("pip:kafka-python", || {
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--root-user-action=ignore",
+                    "kafka-python==3.0.12",
+                    "lz4>=4",
+                    "python-snappy>=0.7",
+                    "zstandard>=0.22",
+                ])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    }
+    assert!(
+        has_them(&python),
+        "kafka-python is not installed: run .ci/run, or `pip install kafka-python==3.0.12 lz4 python-snappy zstandard`"
+    );
+    python
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(name))
             .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!("{name} is not installed: run .ci/run, or `apt-get install -y {name}`")
     })
+}
+
+/// Runs `install` at most once per `what` in this process (tests run on many threads).
+fn install_once(what: &str, install: impl FnOnce() -> bool) {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if done.iter().any(|d| d == what) {
+        return;
+    }
+    eprintln!("testkit: installing {what} for the tests");
+    if !install() {
+        eprintln!("testkit: installing {what} failed");
+    }
+    done.push(what.to_owned());
 }
 
 /// `tool` under coreutils' `timeout`: past `limit` it is killed and exits 124, so a client
@@ -388,6 +476,8 @@ impl Isolation {
     /// (`CI` set, as `.ci/run` runs), where `.ci/run` installs nftables, it fails instead,
     /// so a suite that needs it can never skip itself silently there.
     pub fn available() -> bool {
+        // Installed with apt-get first if missing (see `require_tool`).
+        let _ = ensure_tool("nft");
         // A name of its own per call: tests of one process probe side by side.
         static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let probe = format!(
