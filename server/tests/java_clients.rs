@@ -1,15 +1,18 @@
-//! The broker driven by Apache Kafka's own Java code, pinned in `compat/java/pom.xml` and
-//! resolved from Maven Central by `compat/java/build.sh` (which `.ci/run` calls): the Java
-//! client (`kafka-clients`: AdminClient, the default idempotent producer, a consumer
-//! group of three, seeks), and Kafka's command-line tools (`kafka-tools`, run through
-//! their main classes as `bin/kafka-*.sh` does) walking through seed 004 step by step.
+//! The broker driven by Java code we did not write, pinned in `compat/*/pom.xml` and
+//! resolved from Maven Central by `compat/*/build.sh` (which `.ci/run` calls): Apache
+//! Kafka's Java client (`kafka-clients`: AdminClient, the default idempotent producer, a
+//! consumer group of three, seeks, static membership), Kafka's command-line tools
+//! (`kafka-tools`, run through their main classes as `bin/kafka-*.sh` does) walking
+//! through seed 004 step by step, and seed 002's Spring Boot application (Spring Kafka's
+//! `KafkaTemplate` and `@KafkaListener`).
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use common::{Broker, bounded, require_tool};
@@ -17,22 +20,27 @@ use common::{Broker, bounded, require_tool};
 /// Longest one JVM run may take (a tool, or the whole client scenario).
 const JAVA_LIMIT: Duration = Duration::from_secs(180);
 
-/// `compat/java/target/classes` and the jars in `compat/java/target/lib`, from
-/// `compat/java/build.sh` run once per test binary (Maven fetches the jars the first
-/// time only, as loadgen's tests install RabbitMQ when it is missing), so `cargo test`
-/// needs no step of its own for them.
-fn classpath() -> String {
-    static BUILT: OnceLock<Result<String, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let java = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../compat/java");
-            let target = java.join("target");
-            let out = bounded(&java.join("build.sh"), Duration::from_secs(600))
+/// The classpath of `compat/<project>` (`target/classes` and the jars in `target/lib`),
+/// from its `build.sh`, run once per test binary (Maven fetches the jars the first time
+/// only, as loadgen's tests install RabbitMQ when it is missing), so `cargo test` needs no
+/// step of its own for them.
+fn classpath_of(project: &'static str) -> String {
+    static BUILT: Mutex<BTreeMap<&'static str, Result<String, String>>> =
+        Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    built
+        .entry(project)
+        .or_insert_with(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../compat")
+                .join(project);
+            let target = dir.join("target");
+            let out = bounded(&dir.join("build.sh"), Duration::from_secs(600))
                 .output()
-                .map_err(|e| format!("cannot run compat/java/build.sh: {e}"))?;
+                .map_err(|e| format!("cannot run compat/{project}/build.sh: {e}"))?;
             if !out.status.success() {
                 return Err(format!(
-                    "compat/java/build.sh failed ({}; it needs Maven and a JDK 17):\n{}{}",
+                    "compat/{project}/build.sh failed ({}; it needs Maven and a JDK 17):\n{}{}",
                     out.status,
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
@@ -48,17 +56,20 @@ fn classpath() -> String {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `java -cp <compat classpath> <main> <args>`, bounded, with `stdin` fed and closed.
+fn classpath() -> String {
+    classpath_of("java")
+}
+
+/// `java -cp <compat/java classpath> <main> <args>`, bounded, with `stdin` fed and closed.
 fn java(main: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    java_in(&classpath(), main, args, stdin)
+}
+
+/// As `java`, on another classpath.
+fn java_in(classpath: &str, main: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = bounded(&require_tool("java"), JAVA_LIMIT)
         // A short-lived client: quick start matters more than peak speed.
-        .args([
-            "-XX:TieredStopAtLevel=1",
-            "-Xss1m",
-            "-cp",
-            &classpath(),
-            main,
-        ])
+        .args(["-XX:TieredStopAtLevel=1", "-Xss1m", "-cp", classpath, main])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -338,5 +349,35 @@ fn given_kafkas_own_tools_should_walk_through_seed_004_on_three_brokers_through_
     assert!(
         back.as_ref().is_some_and(|(_, _, isr)| isr.len() == 3),
         "broker {leader} never rejoined the Isr: {back:?}"
+    );
+}
+
+/// Seed 002: a Spring Boot application with the seed's `application.yml` (group
+/// `testconsume`, `auto-offset-reset: earliest`, String deserializers) sends with
+/// `KafkaTemplate` to the topic `test` (created on first use) and its `@KafkaListener`
+/// receives the message.
+#[test]
+fn given_seed_002s_spring_boot_application_should_receive_what_its_kafka_template_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let bootstrap = format!("--spring.kafka.bootstrap-servers={}", broker.addr);
+    let producer = format!("--spring.kafka.producer.bootstrap-servers={}", broker.addr);
+    let out = java_in(
+        &classpath_of("spring"),
+        "compat.spring.SeedApplication",
+        &[&bootstrap, &producer, "--spring.main.banner-mode=off"],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+        .unwrap_or("no result line");
+    println!("{result}");
+    assert!(
+        out.status.success() && result.starts_with("PASS spring.template-to-listener"),
+        "Spring Boot application: {result}; exit {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
 }
