@@ -93,6 +93,8 @@ pub struct JoinArgs {
     pub client_host: String,
     /// v4+ clients get MEMBER_ID_REQUIRED on their first join.
     pub requires_known_member_id: bool,
+    /// v9+ clients can be told to skip the assignment (KIP-814).
+    pub supports_skip_assignment: bool,
 }
 
 struct Member {
@@ -325,11 +327,14 @@ impl Coordinator {
         Reply::Later(rx)
     }
 
+    /// `protocol`: the protocol type and name SyncGroup v5+ names (checked against the
+    /// group's after membership and generation, as Kafka's `validateSyncGroup`).
     pub fn sync(
         &mut self,
         group_id: &str,
         generation: i32,
         member: (&str, Option<&str>),
+        protocol: (Option<&str>, Option<&str>),
         assignments: Vec<(String, Bytes)>,
         now: Instant,
     ) -> Reply<SyncOutcome> {
@@ -343,8 +348,8 @@ impl Coordinator {
         let Some(group) = self.groups.get_mut(group_id) else {
             return fail(error_code::UNKNOWN_MEMBER_ID);
         };
-        if fenced(group, instance, member_id) {
-            return fail(error_code::FENCED_INSTANCE_ID);
+        if let Some(code) = static_check(group, instance, member_id) {
+            return fail(code);
         }
         let Some(member) = group.members.get_mut(member_id) else {
             return fail(error_code::UNKNOWN_MEMBER_ID);
@@ -352,6 +357,12 @@ impl Coordinator {
         member.last_seen = now;
         if generation != group.generation {
             return fail(error_code::ILLEGAL_GENERATION);
+        }
+        let differs = |named: Option<&str>, ours: &Option<String>| {
+            named.is_some_and(|n| ours.as_deref().is_some_and(|o| o != n))
+        };
+        if differs(protocol.0, &group.protocol_type) || differs(protocol.1, &group.protocol) {
+            return fail(error_code::INCONSISTENT_GROUP_PROTOCOL);
         }
         match group.state {
             GroupState::PreparingRebalance => fail(error_code::REBALANCE_IN_PROGRESS),
@@ -403,27 +414,6 @@ impl Coordinator {
         }
     }
 
-    /// SyncGroup v5+ names the protocol type and name it joined with: they must be the
-    /// group's (INCONSISTENT_GROUP_PROTOCOL otherwise), as Kafka checks.
-    pub fn check_protocol(
-        &self,
-        group_id: &str,
-        protocol_type: Option<&str>,
-        protocol_name: Option<&str>,
-    ) -> i16 {
-        let Some(group) = self.groups.get(group_id) else {
-            return error_code::NONE;
-        };
-        let differs = |named: Option<&str>, ours: &Option<String>| {
-            named.is_some_and(|n| ours.as_deref().is_some_and(|o| o != n))
-        };
-        if differs(protocol_type, &group.protocol_type) || differs(protocol_name, &group.protocol) {
-            error_code::INCONSISTENT_GROUP_PROTOCOL
-        } else {
-            error_code::NONE
-        }
-    }
-
     /// Checks that `member_id` belongs to the group's current generation, refreshing its
     /// session; returns the group's state.
     fn current_member(
@@ -438,8 +428,8 @@ impl Coordinator {
             .groups
             .get_mut(group_id)
             .ok_or(error_code::UNKNOWN_MEMBER_ID)?;
-        if fenced(group, instance, member_id) {
-            return Err(error_code::FENCED_INSTANCE_ID);
+        if let Some(code) = static_check(group, instance, member_id) {
+            return Err(code);
         }
         let member = group
             .members
@@ -479,7 +469,8 @@ impl Coordinator {
                 }
                 Some(Some(holder)) => holder,
             };
-            if group.members.remove(&id).is_some() {
+            if let Some(mut gone) = group.members.remove(&id) {
+                answer_removed(&mut gone, &id);
                 tracing::debug!(group = %group.id, member = %id, "member leaves");
                 removed = true;
                 out.push(error_code::NONE);
@@ -595,6 +586,24 @@ impl Coordinator {
     }
 }
 
+/// A member removed while it waits in JoinGroup or SyncGroup is told it is no longer one.
+fn answer_removed(member: &mut Member, id: &str) {
+    if let Some(waiter) = member.join_waiter.take() {
+        let _ = waiter.send(JoinOutcome {
+            error_code: error_code::UNKNOWN_MEMBER_ID,
+            generation_id: -1,
+            member_id: id.to_owned(),
+            ..JoinOutcome::default()
+        });
+    }
+    if let Some(waiter) = member.sync_waiter.take() {
+        let _ = waiter.send(SyncOutcome {
+            error_code: error_code::UNKNOWN_MEMBER_ID,
+            ..SyncOutcome::default()
+        });
+    }
+}
+
 fn client_or_member(args: &JoinArgs) -> &str {
     if args.client_id.is_empty() {
         "member"
@@ -612,13 +621,16 @@ fn static_member<'g>(group: &'g Group, instance: &str) -> Option<&'g str> {
         .map(|(id, _)| id.as_str())
 }
 
-/// Whether a request naming `instance` comes from a member id other than the one that
-/// holds it now (an older incarnation of a static member).
-fn fenced(group: &Group, instance: Option<&str>, member_id: &str) -> bool {
-    instance
-        .filter(|i| !i.is_empty())
-        .and_then(|i| static_member(group, i))
-        .is_some_and(|holder| holder != member_id)
+/// A request naming the group instance id `instance` with `member_id`: UNKNOWN_MEMBER_ID
+/// if no member holds that instance, FENCED_INSTANCE_ID if another member id holds it
+/// now (an older incarnation of a static member), as Kafka's `validateExistingMember`.
+fn static_check(group: &Group, instance: Option<&str>, member_id: &str) -> Option<i16> {
+    let instance = instance.filter(|i| !i.is_empty())?;
+    match static_member(group, instance) {
+        None => Some(error_code::UNKNOWN_MEMBER_ID),
+        Some(holder) if holder != member_id => Some(error_code::FENCED_INSTANCE_ID),
+        Some(_) => None,
+    }
 }
 
 /// A static member rejoining under `new_id`: it takes the place of `old_id` (whose
@@ -664,6 +676,7 @@ fn replace_static_member(
         );
     }
     member.last_seen = now;
+    let leader_before = group.leader.clone().unwrap_or_default();
     if group.leader.as_deref() == Some(old_id) {
         group.leader = Some(new_id.clone());
     }
@@ -682,6 +695,21 @@ fn replace_static_member(
     if group.state == GroupState::Stable && select_protocol(group) == group.protocol {
         let protocol = group.protocol.clone().unwrap_or_default();
         let leader = group.leader.clone().unwrap_or_default();
+        if leader == new_id && !args.supports_skip_assignment {
+            // A leader that cannot be told to skip the assignment (JoinGroup v5-8) is not
+            // told it leads: it would compute an assignment the stable group ignores. As
+            // Kafka, it gets no members and the leader id from before its return.
+            return Reply::Now(JoinOutcome {
+                error_code: error_code::NONE,
+                generation_id: group.generation,
+                protocol_type: group.protocol_type.clone(),
+                protocol_name: group.protocol.clone(),
+                leader: leader_before,
+                member_id: new_id,
+                members: Vec::new(),
+                skip_assignment: false,
+            });
+        }
         let members = if leader == new_id {
             group
                 .members
@@ -780,8 +808,13 @@ fn maybe_complete_join(group: &mut Group, now: Instant, deadline_passed: bool) {
     if !all_joined && !deadline_passed {
         return;
     }
-    group.members.retain(|_, m| m.join_waiter.is_some());
-    if group.members.is_empty() {
+    // At the deadline, dynamic members that did not rejoin are removed; static ones stay
+    // until their session expires (KIP-345: a restarting static member keeps its place).
+    group
+        .members
+        .retain(|_, m| m.join_waiter.is_some() || m.group_instance_id.is_some());
+    if group.members.values().all(|m| m.join_waiter.is_none()) {
+        group.members.clear();
         member_left(group, now);
         return;
     }
@@ -830,8 +863,8 @@ fn maybe_complete_join(group: &mut Group, now: Instant, deadline_passed: bool) {
         .collect();
     for (id, m) in group.members.iter_mut() {
         m.assignment = Bytes::new();
-        m.last_seen = now;
         if let Some(waiter) = m.join_waiter.take() {
+            m.last_seen = now;
             let _ = waiter.send(JoinOutcome {
                 error_code: error_code::NONE,
                 generation_id: group.generation,
@@ -866,6 +899,7 @@ mod tests {
             client_id: "c".into(),
             client_host: "/127.0.0.1".into(),
             requires_known_member_id: true,
+            supports_skip_assignment: true,
         }
     }
 
@@ -890,6 +924,7 @@ mod tests {
             "g",
             1,
             (&first.member_id, None),
+            (None, None),
             vec![(first.member_id.clone(), Bytes::from_static(b"a"))],
             t,
         ) {
@@ -936,7 +971,7 @@ mod tests {
         let t = Instant::now();
         let a = now_of(c.join(args("g", ""), t)).member_id;
         now_of(c.join(args("g", &a), t));
-        let _ = c.sync("g", 1, (&a, None), vec![], t);
+        let _ = c.sync("g", 1, (&a, None), (None, None), vec![], t);
         let b = now_of(c.join(args("g", ""), t)).member_id;
         let b_join = c.join(args("g", &b), t);
         assert_eq!(
@@ -947,7 +982,7 @@ mod tests {
         assert_eq!(a_join.generation_id, 2);
         assert_eq!(now_of(b_join).generation_id, 2);
         // b stops heartbeating: after its session timeout it is removed and a rebalances.
-        let _ = c.sync("g", 2, (&a, None), vec![], t);
+        let _ = c.sync("g", 2, (&a, None), (None, None), vec![], t);
         assert_eq!(
             c.heartbeat("g", 2, (&a, None), t + Duration::from_secs(9)),
             0
@@ -971,7 +1006,7 @@ mod tests {
             c.check_commit("g", 1, (&a, None), t),
             error_code::REBALANCE_IN_PROGRESS
         );
-        let _ = c.sync("g", 1, (&a, None), vec![], t);
+        let _ = c.sync("g", 1, (&a, None), (None, None), vec![], t);
         assert_eq!(c.check_commit("g", 1, (&a, None), t), error_code::NONE);
         let mut other = args("g", "");
         other.protocols = vec![("cooperative-sticky".into(), Bytes::new())];
@@ -1015,7 +1050,7 @@ mod tests {
         };
         assert_eq!(a, None, "a static member joins without MEMBER_ID_REQUIRED");
         let a = now_of(a_join).member_id;
-        let _ = c.sync("g", 1, (&a, Some("a")), vec![], t);
+        let _ = c.sync("g", 1, (&a, Some("a")), (None, None), vec![], t);
         let b_join = c.join(static_args("g", "", "b"), t);
         let a_again = now_of(c.join(static_args("g", &a, "a"), t));
         let b = now_of(b_join).member_id;
@@ -1025,8 +1060,8 @@ mod tests {
             (a.clone(), Bytes::from_static(b"p0")),
             (b.clone(), Bytes::from_static(b"p1")),
         ];
-        let _ = c.sync("g", 2, (&b, Some("b")), vec![], t);
-        let _ = c.sync("g", 2, (&a, Some("a")), assignments, t);
+        let _ = c.sync("g", 2, (&b, Some("b")), (None, None), vec![], t);
+        let _ = c.sync("g", 2, (&a, Some("a")), (None, None), assignments, t);
         assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
 
         // b restarts: a new process, the same instance id, no member id.
@@ -1035,7 +1070,7 @@ mod tests {
         assert_eq!(b2.generation_id, 2, "no new generation");
         assert_ne!(b2.member_id, b);
         assert_eq!(c.heartbeat("g", 2, (&a, Some("a")), t), error_code::NONE);
-        match c.sync("g", 2, (&b2.member_id, Some("b")), vec![], t) {
+        match c.sync("g", 2, (&b2.member_id, Some("b")), (None, None), vec![], t) {
             Reply::Now(o) => assert_eq!(o.assignment, Bytes::from_static(b"p1")),
             Reply::Later(_) => panic!("a stable group answers at once"),
         }
@@ -1077,7 +1112,7 @@ mod tests {
         let mut c = Coordinator::default();
         let t = Instant::now();
         let a = now_of(c.join(static_args("g", "", "a"), t)).member_id;
-        let _ = c.sync("g", 1, (&a, None), vec![], t);
+        let _ = c.sync("g", 1, (&a, None), (None, None), vec![], t);
         let mut new_bytes = static_args("g", "", "a");
         new_bytes.protocols = vec![("range".into(), Bytes::from_static(b"owned: p0"))];
         let a1 = now_of(c.join(new_bytes, t));
@@ -1091,7 +1126,7 @@ mod tests {
         assert_eq!(a2.generation_id, 2, "a rebalance");
         assert_eq!(a2.protocol_name.as_deref(), Some("cooperative-sticky"));
         assert_eq!(a2.leader, a2.member_id);
-        let _ = c.sync("g", 2, (&a2.member_id, None), vec![], t);
+        let _ = c.sync("g", 2, (&a2.member_id, None), (None, None), vec![], t);
         c.tick(t + Duration::from_secs(11));
         assert!(c.describe("g").is_none(), "expired, the group emptied");
     }
@@ -1111,19 +1146,90 @@ mod tests {
             a
         };
         let a = now_of(c.join(two("a"), t)).member_id;
-        let _ = c.sync("g", 1, (&a, Some("a")), vec![], t);
+        let _ = c.sync("g", 1, (&a, Some("a")), (None, None), vec![], t);
         let b_join = c.join(two("b"), t);
         let mut a_again = two("a");
         a_again.member_id = a.clone();
         assert_eq!(now_of(c.join(a_again, t)).generation_id, 2);
         let b = now_of(b_join).member_id;
-        let _ = c.sync("g", 2, (&b, Some("b")), vec![], t);
-        let _ = c.sync("g", 2, (&a, Some("a")), vec![], t);
+        let _ = c.sync("g", 2, (&b, Some("b")), (None, None), vec![], t);
+        let _ = c.sync("g", 2, (&a, Some("a")), (None, None), vec![], t);
         assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
         let a2 = now_of(c.join(two("a"), t));
         assert_eq!((a2.error_code, a2.generation_id), (0, 2));
         assert_eq!(a2.leader, a2.member_id);
         assert_eq!(a2.members.len(), 2);
         assert_eq!(c.heartbeat("g", 2, (&b, Some("b")), t), error_code::NONE);
+    }
+
+    /// The fixes from review: a v5-8 static leader back in a stable group is not told it
+    /// leads; a static member that did not rejoin by the deadline stays; a member removed
+    /// while waiting is answered UNKNOWN_MEMBER_ID; an instance id nobody holds is
+    /// UNKNOWN_MEMBER_ID; SyncGroup's protocol check comes after the generation's.
+    #[test]
+    fn static_members_follow_kafka_in_the_corner_cases() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        let a = now_of(c.join(static_args("g", "", "a"), t)).member_id;
+        let _ = c.sync("g", 1, (&a, Some("a")), (None, None), vec![], t);
+        // a leads; it restarts with JoinGroup v5.
+        let mut old_version = static_args("g", "", "a");
+        old_version.supports_skip_assignment = false;
+        old_version.session_timeout_ms = 30_000;
+        let a2 = now_of(c.join(old_version, t));
+        assert_eq!(a2.generation_id, 1);
+        assert_eq!(a2.leader, a, "told the leader id from before its return");
+        assert!(a2.members.is_empty() && !a2.skip_assignment);
+        assert_eq!(
+            c.heartbeat("g", 1, (&a2.member_id, Some("nobody")), t),
+            error_code::UNKNOWN_MEMBER_ID
+        );
+        assert!(matches!(
+            c.sync(
+                "g",
+                0,
+                (&a2.member_id, Some("a")),
+                (None, Some("other")),
+                vec![],
+                t
+            ),
+            Reply::Now(SyncOutcome {
+                error_code: error_code::ILLEGAL_GENERATION,
+                ..
+            })
+        ));
+        assert!(matches!(
+            c.sync(
+                "g",
+                1,
+                (&a2.member_id, Some("a")),
+                (None, Some("other")),
+                vec![],
+                t
+            ),
+            Reply::Now(SyncOutcome {
+                error_code: error_code::INCONSISTENT_GROUP_PROTOCOL,
+                ..
+            })
+        ));
+        // A dynamic member joins: a rebalance that a2 (static) never rejoins.
+        let d = now_of(c.join(args("g", ""), t)).member_id;
+        let d_join = c.join(args("g", &d), t);
+        c.tick(t + Duration::from_secs(11));
+        let d_joined = now_of(d_join);
+        assert_eq!(d_joined.generation_id, 2);
+        assert_eq!(
+            c.describe("g").unwrap().members.len(),
+            2,
+            "the static member stays past the rebalance deadline"
+        );
+        // d waits in a new join; removing it answers that join.
+        let _ = c.sync("g", 2, (&d, None), (None, None), vec![], t);
+        let pending = c.join(args("g", &d), t + Duration::from_secs(11));
+        assert_eq!(
+            c.leave("g", &[(d.clone(), None)], t + Duration::from_secs(11)),
+            vec![error_code::NONE]
+        );
+        assert_eq!(now_of(pending).error_code, error_code::UNKNOWN_MEMBER_ID);
     }
 }

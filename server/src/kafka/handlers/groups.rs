@@ -63,6 +63,7 @@ pub async fn join_group(
         client_id: request.client_id.clone(),
         client_host: request.client_host.clone(),
         requires_known_member_id: request.version >= 4,
+        supports_skip_assignment: request.version >= 9,
     };
     let reply = shard.shared.groups().join(args, Instant::now());
     let outcome = match reply {
@@ -111,16 +112,6 @@ pub async fn sync_group(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: SyncGroupRequest = request.decode("SyncGroup request")?;
-    if request.version >= 5 {
-        let code = shard.shared.groups().check_protocol(
-            req.group_id.0.as_str(),
-            req.protocol_type.as_ref().map(|t| t.as_str()),
-            req.protocol_name.as_ref().map(|n| n.as_str()),
-        );
-        if code != error_code::NONE {
-            return request.respond(&SyncGroupResponse::default().with_error_code(code));
-        }
-    }
     let assignments = req
         .assignments
         .iter()
@@ -132,6 +123,10 @@ pub async fn sync_group(
         (
             req.member_id.as_str(),
             req.group_instance_id.as_ref().map(|i| i.as_str()),
+        ),
+        (
+            req.protocol_type.as_ref().map(|t| t.as_str()),
+            req.protocol_name.as_ref().map(|n| n.as_str()),
         ),
         assignments,
         Instant::now(),
