@@ -66,7 +66,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 4),
     (ApiKey::DeleteTopics, 1, 3),
     (ApiKey::DescribeConfigs, 1, 3),
-    (ApiKey::FindCoordinator, 0, 2),
+    // v3 flexible; v4 batches keys (KIP-699).
+    (ApiKey::FindCoordinator, 0, 4),
     // Static membership (group.instance.id): JoinGroup v5, SyncGroup/Heartbeat v3,
     // LeaveGroup v3 (members by instance id), OffsetCommit v7. Flexible from JoinGroup
     // v6, SyncGroup v4, Heartbeat v4, LeaveGroup v4; JoinGroup v9 skips a static leader's

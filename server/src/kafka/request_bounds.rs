@@ -138,6 +138,8 @@ const FETCH_OFFSETS_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
 const OFFSET_FETCH: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(FETCH_OFFSETS_TOPIC))];
 const DESCRIBE_GROUPS: &[(i16, F)] = &[(ALL, F::StrArray), (3, F::I8)];
 const LIST_GROUPS: &[(i16, F)] = &[(4, F::StrArray), (5, F::StrArray)];
+// v0-3: one key; v4 on: the key type, then a batch of keys (KIP-699).
+const FIND_COORDINATOR_V4: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::StrArray)];
 
 const EPOCH_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I32), (ALL, F::I32)];
 const EPOCH_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(EPOCH_PARTITION))];
@@ -159,6 +161,7 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
         ApiKey::OffsetFetch => OFFSET_FETCH,
         ApiKey::DescribeGroups => DESCRIBE_GROUPS,
         ApiKey::ListGroups => LIST_GROUPS,
+        ApiKey::FindCoordinator if version >= 4 => FIND_COORDINATOR_V4,
         ApiKey::Produce => PRODUCE,
         ApiKey::Fetch => FETCH,
         ApiKey::ListOffsets => LIST_OFFSETS,
@@ -496,6 +499,19 @@ mod tests {
             ]);
         let describe = DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g")); 3]);
         let list = ListGroupsRequest::default();
+        for v in 0..=4 {
+            use kafka_protocol::messages::FindCoordinatorRequest;
+            let f = if v >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g"); 3])
+            } else {
+                FindCoordinatorRequest::default().with_key(s("g"))
+            };
+            assert_eq!(
+                check(ApiKey::FindCoordinator, v, &encoded(&f, v)),
+                Ok(()),
+                "find v{v}"
+            );
+        }
         for v in 0..=9 {
             let mut j = join.clone();
             if v >= 5 {

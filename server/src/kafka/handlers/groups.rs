@@ -1,7 +1,7 @@
-//! Group membership APIs: FindCoordinator (0-2), JoinGroup (0-9), SyncGroup (0-5),
+//! Group membership APIs: FindCoordinator (0-4), JoinGroup (0-9), SyncGroup (0-5),
 //! Heartbeat (0-4), LeaveGroup (0-5), ListGroups (0-5), DescribeGroups (0-5); from
-//! JoinGroup v6, SyncGroup v4, Heartbeat v4, LeaveGroup v4, ListGroups v3 and
-//! DescribeGroups v5 on, the flexible encodings (KIP-482). Every broker
+//! FindCoordinator v3, JoinGroup v6, SyncGroup v4, Heartbeat v4, LeaveGroup v4, ListGroups
+//! v3 and DescribeGroups v5 on, the flexible encodings (KIP-482). Every broker
 //! coordinates the groups its clients ask it about (groups move to a replicated offsets
 //! topic with the cluster groups work).
 
@@ -11,6 +11,7 @@ use std::time::Instant;
 use kafka_protocol::messages::describe_groups_response::{
     DescribeGroupsResponse, DescribedGroup, DescribedGroupMember,
 };
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::{JoinGroupResponse, JoinGroupResponseMember};
 use kafka_protocol::messages::leave_group_response::{LeaveGroupResponse, MemberResponse};
 use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
@@ -26,16 +27,36 @@ use crate::kafka::fetch_response::Piece;
 use crate::kafka::protocol::{DecodeError, error_code};
 use crate::runtime::shard::Shard;
 
+/// This broker coordinates every group it is asked about. v4+ asks for a batch of keys
+/// (KIP-699) and is answered per key.
 pub fn find_coordinator(
     shard: &Rc<Shard>,
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
-    let _: FindCoordinatorRequest = request.decode("FindCoordinator request")?;
+    let req: FindCoordinatorRequest = request.decode("FindCoordinator request")?;
     let config = shard.config();
-    let response = FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(shard.shared.node_id()))
-        .with_host(str_bytes(&config.advertised_host()))
-        .with_port(config.advertised_port());
+    let node = BrokerId(shard.shared.node_id());
+    let host = str_bytes(&config.advertised_host());
+    let port = config.advertised_port();
+    let response = if request.version >= 4 {
+        FindCoordinatorResponse::default().with_coordinators(
+            req.coordinator_keys
+                .iter()
+                .map(|key| {
+                    Coordinator::default()
+                        .with_key(key.clone())
+                        .with_node_id(node)
+                        .with_host(host.clone())
+                        .with_port(port)
+                })
+                .collect(),
+        )
+    } else {
+        FindCoordinatorResponse::default()
+            .with_node_id(node)
+            .with_host(host)
+            .with_port(port)
+    };
     request.respond(&response)
 }
 
