@@ -58,14 +58,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     // v0-2 are advertised so that librdkafka enables compression (librdkafka#4956), but
     // not accepted (`PRODUCE_VERSION_MIN_ACCEPTED`): the codec cannot decode them, so such
     // a request closes its connection, as any unsupported version does.
-    (ApiKey::Produce, 0, 8),
+    (ApiKey::Produce, 0, 9),
     (ApiKey::Fetch, 4, 11),
-    (ApiKey::ListOffsets, 1, 5),
-    (ApiKey::Metadata, 0, 8),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 9),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 4),
-    (ApiKey::DeleteTopics, 1, 3),
-    (ApiKey::DescribeConfigs, 1, 3),
+    (ApiKey::DeleteTopics, 1, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
     // v3 flexible; v4 batches keys (KIP-699).
     (ApiKey::FindCoordinator, 0, 4),
     // Static membership (group.instance.id): JoinGroup v5, SyncGroup/Heartbeat v3,
@@ -76,12 +76,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 7),
-    (ApiKey::OffsetFetch, 1, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
     // ListGroups v4 filters by state, v5 by type; both flexible, as DescribeGroups v5.
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::InitProducerId, 0, 1),
+    (ApiKey::InitProducerId, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 3),
     (ApiKey::ElectLeaders, 0, 1),
 ];

@@ -77,7 +77,13 @@ const LIST_OFFSETS: &[(i16, F)] = &[
 ];
 
 const METADATA_TOPIC: &[(i16, F)] = &[(ALL, F::Str)];
-const METADATA: &[(i16, F)] = &[(ALL, F::Array(METADATA_TOPIC))];
+// Every field is listed: in flexible versions the struct's tagged fields follow the last.
+const METADATA: &[(i16, F)] = &[
+    (ALL, F::Array(METADATA_TOPIC)),
+    (4, F::I8),
+    (8, F::I8),
+    (8, F::I8),
+];
 
 const ASSIGNMENT: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I32Array)];
 const CONFIG: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Str)];
@@ -90,10 +96,10 @@ const CREATABLE_TOPIC: &[(i16, F)] = &[
 ];
 const CREATE_TOPICS: &[(i16, F)] = &[(ALL, F::Array(CREATABLE_TOPIC))];
 
-const DELETE_TOPICS: &[(i16, F)] = &[(ALL, F::StrArray)];
+const DELETE_TOPICS: &[(i16, F)] = &[(ALL, F::StrArray), (ALL, F::I32)];
 
 const CONFIG_RESOURCE: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::Str), (ALL, F::StrArray)];
-const DESCRIBE_CONFIGS: &[(i16, F)] = &[(ALL, F::Array(CONFIG_RESOURCE))];
+const DESCRIBE_CONFIGS: &[(i16, F)] = &[(ALL, F::Array(CONFIG_RESOURCE)), (1, F::I8), (3, F::I8)];
 
 const PROTOCOL: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Bytes)];
 const JOIN_GROUP: &[(i16, F)] = &[
@@ -135,7 +141,11 @@ const OFFSET_COMMIT_V5: &[(i16, F)] = &[
     (ALL, F::Array(COMMIT_TOPIC)),
 ];
 const FETCH_OFFSETS_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
-const OFFSET_FETCH: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(FETCH_OFFSETS_TOPIC))];
+const OFFSET_FETCH: &[(i16, F)] = &[
+    (ALL, F::Str),
+    (ALL, F::Array(FETCH_OFFSETS_TOPIC)),
+    (7, F::I8),
+];
 const DESCRIBE_GROUPS: &[(i16, F)] = &[(ALL, F::StrArray), (3, F::I8)];
 const LIST_GROUPS: &[(i16, F)] = &[(4, F::StrArray), (5, F::StrArray)];
 // v0-3: one key; v4 on: the key type, then a batch of keys (KIP-699).
@@ -345,15 +355,24 @@ impl Walker<'_> {
 /// v3, ApiVersions) pass through: their flexible versions' tagged fields are byte strings
 /// the decoder bounds by what is present.
 pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), &'static str> {
+    walked(key, version, body).map(|_| ())
+}
+
+/// The bytes of `body` the walk covered. A layout lists every field of its flexible
+/// versions (their tagged fields come after the last), so there the walk covers the body.
+fn walked(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, &'static str> {
     match layout(key, version) {
-        Some(layout) => Walker {
-            bytes: body,
-            at: 0,
-            elements: 0,
-            flexible: key.request_header_version(version) >= 2,
+        Some(layout) => {
+            let mut walker = Walker {
+                bytes: body,
+                at: 0,
+                elements: 0,
+                flexible: key.request_header_version(version) >= 2,
+            };
+            walker.walk(layout, version)?;
+            Ok(walker.at)
         }
-        .walk(layout, version),
-        None => Ok(()),
+        None => Ok(body.len()),
     }
 }
 
@@ -457,8 +476,10 @@ mod tests {
                 "fetch v{v}"
             );
         }
-        let metadata = MetadataRequest::default().with_topics(None);
-        for v in 1..=8 {
+        let metadata = MetadataRequest::default()
+            .with_topics(None)
+            .with_allow_auto_topic_creation(true);
+        for v in 1..=9 {
             assert_eq!(
                 check(ApiKey::Metadata, v, &encoded(&metadata, v)),
                 Ok(()),
@@ -600,6 +621,187 @@ mod tests {
             check(ApiKey::ListGroups, 4, &[0x01, 0x01, 0x00, 0x7f]),
             Err("request ends early")
         );
+    }
+
+    /// The APIs served up to their first flexible version, there and below, with every
+    /// array populated and every trailing field set (so that a flexible walk that stopped
+    /// short would read a boolean as the tagged-field count and fail).
+    #[test]
+    fn flexible_versions_of_the_other_apis_pass() {
+        use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{
+            DeleteTopicsRequest, DescribeConfigsRequest, GroupId, ListOffsetsRequest,
+            MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+        };
+        fn s(text: &'static str) -> StrBytes {
+            StrBytes::from_static_str(text)
+        }
+        fn name() -> TopicName {
+            TopicName(s("t"))
+        }
+        type Encode = Box<dyn Fn(i16) -> Vec<u8>>;
+        let cases: Vec<(ApiKey, std::ops::RangeInclusive<i16>, Encode)> = vec![
+            (
+                ApiKey::Produce,
+                3..=9,
+                Box::new(move |v| {
+                    encoded(
+                        &ProduceRequest::default()
+                            .with_acks(-1)
+                            .with_timeout_ms(5)
+                            .with_topic_data(vec![
+                                TopicProduceData::default()
+                                    .with_name(name())
+                                    .with_partition_data(vec![
+                                            PartitionProduceData::default()
+                                                .with_index(1)
+                                                .with_records(Some(bytes::Bytes::from_static(
+                                                    b"batch"
+                                                )));
+                                            2
+                                        ]);
+                                2
+                            ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::Metadata,
+                4..=9,
+                Box::new(move |v| {
+                    encoded(
+                        &MetadataRequest::default()
+                            .with_topics(Some(vec![
+                                MetadataRequestTopic::default()
+                                    .with_name(Some(name()));
+                                2
+                            ]))
+                            .with_allow_auto_topic_creation(false)
+                            .with_include_topic_authorized_operations(v >= 8),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::ListOffsets,
+                1..=6,
+                Box::new(move |v| {
+                    encoded(
+                        &ListOffsetsRequest::default()
+                            .with_isolation_level(if v >= 2 { 1 } else { 0 })
+                            .with_topics(vec![
+                                ListOffsetsTopic::default()
+                                    .with_name(name())
+                                    .with_partitions(vec![
+                        ListOffsetsPartition::default().with_timestamp(-1);
+                        2
+                    ]);
+                                2
+                            ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::DescribeConfigs,
+                1..=4,
+                Box::new(move |v| {
+                    encoded(
+                        &DescribeConfigsRequest::default()
+                            .with_resources(vec![
+                                DescribeConfigsResource::default()
+                                    .with_resource_type(2)
+                                    .with_resource_name(s("t"))
+                                    .with_configuration_keys(Some(vec![
+                                        s(
+                                            "retention.ms"
+                                        );
+                                        2
+                                    ]));
+                                2
+                            ])
+                            .with_include_synonyms(false)
+                            .with_include_documentation(v >= 3),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::OffsetCommit,
+                2..=8,
+                Box::new(move |v| {
+                    encoded(
+                        &OffsetCommitRequest::default()
+                            .with_group_id(GroupId(s("g")))
+                            .with_member_id(s("m"))
+                            .with_group_instance_id(if v >= 7 { Some(s("i")) } else { None })
+                            .with_topics(vec![
+                                OffsetCommitRequestTopic::default()
+                                    .with_name(name())
+                                    .with_partitions(vec![
+                            OffsetCommitRequestPartition::default()
+                                .with_committed_offset(5)
+                                .with_committed_metadata(Some(s("meta")));
+                            2
+                        ]);
+                                2
+                            ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::OffsetFetch,
+                1..=7,
+                Box::new(move |v| {
+                    encoded(
+                        &OffsetFetchRequest::default()
+                            .with_group_id(GroupId(s("g")))
+                            .with_topics(Some(vec![
+                                OffsetFetchRequestTopic::default()
+                                    .with_name(name())
+                                    .with_partition_indexes(vec![0, 1]);
+                                2
+                            ]))
+                            .with_require_stable(v >= 7),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::DeleteTopics,
+                1..=4,
+                Box::new(move |v| {
+                    encoded(
+                        &DeleteTopicsRequest::default()
+                            .with_topic_names(vec![name(); 2])
+                            .with_timeout_ms(1000),
+                        v,
+                    )
+                }),
+            ),
+        ];
+        for (key, versions, encode) in cases {
+            for v in versions {
+                let body = encode(v);
+                let covered = walked(key, v, &body);
+                if key.request_header_version(v) >= 2 {
+                    assert_eq!(covered, Ok(body.len()), "{key:?} v{v} walked whole");
+                } else {
+                    assert!(covered.is_ok(), "{key:?} v{v}: {covered:?}");
+                }
+            }
+        }
     }
 
     #[test]
