@@ -470,7 +470,7 @@ impl Coordinator {
                 Some(Some(holder)) => holder,
             };
             if let Some(mut gone) = group.members.remove(&id) {
-                answer_removed(&mut gone, &id);
+                answer_waiting(&mut gone, &id, error_code::UNKNOWN_MEMBER_ID);
                 tracing::debug!(group = %group.id, member = %id, "member leaves");
                 removed = true;
                 out.push(error_code::NONE);
@@ -586,11 +586,12 @@ impl Coordinator {
     }
 }
 
-/// A member removed while it waits in JoinGroup or SyncGroup is told it is no longer one.
-fn answer_removed(member: &mut Member, id: &str) {
+/// Answers a member's waiting JoinGroup and SyncGroup with `code`: UNKNOWN_MEMBER_ID when
+/// it was removed, FENCED_INSTANCE_ID when a newer incarnation took its place.
+fn answer_waiting(member: &mut Member, id: &str, code: i16) {
     if let Some(waiter) = member.join_waiter.take() {
         let _ = waiter.send(JoinOutcome {
-            error_code: error_code::UNKNOWN_MEMBER_ID,
+            error_code: code,
             generation_id: -1,
             member_id: id.to_owned(),
             ..JoinOutcome::default()
@@ -598,7 +599,7 @@ fn answer_removed(member: &mut Member, id: &str) {
     }
     if let Some(waiter) = member.sync_waiter.take() {
         let _ = waiter.send(SyncOutcome {
-            error_code: error_code::UNKNOWN_MEMBER_ID,
+            error_code: code,
             ..SyncOutcome::default()
         });
     }
@@ -652,20 +653,7 @@ fn replace_static_member(
             ..JoinOutcome::default()
         });
     };
-    if let Some(waiter) = member.join_waiter.take() {
-        let _ = waiter.send(JoinOutcome {
-            error_code: error_code::FENCED_INSTANCE_ID,
-            generation_id: -1,
-            member_id: old_id.to_owned(),
-            ..JoinOutcome::default()
-        });
-    }
-    if let Some(waiter) = member.sync_waiter.take() {
-        let _ = waiter.send(SyncOutcome {
-            error_code: error_code::FENCED_INSTANCE_ID,
-            ..SyncOutcome::default()
-        });
-    }
+    answer_waiting(&mut member, old_id, error_code::FENCED_INSTANCE_ID);
     member.protocols = args.protocols;
     member.client_id = args.client_id;
     member.client_host = args.client_host;
