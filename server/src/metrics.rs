@@ -104,6 +104,9 @@ impl Merged {
 pub struct CoreMetrics {
     /// One per entry of `SUPPORTED_APIS`, in its order.
     requests: Vec<Histogram>,
+    /// Per entry of `SUPPORTED_APIS`, a count per version of its range: which versions
+    /// clients really speak.
+    versions: Vec<Vec<AtomicU64>>,
     flush: Histogram,
 }
 
@@ -114,18 +117,29 @@ impl CoreMetrics {
                 .iter()
                 .map(|_| Histogram::new(REQUEST_BUCKETS_S))
                 .collect(),
+            versions: SUPPORTED_APIS
+                .iter()
+                .map(|&(_, min, max)| (min..=max).map(|_| AtomicU64::new(0)).collect())
+                .collect(),
             flush: Histogram::new(FLUSH_BUCKETS_S),
         }
     }
 
     /// Records a request from its frame being read to its response being written. Keys
-    /// we do not serve are not recorded (their connection is closed).
-    pub fn observe_request(&self, api_key: i16, took: Duration) {
+    /// and versions we do not serve are not recorded (their connection is closed).
+    pub fn observe_request(&self, api_key: i16, version: i16, took: Duration) {
         if let Some(i) = SUPPORTED_APIS
             .iter()
             .position(|(k, _, _)| *k as i16 == api_key)
         {
             self.requests[i].observe(took);
+            let min = SUPPORTED_APIS[i].1;
+            if let Some(count) = usize::try_from(version - min)
+                .ok()
+                .and_then(|v| self.versions[i].get(v))
+            {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -433,6 +447,26 @@ impl Metrics {
             merged.encode(m.encode_family(&[("api", format!("{key:?}"))])?)?;
         }
 
+        // Requests, per API and version, summed across cores.
+        let mut m = enc.encode_descriptor(
+            "broker_requests",
+            "Requests answered, per API and version",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, (key, min, _)) in SUPPORTED_APIS.iter().enumerate() {
+            for (v, _) in self.cores[0].versions[i].iter().enumerate() {
+                let total: u64 = self
+                    .cores
+                    .iter()
+                    .map(|c| c.versions[i][v].load(Ordering::Relaxed))
+                    .sum();
+                let version = (i64::from(*min) + v as i64).to_string();
+                m.encode_family(&[("api", format!("{key:?}")), ("version", version)])?
+                    .encode_counter::<NoLabelSet, u64, u64>(&total, None)?;
+            }
+        }
+
         // Flushes.
         let merged = Merged::of(self.cores.iter().map(|c| &c.flush), FLUSH_BUCKETS_S);
         merged.encode(enc.encode_descriptor(
@@ -630,11 +664,17 @@ mod tests {
         ));
         metrics
             .core(0)
-            .observe_request(0, Duration::from_micros(300));
-        metrics.core(1).observe_request(0, Duration::from_secs(100));
+            .observe_request(0, 9, Duration::from_micros(300));
         metrics
             .core(1)
-            .observe_request(9999, Duration::from_secs(1));
+            .observe_request(0, 10, Duration::from_secs(100));
+        metrics
+            .core(1)
+            .observe_request(9999, 0, Duration::from_secs(1));
+        // A version outside the advertised range is not counted (nor does it panic).
+        metrics
+            .core(1)
+            .observe_request(0, -3, Duration::from_secs(1));
         metrics.core(1).observe_flush(Duration::from_micros(70));
         metrics.partition("t", 0).record_in(100, 3);
         metrics.partition("t", 0).record_out(40, 1);
@@ -652,10 +692,13 @@ mod tests {
         );
         let text = metrics.render();
         for line in [
-            "broker_request_duration_seconds_count{api=\"Produce\"} 2",
+            "broker_request_duration_seconds_count{api=\"Produce\"} 3",
+            "broker_requests_total{api=\"Produce\",version=\"9\"} 1",
+            "broker_requests_total{api=\"Produce\",version=\"10\"} 1",
+            "broker_requests_total{api=\"Fetch\",version=\"12\"} 0",
             "broker_request_duration_seconds_bucket{le=\"0.0005\",api=\"Produce\"} 1",
-            "broker_request_duration_seconds_bucket{le=\"30.0\",api=\"Produce\"} 1",
-            "broker_request_duration_seconds_bucket{le=\"+Inf\",api=\"Produce\"} 2",
+            "broker_request_duration_seconds_bucket{le=\"30.0\",api=\"Produce\"} 2",
+            "broker_request_duration_seconds_bucket{le=\"+Inf\",api=\"Produce\"} 3",
             "broker_flush_duration_seconds_bucket{le=\"0.0001\"} 1",
             "broker_partition_bytes_in_total{topic=\"t\",partition=\"0\"} 100",
             "broker_partition_messages_in_total{topic=\"t\",partition=\"0\"} 3",

@@ -7,6 +7,7 @@
 //! `KafkaTemplate` and `@KafkaListener`).
 
 mod common;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -100,7 +101,8 @@ fn tool(main: &str, args: &[&str], stdin: Option<&str>) -> String {
 #[test]
 fn given_the_java_client_should_pass_its_admin_producer_and_consumer_group_scenarios() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
+    let metrics = format!("127.0.0.1:{}", wire::free_port());
+    let broker = Broker::start_with(dir.path(), &[("BROKER_METRICS_LISTEN", &metrics)]);
     let out = java("compat.ClientScenarios", &[&broker.addr], None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
@@ -112,6 +114,33 @@ fn given_the_java_client_should_pass_its_admin_producer_and_consumer_group_scena
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    // Which versions the Java client really spoke: it takes the highest both sides
+    // know, so the flexible versions (and topic ids in Fetch and Metadata) are the ones
+    // these scenarios passed on.
+    let used = wire::Scrape::take(&metrics).versions_used();
+    for (api, versions) in &used {
+        println!("VERSIONS {api}: {versions:?}");
+    }
+    let highest = |api: &str| {
+        used.get(api)
+            .and_then(|v| v.iter().map(|(version, _)| *version).max())
+    };
+    for (api, at_least) in [
+        ("Fetch", 13),
+        ("Metadata", 12),
+        ("Produce", 10),
+        ("JoinGroup", 9),
+        ("OffsetCommit", 8),
+        ("CreateTopics", 7),
+        ("DeleteTopics", 6),
+        ("DescribeCluster", 1),
+    ] {
+        assert!(
+            highest(api).is_some_and(|v| v >= at_least),
+            "the Java client sent {api} at {:?}, expected v{at_least} or later",
+            used.get(api)
+        );
+    }
 }
 
 const TOPICS: &str = "org.apache.kafka.tools.TopicCommand";

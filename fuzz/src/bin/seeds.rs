@@ -89,9 +89,11 @@ fn main() -> Result<()> {
     // re-encoded at that version.
     let mut reencoded = 0;
     for &(key, min, max) in SUPPORTED_APIS {
-        let Some((_, kept)) = per_version.iter().find(|((k, _), _)| *k == key as i16) else {
-            continue;
-        };
+        // An API no client used gets empty requests of each version.
+        let kept: &[&Vec<u8>] = per_version
+            .iter()
+            .find(|((k, _), _)| *k == key as i16)
+            .map_or(&[], |(_, kept)| kept.as_slice());
         for version in min..=max {
             if per_version.contains_key(&(key as i16, version)) {
                 continue;
@@ -99,7 +101,9 @@ fn main() -> Result<()> {
             let frame = kept
                 .iter()
                 .find_map(|f| match protocol::decode_frame(f[4..].to_vec()) {
-                    Ok(Frame::Request(request)) => reencode(key, version, &request.body),
+                    Ok(Frame::Request(request)) => {
+                        reencode(key, version, &adapt(version, request.body))
+                    }
                     _ => None,
                 })
                 // Fields the version cannot carry: an empty request of that API instead.
@@ -317,7 +321,8 @@ fn reencode(key: ApiKey, version: i16, body: &RequestBody) -> Option<Vec<u8>> {
         DescribeGroups,
         InitProducerId,
         OffsetForLeaderEpoch,
-        ElectLeaders
+        ElectLeaders,
+        DescribeCluster
     );
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -327,6 +332,40 @@ fn reencode(key: ApiKey, version: i16, body: &RequestBody) -> Option<Vec<u8>> {
         Ok(Frame::Request(_))
     )
     .then(|| buf.to_vec())
+}
+
+/// A captured body moved to what `version` carries instead: topics named by id (Fetch
+/// v13+, DeleteTopics v6), the replica id in `replica_state` (Fetch v15+).
+fn adapt(version: i16, body: RequestBody) -> RequestBody {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    let id = |n: usize| uuid::Uuid::from_u128(0x5eed_0000 + n as u128);
+    match body {
+        RequestBody::Fetch(mut fetch) => {
+            if version >= 13 {
+                for (i, t) in fetch.topics.iter_mut().enumerate() {
+                    t.topic = Default::default();
+                    t.topic_id = id(i);
+                }
+                for (i, t) in fetch.forgotten_topics_data.iter_mut().enumerate() {
+                    t.topic = Default::default();
+                    t.topic_id = id(i);
+                }
+            }
+            if version >= 15 {
+                fetch.replica_state.replica_id = fetch.replica_id;
+                fetch.replica_id = kafka_protocol::messages::BrokerId(-1);
+            }
+            RequestBody::Fetch(fetch)
+        }
+        RequestBody::DeleteTopics(mut delete) if version >= 6 => {
+            delete.topics = std::mem::take(&mut delete.topic_names)
+                .into_iter()
+                .map(|name| DeleteTopicState::default().with_name(Some(name)))
+                .collect();
+            RequestBody::DeleteTopics(delete)
+        }
+        other => other,
+    }
 }
 
 /// An empty request body of `key`'s type.
@@ -359,6 +398,7 @@ fn default_body(key: ApiKey) -> Option<RequestBody> {
         DescribeGroups,
         InitProducerId,
         OffsetForLeaderEpoch,
-        ElectLeaders
+        ElectLeaders,
+        DescribeCluster
     )
 }

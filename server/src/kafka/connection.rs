@@ -127,8 +127,8 @@ async fn serve_requests(
             return Ok(());
         };
         let started = Instant::now();
-        let api_key = match frame.get(..2) {
-            Some(&[a, b]) => i16::from_be_bytes([a, b]),
+        let (api_key, version) = match frame.get(..4) {
+            Some(&[a, b, c, d]) => (i16::from_be_bytes([a, b]), i16::from_be_bytes([c, d])),
             _ => return Err(FrameError::FrameLength(frame.len() as i64).into()),
         };
         let response = handle_frame(shard, frame, peer).await?;
@@ -138,7 +138,7 @@ async fn serve_requests(
         if let Some(pieces) = response {
             sender.send(pieces).await?;
         }
-        metrics.observe_request(api_key, started.elapsed());
+        metrics.observe_request(api_key, version, started.elapsed());
     }
 }
 

@@ -48,6 +48,7 @@ pub mod error_code {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const INVALID_RECORD: i16 = 87;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
     pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
     pub const ELECTION_NOT_NEEDED: i16 = 84;
@@ -58,13 +59,19 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     // v0-2 are advertised so that librdkafka enables compression (librdkafka#4956), but
     // not accepted (`PRODUCE_VERSION_MIN_ACCEPTED`): the codec cannot decode them, so such
     // a request closes its connection, as any unsupported version does.
-    (ApiKey::Produce, 0, 9),
-    (ApiKey::Fetch, 4, 11),
+    // v10: NOT_LEADER_OR_FOLLOWER names the new leader (KIP-951).
+    (ApiKey::Produce, 0, 10),
+    // Flexible from v12; topics by id from v13; KIP-951 leader hints from v16.
+    (ApiKey::Fetch, 4, 18),
     (ApiKey::ListOffsets, 1, 6),
-    (ApiKey::Metadata, 0, 9),
+    // Topic ids from v10 (and lookups by id); v13 adds a top-level error code.
+    (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::CreateTopics, 2, 4),
-    (ApiKey::DeleteTopics, 1, 4),
+    // v5 flexible, returns the topic's partitions, replication factor and configs; v7
+    // its id.
+    (ApiKey::CreateTopics, 2, 7),
+    // v6 names topics by name or id.
+    (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     // v3 flexible; v4 batches keys (KIP-699).
     (ApiKey::FindCoordinator, 0, 4),
@@ -82,8 +89,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::InitProducerId, 0, 2),
-    (ApiKey::OffsetForLeaderEpoch, 2, 3),
-    (ApiKey::ElectLeaders, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::ElectLeaders, 0, 2),
+    // v1 endpoint type, v2 fenced brokers on request.
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 /// The lowest Produce version we accept (record batch v2 needs 3; the `kafka-protocol`
@@ -301,6 +310,7 @@ request_bodies! {
     InitProducerId => InitProducerIdRequest,
     OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
     ElectLeaders => ElectLeadersRequest,
+    DescribeCluster => DescribeClusterRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.

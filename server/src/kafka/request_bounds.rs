@@ -33,6 +33,10 @@ enum F {
     I32Array,
     /// An i32 count, then strings.
     StrArray,
+    /// 16 bytes (a topic id).
+    Uuid,
+    /// A field that versions after the given one no longer carry.
+    Until(i16, &'static F),
 }
 
 const ALL: i16 = 0;
@@ -50,13 +54,24 @@ const FETCH_PARTITION: &[(i16, F)] = &[
     (ALL, F::I32),
     (9, F::I32),
     (ALL, F::I64),
+    (12, F::I32),
     (5, F::I64),
     (ALL, F::I32),
 ];
-const FETCH_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(FETCH_PARTITION))];
-const FORGOTTEN_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
+// Topics by name up to v12, by id from v13.
+const FETCH_TOPIC: &[(i16, F)] = &[
+    (ALL, F::Until(12, &F::Str)),
+    (13, F::Uuid),
+    (ALL, F::Array(FETCH_PARTITION)),
+];
+const FORGOTTEN_TOPIC: &[(i16, F)] = &[
+    (ALL, F::Until(12, &F::Str)),
+    (13, F::Uuid),
+    (ALL, F::I32Array),
+];
+// From v15 the replica id moves into a tagged field (KIP-903).
 const FETCH: &[(i16, F)] = &[
-    (ALL, F::I32),
+    (ALL, F::Until(14, &F::I32)),
     (ALL, F::I32),
     (ALL, F::I32),
     (3, F::I32),
@@ -76,12 +91,12 @@ const LIST_OFFSETS: &[(i16, F)] = &[
     (ALL, F::Array(LIST_OFFSETS_TOPIC)),
 ];
 
-const METADATA_TOPIC: &[(i16, F)] = &[(ALL, F::Str)];
+const METADATA_TOPIC: &[(i16, F)] = &[(10, F::Uuid), (ALL, F::Str)];
 // Every field is listed: in flexible versions the struct's tagged fields follow the last.
 const METADATA: &[(i16, F)] = &[
     (ALL, F::Array(METADATA_TOPIC)),
     (4, F::I8),
-    (8, F::I8),
+    (8, F::Until(10, &F::I8)),
     (8, F::I8),
 ];
 
@@ -94,9 +109,21 @@ const CREATABLE_TOPIC: &[(i16, F)] = &[
     (ALL, F::Array(ASSIGNMENT)),
     (ALL, F::Array(CONFIG)),
 ];
-const CREATE_TOPICS: &[(i16, F)] = &[(ALL, F::Array(CREATABLE_TOPIC))];
+const CREATE_TOPICS: &[(i16, F)] = &[
+    (ALL, F::Array(CREATABLE_TOPIC)),
+    (ALL, F::I32),
+    (ALL, F::I8),
+];
 
-const DELETE_TOPICS: &[(i16, F)] = &[(ALL, F::StrArray), (ALL, F::I32)];
+// v6 names topics by name or id in `topics`; earlier versions by name in `topic_names`.
+const DELETE_TOPIC_STATE: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Uuid)];
+const DELETE_TOPICS: &[(i16, F)] = &[
+    (6, F::Array(DELETE_TOPIC_STATE)),
+    (ALL, F::Until(5, &F::StrArray)),
+    (ALL, F::I32),
+];
+
+const DESCRIBE_CLUSTER: &[(i16, F)] = &[(ALL, F::I8), (1, F::I8), (2, F::I8)];
 
 const CONFIG_RESOURCE: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::Str), (ALL, F::StrArray)];
 const DESCRIBE_CONFIGS: &[(i16, F)] = &[(ALL, F::Array(CONFIG_RESOURCE)), (1, F::I8), (3, F::I8)];
@@ -179,8 +206,24 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
         ApiKey::CreateTopics => CREATE_TOPICS,
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
+        ApiKey::DescribeCluster => DESCRIBE_CLUSTER,
         _ => return None,
     })
+}
+
+/// Fewest bytes one field takes on the wire.
+fn field_min_bytes(field: &F, version: i16, flexible: bool) -> usize {
+    match field {
+        F::I8 => 1,
+        // Compact lengths and counts are unsigned varints: one byte at least.
+        F::Str | F::Bytes | F::Array(_) | F::I32Array | F::StrArray if flexible => 1,
+        F::I16 | F::Str => 2,
+        F::I32 | F::Bytes | F::Array(_) | F::I32Array | F::StrArray => 4,
+        F::I64 => 8,
+        F::Uuid => 16,
+        F::Until(last, inner) if version <= *last => field_min_bytes(inner, version, flexible),
+        F::Until(..) => 0,
+    }
 }
 
 /// Fewest bytes one element of a layout takes on the wire.
@@ -188,14 +231,7 @@ fn min_bytes(layout: &[(i16, F)], version: i16, flexible: bool) -> usize {
     let fields = layout
         .iter()
         .filter(|(since, _)| version >= *since)
-        .map(|(_, f)| match f {
-            F::I8 => 1,
-            // Compact lengths and counts are unsigned varints: one byte at least.
-            F::Str | F::Bytes | F::Array(_) | F::I32Array | F::StrArray if flexible => 1,
-            F::I16 | F::Str => 2,
-            F::I32 | F::Bytes | F::Array(_) | F::I32Array | F::StrArray => 4,
-            F::I64 => 8,
-        })
+        .map(|(_, f)| field_min_bytes(f, version, flexible))
         .sum::<usize>();
     // A flexible struct ends with its tagged fields: a count, one byte at least.
     (fields + usize::from(flexible)).max(1)
@@ -312,39 +348,49 @@ impl Walker<'_> {
     /// One struct of `layout`: its fields, then (flexible) its tagged fields.
     fn walk(&mut self, layout: &[(i16, F)], version: i16) -> Result<(), &'static str> {
         for (since, field) in layout {
-            if version < *since {
-                continue;
-            }
-            match field {
-                F::I8 => drop(self.take(1)?),
-                F::I16 => drop(self.take(2)?),
-                F::I32 => drop(self.take(4)?),
-                F::I64 => drop(self.take(8)?),
-                F::Str | F::Bytes => {
-                    let len = self.length(matches!(field, F::Bytes))?;
-                    self.take(len)?;
-                }
-                F::Array(element) => {
-                    let n = self.count(min_bytes(element, version, self.flexible))?;
-                    for _ in 0..n {
-                        self.walk(element, version)?;
-                    }
-                }
-                F::I32Array => {
-                    let n = self.count(4)?;
-                    self.take(n * 4)?;
-                }
-                F::StrArray => {
-                    let n = self.count(if self.flexible { 1 } else { 2 })?;
-                    for _ in 0..n {
-                        let len = self.length(false)?;
-                        self.take(len)?;
-                    }
-                }
+            if version >= *since {
+                self.field(field, version)?;
             }
         }
         if self.flexible {
             self.tagged_fields()?;
+        }
+        Ok(())
+    }
+
+    fn field(&mut self, field: &F, version: i16) -> Result<(), &'static str> {
+        match field {
+            F::Until(last, inner) => {
+                if version <= *last {
+                    self.field(inner, version)?;
+                }
+            }
+            F::Uuid => drop(self.take(16)?),
+            F::I8 => drop(self.take(1)?),
+            F::I16 => drop(self.take(2)?),
+            F::I32 => drop(self.take(4)?),
+            F::I64 => drop(self.take(8)?),
+            F::Str | F::Bytes => {
+                let len = self.length(matches!(field, F::Bytes))?;
+                self.take(len)?;
+            }
+            F::Array(element) => {
+                let n = self.count(min_bytes(element, version, self.flexible))?;
+                for _ in 0..n {
+                    self.walk(element, version)?;
+                }
+            }
+            F::I32Array => {
+                let n = self.count(4)?;
+                self.take(n * 4)?;
+            }
+            F::StrArray => {
+                let n = self.count(if self.flexible { 1 } else { 2 })?;
+                for _ in 0..n {
+                    let len = self.length(false)?;
+                    self.take(len)?;
+                }
+            }
         }
         Ok(())
     }
@@ -652,7 +698,7 @@ mod tests {
         let cases: Vec<(ApiKey, std::ops::RangeInclusive<i16>, Encode)> = vec![
             (
                 ApiKey::Produce,
-                3..=9,
+                3..=10,
                 Box::new(move |v| {
                     encoded(
                         &ProduceRequest::default()
@@ -677,19 +723,85 @@ mod tests {
             ),
             (
                 ApiKey::Metadata,
-                4..=9,
+                4..=13,
                 Box::new(move |v| {
+                    let topic = MetadataRequestTopic::default().with_name(Some(name()));
+                    // From v10 a topic may be named by id instead.
+                    let by_id = MetadataRequestTopic::default()
+                        .with_name(None)
+                        .with_topic_id(uuid::Uuid::from_u128(7));
                     encoded(
                         &MetadataRequest::default()
-                            .with_topics(Some(vec![
-                                MetadataRequestTopic::default()
-                                    .with_name(Some(name()));
-                                2
-                            ]))
+                            .with_topics(Some(if v >= 10 {
+                                vec![topic, by_id]
+                            } else {
+                                vec![topic; 2]
+                            }))
                             .with_allow_auto_topic_creation(false)
+                            .with_include_cluster_authorized_operations((8..=10).contains(&v))
                             .with_include_topic_authorized_operations(v >= 8),
                         v,
                     )
+                }),
+            ),
+            (
+                ApiKey::Fetch,
+                4..=18,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::fetch_request::{
+                        FetchPartition, FetchTopic, ForgottenTopic, ReplicaState,
+                    };
+                    let mut partition = FetchPartition::default()
+                        .with_current_leader_epoch(if v >= 9 { 3 } else { -1 })
+                        .with_fetch_offset(10)
+                        .with_log_start_offset(if v >= 5 { 0 } else { -1 })
+                        .with_partition_max_bytes(1 << 20);
+                    if v >= 12 {
+                        partition = partition.with_last_fetched_epoch(2);
+                    }
+                    if v >= 17 {
+                        partition = partition.with_replica_directory_id(uuid::Uuid::from_u128(9));
+                    }
+                    if v >= 18 {
+                        partition = partition.with_high_watermark(5);
+                    }
+                    let mut topic = FetchTopic::default().with_partitions(vec![partition; 2]);
+                    let mut forgotten = ForgottenTopic::default().with_partitions(vec![0, 1]);
+                    if v >= 13 {
+                        topic = topic.with_topic_id(uuid::Uuid::from_u128(7));
+                        forgotten = forgotten.with_topic_id(uuid::Uuid::from_u128(8));
+                    } else {
+                        topic = topic.with_topic(name());
+                        forgotten = forgotten.with_topic(name());
+                    }
+                    let mut request = FetchRequest::default()
+                        .with_max_wait_ms(500)
+                        .with_min_bytes(1)
+                        .with_max_bytes(1 << 20)
+                        .with_isolation_level(1)
+                        .with_topics(vec![topic; 2]);
+                    if v >= 7 {
+                        request = request
+                            .with_session_id(1)
+                            .with_session_epoch(2)
+                            .with_forgotten_topics_data(vec![forgotten; 2]);
+                    }
+                    if v >= 11 {
+                        request = request.with_rack_id(s("rack"));
+                    }
+                    if v >= 12 {
+                        request = request.with_cluster_id(Some(s("cluster")));
+                    }
+                    if v >= 15 {
+                        request = request.with_replica_state(
+                            ReplicaState::default()
+                                .with_replica_id(kafka_protocol::messages::BrokerId(2))
+                                .with_replica_epoch(4),
+                        );
+                    } else {
+                        request = request.with_replica_id(kafka_protocol::messages::BrokerId(2));
+                    }
+                    encoded(&request, v)
                 }),
             ),
             (
@@ -780,11 +892,121 @@ mod tests {
             ),
             (
                 ApiKey::DeleteTopics,
-                1..=4,
+                1..=6,
                 Box::new(move |v| {
+                    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+                    let request = DeleteTopicsRequest::default().with_timeout_ms(1000);
+                    let request = if v >= 6 {
+                        request.with_topics(vec![
+                            DeleteTopicState::default().with_name(Some(name())),
+                            DeleteTopicState::default()
+                                .with_name(None)
+                                .with_topic_id(uuid::Uuid::from_u128(7)),
+                        ])
+                    } else {
+                        request.with_topic_names(vec![name(); 2])
+                    };
+                    encoded(&request, v)
+                }),
+            ),
+            (
+                ApiKey::CreateTopics,
+                2..=7,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::CreateTopicsRequest;
+                    use kafka_protocol::messages::create_topics_request::{
+                        CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+                    };
                     encoded(
-                        &DeleteTopicsRequest::default()
-                            .with_topic_names(vec![name(); 2])
+                        &CreateTopicsRequest::default()
+                            .with_topics(vec![
+                                CreatableTopic::default()
+                                    .with_name(name())
+                                    .with_num_partitions(3)
+                                    .with_replication_factor(1)
+                                    .with_assignments(vec![
+                                        CreatableReplicaAssignment::default()
+                                            .with_broker_ids(vec![
+                                                kafka_protocol::messages::BrokerId(1);
+                                                2
+                                            ]);
+                                        2
+                                    ])
+                                    .with_configs(vec![
+                                        CreatableTopicConfig::default()
+                                            .with_name(s("retention.ms"))
+                                            .with_value(Some(s(
+                                                "1000"
+                                            )));
+                                        2
+                                    ]);
+                                2
+                            ])
+                            .with_timeout_ms(1000)
+                            .with_validate_only(true),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::DescribeCluster,
+                0..=2,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::DescribeClusterRequest;
+                    encoded(
+                        &DescribeClusterRequest::default()
+                            .with_include_cluster_authorized_operations(true)
+                            .with_endpoint_type(1)
+                            .with_include_fenced_brokers(v >= 2),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::OffsetForLeaderEpoch,
+                2..=4,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::OffsetForLeaderEpochRequest;
+                    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+                        OffsetForLeaderPartition, OffsetForLeaderTopic,
+                    };
+                    encoded(
+                        &OffsetForLeaderEpochRequest::default()
+                            .with_replica_id(kafka_protocol::messages::BrokerId(if v >= 3 {
+                                1
+                            } else {
+                                -2
+                            }))
+                            .with_topics(vec![
+                                OffsetForLeaderTopic::default()
+                                    .with_topic(name())
+                                    .with_partitions(vec![
+                                        OffsetForLeaderPartition::default()
+                                            .with_current_leader_epoch(2)
+                                            .with_leader_epoch(1);
+                                        2
+                                    ]);
+                                2
+                            ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::ElectLeaders,
+                0..=2,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::ElectLeadersRequest;
+                    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+                    encoded(
+                        &ElectLeadersRequest::default()
+                            .with_election_type(0)
+                            .with_topic_partitions(Some(vec![
+                                TopicPartitions::default()
+                                    .with_topic(name())
+                                    .with_partitions(vec![0, 1]);
+                                2
+                            ]))
                             .with_timeout_ms(1000),
                         v,
                     )

@@ -42,6 +42,7 @@ pub struct TableVersion {
 
 #[derive(Debug, Default)]
 struct TopicRoutes {
+    topic_id: u128,
     routes: Vec<PartitionRoute>,
     /// Per partition, notified after each append; empty while the topic is not open here.
     data_events: Vec<Arc<Event>>,
@@ -51,6 +52,11 @@ struct TopicRoutes {
 pub struct PartitionTable {
     pub version: TableVersion,
     topics: HashMap<String, TopicRoutes>,
+    /// Topic names by id (Fetch v13+ and Metadata v12+ name topics by id).
+    names: HashMap<u128, String>,
+    /// Per live broker, its advertised host and port (Fetch v16+ tells clients where a
+    /// partition's new leader is, KIP-951).
+    endpoints: HashMap<BrokerId, (String, i32)>,
     /// Per registered broker, the IP its outgoing connections come from (its listen IP,
     /// registered with it when not a wildcard); `None` when it registered none.
     broker_ips: HashMap<BrokerId, Option<IpAddr>>,
@@ -91,6 +97,7 @@ impl PartitionTable {
                 (
                     t.name.clone(),
                     TopicRoutes {
+                        topic_id: t.topic_id,
                         routes,
                         data_events,
                     },
@@ -102,11 +109,41 @@ impl PartitionTable {
             .values()
             .map(|b| (b.id, b.source_ip.map(|ip| ip.to_canonical())))
             .collect();
+        let names = metadata
+            .topics
+            .values()
+            .map(|t| (t.topic_id, t.name.clone()))
+            .collect();
+        let endpoints = metadata
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| (b.id, (b.host.clone(), b.port)))
+            .collect();
         Self {
             version,
             topics,
+            names,
+            endpoints,
             broker_ips,
         }
+    }
+
+    /// The name of the topic with id `topic_id`, if it exists.
+    pub fn topic_name(&self, topic_id: u128) -> Option<&str> {
+        self.names.get(&topic_id).map(String::as_str)
+    }
+
+    /// The id of topic `name`, if it exists.
+    pub fn topic_id(&self, name: &str) -> Option<u128> {
+        self.topics.get(name).map(|t| t.topic_id)
+    }
+
+    /// The advertised host and port of live broker `id`.
+    pub fn endpoint(&self, id: BrokerId) -> Option<(&str, i32)> {
+        self.endpoints
+            .get(&id)
+            .map(|(host, port)| (host.as_str(), *port))
     }
 
     /// Whether a follower fetch in the name of broker `id` may come from `peer`: yes when

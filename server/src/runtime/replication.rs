@@ -32,6 +32,39 @@ pub struct FollowerView {
     pub log_start: i64,
 }
 
+/// What a reader may read of a partition here (see `Shard::check_read`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadLimit {
+    pub high_watermark: i64,
+    /// The offset the read stops before.
+    pub upto: i64,
+    /// `(epoch, end offset)` where the reader's log diverged from this one: nothing is
+    /// read, and the reader truncates to there.
+    pub diverging: Option<(i32, i64)>,
+}
+
+/// Kafka's divergence check for a fetch at `offset` whose previous batch had
+/// `last_fetched_epoch` (-1: not given): where that epoch ends here, when it ends before
+/// `offset` or this log never had it.
+fn diverging_epoch(
+    log: &Partition,
+    offset: i64,
+    last_fetched_epoch: i32,
+) -> Result<Option<(i32, i64)>, PartitionError> {
+    if last_fetched_epoch < 0 {
+        return Ok(None);
+    }
+    let (epoch, end) = log.end_offset_for_epoch(last_fetched_epoch);
+    if epoch < 0 || end < 0 {
+        // No epoch at or below the reader's here: its position is not in this log.
+        let offsets = log.offsets();
+        return Err(PartitionError::OffsetOutOfRange {
+            log_start: offsets.log_start_offset,
+        });
+    }
+    Ok((epoch < last_fetched_epoch || end < offset).then_some((epoch, end)))
+}
+
 impl Shard {
     pub(crate) fn replica(
         &self,
@@ -46,14 +79,19 @@ impl Shard {
 
     /// Whether `reader` may read `tp` here from `offset`, and up to where: consumers below
     /// the high watermark, followers to the log end (their fetch offset is recorded as
-    /// their progress, which may move the high watermark). Returns (high watermark, limit).
+    /// their progress, which may move the high watermark).
+    ///
+    /// A reader that names the epoch of the last batch it fetched (Fetch v12+) and whose
+    /// log has diverged from this one is told where that epoch ends here instead, and
+    /// truncates (KIP-595's divergence check, as Kafka's leader answers any fetcher); a
+    /// follower's progress is then not recorded.
     pub(crate) fn check_read(
         &self,
         tp: &TopicPartition,
         log: &Partition,
         offset: i64,
         reader: Reader,
-    ) -> Result<(i64, i64), PartitionError> {
+    ) -> Result<ReadLimit, PartitionError> {
         let (replica, event) = {
             let partitions = self.partitions.borrow();
             let p = partitions
@@ -65,14 +103,21 @@ impl Shard {
         match reader {
             Reader::Consumer {
                 current_leader_epoch,
+                last_fetched_epoch,
             } => {
                 r.check_leader(current_leader_epoch)
                     .map_err(PartitionError::NotServedHere)?;
-                Ok((r.high_watermark, r.high_watermark))
+                let diverging = diverging_epoch(log, offset, last_fetched_epoch)?;
+                Ok(ReadLimit {
+                    high_watermark: r.high_watermark,
+                    upto: r.high_watermark,
+                    diverging,
+                })
             }
             Reader::Follower {
                 id,
                 current_leader_epoch,
+                last_fetched_epoch,
                 peer,
             } => {
                 r.check_leader(current_leader_epoch)
@@ -93,6 +138,14 @@ impl Shard {
                 }
                 let offsets = log.offsets();
                 let end = offsets.log_end_offset;
+                let diverging = diverging_epoch(log, offset, last_fetched_epoch)?;
+                if diverging.is_some() {
+                    return Ok(ReadLimit {
+                        high_watermark: r.high_watermark,
+                        upto: end,
+                        diverging,
+                    });
+                }
                 if offset > end {
                     return Err(PartitionError::OffsetOutOfRange {
                         log_start: offsets.log_start_offset,
@@ -102,7 +155,11 @@ impl Shard {
                 if r.advance_high_watermark(end) {
                     event.notify(usize::MAX);
                 }
-                Ok((r.high_watermark, end))
+                Ok(ReadLimit {
+                    high_watermark: r.high_watermark,
+                    upto: end,
+                    diverging: None,
+                })
             }
         }
     }

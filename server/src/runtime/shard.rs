@@ -309,6 +309,8 @@ pub struct ReadResult {
     pub end_offset: i64,
     /// The partition's counters, for the fetch to count what it sends.
     pub counters: Arc<PartitionCounters>,
+    /// Where the reader's log diverged from this one (see `Shard::check_read`).
+    pub diverging: Option<(i32, i64)>,
 }
 
 /// A read answered by another core: duplicated descriptors, since files are core-local.
@@ -318,6 +320,7 @@ pub struct RemoteRead {
     ranges: Vec<(OwnedFd, u64, u64)>,
     end_offset: i64,
     counters: Arc<PartitionCounters>,
+    diverging: Option<(i32, i64)>,
 }
 
 /// Requests one core sends another.
@@ -387,10 +390,13 @@ pub(crate) struct OwnedPartition {
 pub enum Reader {
     Consumer {
         current_leader_epoch: i32,
+        /// The epoch of the last batch the reader fetched (Fetch v12+), -1 if not given.
+        last_fetched_epoch: i32,
     },
     Follower {
         id: i32,
         current_leader_epoch: i32,
+        last_fetched_epoch: i32,
         peer: std::net::IpAddr,
     },
 }
@@ -712,6 +718,7 @@ impl Shard {
             records,
             end_offset: remote.end_offset,
             counters: remote.counters,
+            diverging: remote.diverging,
         })
     }
 
@@ -881,8 +888,19 @@ impl Shard {
         reader: Reader,
     ) -> Result<ReadResult, PartitionError> {
         let (log, counters) = self.local(tp)?;
-        let (high_watermark, upto) = self.check_read(tp, &log, offset, reader)?;
-        let slice = log.read_ranges_upto(offset, max_bytes, upto).await?;
+        let limit = self.check_read(tp, &log, offset, reader)?;
+        if limit.diverging.is_some() {
+            return Ok(ReadResult {
+                offsets: log.offsets(),
+                high_watermark: limit.high_watermark,
+                records: Vec::new(),
+                end_offset: offset,
+                counters,
+                diverging: limit.diverging,
+            });
+        }
+        let high_watermark = limit.high_watermark;
+        let slice = log.read_ranges_upto(offset, max_bytes, limit.upto).await?;
         let end_offset = slice.end_offset;
         let records = slice
             .ranges
@@ -899,6 +917,7 @@ impl Shard {
             records,
             end_offset,
             counters,
+            diverging: None,
         })
     }
 
@@ -910,8 +929,19 @@ impl Shard {
         reader: Reader,
     ) -> Result<RemoteRead, PartitionError> {
         let (log, counters) = self.local(tp)?;
-        let (high_watermark, upto) = self.check_read(tp, &log, offset, reader)?;
-        let slice = log.read_ranges_upto(offset, max_bytes, upto).await?;
+        let limit = self.check_read(tp, &log, offset, reader)?;
+        if limit.diverging.is_some() {
+            return Ok(RemoteRead {
+                offsets: log.offsets(),
+                high_watermark: limit.high_watermark,
+                ranges: Vec::new(),
+                end_offset: offset,
+                counters,
+                diverging: limit.diverging,
+            });
+        }
+        let high_watermark = limit.high_watermark;
+        let slice = log.read_ranges_upto(offset, max_bytes, limit.upto).await?;
         let mut ranges = Vec::with_capacity(slice.ranges.len());
         for r in slice.ranges {
             let fd = r
@@ -928,6 +958,7 @@ impl Shard {
             ranges,
             end_offset: slice.end_offset,
             counters,
+            diverging: None,
         })
     }
 

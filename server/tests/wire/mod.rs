@@ -331,6 +331,31 @@ impl Scrape {
         Self { text }
     }
 
+    /// Per API, the versions clients sent (`broker_requests_total`), with their counts.
+    pub fn versions_used(&self) -> std::collections::BTreeMap<String, Vec<(i16, u64)>> {
+        let mut used: std::collections::BTreeMap<String, Vec<(i16, u64)>> = Default::default();
+        for line in self.text.lines() {
+            let Some(rest) = line.strip_prefix("broker_requests_total{api=\"") else {
+                continue;
+            };
+            let Some((api, rest)) = rest.split_once("\",version=\"") else {
+                continue;
+            };
+            let Some((version, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let (Ok(version), Ok(count)) = (version.parse(), count.parse::<u64>()) else {
+                continue;
+            };
+            if count > 0 {
+                used.entry(api.to_owned())
+                    .or_default()
+                    .push((version, count));
+            }
+        }
+        used
+    }
+
     /// The value of the sample `name` whose labels include every `labels` pair.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.text.lines().find_map(|line| {

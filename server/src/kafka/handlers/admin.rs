@@ -1,19 +1,24 @@
-//! CreateTopics (v2-4), DeleteTopics (v1-3) and DescribeConfigs (v1-3).
+//! CreateTopics (v2-7), DeleteTopics (v1-6), DescribeConfigs (v1-4) and DescribeCluster
+//! (v0-2).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::create_topics_response::{
-    CreatableTopicResult, CreateTopicsResponse,
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
 use kafka_protocol::messages::delete_topics_response::{
     DeletableTopicResult, DeleteTopicsResponse,
+};
+use kafka_protocol::messages::describe_cluster_response::{
+    DescribeClusterBroker, DescribeClusterResponse,
 };
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, TopicName,
+    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, TopicName,
 };
 
 use super::{Request, str_bytes};
@@ -41,10 +46,30 @@ pub async fn create_topics(
         let outcome = create_one(shard, topic, req.validate_only).await;
         let result = CreatableTopicResult::default().with_name(TopicName(str_bytes(&name)));
         results.push(match outcome {
-            // num_partitions and replication_factor exist from v5 on.
-            Ok((meta, rf)) if request.version >= 5 => result
-                .with_num_partitions(meta.partitions)
-                .with_replication_factor(rf),
+            // The partitions, replication factor and configs the topic got come back
+            // from v5 on; its id from v7 on (none for validate_only).
+            Ok((meta, rf)) if request.version >= 5 => {
+                let configs = topic_configs(shard, &meta)
+                    .into_iter()
+                    .map(|(name, value, source)| {
+                        CreatableTopicConfigs::default()
+                            .with_name(str_bytes(&name))
+                            .with_value(Some(str_bytes(&value)))
+                            .with_config_source(source)
+                    })
+                    .collect();
+                let mut result = result
+                    .with_num_partitions(meta.partitions)
+                    .with_replication_factor(rf)
+                    .with_configs(Some(configs));
+                if request.version >= 7 && !req.validate_only {
+                    let metadata = shard.shared.controller.view().current();
+                    if let Some(topic) = metadata.topics.get(&name) {
+                        result = result.with_topic_id(uuid::Uuid::from_u128(topic.topic_id));
+                    }
+                }
+                result
+            }
             Ok(_) => result,
             Err((code, message)) => {
                 tracing::debug!(topic = %name, code, %message, "create topic refused");
@@ -189,10 +214,59 @@ pub async fn delete_topics(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: DeleteTopicsRequest = request.decode("DeleteTopics request")?;
-    let mut results = Vec::with_capacity(req.topic_names.len());
-    for name in &req.topic_names {
-        let topic = name.0.to_string();
-        let result = DeletableTopicResult::default().with_name(Some(name.clone()));
+    // v6 names topics by name or by id (`topics`); earlier versions by name.
+    let wanted: Vec<(Option<String>, u128)> = if request.version >= 6 {
+        req.topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_ref().map(|n| n.0.to_string()),
+                    t.topic_id.as_u128(),
+                )
+            })
+            .collect()
+    } else {
+        req.topic_names
+            .iter()
+            .map(|n| (Some(n.0.to_string()), 0))
+            .collect()
+    };
+    let mut results = Vec::with_capacity(wanted.len());
+    for (name, topic_id) in wanted {
+        let metadata = shard.shared.controller.view().current();
+        let (topic, topic_id) = match (name, topic_id) {
+            (Some(name), _) => {
+                let id = metadata.topics.get(&name).map_or(0, |t| t.topic_id);
+                (name, id)
+            }
+            (None, id) => match metadata
+                .topics
+                .values()
+                .find(|t| t.topic_id == id && id != 0)
+            {
+                Some(t) => (t.name.clone(), id),
+                None => {
+                    results.push(
+                        DeletableTopicResult::default()
+                            .with_name(None)
+                            .with_topic_id(uuid::Uuid::from_u128(id))
+                            .with_error_code(error_code::UNKNOWN_TOPIC_ID)
+                            .with_error_message(if request.version >= 5 {
+                                Some(str_bytes("no topic has this id"))
+                            } else {
+                                None
+                            }),
+                    );
+                    continue;
+                }
+            },
+        };
+        drop(metadata);
+        let mut result =
+            DeletableTopicResult::default().with_name(Some(TopicName(str_bytes(&topic))));
+        if request.version >= 6 {
+            result = result.with_topic_id(uuid::Uuid::from_u128(topic_id));
+        }
         let proposed = shard
             .shared
             .controller
@@ -200,18 +274,24 @@ pub async fn delete_topics(
                 name: topic.clone(),
             })
             .await;
-        let code = match proposed {
+        let (code, message) = match proposed {
             Ok(_) => match wait_applied(shard, &topic, false).await {
-                Ok(()) => error_code::NONE,
-                Err(code) => code,
+                Ok(()) => (error_code::NONE, None),
+                Err(code) => (code, Some(format!("topic {topic} is not deleted here yet"))),
             },
             Err(e) => {
                 let (code, message) = controller_error(&e);
                 tracing::debug!(%topic, code, %message, "delete topic refused");
-                code
+                (code, Some(message))
             }
         };
-        results.push(result.with_error_code(code));
+        // An error message exists from v5 on.
+        let message = message.filter(|_| request.version >= 5);
+        results.push(
+            result
+                .with_error_code(code)
+                .with_error_message(message.as_deref().map(str_bytes)),
+        );
     }
     request.respond(&DeleteTopicsResponse::default().with_responses(results))
 }
@@ -344,4 +424,68 @@ fn broker_configs(shard: &Shard) -> Vec<(String, String, i8)> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v, SOURCE_STATIC_BROKER))
     .collect()
+}
+
+/// `endpoint_type` of DescribeCluster v1+: this listener serves brokers' clients.
+const ENDPOINT_BROKERS: i8 = 1;
+/// Kafka's MISMATCHED_ENDPOINT_TYPE: a request for controllers sent to a broker listener.
+const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
+/// The cluster operations (Kafka's `AclOperation` codes, one bit each) a client may run
+/// here: all of them, as no authorizer is configured.
+const CLUSTER_OPERATIONS: i32 = 1 << 5 // CREATE
+    | 1 << 7 // ALTER
+    | 1 << 8 // DESCRIBE
+    | 1 << 9 // CLUSTER_ACTION
+    | 1 << 10 // DESCRIBE_CONFIGS
+    | 1 << 11 // ALTER_CONFIGS
+    | 1 << 12; // IDEMPOTENT_WRITE
+
+/// DescribeCluster (API 60, v0-2): the cluster id, the controller and the registered
+/// brokers from the committed metadata; fenced ones only when asked for (v2).
+pub fn describe_cluster(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    let req: DescribeClusterRequest = request.decode("DescribeCluster request")?;
+    let v = request.version;
+    let mut response = DescribeClusterResponse::default();
+    if v >= 1 {
+        response = response.with_endpoint_type(ENDPOINT_BROKERS);
+        if req.endpoint_type != ENDPOINT_BROKERS {
+            return request.respond(
+                &response
+                    .with_error_code(MISMATCHED_ENDPOINT_TYPE)
+                    .with_error_message(Some(str_bytes(
+                        "this listener serves brokers; there is no separate controller listener",
+                    ))),
+            );
+        }
+    }
+    let metadata = shard.shared.controller.view().current();
+    let include_fenced = v >= 2 && req.include_fenced_brokers;
+    let brokers = metadata
+        .brokers
+        .values()
+        .filter(|b| include_fenced || !b.fenced)
+        .map(|b| {
+            let broker = DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port);
+            if v >= 2 {
+                broker.with_is_fenced(b.fenced)
+            } else {
+                broker
+            }
+        })
+        .collect();
+    let controller = shard.shared.controller.view().controller().unwrap_or(-1);
+    response = response
+        .with_cluster_id(str_bytes(&shard.shared.cluster_id))
+        .with_controller_id(BrokerId(controller))
+        .with_brokers(brokers);
+    if req.include_cluster_authorized_operations {
+        response = response.with_cluster_authorized_operations(CLUSTER_OPERATIONS);
+    }
+    request.respond(&response)
 }

@@ -27,13 +27,18 @@ pub async fn handle(
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: MetadataRequest = request.decode("Metadata request")?;
     let config = shard.config();
-    // v0: an empty list means all topics; v1+: null means all, empty means none.
-    let names: Option<Vec<String>> = match req.topics {
+    // v0: an empty list means all topics; v1+: null means all, empty means none. From
+    // v10 on a topic may be named by its id instead (name null).
+    let names: Option<Vec<Result<String, u128>>> = match req.topics {
         None => None,
         Some(list) if list.is_empty() && request.version == 0 => None,
         Some(list) => Some(
             list.iter()
-                .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                .filter_map(|t| match &t.name {
+                    Some(name) => Some(Ok(name.0.to_string())),
+                    None if !t.topic_id.is_nil() => Some(Err(t.topic_id.as_u128())),
+                    None => None,
+                })
                 .collect(),
         ),
     };
@@ -55,6 +60,23 @@ pub async fn handle(
         }
         Some(names) => {
             for name in names {
+                let name = match name {
+                    Ok(name) => name,
+                    Err(topic_id) => {
+                        let metadata = shard.shared.controller.view().current();
+                        match metadata.topics.values().find(|t| t.topic_id == topic_id) {
+                            Some(topic) => topic.name.clone(),
+                            None => {
+                                topics.push(
+                                    MetadataResponseTopic::default()
+                                        .with_topic_id(uuid::Uuid::from_u128(topic_id))
+                                        .with_error_code(error_code::UNKNOWN_TOPIC_ID),
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                };
                 let mut metadata = shard.shared.controller.view().current();
                 let found = match metadata.topics.contains_key(&name) {
                     true => Ok(()),
@@ -135,11 +157,14 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<(), i16> {
 }
 
 /// Fields a version does not carry must stay at their defaults: offline replicas exist
-/// from v5 on, the leader epoch from v7 on.
+/// from v5 on, the leader epoch from v7 on, topic ids from v10 on.
 fn without_fields_newer_than(
     mut topic: MetadataResponseTopic,
     version: i16,
 ) -> MetadataResponseTopic {
+    if version < 10 {
+        topic.topic_id = uuid::Uuid::nil();
+    }
     for p in &mut topic.partitions {
         if version < 5 {
             p.offline_replicas.clear();
@@ -165,38 +190,40 @@ fn topic_entry(
         Err(code) => topic.with_error_code(code),
         Ok(record) => {
             let failed_here = storage.failed_in(name);
-            topic.with_partitions(
-                record
-                    .partitions
-                    .iter()
-                    .enumerate()
-                    .map(|(index, p)| {
-                        let index = i32::try_from(index).unwrap_or(i32::MAX);
-                        let storage_failed = failed_here.contains_key(&index);
-                        let offline: Vec<i32> = p
-                            .replicas
-                            .iter()
-                            .copied()
-                            .filter(|id| !live(id) || (*id == me && storage_failed))
-                            .collect();
-                        let code = if p.leader == NO_LEADER {
-                            error_code::LEADER_NOT_AVAILABLE
-                        } else if p.leader == me && storage_failed {
-                            error_code::KAFKA_STORAGE_ERROR
-                        } else {
-                            error_code::NONE
-                        };
-                        MetadataResponsePartition::default()
-                            .with_error_code(code)
-                            .with_partition_index(index)
-                            .with_leader_id(BrokerId(p.leader))
-                            .with_leader_epoch(p.leader_epoch)
-                            .with_replica_nodes(ids(&p.replicas))
-                            .with_isr_nodes(ids(&p.isr))
-                            .with_offline_replicas(ids(&offline))
-                    })
-                    .collect(),
-            )
+            topic
+                .with_topic_id(uuid::Uuid::from_u128(record.topic_id))
+                .with_partitions(
+                    record
+                        .partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(index, p)| {
+                            let index = i32::try_from(index).unwrap_or(i32::MAX);
+                            let storage_failed = failed_here.contains_key(&index);
+                            let offline: Vec<i32> = p
+                                .replicas
+                                .iter()
+                                .copied()
+                                .filter(|id| !live(id) || (*id == me && storage_failed))
+                                .collect();
+                            let code = if p.leader == NO_LEADER {
+                                error_code::LEADER_NOT_AVAILABLE
+                            } else if p.leader == me && storage_failed {
+                                error_code::KAFKA_STORAGE_ERROR
+                            } else {
+                                error_code::NONE
+                            };
+                            MetadataResponsePartition::default()
+                                .with_error_code(code)
+                                .with_partition_index(index)
+                                .with_leader_id(BrokerId(p.leader))
+                                .with_leader_epoch(p.leader_epoch)
+                                .with_replica_nodes(ids(&p.replicas))
+                                .with_isr_nodes(ids(&p.isr))
+                                .with_offline_replicas(ids(&offline))
+                        })
+                        .collect(),
+                )
         }
     }
 }

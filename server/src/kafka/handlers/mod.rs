@@ -80,6 +80,7 @@ pub async fn handle(
         ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(shard, request).await,
         ApiKey::ElectLeaders => elect_leaders::handle(shard, request).await,
+        ApiKey::DescribeCluster => admin::describe_cluster(shard, request),
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
             what: "request",

@@ -1,13 +1,16 @@
-//! Produce (v3-8; v0-2 are advertised for librdkafka's sake and refused at the front door).
-//! Each partition's batch goes to the core that owns it; acks=1 answers once written,
-//! acks=all once durable under the flush policy, acks=0 not at all.
+//! Produce (v3-10; v0-2 are advertised for librdkafka's sake and refused at the front
+//! door). Each partition's batch goes to the core that owns it; acks=1 answers once
+//! written, acks=all once durable under the flush policy, acks=0 not at all. From v10 a
+//! partition refused with NOT_LEADER_OR_FOLLOWER names its current leader and that
+//! broker's endpoint (KIP-951), so the producer retries there without a metadata round.
 
 use std::rc::Rc;
 
 use engine::{AppendWait, TopicPartition};
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 
 use super::{Request, str_bytes};
@@ -108,6 +111,7 @@ pub async fn handle(
     });
     let results = futures_util::future::join_all(appends).await;
     let mut topics: Vec<TopicProduceResponse> = Vec::new();
+    let mut leaders = std::collections::BTreeSet::new();
     for (name, index, outcome) in results {
         let mut partition = PartitionProduceResponse::default()
             .with_index(index)
@@ -120,6 +124,17 @@ pub async fn handle(
         if request.version >= 8 {
             partition = partition.with_error_message(outcome.message.as_deref().map(str_bytes));
         }
+        if request.version >= LEADER_HINTS && outcome.code == error_code::NOT_LEADER_OR_FOLLOWER {
+            let route = shard.partition_table().route(&name, index);
+            if let Some(route) = route.filter(|r| r.leader >= 0) {
+                leaders.insert(route.leader);
+                partition = partition.with_current_leader(
+                    LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(route.leader))
+                        .with_leader_epoch(route.leader_epoch),
+                );
+            }
+        }
         match topics.iter_mut().find(|t| t.name.0.as_str() == name) {
             Some(t) => t.partition_responses.push(partition),
             None => topics.push(
@@ -129,8 +144,29 @@ pub async fn handle(
             ),
         }
     }
-    request.respond(&ProduceResponse::default().with_responses(topics))
+    let table = shard.partition_table();
+    let node_endpoints = leaders
+        .into_iter()
+        .filter_map(|id| {
+            let (host, port) = table.endpoint(id)?;
+            Some(
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(str_bytes(host))
+                    .with_port(port),
+            )
+        })
+        .collect();
+    drop(table);
+    request.respond(
+        &ProduceResponse::default()
+            .with_responses(topics)
+            .with_node_endpoints(node_endpoints),
+    )
 }
+
+/// The first version whose NOT_LEADER_OR_FOLLOWER names the new leader (KIP-951).
+const LEADER_HINTS: i16 = 10;
 
 /// Checks what can be checked before the batch travels to its core: the partition
 /// exists and this broker leads it, the records are one batch, and not larger than
