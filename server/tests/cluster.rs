@@ -96,6 +96,97 @@ fn metadata(addr: &str, topics: Option<&[&str]>) -> MetadataResponse {
     )
 }
 
+/// An API, the leader (id, epoch) its NOT_LEADER_OR_FOLLOWER names, and the endpoints
+/// (id, port) that come with it.
+type LeaderHint = (&'static str, (i32, i32), Vec<(i32, i32)>);
+
+/// Produce v10 and Fetch v16 for partition 0 of `topic` sent to `not_leader`.
+fn leader_hints(not_leader: &str, topic: &str, any: &str) -> Vec<LeaderHint> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
+    };
+    let name = TopicName(kafka_protocol::protocol::StrBytes::from_string(
+        topic.to_owned(),
+    ));
+    // The topic's id, from Metadata v12.
+    let mut stream = TcpStream::connect(any).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let m: MetadataResponse = wire::call(
+        &mut stream,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default()
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(name.clone())),
+            ]))
+            .with_allow_auto_topic_creation(false),
+    );
+    let topic_id = m.topics[0].topic_id;
+    assert!(!topic_id.is_nil());
+
+    let mut stream = TcpStream::connect(not_leader).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let produced: ProduceResponse = wire::call(
+        &mut stream,
+        ApiKey::Produce,
+        10,
+        &ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(name)
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(wire::batch(1, 10))),
+                    ]),
+            ]),
+    );
+    let p = &produced.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 6, "produce v10 NOT_LEADER_OR_FOLLOWER");
+    let produce_hint = (
+        "Produce v10",
+        (p.current_leader.leader_id.0, p.current_leader.leader_epoch),
+        produced
+            .node_endpoints
+            .iter()
+            .map(|n| (n.node_id.0, n.port))
+            .collect(),
+    );
+    let fetched: FetchResponse = wire::call(
+        &mut stream,
+        ApiKey::Fetch,
+        16,
+        &FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic_id(topic_id)
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_partition_max_bytes(1 << 20),
+                    ]),
+            ]),
+    );
+    let p = &fetched.responses[0].partitions[0];
+    assert_eq!(p.error_code, 6, "fetch v16 NOT_LEADER_OR_FOLLOWER");
+    let fetch_hint = (
+        "Fetch v16",
+        (p.current_leader.leader_id.0, p.current_leader.leader_epoch),
+        fetched
+            .node_endpoints
+            .iter()
+            .map(|n| (n.node_id.0, n.port))
+            .collect(),
+    );
+    vec![produce_hint, fetch_hint]
+}
+
 fn broker_ids(m: &MetadataResponse) -> BTreeSet<i32> {
     m.brokers.iter().map(|b| b.node_id.0).collect()
 }
@@ -180,6 +271,19 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
         vec![6],
         "NOT_LEADER_OR_FOLLOWER from broker {not_leader}"
     );
+    // From Produce v10 and Fetch v16 on, the refusal names the current leader, its
+    // epoch and its endpoint (KIP-951), so the client goes there without a metadata round.
+    let hinted = leader_hints(&not_leader, "multiple", &addrs[0]);
+    let leader_port: i32 = addrs[(p0.leader_id.0 - 1) as usize]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for (api, leader, endpoints) in hinted {
+        assert_eq!(leader, (p0.leader_id.0, p0.leader_epoch), "{api}");
+        assert_eq!(endpoints, vec![(p0.leader_id.0, leader_port)], "{api}");
+    }
 
     // librdkafka bootstrapped at broker 3 finds every leader.
     let producer: FutureProducer = ClientConfig::new()

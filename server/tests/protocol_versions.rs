@@ -1,0 +1,243 @@
+//! The current (flexible, KIP-482) protocol versions on a raw socket, encoded and decoded
+//! by the `kafka-protocol` crate: topic ids from CreateTopics v7 through Metadata v12,
+//! Fetch v13+ and DeleteTopics v6; the divergence check of Fetch v12+ (a fetcher whose
+//! last fetched epoch this log does not have where it thinks is told where that epoch
+//! ends); DescribeCluster. The clients' own tests show the same versions working end to
+//! end (the Java test asserts which versions Kafka's client spoke).
+
+mod common;
+mod wire;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Broker;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, FetchRequest,
+    FetchResponse, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const UNKNOWN_TOPIC_ID: i16 = 100;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// One partition's fetch at `version`: topic by name before v13, by id after.
+fn fetch(
+    stream: &mut TcpStream,
+    version: i16,
+    topic: (&str, Uuid),
+    offset: i64,
+    last_fetched_epoch: i32,
+) -> FetchResponse {
+    let mut t = FetchTopic::default().with_partitions(vec![
+        FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(offset)
+            .with_last_fetched_epoch(last_fetched_epoch)
+            .with_partition_max_bytes(1 << 20),
+    ]);
+    t = if version >= 13 {
+        t.with_topic_id(topic.1)
+    } else {
+        t.with_topic(name(topic.0))
+    };
+    let mut request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![t]);
+    if version < 15 {
+        request = request.with_replica_id(BrokerId(-1));
+    }
+    wire::call(stream, ApiKey::Fetch, version, &request)
+}
+
+fn metadata_by_id(stream: &mut TcpStream, id: Uuid) -> MetadataResponse {
+    wire::call(
+        stream,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default()
+                    .with_name(None)
+                    .with_topic_id(id),
+            ]))
+            .with_allow_auto_topic_creation(false),
+    )
+}
+
+#[test]
+fn given_flexible_versions_should_name_topics_by_id_and_tell_a_diverged_fetcher_where_its_epoch_ends()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let mut stream = connect(&broker.addr);
+
+    // CreateTopics v7: the topic's id, partitions and effective configs come back.
+    let created: CreateTopicsResponse = wire::call(
+        &mut stream,
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(name("flex"))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1),
+            ])
+            .with_timeout_ms(10_000),
+    );
+    let t = &created.topics[0];
+    assert_eq!(t.error_code, 0, "{:?}", t.error_message);
+    assert_eq!((t.num_partitions, t.replication_factor), (1, 1));
+    assert!(!t.topic_id.is_nil(), "a created topic has an id");
+    let configs = t.configs.as_ref().expect("v5+ returns the configs");
+    assert!(
+        configs
+            .iter()
+            .any(|c| c.name.as_str() == "retention.ms" && c.value.is_some()),
+        "{configs:?}"
+    );
+    let id = t.topic_id;
+
+    // Metadata v12 looks it up by id; an id nobody holds is UNKNOWN_TOPIC_ID.
+    let m = metadata_by_id(&mut stream, id);
+    assert_eq!(m.topics[0].error_code, 0);
+    assert_eq!(
+        m.topics[0].name.as_ref().map(|n| n.0.as_str()),
+        Some("flex")
+    );
+    assert_eq!(m.topics[0].topic_id, id);
+    let epoch = m.topics[0].partitions[0].leader_epoch;
+    let m = metadata_by_id(&mut stream, Uuid::from_u128(0xdead));
+    assert_eq!(m.topics[0].error_code, UNKNOWN_TOPIC_ID);
+
+    // Ten records, then fetches at every version, by name (v4-12) and id (v13+).
+    let (code, _) = wire::produce(&mut stream, "flex", 10);
+    assert_eq!(code, 0);
+    for version in 4..=18 {
+        let r = fetch(&mut stream, version, ("flex", id), 0, -1);
+        let p = &r.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (0, 10), "v{version}");
+        assert!(
+            p.records.as_ref().is_some_and(|r| !r.is_empty()),
+            "v{version}"
+        );
+        if version >= 13 {
+            assert_eq!(r.responses[0].topic_id, id);
+        }
+    }
+
+    // A fetcher that last saw the current epoch at an offset the log has reads on.
+    let r = fetch(&mut stream, 12, ("flex", id), 5, epoch);
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.diverging_epoch.epoch, -1, "no divergence: {p:?}");
+    assert!(p.records.as_ref().is_some_and(|r| !r.is_empty()));
+    // One that claims an epoch later than any this log had cannot be placed: as Kafka,
+    // OFFSET_OUT_OF_RANGE (the consumer resets by its policy).
+    let r = fetch(&mut stream, 12, ("flex", id), 5, epoch + 3);
+    assert_eq!(r.responses[0].partitions[0].error_code, 1);
+
+    // A restart moves leadership, so the next records carry a later epoch.
+    broker.stop();
+    broker.restart();
+    let mut stream = connect(&broker.addr);
+    let moved = wire::wait_until(TIMEOUT, || {
+        let m = metadata_by_id(&mut stream, id);
+        m.topics[0].error_code == 0 && m.topics[0].partitions[0].leader_epoch > epoch
+    });
+    assert!(
+        moved.is_some(),
+        "the leader epoch never moved after a restart"
+    );
+    let later = metadata_by_id(&mut stream, id).topics[0].partitions[0].leader_epoch;
+    let appended = wire::wait_until(TIMEOUT, || wire::produce(&mut stream, "flex", 5).0 == 0);
+    assert!(appended.is_some());
+    // A fetcher at offset 12 whose last batch was of the old epoch has diverged (that
+    // epoch ends at 10 here): it is told so, with no records, and truncates to 10.
+    for version in [12, 16, 18] {
+        let r = fetch(&mut stream, version, ("flex", id), 12, epoch);
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        assert_eq!(
+            (p.diverging_epoch.epoch, p.diverging_epoch.end_offset),
+            (epoch, 10),
+            "v{version}: {p:?}"
+        );
+        assert!(p.records.as_ref().is_none_or(|r| r.is_empty()));
+    }
+    // At 10, where the old epoch ends, it reads on; so does one in the new epoch.
+    for (offset, last) in [(10, epoch), (12, later)] {
+        let r = fetch(&mut stream, 12, ("flex", id), offset, last);
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.diverging_epoch.epoch, -1, "at {offset}: {p:?}");
+        assert!(p.records.as_ref().is_some_and(|r| !r.is_empty()));
+    }
+
+    // An id nobody holds.
+    let r = fetch(&mut stream, 13, ("", Uuid::from_u128(0xdead)), 0, -1);
+    assert_eq!(r.responses[0].partitions[0].error_code, UNKNOWN_TOPIC_ID);
+    assert_eq!(r.responses[0].topic_id, Uuid::from_u128(0xdead));
+
+    // DescribeCluster: this broker, the cluster id, the controller.
+    for version in 0..=2 {
+        let d: DescribeClusterResponse = wire::call(
+            &mut stream,
+            ApiKey::DescribeCluster,
+            version,
+            &DescribeClusterRequest::default()
+                .with_include_cluster_authorized_operations(true)
+                .with_endpoint_type(1),
+        );
+        assert_eq!(d.error_code, 0, "v{version}: {:?}", d.error_message);
+        assert_eq!(d.brokers.len(), 1);
+        assert_eq!(
+            broker.addr,
+            format!("{}:{}", d.brokers[0].host.as_str(), d.brokers[0].port)
+        );
+        assert_eq!(d.controller_id, d.brokers[0].broker_id);
+        assert!(!d.cluster_id.is_empty());
+        assert_ne!(d.cluster_authorized_operations, i32::MIN);
+    }
+    // A request meant for a controller listener is refused as such.
+    let d: DescribeClusterResponse = wire::call(
+        &mut stream,
+        ApiKey::DescribeCluster,
+        1,
+        &DescribeClusterRequest::default().with_endpoint_type(2),
+    );
+    assert_eq!(d.error_code, 114, "MISMATCHED_ENDPOINT_TYPE");
+
+    // DeleteTopics v6 by id; then the id is unknown.
+    let deleted: DeleteTopicsResponse = wire::call(
+        &mut stream,
+        ApiKey::DeleteTopics,
+        6,
+        &DeleteTopicsRequest::default()
+            .with_topics(vec![DeleteTopicState::default().with_topic_id(id)])
+            .with_timeout_ms(10_000),
+    );
+    let d = &deleted.responses[0];
+    assert_eq!(d.error_code, 0, "{:?}", d.error_message);
+    assert_eq!(d.name.as_ref().map(|n| n.0.as_str()), Some("flex"));
+    assert_eq!(d.topic_id, id);
+    let m = metadata_by_id(&mut stream, id);
+    assert_eq!(m.topics[0].error_code, UNKNOWN_TOPIC_ID);
+}
