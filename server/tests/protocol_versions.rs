@@ -241,3 +241,139 @@ fn given_flexible_versions_should_name_topics_by_id_and_tell_a_diverged_fetcher_
     let m = metadata_by_id(&mut stream, id);
     assert_eq!(m.topics[0].error_code, UNKNOWN_TOPIC_ID);
 }
+
+/// DescribeTopicPartitions pages by partitions with a cursor; ListConfigResources lists
+/// topics and brokers; DeleteGroups forgets an empty group's offsets and refuses an
+/// unknown group.
+#[test]
+fn given_admin_apis_of_kafka_4_should_page_topics_list_resources_and_delete_groups() {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{
+        DeleteGroupsRequest, DeleteGroupsResponse, DescribeTopicPartitionsRequest,
+        DescribeTopicPartitionsResponse, GroupId, ListConfigResourcesRequest,
+        ListConfigResourcesResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+        OffsetFetchResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    wire::create_topic(&broker.addr, "paged", 3);
+    wire::create_topic(&broker.addr, "zeta", 1);
+    let mut stream = connect(&broker.addr);
+
+    // Two partitions per page: paged/0-1, then paged/2 and zeta/0.
+    let page =
+        |stream: &mut TcpStream, cursor: Option<Cursor>| -> DescribeTopicPartitionsResponse {
+            wire::call(
+                stream,
+                ApiKey::DescribeTopicPartitions,
+                0,
+                &DescribeTopicPartitionsRequest::default()
+                    .with_topics(vec![
+                        TopicRequest::default().with_name(name("zeta")),
+                        TopicRequest::default().with_name(name("paged")),
+                    ])
+                    .with_response_partition_limit(2)
+                    .with_cursor(cursor),
+            )
+        };
+    let first = page(&mut stream, None);
+    assert_eq!(first.topics.len(), 1);
+    assert_eq!(first.topics[0].name.as_ref().unwrap().0.as_str(), "paged");
+    let indexes: Vec<i32> = first.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.partition_index)
+        .collect();
+    assert_eq!(indexes, vec![0, 1]);
+    assert!(!first.topics[0].topic_id.is_nil());
+    let cursor = first.next_cursor.expect("more partitions follow");
+    assert_eq!(
+        (cursor.topic_name.0.as_str(), cursor.partition_index),
+        ("paged", 2)
+    );
+    let second = page(
+        &mut stream,
+        Some(
+            Cursor::default()
+                .with_topic_name(cursor.topic_name)
+                .with_partition_index(cursor.partition_index),
+        ),
+    );
+    let seen: Vec<(String, i32)> = second
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let n = t.name.as_ref().unwrap().0.to_string();
+            t.partitions
+                .iter()
+                .map(move |p| (n.clone(), p.partition_index))
+        })
+        .collect();
+    assert_eq!(seen, vec![("paged".to_owned(), 2), ("zeta".to_owned(), 0)]);
+    assert!(second.next_cursor.is_none());
+
+    let listed: ListConfigResourcesResponse = wire::call(
+        &mut stream,
+        ApiKey::ListConfigResources,
+        1,
+        &ListConfigResourcesRequest::default(),
+    );
+    let mut resources: Vec<(i8, String)> = listed
+        .config_resources
+        .iter()
+        .map(|r| (r.resource_type, r.resource_name.to_string()))
+        .collect();
+    resources.sort();
+    assert_eq!(
+        resources,
+        vec![(2, "paged".into()), (2, "zeta".into()), (4, "0".into())]
+    );
+
+    // A standalone committer's group (no members): deleted with its offsets.
+    let committed: OffsetCommitResponse = wire::call(
+        &mut stream,
+        ApiKey::OffsetCommit,
+        2,
+        &OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("gone")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(name("paged"))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(7),
+                    ]),
+            ]),
+    );
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+    let deleted: DeleteGroupsResponse = wire::call(
+        &mut stream,
+        ApiKey::DeleteGroups,
+        2,
+        &DeleteGroupsRequest::default().with_groups_names(vec![
+            GroupId(StrBytes::from_static_str("gone")),
+            GroupId(StrBytes::from_static_str("never-was")),
+        ]),
+    );
+    let codes: Vec<i16> = deleted.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(codes, vec![0, 69], "NONE, then GROUP_ID_NOT_FOUND");
+    let fetched: OffsetFetchResponse = wire::call(
+        &mut stream,
+        ApiKey::OffsetFetch,
+        5,
+        &OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("gone")))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(name("paged"))
+                    .with_partition_indexes(vec![0]),
+            ])),
+    );
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, -1);
+}

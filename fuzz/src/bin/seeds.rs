@@ -322,7 +322,10 @@ fn reencode(key: ApiKey, version: i16, body: &RequestBody) -> Option<Vec<u8>> {
         InitProducerId,
         OffsetForLeaderEpoch,
         ElectLeaders,
-        DescribeCluster
+        DescribeCluster,
+        DeleteGroups,
+        DescribeTopicPartitions,
+        ListConfigResources
     );
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -399,6 +402,9 @@ fn default_body(key: ApiKey) -> Option<RequestBody> {
         InitProducerId,
         OffsetForLeaderEpoch,
         ElectLeaders,
-        DescribeCluster
+        DescribeCluster,
+        DeleteGroups,
+        DescribeTopicPartitions,
+        ListConfigResources
     )
 }

@@ -28,6 +28,7 @@ pub mod error_code {
     pub const INVALID_SESSION_TIMEOUT: i16 = 26;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
@@ -88,11 +89,18 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     // ListGroups v4 filters by state, v5 by type; both flexible, as DescribeGroups v5.
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
+    // v2 flexible.
+    (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::InitProducerId, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::ElectLeaders, 0, 2),
     // v1 endpoint type, v2 fenced brokers on request.
     (ApiKey::DescribeCluster, 0, 2),
+    // Metadata's topic part, paged by partitions (KIP-966); what Kafka's admin client
+    // describes topics with.
+    (ApiKey::DescribeTopicPartitions, 0, 0),
+    // What DescribeConfigs can describe (KIP-1142); v0 lists client-metrics resources.
+    (ApiKey::ListConfigResources, 0, 1),
 ];
 
 /// The lowest Produce version we accept (record batch v2 needs 3; the `kafka-protocol`
@@ -311,6 +319,9 @@ request_bodies! {
     OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
     ElectLeaders => ElectLeadersRequest,
     DescribeCluster => DescribeClusterRequest,
+    DeleteGroups => DeleteGroupsRequest,
+    DescribeTopicPartitions => DescribeTopicPartitionsRequest,
+    ListConfigResources => ListConfigResourcesRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.

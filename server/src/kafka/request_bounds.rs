@@ -31,12 +31,16 @@ enum F {
     Array(&'static [(i16, F)]),
     /// An i32 count, then i32 elements.
     I32Array,
+    /// A count, then i8 elements.
+    I8Array,
     /// An i32 count, then strings.
     StrArray,
     /// 16 bytes (a topic id).
     Uuid,
     /// A field that versions after the given one no longer carry.
     Until(i16, &'static F),
+    /// A nullable struct: an i8 (1 present, else null), then the struct.
+    OptStruct(&'static [(i16, F)]),
 }
 
 const ALL: i16 = 0;
@@ -174,6 +178,17 @@ const OFFSET_FETCH: &[(i16, F)] = &[
     (7, F::I8),
 ];
 const DESCRIBE_GROUPS: &[(i16, F)] = &[(ALL, F::StrArray), (3, F::I8)];
+const DELETE_GROUPS: &[(i16, F)] = &[(ALL, F::StrArray)];
+// v1: the resource types, an array of i8.
+const LIST_CONFIG_RESOURCES: &[(i16, F)] = &[(1, F::I8Array)];
+
+const TOPIC_REQUEST: &[(i16, F)] = &[(ALL, F::Str)];
+const CURSOR: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32)];
+const DESCRIBE_TOPIC_PARTITIONS: &[(i16, F)] = &[
+    (ALL, F::Array(TOPIC_REQUEST)),
+    (ALL, F::I32),
+    (ALL, F::OptStruct(CURSOR)),
+];
 const LIST_GROUPS: &[(i16, F)] = &[(4, F::StrArray), (5, F::StrArray)];
 // v0-3: one key; v4 on: the key type, then a batch of keys (KIP-699).
 const FIND_COORDINATOR_V4: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::StrArray)];
@@ -197,6 +212,9 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
         ApiKey::OffsetCommit => OFFSET_COMMIT_V2,
         ApiKey::OffsetFetch => OFFSET_FETCH,
         ApiKey::DescribeGroups => DESCRIBE_GROUPS,
+        ApiKey::DeleteGroups => DELETE_GROUPS,
+        ApiKey::DescribeTopicPartitions => DESCRIBE_TOPIC_PARTITIONS,
+        ApiKey::ListConfigResources => LIST_CONFIG_RESOURCES,
         ApiKey::ListGroups => LIST_GROUPS,
         ApiKey::FindCoordinator if version >= 4 => FIND_COORDINATOR_V4,
         ApiKey::Produce => PRODUCE,
@@ -216,11 +234,12 @@ fn field_min_bytes(field: &F, version: i16, flexible: bool) -> usize {
     match field {
         F::I8 => 1,
         // Compact lengths and counts are unsigned varints: one byte at least.
-        F::Str | F::Bytes | F::Array(_) | F::I32Array | F::StrArray if flexible => 1,
+        F::Str | F::Bytes | F::Array(_) | F::I32Array | F::I8Array | F::StrArray if flexible => 1,
         F::I16 | F::Str => 2,
-        F::I32 | F::Bytes | F::Array(_) | F::I32Array | F::StrArray => 4,
+        F::I32 | F::Bytes | F::Array(_) | F::I32Array | F::I8Array | F::StrArray => 4,
         F::I64 => 8,
         F::Uuid => 16,
+        F::OptStruct(_) => 1,
         F::Until(last, inner) if version <= *last => field_min_bytes(inner, version, flexible),
         F::Until(..) => 0,
     }
@@ -366,6 +385,11 @@ impl Walker<'_> {
                 }
             }
             F::Uuid => drop(self.take(16)?),
+            F::OptStruct(layout) => {
+                if self.take(1)?[0] == 1 {
+                    self.walk(layout, version)?;
+                }
+            }
             F::I8 => drop(self.take(1)?),
             F::I16 => drop(self.take(2)?),
             F::I32 => drop(self.take(4)?),
@@ -383,6 +407,10 @@ impl Walker<'_> {
             F::I32Array => {
                 let n = self.count(4)?;
                 self.take(n * 4)?;
+            }
+            F::I8Array => {
+                let n = self.count(1)?;
+                self.take(n)?;
             }
             F::StrArray => {
                 let n = self.count(if self.flexible { 1 } else { 2 })?;
@@ -988,6 +1016,54 @@ mod tests {
                                     ]);
                                 2
                             ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::DeleteGroups,
+                0..=2,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::DeleteGroupsRequest;
+                    encoded(
+                        &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g")); 2]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::DescribeTopicPartitions,
+                0..=0,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::DescribeTopicPartitionsRequest;
+                    use kafka_protocol::messages::describe_topic_partitions_request::{
+                        Cursor, TopicRequest,
+                    };
+                    encoded(
+                        &DescribeTopicPartitionsRequest::default()
+                            .with_topics(vec![TopicRequest::default().with_name(name()); 2])
+                            .with_response_partition_limit(10)
+                            .with_cursor(Some(
+                                Cursor::default()
+                                    .with_topic_name(name())
+                                    .with_partition_index(3),
+                            )),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::ListConfigResources,
+                0..=1,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::ListConfigResourcesRequest;
+                    let request = ListConfigResourcesRequest::default();
+                    encoded(
+                        &if v >= 1 {
+                            request.with_resource_types(vec![2, 4])
+                        } else {
+                            request
+                        },
                         v,
                     )
                 }),

@@ -544,6 +544,21 @@ impl Coordinator {
         });
     }
 
+    /// DeleteGroups for the membership side: refused while the group has members
+    /// (NON_EMPTY_GROUP); otherwise forgotten. Whether the group was known here.
+    pub fn delete(&mut self, group_id: &str) -> Result<bool, i16> {
+        match self.groups.get(group_id) {
+            None => Ok(false),
+            Some(g) if !g.members.is_empty() || !g.pending.is_empty() => {
+                Err(crate::kafka::protocol::error_code::NON_EMPTY_GROUP)
+            }
+            Some(_) => {
+                self.groups.remove(group_id);
+                Ok(true)
+            }
+        }
+    }
+
     pub fn list(&self) -> Vec<(String, String, GroupState)> {
         let mut out: Vec<_> = self
             .groups

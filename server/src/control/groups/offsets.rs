@@ -263,6 +263,19 @@ impl OffsetStore {
         self.compact()
     }
 
+    /// Drops every committed offset of a deleted group (rewriting the log); whether it
+    /// had any.
+    pub fn forget_group(&mut self, group: &str) -> io::Result<bool> {
+        let before = self.entries.len();
+        self.entries.retain(|(g, _, _), _| g != group);
+        if self.entries.len() == before {
+            return Ok(false);
+        }
+        self.live_bytes = self.entries.iter().map(|(k, c)| encoded_len(k, c)).sum();
+        self.compact()?;
+        Ok(true)
+    }
+
     pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<&Committed> {
         self.entries
             .get(&(group.to_owned(), topic.to_owned(), partition))

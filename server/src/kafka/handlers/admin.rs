@@ -1,5 +1,5 @@
-//! CreateTopics (v2-7), DeleteTopics (v1-6), DescribeConfigs (v1-4) and DescribeCluster
-//! (v0-2).
+//! CreateTopics (v2-7), DeleteTopics (v1-6), DescribeConfigs (v1-4), DescribeCluster
+//! (v0-2) and ListConfigResources (v0-1).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -333,11 +333,17 @@ pub fn describe_configs(
                     .into_iter()
                     .filter(|(key, _, _)| wanted(key))
                     .map(|(key, value, source)| {
-                        DescribeConfigsResourceResult::default()
+                        let entry = DescribeConfigsResourceResult::default()
                             .with_name(str_bytes(&key))
                             .with_value(Some(str_bytes(&value)))
                             .with_read_only(resource.resource_type == RESOURCE_BROKER)
-                            .with_config_source(source)
+                            .with_config_source(source);
+                        // The value's type exists from v3 on.
+                        if request.version >= 3 {
+                            entry.with_config_type(config_type(&key))
+                        } else {
+                            entry
+                        }
                     })
                     .collect(),
             ),
@@ -347,6 +353,40 @@ pub fn describe_configs(
         });
     }
     request.respond(&DescribeConfigsResponse::default().with_results(results))
+}
+
+/// Kafka's `ConfigType` codes (DescribeConfigs v3+).
+mod config_type {
+    pub const BOOLEAN: i8 = 1;
+    pub const STRING: i8 = 2;
+    pub const INT: i8 = 3;
+    pub const LONG: i8 = 5;
+    pub const LIST: i8 = 7;
+}
+
+/// The type of a config we report, as Kafka declares it.
+fn config_type(key: &str) -> i8 {
+    match key {
+        "retention.ms"
+        | "retention.bytes"
+        | "segment.ms"
+        | "log.retention.ms"
+        | "log.retention.bytes"
+        | "replica.lag.time.max.ms" => config_type::LONG,
+        "segment.bytes"
+        | "max.message.bytes"
+        | "min.insync.replicas"
+        | "broker.id"
+        | "node.id"
+        | "message.max.bytes"
+        | "socket.request.max.bytes"
+        | "num.partitions"
+        | "default.replication.factor"
+        | "log.segment.bytes" => config_type::INT,
+        "cleanup.policy" | "listeners" | "advertised.listeners" | "log.dirs" => config_type::LIST,
+        "auto.create.topics.enable" => config_type::BOOLEAN,
+        _ => config_type::STRING,
+    }
 }
 
 /// (name, value, source) of a topic's configs: its overrides, else the broker's values.
@@ -488,4 +528,48 @@ pub fn describe_cluster(
         response = response.with_cluster_authorized_operations(CLUSTER_OPERATIONS);
     }
     request.respond(&response)
+}
+
+/// ListConfigResources (API 74, KIP-1142): the resources DescribeConfigs can describe.
+/// v0 (formerly ListClientMetricsResources) lists client-metrics subscriptions, of which
+/// there are none here; v1 lists the types asked for (all when none are): every topic
+/// and every registered broker. Broker loggers, client metrics and group configs do not
+/// exist here, so asking for them lists nothing.
+pub fn list_config_resources(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::ListConfigResourcesRequest;
+    use kafka_protocol::messages::list_config_resources_response::{
+        ConfigResource, ListConfigResourcesResponse,
+    };
+    /// Kafka's `ConfigResource.Type` codes of v1.
+    const KNOWN_TYPES: &[i8] = &[RESOURCE_TOPIC, RESOURCE_BROKER, 8, 16, 32];
+    let req: ListConfigResourcesRequest = request.decode("ListConfigResources request")?;
+    let response = ListConfigResourcesResponse::default();
+    if request.version == 0 {
+        return request.respond(&response);
+    }
+    if let Some(unknown) = req.resource_types.iter().find(|t| !KNOWN_TYPES.contains(t)) {
+        tracing::debug!(resource_type = unknown, "unknown config resource type");
+        return request.respond(&response.with_error_code(error_code::INVALID_REQUEST));
+    }
+    let wanted = |t: i8| req.resource_types.is_empty() || req.resource_types.contains(&t);
+    let metadata = shard.shared.controller.view().current();
+    let mut resources = Vec::new();
+    if wanted(RESOURCE_TOPIC) {
+        resources.extend(metadata.topics.keys().map(|name| {
+            ConfigResource::default()
+                .with_resource_name(str_bytes(name))
+                .with_resource_type(RESOURCE_TOPIC)
+        }));
+    }
+    if wanted(RESOURCE_BROKER) {
+        resources.extend(metadata.brokers.keys().map(|id| {
+            ConfigResource::default()
+                .with_resource_name(str_bytes(&id.to_string()))
+                .with_resource_type(RESOURCE_BROKER)
+        }));
+    }
+    request.respond(&response.with_config_resources(resources))
 }

@@ -1,5 +1,6 @@
 //! Group membership APIs: FindCoordinator (0-4), JoinGroup (0-9), SyncGroup (0-5),
-//! Heartbeat (0-4), LeaveGroup (0-5), ListGroups (0-5), DescribeGroups (0-5); from
+//! Heartbeat (0-4), LeaveGroup (0-5), ListGroups (0-5), DescribeGroups (0-5),
+//! DeleteGroups (0-2); from
 //! FindCoordinator v3, JoinGroup v6, SyncGroup v4, Heartbeat v4, LeaveGroup v4, ListGroups
 //! v3 and DescribeGroups v5 on, the flexible encodings (KIP-482). Every broker
 //! coordinates the groups its clients ask it about (groups move to a replicated offsets
@@ -324,4 +325,47 @@ pub fn describe_groups(
         .collect();
     drop(coordinator);
     request.respond(&DescribeGroupsResponse::default().with_groups(groups))
+}
+
+/// DeleteGroups: an empty group (no members) is forgotten with its committed offsets;
+/// one with members is refused (NON_EMPTY_GROUP), an unknown one is GROUP_ID_NOT_FOUND.
+pub fn delete_groups(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::DeleteGroupsRequest;
+    use kafka_protocol::messages::delete_groups_response::{
+        DeletableGroupResult, DeleteGroupsResponse,
+    };
+    let req: DeleteGroupsRequest = request.decode("DeleteGroups request")?;
+    let results = req
+        .groups_names
+        .iter()
+        .map(|id| {
+            let group = id.0.as_str();
+            // Membership first, then the offsets, under the coordinator's lock: no member
+            // can join between the check and the deletion (no path holds the offsets lock
+            // while it takes the coordinator's).
+            let mut coordinator = shard.shared.groups();
+            let code = match coordinator.delete(group) {
+                Err(code) => code,
+                Ok(had_members_state) => match shard.shared.offsets().forget_group(group) {
+                    Ok(had_offsets) if had_offsets || had_members_state => error_code::NONE,
+                    Ok(_) => error_code::GROUP_ID_NOT_FOUND,
+                    Err(e) => {
+                        tracing::error!(group, error = %e, "cannot forget a deleted group's offsets");
+                        error_code::KAFKA_STORAGE_ERROR
+                    }
+                },
+            };
+            drop(coordinator);
+            if code == error_code::NONE {
+                tracing::info!(group, "deleted group");
+            }
+            DeletableGroupResult::default()
+                .with_group_id(id.clone())
+                .with_error_code(code)
+        })
+        .collect();
+    request.respond(&DeleteGroupsResponse::default().with_results(results))
 }

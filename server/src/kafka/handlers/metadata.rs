@@ -227,3 +227,107 @@ fn topic_entry(
         }
     }
 }
+
+/// The most partitions one DescribeTopicPartitions response carries (Kafka's
+/// `max.request.partition.size.limit` default); a smaller limit in the request wins.
+const DESCRIBE_PARTITIONS_MAX: usize = 2000;
+
+/// DescribeTopicPartitions (API 75): the topics asked for (all, by name, when none are
+/// named), from the cursor on, with at most the partition limit; `next_cursor` says where
+/// the next page starts. Topics are never created here.
+pub fn describe_topic_partitions(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::DescribeTopicPartitionsRequest;
+    use kafka_protocol::messages::describe_topic_partitions_response::{
+        Cursor, DescribeTopicPartitionsResponse, DescribeTopicPartitionsResponsePartition,
+        DescribeTopicPartitionsResponseTopic,
+    };
+    let req: DescribeTopicPartitionsRequest = request.decode("DescribeTopicPartitions request")?;
+    let metadata = shard.shared.controller.view().current();
+    let mut names: Vec<String> = if req.topics.is_empty() {
+        metadata.topics.keys().cloned().collect()
+    } else {
+        req.topics.iter().map(|t| t.name.0.to_string()).collect()
+    };
+    names.sort();
+    names.dedup();
+    let (start_topic, start_partition) = match &req.cursor {
+        Some(c) => (Some(c.topic_name.0.to_string()), c.partition_index.max(0)),
+        None => (None, 0),
+    };
+    let limit = usize::try_from(req.response_partition_limit)
+        .unwrap_or(0)
+        .clamp(1, DESCRIBE_PARTITIONS_MAX);
+    let me = shard.shared.node_id();
+    let mut left = limit;
+    let mut topics = Vec::new();
+    let mut next_cursor = None;
+    for name in names {
+        if start_topic.as_ref().is_some_and(|start| name < *start) {
+            continue;
+        }
+        let first = if start_topic.as_deref() == Some(name.as_str()) {
+            start_partition
+        } else {
+            0
+        };
+        if left == 0 {
+            next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(TopicName(str_bytes(&name)))
+                    .with_partition_index(first),
+            );
+            break;
+        }
+        let found = metadata
+            .topics
+            .get(&name)
+            .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION);
+        let entry = topic_entry(&name, found, &metadata, &shard.shared.storage, me);
+        let mut topic = DescribeTopicPartitionsResponseTopic::default()
+            .with_error_code(entry.error_code)
+            .with_name(Some(TopicName(str_bytes(&name))))
+            .with_topic_id(entry.topic_id);
+        let mut partitions = Vec::new();
+        for p in entry
+            .partitions
+            .into_iter()
+            .filter(|p| p.partition_index >= first)
+        {
+            if left == 0 {
+                next_cursor = Some(
+                    Cursor::default()
+                        .with_topic_name(TopicName(str_bytes(&name)))
+                        .with_partition_index(p.partition_index),
+                );
+                break;
+            }
+            left -= 1;
+            partitions.push(
+                DescribeTopicPartitionsResponsePartition::default()
+                    .with_error_code(p.error_code)
+                    .with_partition_index(p.partition_index)
+                    .with_leader_id(p.leader_id)
+                    .with_leader_epoch(p.leader_epoch)
+                    .with_replica_nodes(p.replica_nodes)
+                    .with_isr_nodes(p.isr_nodes)
+                    // No eligible leader replicas (KIP-966's ELR) are kept: null.
+                    .with_eligible_leader_replicas(None)
+                    .with_last_known_elr(None)
+                    .with_offline_replicas(p.offline_replicas),
+            );
+        }
+        topic = topic.with_partitions(partitions);
+        topics.push(topic);
+        if next_cursor.is_some() {
+            break;
+        }
+    }
+    request.respond(
+        &DescribeTopicPartitionsResponse::default()
+            .with_topics(topics)
+            .with_next_cursor(next_cursor),
+    )
+}

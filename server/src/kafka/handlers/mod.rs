@@ -62,6 +62,7 @@ pub async fn handle(
     match request.key {
         ApiKey::ApiVersions => api_versions::handle(request),
         ApiKey::Metadata => metadata::handle(shard, request).await,
+        ApiKey::DescribeTopicPartitions => metadata::describe_topic_partitions(shard, request),
         ApiKey::Produce => produce::handle(shard, request).await,
         ApiKey::Fetch => fetch::handle(shard, request).await,
         ApiKey::ListOffsets => list_offsets::handle(shard, request).await,
@@ -77,10 +78,12 @@ pub async fn handle(
         ApiKey::OffsetFetch => offsets::offset_fetch(shard, request),
         ApiKey::ListGroups => groups::list_groups(shard, request),
         ApiKey::DescribeGroups => groups::describe_groups(shard, request),
+        ApiKey::DeleteGroups => groups::delete_groups(shard, request),
         ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(shard, request).await,
         ApiKey::ElectLeaders => elect_leaders::handle(shard, request).await,
         ApiKey::DescribeCluster => admin::describe_cluster(shard, request),
+        ApiKey::ListConfigResources => admin::list_config_resources(shard, request),
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
             what: "request",
