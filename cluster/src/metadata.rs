@@ -157,6 +157,17 @@ pub enum Command {
         partition: i32,
         leader_epoch: i32,
     },
+    /// The topic grows to `count` partitions (Kafka's CreatePartitions): the new ones get
+    /// replicas on live brokers as a new topic's would, at the topic's replication
+    /// factor, or those of `assignments` (one list per new partition, its first the
+    /// leader). Applied only to the topic with this id; partitions are never removed.
+    CreatePartitions {
+        topic: String,
+        topic_id: u128,
+        count: i32,
+        #[serde(default)]
+        assignments: Option<Vec<Vec<BrokerId>>>,
+    },
 }
 
 /// What applying a command produced.
@@ -184,6 +195,10 @@ pub enum Applied {
     PreferredLeaderElected {
         leader_epoch: i32,
     },
+    /// The topic has this many partitions now.
+    PartitionsCreated {
+        count: i32,
+    },
 }
 
 /// Why a command was refused. Each maps to one Kafka error code in the server.
@@ -197,6 +212,8 @@ pub enum MetadataError {
     InvalidReplicationFactor { requested: i16, live: usize },
     #[error("partition count {0} is out of range 1..={PARTITIONS_PER_TOPIC_MAX}")]
     InvalidPartitions(i32),
+    #[error("invalid replica assignment: {0}")]
+    InvalidAssignment(String),
     #[error("broker {0} is not registered, or with another incarnation")]
     StaleBroker(BrokerId),
     #[error("invalid broker registration: {0}")]
@@ -306,7 +323,83 @@ impl Metadata {
                 partition,
                 leader_epoch,
             } => self.elect_preferred(topic, *topic_id, *partition, *leader_epoch),
+            Command::CreatePartitions {
+                topic,
+                topic_id,
+                count,
+                assignments,
+            } => self.create_partitions(topic, *topic_id, *count, assignments.as_deref()),
         }
+    }
+
+    fn create_partitions(
+        &mut self,
+        name: &str,
+        topic_id: u128,
+        count: i32,
+        assignments: Option<&[Vec<BrokerId>]>,
+    ) -> ApplyResult {
+        let live = self.live_brokers();
+        let cursor = self.placement_cursor;
+        let topic = self
+            .topics
+            .get_mut(name)
+            .filter(|t| t.topic_id == topic_id)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_owned()))?;
+        let have = topic.partitions.len();
+        let wanted = usize::try_from(count).unwrap_or(0);
+        if wanted <= have || !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&count) {
+            return Err(MetadataError::InvalidPartitions(count));
+        }
+        let rf = topic.replication_factor();
+        if rf == 0 || rf > live.len() {
+            return Err(MetadataError::InvalidReplicationFactor {
+                requested: i16::try_from(rf).unwrap_or(i16::MAX),
+                live: live.len(),
+            });
+        }
+        let new: Vec<Vec<BrokerId>> = match assignments {
+            // Each new partition on `rf` distinct live brokers.
+            Some(lists) => {
+                if lists.len() != wanted - have {
+                    return Err(MetadataError::InvalidAssignment(format!(
+                        "{} assignments for {} new partitions",
+                        lists.len(),
+                        wanted - have
+                    )));
+                }
+                for list in lists {
+                    let distinct: std::collections::BTreeSet<_> = list.iter().collect();
+                    if list.len() != rf
+                        || distinct.len() != rf
+                        || list.iter().any(|id| !live.contains(id))
+                    {
+                        return Err(MetadataError::InvalidAssignment(format!(
+                            "replicas {list:?}: the topic needs {rf} distinct live brokers of {live:?}"
+                        )));
+                    }
+                }
+                lists.to_vec()
+            }
+            // Placed as if the topic were created with `count` partitions; the new ones
+            // take the tail.
+            None => placement::assign(&live, count, rf, cursor)
+                .into_iter()
+                .skip(have)
+                .collect(),
+        };
+        topic
+            .partitions
+            .extend(new.into_iter().map(|replicas| PartitionRecord {
+                leader: replicas[0],
+                // New replicas are empty, so every one is in sync.
+                isr: replicas.clone(),
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }));
+        self.placement_cursor = self.placement_cursor.wrapping_add(1);
+        Ok(Applied::PartitionsCreated { count })
     }
 
     fn elect_preferred(
@@ -674,6 +767,80 @@ mod tests {
             *leaders.entry(p.leader).or_insert(0) += 1;
         }
         assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn given_a_topic_when_growing_it_should_add_placed_partitions_and_keep_the_old_ones() {
+        let mut m = three_brokers();
+        create(&mut m, "grow", 2, 2).unwrap();
+        let before = m.topics["grow"].clone();
+        let id = before.topic_id;
+        let grow = |m: &mut Metadata, topic_id, count| {
+            m.apply(
+                &Command::CreatePartitions {
+                    topic: "grow".into(),
+                    topic_id,
+                    count,
+                    assignments: None,
+                },
+                0,
+            )
+        };
+        assert_eq!(
+            grow(&mut m, id, 5),
+            Ok(Applied::PartitionsCreated { count: 5 })
+        );
+        let t = &m.topics["grow"];
+        assert_eq!(t.partitions.len(), 5);
+        assert_eq!(t.partitions[..2], before.partitions[..]);
+        for p in &t.partitions[2..] {
+            assert_eq!(p.replicas.len(), 2, "the topic's replication factor");
+            assert_eq!((p.leader, p.leader_epoch), (p.replicas[0], 0));
+            assert_eq!(p.isr, p.replicas);
+        }
+        // Never fewer or as many; never another topic of the same name.
+        assert_eq!(
+            grow(&mut m, id, 5),
+            Err(MetadataError::InvalidPartitions(5))
+        );
+        assert_eq!(
+            grow(&mut m, id, 3),
+            Err(MetadataError::InvalidPartitions(3))
+        );
+        assert!(matches!(
+            grow(&mut m, id + 1, 9),
+            Err(MetadataError::UnknownTopic(_))
+        ));
+        assert_eq!(m.topics["grow"].partitions.len(), 5);
+        // Assigned by hand: one list per new partition, rf distinct live brokers each.
+        let assigned = |m: &mut Metadata, lists: Vec<Vec<BrokerId>>| {
+            m.apply(
+                &Command::CreatePartitions {
+                    topic: "grow".into(),
+                    topic_id: id,
+                    count: 5 + lists.len().max(1) as i32,
+                    assignments: Some(lists),
+                },
+                0,
+            )
+        };
+        for bad in [vec![vec![0]], vec![vec![1, 1]], vec![vec![0, 7]]] {
+            assert!(
+                matches!(
+                    assigned(&mut m, bad.clone()),
+                    Err(MetadataError::InvalidAssignment(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(assigned(&mut m, vec![vec![2, 0], vec![1, 2]]).is_ok());
+        let t = &m.topics["grow"];
+        assert_eq!(t.partitions.len(), 7);
+        assert_eq!(
+            (t.partitions[5].leader, &t.partitions[5].replicas),
+            (2, &vec![2, 0])
+        );
+        assert_eq!(t.partitions[6].replicas, vec![1, 2]);
     }
 
     #[test]

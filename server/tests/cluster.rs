@@ -981,3 +981,114 @@ fn given_a_follower_away_while_the_leaders_retention_passed_its_log_end_should_s
         .unwrap();
     assert!(first_base > 10, "the follower's log starts at {first_base}");
 }
+
+/// CreatePartitions on three brokers: an RF-3 topic grows from 2 to 4 partitions through
+/// a broker that is not the controller's leader necessarily; every broker opens the new
+/// partitions' replicas, acks=all writes to them are replicated to a full ISR, and they
+/// survive the kill -9 of their leader.
+#[test]
+fn given_a_grown_rf3_topic_should_replicate_its_new_partitions_and_keep_them_through_a_kill_9() {
+    use rdkafka::admin::NewPartitions;
+    let mut cluster = start_cluster();
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
+    let listed = wire::wait_until(TIMEOUT, || {
+        addrs
+            .iter()
+            .all(|a| broker_ids(&metadata(a, None)) == BTreeSet::from([1, 2, 3]))
+    });
+    assert!(listed.is_some());
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let created = block_on(admin(&addrs[0]).create_topics(
+        &[NewTopic::new("grown", 2, TopicReplication::Fixed(3))],
+        &options,
+    ))
+    .unwrap();
+    assert_eq!(created[0], Ok("grown".to_owned()));
+    let grown =
+        block_on(admin(&addrs[1]).create_partitions(&[NewPartitions::new("grown", 4)], &options))
+            .unwrap();
+    assert_eq!(grown[0], Ok("grown".to_owned()));
+    // Fewer partitions than it has: refused.
+    let shrunk =
+        block_on(admin(&addrs[1]).create_partitions(&[NewPartitions::new("grown", 3)], &options))
+            .unwrap();
+    assert!(shrunk[0].is_err(), "{shrunk:?}");
+
+    // Every broker sees four partitions, the new ones with three replicas all in sync.
+    for addr in &addrs {
+        let seen = wire::wait_until(TIMEOUT, || {
+            let m = metadata(addr, Some(&["grown"]));
+            m.topics[0].partitions.len() == 4
+                && m.topics[0]
+                    .partitions
+                    .iter()
+                    .all(|p| p.isr_nodes.len() == 3)
+        });
+        assert!(
+            seen.is_some(),
+            "{addr}: {:?}",
+            metadata(addr, Some(&["grown"]))
+        );
+    }
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addrs[2])
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let sent = 200;
+    for i in 0..sent {
+        let value = format!("grown-{i}");
+        block_on(
+            producer.send(
+                FutureRecord::<(), _>::to("grown")
+                    .partition(2 + i % 2)
+                    .payload(&value),
+                TIMEOUT,
+            ),
+        )
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    }
+    // The leader of partition 3 dies; what it acknowledged is on the new leader.
+    let m = metadata(&addrs[0], Some(&["grown"]));
+    let leader = m.topics[0].partitions[3].leader_id.0;
+    cluster.brokers[(leader - 1) as usize].kill9();
+    let survivor = addrs[(leader % 3) as usize].clone();
+    let moved = wire::wait_until(TIMEOUT, || {
+        let m = metadata(&survivor, Some(&["grown"]));
+        let p = &m.topics[0].partitions[3];
+        p.leader_id.0 >= 1 && p.leader_id.0 != leader
+    });
+    assert!(
+        moved.is_some(),
+        "partition 3 never moved off broker {leader}"
+    );
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &survivor)
+        .set("group.id", "grown-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 2..4 {
+        assignment
+            .add_partition_offset("grown", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut seen = BTreeSet::new();
+    wire::wait_until(TIMEOUT, || {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            seen.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+        seen.len() == sent as usize
+    });
+    assert_eq!(
+        seen.len(),
+        sent as usize,
+        "read back {} of {sent}",
+        seen.len()
+    );
+}

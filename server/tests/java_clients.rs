@@ -151,7 +151,8 @@ const GROUPS: &str = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
 /// Seed 004, sections 3 to 5, with Kafka 4's tools (`--bootstrap-server` where the seed,
 /// written for Kafka 2, says `--zookeeper` or `--broker-list`): create `army`, list and
 /// describe it, type three lines into the console producer, read them back in order with
-/// the console consumer `--from-beginning`, then see its group's offsets.
+/// the console consumer `--from-beginning`, then see its group's offsets; then grow it to
+/// three partitions with `kafka-topics --alter`.
 #[test]
 fn given_kafkas_own_tools_should_walk_through_seed_004_on_one_broker() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +247,36 @@ fn given_kafkas_own_tools_should_walk_through_seed_004_on_one_broker() {
         .split_whitespace()
         .collect();
     assert_eq!(&row[1..6], ["army", "0", "3", "3", "0"], "{groups}");
+
+    // Beyond the seed: more partitions for the topic (CreatePartitions).
+    tool(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            server,
+            "--alter",
+            "--topic",
+            "army",
+            "--partitions",
+            "3",
+        ],
+        None,
+    );
+    let described = tool(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            server,
+            "--describe",
+            "--topic",
+            "army",
+        ],
+        None,
+    );
+    assert!(
+        described.contains("PartitionCount: 3") && described.contains("Partition: 2"),
+        "{described}"
+    );
 }
 
 /// `Leader`, `Replicas` and `Isr` of partition 0 from `kafka-topics --describe`.

@@ -251,6 +251,43 @@ pub fn require_python_clients() -> PathBuf {
     python
 }
 
+/// `python3` with kafka-python and the tools its own test suite runs on (pytest 9.2.0,
+/// pytest-mock 3.17.0, pytest-timeout 2.4.0), installed with pip if missing.
+pub fn require_python_test_tools() -> PathBuf {
+    let python = require_python_clients();
+    let has_them = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import pytest, pytest_mock, pytest_timeout"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_them(&python) {
+        install_once("pip:pytest", || {
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--root-user-action=ignore",
+                    "pytest==9.2.0",
+                    "pytest-mock==3.17.0",
+                    "pytest-timeout==2.4.0",
+                ])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    }
+    assert!(
+        has_them(&python),
+        "pytest is not installed: run .ci/run, or `pip install pytest pytest-mock pytest-timeout`"
+    );
+    python
+}
+
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

@@ -53,6 +53,7 @@ fn local_meta(topic: &TopicRecord) -> TopicMeta {
         name: topic.name.clone(),
         partitions: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
         configs: topic.configs.clone(),
+        topic_id: topic.topic_id,
     }
 }
 
@@ -61,9 +62,24 @@ async fn apply(shard: &Rc<Shard>, metadata: &Metadata, caught_up: bool) {
     let registry = &shard.shared.registry;
     for topic in metadata.topics.values().filter(|t| hosted_here(t, me)) {
         let wanted = local_meta(topic);
+        // Held under another id (not recorded by brokers before topic ids were kept: 0),
+        // the topic was deleted and created again while this broker was away.
+        let same = |held: &TopicMeta| held.topic_id == wanted.topic_id || held.topic_id == 0;
         match registry.get(&topic.name) {
-            Some(held) if held.partitions == wanted.partitions => continue,
-            // Deleted and created again with another shape while this broker was away.
+            Some(held) if same(&held) && held.partitions == wanted.partitions => {
+                if held.topic_id == 0 {
+                    // Recorded before ids were kept: keep its id from now on.
+                    if let Err(e) = registry.update(wanted.clone()) {
+                        tracing::warn!(topic = %topic.name, error = %e, "cannot record the topic id");
+                    }
+                }
+                continue;
+            }
+            // Grown by CreatePartitions: open the new partitions, keep the others.
+            Some(held) if same(&held) && held.partitions < wanted.partitions => {
+                grow_local(shard, &wanted, held.partitions).await;
+                continue;
+            }
             Some(_) => delete_local(shard, &topic.name).await,
             None => {}
         }
@@ -97,6 +113,24 @@ async fn apply(shard: &Rc<Shard>, metadata: &Metadata, caught_up: bool) {
     }
 }
 
+async fn grow_local(shard: &Rc<Shard>, wanted: &TopicMeta, had: i32) {
+    if let Err(e) = shard.shared.registry.update(wanted.clone()) {
+        tracing::error!(topic = %wanted.name, error = %e, "cannot record a topic's new partitions");
+        return;
+    }
+    match shard.open_topic_everywhere(wanted).await {
+        Ok(()) => tracing::info!(
+            topic = %wanted.name,
+            from = had,
+            to = wanted.partitions,
+            "opened the topic's new partitions"
+        ),
+        Err(e) => {
+            tracing::error!(topic = %wanted.name, error = %e, "cannot open a topic's new partitions")
+        }
+    }
+}
+
 async fn delete_local(shard: &Rc<Shard>, name: &str) {
     if shard.shared.registry.delete(name).is_none() {
         return;
@@ -116,11 +150,21 @@ async fn delete_local(shard: &Rc<Shard>, name: &str) {
 /// Waits until a committed creation (`present`) or deletion of `name` is applied here:
 /// in this node's metadata view, and by the follower to its local partitions.
 pub async fn wait_applied(shard: &Shard, name: &str, present: bool) -> Result<(), i16> {
+    wait_applied_until(shard, name, |m| m.topics.contains_key(name) == present).await
+}
+
+/// Waits until the committed metadata satisfies `done` and this broker has applied it
+/// (its local partitions follow); `name` is the topic, for the log.
+pub async fn wait_applied_until(
+    shard: &Shard,
+    name: &str,
+    done: impl Fn(&Metadata) -> bool,
+) -> Result<(), i16> {
     let deadline = Instant::now() + APPLY_WAIT_MAX;
     let view = shard.shared.controller.view();
     loop {
         let (version, metadata) = view.versioned();
-        let committed = metadata.topics.contains_key(name) == present;
+        let committed = done(&metadata);
         let applied = shard
             .shared
             .metadata_applied
@@ -132,7 +176,6 @@ pub async fn wait_applied(shard: &Shard, name: &str, present: bool) -> Result<()
         if Instant::now() >= deadline {
             tracing::warn!(
                 topic = name,
-                present,
                 "committed topic change not applied here in time"
             );
             return Err(error_code::REQUEST_TIMED_OUT);
@@ -155,6 +198,9 @@ pub fn controller_error(e: &ControllerError) -> (i16, String) {
         }
         ControllerError::Refused(MetadataError::InvalidPartitions(_)) => {
             error_code::INVALID_PARTITIONS
+        }
+        ControllerError::Refused(MetadataError::InvalidAssignment(_)) => {
+            error_code::INVALID_REPLICA_ASSIGNMENT
         }
         ControllerError::Timeout(_) | ControllerError::Busy => error_code::REQUEST_TIMED_OUT,
         _ => error_code::UNKNOWN_SERVER_ERROR,

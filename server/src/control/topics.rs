@@ -36,6 +36,23 @@ pub struct TopicMeta {
     pub partitions: i32,
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
+    /// The id the controller gave the topic (0: recorded before ids were kept, or not
+    /// created yet). Kept as hex text: TOML integers stop at 64 bits.
+    #[serde(default, with = "hex_id")]
+    pub topic_id: u128,
+}
+
+mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{id:032x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(d)?;
+        u128::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,6 +127,7 @@ impl Registry {
                         name: tp.topic().to_owned(),
                         partitions: count,
                         configs: BTreeMap::new(),
+                        topic_id: 0,
                     };
                     topics.insert(meta.name.clone(), entry_for(meta));
                 }
@@ -184,6 +202,35 @@ impl Registry {
         self.store(&meta)?;
         self.write()
             .insert(meta.name.clone(), entry_for(meta.clone()));
+        Ok(meta)
+    }
+
+    /// Replaces a held topic's definition with one of as many partitions or more (a
+    /// topic grown by CreatePartitions, or its id recorded); the caller opens the new
+    /// partitions.
+    pub fn update(&self, meta: TopicMeta) -> Result<TopicMeta, TopicError> {
+        validate(&meta)?;
+        let _creating = self
+            .creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = self
+            .get(&meta.name)
+            .ok_or_else(|| TopicError::Storage(format!("topic {} is not held", meta.name)))?;
+        if meta.partitions < held.partitions {
+            return Err(TopicError::InvalidPartitions(meta.partitions));
+        }
+        self.store(&meta)?;
+        let mut topics = self.write();
+        if let Some(entry) = topics.get_mut(&meta.name) {
+            // Listeners on the old partitions keep their events.
+            let have = entry.data_events.len();
+            let wanted = usize::try_from(meta.partitions).unwrap_or(have);
+            entry
+                .data_events
+                .extend((have..wanted).map(|_| Arc::new(Event::new())));
+            entry.meta = meta.clone();
+        }
         Ok(meta)
     }
 
@@ -321,7 +368,46 @@ mod tests {
             name: name.into(),
             partitions,
             configs: BTreeMap::new(),
+            topic_id: 0,
         }
+    }
+
+    #[test]
+    fn a_grown_topic_keeps_its_id_and_old_events_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path(), 2).unwrap();
+        let id = (7u128 << 64) | 42;
+        r.create(TopicMeta {
+            topic_id: id,
+            ..meta("grow", 2)
+        })
+        .unwrap();
+        let old_event = r.data_event("grow", 1).unwrap();
+        assert_eq!(
+            r.update(meta("grow", 1)),
+            Err(TopicError::InvalidPartitions(1)),
+            "partitions are never removed"
+        );
+        r.update(TopicMeta {
+            topic_id: id,
+            ..meta("grow", 4)
+        })
+        .unwrap();
+        assert!(Arc::ptr_eq(&old_event, &r.data_event("grow", 1).unwrap()));
+        assert!(r.data_event("grow", 3).is_some());
+        drop(r);
+        let r = Registry::open(dir.path(), 2).unwrap();
+        let held = r.get("grow").unwrap();
+        assert_eq!((held.partitions, held.topic_id), (4, id));
+        // A definition written before ids were kept reads as id 0.
+        std::fs::write(
+            dir.path().join(TOPICS_DIR).join("old.toml"),
+            "name = \"old\"\npartitions = 1\n",
+        )
+        .unwrap();
+        drop(r);
+        let r = Registry::open(dir.path(), 2).unwrap();
+        assert_eq!(r.get("old").unwrap().topic_id, 0);
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     // v6 names topics by name or id.
     (ApiKey::DeleteTopics, 1, 6),
+    // Grows a topic (kafka-topics --alter --partitions); v2 flexible.
+    (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
     // v3 flexible; v4 batches keys (KIP-699).
     (ApiKey::FindCoordinator, 0, 4),
@@ -322,6 +324,7 @@ request_bodies! {
     DeleteGroups => DeleteGroupsRequest,
     DescribeTopicPartitions => DescribeTopicPartitionsRequest,
     ListConfigResources => ListConfigResourcesRequest,
+    CreatePartitions => CreatePartitionsRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.

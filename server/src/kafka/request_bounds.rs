@@ -127,6 +127,18 @@ const DELETE_TOPICS: &[(i16, F)] = &[
     (ALL, F::I32),
 ];
 
+const PARTITIONS_ASSIGNMENT: &[(i16, F)] = &[(ALL, F::I32Array)];
+const PARTITIONS_TOPIC: &[(i16, F)] = &[
+    (ALL, F::Str),
+    (ALL, F::I32),
+    (ALL, F::Array(PARTITIONS_ASSIGNMENT)),
+];
+const CREATE_PARTITIONS: &[(i16, F)] = &[
+    (ALL, F::Array(PARTITIONS_TOPIC)),
+    (ALL, F::I32),
+    (ALL, F::I8),
+];
+
 const DESCRIBE_CLUSTER: &[(i16, F)] = &[(ALL, F::I8), (1, F::I8), (2, F::I8)];
 
 const CONFIG_RESOURCE: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::Str), (ALL, F::StrArray)];
@@ -225,6 +237,7 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
         ApiKey::DescribeCluster => DESCRIBE_CLUSTER,
+        ApiKey::CreatePartitions => CREATE_PARTITIONS,
         _ => return None,
     })
 }

@@ -1,5 +1,5 @@
-//! CreateTopics (v2-7), DeleteTopics (v1-6), DescribeConfigs (v1-4), DescribeCluster
-//! (v0-2) and ListConfigResources (v0-1).
+//! CreateTopics (v2-7), DeleteTopics (v1-6), CreatePartitions (v0-3), DescribeConfigs
+//! (v1-4), DescribeCluster (v0-2) and ListConfigResources (v0-1).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -204,9 +204,105 @@ pub fn requested_topic(
             name: topic.name.0.to_string(),
             partitions,
             configs,
+            topic_id: 0,
         },
         replication_factor,
     ))
+}
+
+/// CreatePartitions: grows each topic to its new count through the controller, which
+/// places the new partitions' replicas as a new topic's (or as assigned); waits until
+/// this broker applied it. `validate_only` runs the controller's checks on a copy.
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::CreatePartitionsRequest;
+    use kafka_protocol::messages::create_partitions_response::{
+        CreatePartitionsResponse, CreatePartitionsTopicResult,
+    };
+    let req: CreatePartitionsRequest = request.decode("CreatePartitions request")?;
+    let mut results = Vec::with_capacity(req.topics.len());
+    for topic in &req.topics {
+        let name = topic.name.0.to_string();
+        let assignments = topic.assignments.as_ref().map(|lists| {
+            lists
+                .iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect()
+        });
+        let outcome = grow_topic(shard, &name, topic.count, assignments, req.validate_only).await;
+        let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        results.push(match outcome {
+            Ok(()) => result,
+            Err((code, message)) => {
+                tracing::debug!(topic = %name, code, %message, "create partitions refused");
+                result
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(&message)))
+            }
+        });
+    }
+    request.respond(&CreatePartitionsResponse::default().with_results(results))
+}
+
+async fn grow_topic(
+    shard: &Rc<Shard>,
+    name: &str,
+    count: i32,
+    assignments: Option<Vec<Vec<i32>>>,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    let metadata = shard.shared.controller.view().current();
+    let topic = metadata.topics.get(name).ok_or_else(|| {
+        (
+            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("unknown topic {name}"),
+        )
+    })?;
+    let have = topic.partitions.len();
+    if usize::try_from(count).unwrap_or(0) <= have {
+        return Err((
+            error_code::INVALID_PARTITIONS,
+            format!("topic {name} has {have} partitions; the new count {count} must be larger"),
+        ));
+    }
+    let command = cluster::Command::CreatePartitions {
+        topic: name.to_owned(),
+        topic_id: topic.topic_id,
+        count,
+        assignments,
+    };
+    if validate_only {
+        // The controller's own checks, on a copy of the committed metadata.
+        let mut copy = (*metadata).clone();
+        return copy
+            .apply(&command, 0)
+            .map(|_| ())
+            .map_err(|e| controller_error(&cluster::ControllerError::Refused(e)));
+    }
+    drop(metadata);
+    shard
+        .shared
+        .controller
+        .propose(command)
+        .await
+        .map_err(|e| controller_error(&e))?;
+    let wanted = usize::try_from(count).unwrap_or(usize::MAX);
+    crate::control::metadata_follower::wait_applied_until(shard, name, |m| {
+        m.topics
+            .get(name)
+            .is_some_and(|t| t.partitions.len() >= wanted)
+    })
+    .await
+    .map_err(|code| {
+        (
+            code,
+            format!("topic {name} grew but its new partitions are not open here yet"),
+        )
+    })?;
+    tracing::info!(topic = name, from = have, to = count, "created partitions");
+    Ok(())
 }
 
 pub async fn delete_topics(

@@ -141,6 +141,7 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<(), i16> {
         name: name.to_owned(),
         partitions: config.num_partitions,
         configs: Default::default(),
+        topic_id: 0,
     };
     match create_committed(shard, meta, config.default_replication_factor, false).await {
         Ok(_) => {

@@ -68,6 +68,7 @@ pub async fn handle(
         ApiKey::ListOffsets => list_offsets::handle(shard, request).await,
         ApiKey::CreateTopics => admin::create_topics(shard, request).await,
         ApiKey::DeleteTopics => admin::delete_topics(shard, request).await,
+        ApiKey::CreatePartitions => admin::create_partitions(shard, request).await,
         ApiKey::DescribeConfigs => admin::describe_configs(shard, request),
         ApiKey::FindCoordinator => groups::find_coordinator(shard, request),
         ApiKey::JoinGroup => groups::join_group(shard, request).await,
