@@ -314,9 +314,10 @@ pub fn describe_topic_partitions(
                     .with_leader_epoch(p.leader_epoch)
                     .with_replica_nodes(p.replica_nodes)
                     .with_isr_nodes(p.isr_nodes)
-                    // No eligible leader replicas (KIP-966's ELR) are kept: null.
-                    .with_eligible_leader_replicas(None)
-                    .with_last_known_elr(None)
+                    // No eligible leader replicas (KIP-966's ELR) are kept: empty, as
+                    // Kafka answers with ELR off (its tools read these as lists).
+                    .with_eligible_leader_replicas(Some(Vec::new()))
+                    .with_last_known_elr(Some(Vec::new()))
                     .with_offline_replicas(p.offline_replicas),
             );
         }
