@@ -32,14 +32,6 @@ const EXCLUDED: &[(&str, &str)] = &[
         "DeleteRecords is not served yet",
     ),
     (
-        "test_admin_integration.py::test_describe_log_dirs",
-        "DescribeLogDirs is not served yet",
-    ),
-    (
-        "test_admin_integration.py::test_alter_replica_log_dirs",
-        "one log directory per broker (no JBOD moves)",
-    ),
-    (
         "test_admin_integration.py::test_describe_metadata_quorum",
         "DescribeQuorum is not served yet",
     ),

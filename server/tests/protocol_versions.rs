@@ -68,6 +68,11 @@ fn fetch(
     wire::call(stream, ApiKey::Fetch, version, &request)
 }
 
+/// A partition's directory under the broker's data directory.
+fn dir_of(broker: &Broker, partition_dir: &str) -> std::path::PathBuf {
+    broker.data_dir.join(partition_dir)
+}
+
 fn metadata_by_id(stream: &mut TcpStream, id: Uuid) -> MetadataResponse {
     wire::call(
         stream,
@@ -224,6 +229,60 @@ fn given_flexible_versions_should_name_topics_by_id_and_tell_a_diverged_fetcher_
         &DescribeClusterRequest::default().with_endpoint_type(2),
     );
     assert_eq!(d.error_code, 114, "MISMATCHED_ENDPOINT_TYPE");
+
+    // DescribeLogDirs: the one log directory, this replica's size on disk, the file
+    // system's bytes; AlterReplicaLogDirs to it is a no-op, elsewhere LOG_DIR_NOT_FOUND.
+    {
+        use kafka_protocol::messages::alter_replica_log_dirs_request::{
+            AlterReplicaLogDir, AlterReplicaLogDirTopic,
+        };
+        use kafka_protocol::messages::{
+            AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse, DescribeLogDirsRequest,
+            DescribeLogDirsResponse,
+        };
+        let dirs: DescribeLogDirsResponse = wire::call(
+            &mut stream,
+            ApiKey::DescribeLogDirs,
+            4,
+            &DescribeLogDirsRequest::default().with_topics(None),
+        );
+        assert_eq!(dirs.results.len(), 1);
+        let dir = &dirs.results[0];
+        assert_eq!(dir.error_code, 0);
+        assert!(dir.total_bytes > 0 && dir.usable_bytes > 0 && dir.usable_bytes <= dir.total_bytes);
+        let flex = dir
+            .topics
+            .iter()
+            .find(|t| t.name.0.as_str() == "flex")
+            .expect("the topic's replica is listed");
+        let on_disk: u64 = std::fs::read_dir(dir_of(&broker, "flex-0"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert!(on_disk > 0);
+        assert_eq!(flex.partitions[0].partition_size, on_disk as i64);
+        let alter = |stream: &mut TcpStream, path: &str| -> i16 {
+            let r: AlterReplicaLogDirsResponse = wire::call(
+                stream,
+                ApiKey::AlterReplicaLogDirs,
+                2,
+                &AlterReplicaLogDirsRequest::default().with_dirs(vec![
+                    AlterReplicaLogDir::default()
+                        .with_path(StrBytes::from_string(path.to_owned()))
+                        .with_topics(vec![
+                            AlterReplicaLogDirTopic::default()
+                                .with_name(name("flex"))
+                                .with_partitions(vec![0]),
+                        ]),
+                ]),
+            );
+            r.results[0].partitions[0].error_code
+        };
+        assert_eq!(alter(&mut stream, dir.log_dir.as_str()), 0);
+        assert_eq!(alter(&mut stream, "/nowhere"), 57, "LOG_DIR_NOT_FOUND");
+    }
 
     // DeleteTopics v6 by id; then the id is unknown.
     let deleted: DeleteTopicsResponse = wire::call(

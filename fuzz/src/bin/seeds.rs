@@ -325,7 +325,10 @@ fn reencode(key: ApiKey, version: i16, body: &RequestBody) -> Option<Vec<u8>> {
         DescribeCluster,
         DeleteGroups,
         DescribeTopicPartitions,
-        ListConfigResources
+        ListConfigResources,
+        CreatePartitions,
+        DescribeLogDirs,
+        AlterReplicaLogDirs
     );
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -405,6 +408,9 @@ fn default_body(key: ApiKey) -> Option<RequestBody> {
         DescribeCluster,
         DeleteGroups,
         DescribeTopicPartitions,
-        ListConfigResources
+        ListConfigResources,
+        CreatePartitions,
+        DescribeLogDirs,
+        AlterReplicaLogDirs
     )
 }

@@ -76,6 +76,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     // Grows a topic (kafka-topics --alter --partitions); v2 flexible.
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
+    // The log directory, its replicas' sizes; v2 flexible, v4 the file system's bytes.
+    (ApiKey::DescribeLogDirs, 1, 4),
+    // One log directory: a replica "moves" only to where it is; v2 flexible.
+    (ApiKey::AlterReplicaLogDirs, 1, 2),
     // v3 flexible; v4 batches keys (KIP-699).
     (ApiKey::FindCoordinator, 0, 4),
     // Static membership (group.instance.id): JoinGroup v5, SyncGroup/Heartbeat v3,
@@ -325,6 +329,8 @@ request_bodies! {
     DescribeTopicPartitions => DescribeTopicPartitionsRequest,
     ListConfigResources => ListConfigResourcesRequest,
     CreatePartitions => CreatePartitionsRequest,
+    DescribeLogDirs => DescribeLogDirsRequest,
+    AlterReplicaLogDirs => AlterReplicaLogDirsRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.

@@ -139,6 +139,11 @@ const CREATE_PARTITIONS: &[(i16, F)] = &[
     (ALL, F::I8),
 ];
 
+const LOG_DIR_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::I32Array)];
+const DESCRIBE_LOG_DIRS: &[(i16, F)] = &[(ALL, F::Array(LOG_DIR_TOPIC))];
+const ALTER_LOG_DIR: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(LOG_DIR_TOPIC))];
+const ALTER_REPLICA_LOG_DIRS: &[(i16, F)] = &[(ALL, F::Array(ALTER_LOG_DIR))];
+
 const DESCRIBE_CLUSTER: &[(i16, F)] = &[(ALL, F::I8), (1, F::I8), (2, F::I8)];
 
 const CONFIG_RESOURCE: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::Str), (ALL, F::StrArray)];
@@ -237,6 +242,8 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
         ApiKey::DescribeCluster => DESCRIBE_CLUSTER,
+        ApiKey::DescribeLogDirs => DESCRIBE_LOG_DIRS,
+        ApiKey::AlterReplicaLogDirs => ALTER_REPLICA_LOG_DIRS,
         ApiKey::CreatePartitions => CREATE_PARTITIONS,
         _ => return None,
     })
@@ -1029,6 +1036,77 @@ mod tests {
                                     ]);
                                 2
                             ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::CreatePartitions,
+                0..=3,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::CreatePartitionsRequest;
+                    use kafka_protocol::messages::create_partitions_request::{
+                        CreatePartitionsAssignment, CreatePartitionsTopic,
+                    };
+                    encoded(
+                        &CreatePartitionsRequest::default()
+                            .with_topics(vec![
+                                CreatePartitionsTopic::default()
+                                    .with_name(name())
+                                    .with_count(4)
+                                    .with_assignments(Some(vec![
+                                        CreatePartitionsAssignment::default()
+                                            .with_broker_ids(vec![
+                                                kafka_protocol::messages::BrokerId(1);
+                                                2
+                                            ]);
+                                        2
+                                    ]));
+                                2
+                            ])
+                            .with_timeout_ms(1000)
+                            .with_validate_only(true),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::AlterReplicaLogDirs,
+                1..=2,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::AlterReplicaLogDirsRequest;
+                    use kafka_protocol::messages::alter_replica_log_dirs_request::{
+                        AlterReplicaLogDir, AlterReplicaLogDirTopic,
+                    };
+                    encoded(
+                        &AlterReplicaLogDirsRequest::default().with_dirs(vec![
+                            AlterReplicaLogDir::default()
+                                .with_path(s("/data"))
+                                .with_topics(vec![
+                                    AlterReplicaLogDirTopic::default()
+                                        .with_name(name())
+                                        .with_partitions(vec![0, 1]);
+                                    2
+                                ]);
+                            2
+                        ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::DescribeLogDirs,
+                1..=4,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::DescribeLogDirsRequest;
+                    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+                    encoded(
+                        &DescribeLogDirsRequest::default().with_topics(Some(vec![
+                            DescribableLogDirTopic::default()
+                                .with_topic(name())
+                                .with_partitions(vec![0, 1]);
+                            2
+                        ])),
                         v,
                     )
                 }),

@@ -1,5 +1,6 @@
 //! CreateTopics (v2-7), DeleteTopics (v1-6), CreatePartitions (v0-3), DescribeConfigs
-//! (v1-4), DescribeCluster (v0-2) and ListConfigResources (v0-1).
+//! (v1-4), DescribeCluster (v0-2), ListConfigResources (v0-1), DescribeLogDirs (v1-4)
+//! and AlterReplicaLogDirs (v1-2).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -668,4 +669,148 @@ pub fn list_config_resources(
         }));
     }
     request.respond(&response.with_config_resources(resources))
+}
+
+/// DescribeLogDirs (API 35): this broker's one log directory, the replicas it holds there
+/// (all, or those asked for) with their sizes on disk, and (v4) the file system's total
+/// and usable bytes. A replica's offset lag is that of a current log in Kafka: its high
+/// watermark past its log end, never above 0 (there are no future logs: no JBOD moves).
+pub fn describe_log_dirs(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::DescribeLogDirsRequest;
+    use kafka_protocol::messages::describe_log_dirs_response::{
+        DescribeLogDirsPartition, DescribeLogDirsResponse, DescribeLogDirsResult,
+        DescribeLogDirsTopic,
+    };
+    let req: DescribeLogDirsRequest = request.decode("DescribeLogDirs request")?;
+    let data_dir = &shard.config().data_dir;
+    let me = shard.shared.node_id();
+    let metadata = shard.shared.controller.view().current();
+    // Per topic, the partitions asked about (None: every one held here).
+    let wanted: Option<BTreeMap<String, Vec<i32>>> = req.topics.as_ref().map(|topics| {
+        topics
+            .iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions.clone()))
+            .collect()
+    });
+    let mut topics = Vec::new();
+    for topic in metadata.topics.values() {
+        let asked = match &wanted {
+            None => None,
+            Some(w) => match w.get(&topic.name) {
+                Some(partitions) => Some(partitions),
+                None => continue,
+            },
+        };
+        let partitions: Vec<DescribeLogDirsPartition> = topic
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.replicas.contains(&me))
+            .filter_map(|(index, _)| i32::try_from(index).ok())
+            .filter(|index| asked.is_none_or(|a| a.contains(index)))
+            .filter_map(|index| {
+                let tp = engine::TopicPartition::new(&topic.name, index).ok()?;
+                Some(
+                    DescribeLogDirsPartition::default()
+                        .with_partition_index(index)
+                        .with_partition_size(log_bytes(&tp.dir_in(data_dir)))
+                        .with_offset_lag(0)
+                        .with_is_future_key(false),
+                )
+            })
+            .collect();
+        if !partitions.is_empty() {
+            topics.push(
+                DescribeLogDirsTopic::default()
+                    .with_name(TopicName(str_bytes(&topic.name)))
+                    .with_partitions(partitions),
+            );
+        }
+    }
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.clone());
+    let mut result = DescribeLogDirsResult::default()
+        .with_log_dir(str_bytes(&dir.display().to_string()))
+        .with_topics(topics);
+    if request.version >= 4 {
+        let (total, usable) = match rustix::fs::statvfs(&dir) {
+            Ok(st) => (
+                st.f_blocks.saturating_mul(st.f_frsize),
+                st.f_bavail.saturating_mul(st.f_frsize),
+            ),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "statvfs of the log directory");
+                (0, 0)
+            }
+        };
+        result = result
+            .with_total_bytes(i64::try_from(total).unwrap_or(i64::MAX))
+            .with_usable_bytes(i64::try_from(usable).unwrap_or(i64::MAX));
+    }
+    request.respond(&DescribeLogDirsResponse::default().with_results(vec![result]))
+}
+
+/// Bytes of a partition's segment files (`*.log`), as Kafka sizes a log; 0 when it has
+/// none here yet.
+fn log_bytes(dir: &std::path::Path) -> i64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let bytes: u64 = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// Kafka's LOG_DIR_NOT_FOUND.
+const LOG_DIR_NOT_FOUND: i16 = 57;
+
+/// AlterReplicaLogDirs (API 34): a broker here has one log directory, so a replica can
+/// only be "moved" to where it is (answered NONE, a no-op, as Kafka answers a move to a
+/// replica's current directory); any other path is LOG_DIR_NOT_FOUND.
+pub fn alter_replica_log_dirs(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::AlterReplicaLogDirsRequest;
+    use kafka_protocol::messages::alter_replica_log_dirs_response::{
+        AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
+        AlterReplicaLogDirsResponse,
+    };
+    let req: AlterReplicaLogDirsRequest = request.decode("AlterReplicaLogDirs request")?;
+    let data_dir = &shard.config().data_dir;
+    let ours = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.clone());
+    let mut results = Vec::new();
+    for dir in &req.dirs {
+        let target = std::path::Path::new(dir.path.as_str());
+        let same = std::fs::canonicalize(target).is_ok_and(|t| t == ours);
+        let code = if same {
+            error_code::NONE
+        } else {
+            LOG_DIR_NOT_FOUND
+        };
+        for topic in &dir.topics {
+            results.push(
+                AlterReplicaLogDirTopicResult::default()
+                    .with_topic_name(topic.name.clone())
+                    .with_partitions(
+                        topic
+                            .partitions
+                            .iter()
+                            .map(|p| {
+                                AlterReplicaLogDirPartitionResult::default()
+                                    .with_partition_index(*p)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    ),
+            );
+        }
+    }
+    request.respond(&AlterReplicaLogDirsResponse::default().with_results(results))
 }

@@ -70,6 +70,8 @@ pub async fn handle(
         ApiKey::DeleteTopics => admin::delete_topics(shard, request).await,
         ApiKey::CreatePartitions => admin::create_partitions(shard, request).await,
         ApiKey::DescribeConfigs => admin::describe_configs(shard, request),
+        ApiKey::DescribeLogDirs => admin::describe_log_dirs(shard, request),
+        ApiKey::AlterReplicaLogDirs => admin::alter_replica_log_dirs(shard, request),
         ApiKey::FindCoordinator => groups::find_coordinator(shard, request),
         ApiKey::JoinGroup => groups::join_group(shard, request).await,
         ApiKey::SyncGroup => groups::sync_group(shard, request).await,
