@@ -699,6 +699,25 @@ impl Partition {
         Ok(None)
     }
 
+    /// The first record carrying the log's largest timestamp (Kafka's MAX_TIMESTAMP
+    /// lookup, ListOffsets v7+), or `None` when no record has a timestamp. In a
+    /// compressed batch its base offset answers, as for `offset_for_timestamp`.
+    pub async fn max_timestamp_offset(&self) -> Result<Option<TimestampOffset>> {
+        let max = {
+            let st = self.state.borrow();
+            st.check_readable()?;
+            st.segments
+                .iter()
+                .map(|s| s.max_timestamp)
+                .max()
+                .unwrap_or(-1)
+        };
+        if max < 0 {
+            return Ok(None);
+        }
+        self.offset_for_timestamp(max).await
+    }
+
     /// Deletes whole oldest segments past the retention limits; never the active one.
     /// Segments still held by readers are unlinked when the last reader lets go.
     pub fn apply_retention(&self, now_ms: i64) -> RetentionReport {

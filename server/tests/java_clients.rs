@@ -134,6 +134,8 @@ fn given_the_java_client_should_pass_its_admin_producer_and_consumer_group_scena
         ("CreateTopics", 7),
         ("DeleteTopics", 6),
         ("DescribeCluster", 1),
+        ("ListOffsets", 10),
+        ("DescribeTopicPartitions", 0),
     ] {
         assert!(
             highest(api).is_some_and(|v| v >= at_least),

@@ -45,7 +45,8 @@ const EXCLUDED: &[(&str, &str)] = &[
     ),
     (
         "test_consumer_integration.py::test_kafka_version_infer",
-        "infers Kafka 4.2 from ListOffsets v11; we serve ListOffsets up to v6",
+        "infers Kafka 4.2 from ListOffsets v11, which the kafka-protocol codec we decode \
+         with does not know yet (we serve up to v10)",
     ),
     (
         "test_producer_integration.py::test_transactional_producer_messages",

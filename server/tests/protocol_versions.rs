@@ -8,6 +8,7 @@
 mod common;
 mod wire;
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -375,6 +376,53 @@ fn given_admin_apis_of_kafka_4_should_page_topics_list_resources_and_delete_grou
     assert_eq!(seen, vec![("paged".to_owned(), 2), ("zeta".to_owned(), 0)]);
     assert!(second.next_cursor.is_none());
 
+    // ListOffsets v7+: the first record with the largest timestamp (-3), the earliest
+    // local offset (-4: the log start), the latest tiered offset (-5: none here).
+    {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+        wire::create_topic(&broker.addr, "times", 1);
+        stream
+            .write_all(&wire::produce_frame(
+                "times",
+                &[wire::timed_batch(&[100, 300, 200, 300])],
+            ))
+            .unwrap();
+        assert_eq!(
+            wire::produce_errors(wire::read_response(&mut stream).unwrap()),
+            vec![0]
+        );
+        for (version, spec, want) in [
+            (7, -3, (300, 1)),
+            (10, -3, (300, 1)),
+            (8, -4, (-1, 0)),
+            (9, -5, (-1, -1)),
+            (10, -1, (-1, 4)),
+        ] {
+            let r: ListOffsetsResponse = wire::call(
+                &mut stream,
+                ApiKey::ListOffsets,
+                version,
+                &ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![
+                        ListOffsetsTopic::default()
+                            .with_name(name("times"))
+                            .with_partitions(vec![
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(0)
+                                    .with_timestamp(spec),
+                            ]),
+                    ]),
+            );
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.error_code, 0, "v{version} {spec}");
+            assert_eq!((p.timestamp, p.offset), want, "v{version} {spec}");
+        }
+    }
+
     let listed: ListConfigResourcesResponse = wire::call(
         &mut stream,
         ApiKey::ListConfigResources,
@@ -389,7 +437,12 @@ fn given_admin_apis_of_kafka_4_should_page_topics_list_resources_and_delete_grou
     resources.sort();
     assert_eq!(
         resources,
-        vec![(2, "paged".into()), (2, "zeta".into()), (4, "0".into())]
+        vec![
+            (2, "paged".into()),
+            (2, "times".into()),
+            (2, "zeta".into()),
+            (4, "0".into())
+        ]
     );
 
     // A standalone committer's group (no members): deleted with its offsets.

@@ -64,7 +64,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 0, 10),
     // Flexible from v12; topics by id from v13; KIP-951 leader hints from v16.
     (ApiKey::Fetch, 4, 18),
-    (ApiKey::ListOffsets, 1, 6),
+    // v7 max timestamp, v8 earliest local, v9 latest tiered, v10 timeout. (v11 adds no
+    // field, only the earliest-pending-upload spec; the codec stops at v10.)
+    (ApiKey::ListOffsets, 1, 10),
     // Topic ids from v10 (and lookups by id); v13 adds a top-level error code.
     (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 3),

@@ -93,6 +93,7 @@ const LIST_OFFSETS: &[(i16, F)] = &[
     (ALL, F::I32),
     (2, F::I8),
     (ALL, F::Array(LIST_OFFSETS_TOPIC)),
+    (10, F::I32),
 ];
 
 const METADATA_TOPIC: &[(i16, F)] = &[(10, F::Uuid), (ALL, F::Str)];
@@ -854,7 +855,7 @@ mod tests {
             ),
             (
                 ApiKey::ListOffsets,
-                1..=6,
+                1..=10,
                 Box::new(move |v| {
                     encoded(
                         &ListOffsetsRequest::default()

@@ -297,6 +297,10 @@ pub enum OffsetQuery {
     Earliest,
     Latest,
     Timestamp(i64),
+    /// The first record with the largest timestamp (v7+).
+    MaxTimestamp,
+    /// Tiered-storage lookups (v9+, v11+): there is no remote tier, so no offset.
+    NoTieredStorage,
 }
 
 /// Records of one partition read on the core that owns it.
@@ -985,6 +989,11 @@ impl Shard {
                 Some(found) if found.offset < high_watermark => (found.timestamp, found.offset),
                 _ => (-1, -1),
             },
+            OffsetQuery::MaxTimestamp => match log.max_timestamp_offset().await? {
+                Some(found) if found.offset < high_watermark => (found.timestamp, found.offset),
+                _ => (-1, -1),
+            },
+            OffsetQuery::NoTieredStorage => (-1, -1),
         })
     }
 

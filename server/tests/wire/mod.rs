@@ -166,15 +166,34 @@ pub fn idempotent_batch(pid: i64, seq: i32, values: impl Iterator<Item = Vec<u8>
     encode_batch(pid, 0, seq, values)
 }
 
+/// One batch whose records carry these create timestamps.
+pub fn timed_batch(timestamps: &[i64]) -> Bytes {
+    encode_records(-1, -1, -1, timestamps.iter().map(|ts| (*ts, b"t".to_vec())))
+}
+
 fn encode_batch(
     pid: i64,
     producer_epoch: i16,
     seq: i32,
     values: impl Iterator<Item = Vec<u8>>,
 ) -> Bytes {
-    let records: Vec<Record> = values
+    encode_records(
+        pid,
+        producer_epoch,
+        seq,
+        values.map(|value| (1_700_000_000_000, value)),
+    )
+}
+
+fn encode_records(
+    pid: i64,
+    producer_epoch: i16,
+    seq: i32,
+    records: impl Iterator<Item = (i64, Vec<u8>)>,
+) -> Bytes {
+    let records: Vec<Record> = records
         .enumerate()
-        .map(|(i, value)| Record {
+        .map(|(i, (timestamp, value))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -184,7 +203,7 @@ fn encode_batch(
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: seq + i as i32,
-            timestamp: 1_700_000_000_000,
+            timestamp,
             key: None,
             value: Some(Bytes::from(value)),
             headers: IndexMap::new(),

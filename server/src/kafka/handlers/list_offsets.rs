@@ -1,5 +1,8 @@
-//! ListOffsets (v1-5): earliest (-2), latest (-1), or the first offset at or after a
-//! timestamp, through the engine's time index.
+//! ListOffsets (v1-10): earliest (-2), latest (-1), the first offset at or after a
+//! timestamp through the engine's time index, and Kafka's later specs: the record with
+//! the largest timestamp (-3, v7), the earliest local offset (-4, v8: the log start, as
+//! nothing is tiered), the latest tiered offset (-5, v9: none, -1, with no remote tier;
+//! so is -6, the earliest pending upload of v11). v10's timeout is moot: nothing waits.
 
 use std::rc::Rc;
 
@@ -27,8 +30,10 @@ pub async fn handle(
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let query = match p.timestamp {
-                -2 => OffsetQuery::Earliest,
+                -2 | -4 => OffsetQuery::Earliest,
                 -1 => OffsetQuery::Latest,
+                -3 => OffsetQuery::MaxTimestamp,
+                -5 | -6 => OffsetQuery::NoTieredStorage,
                 ts => OffsetQuery::Timestamp(ts),
             };
             let leads = table.check_leader(me, &name, p.partition_index);
