@@ -27,7 +27,10 @@ use crate::limits::{
 };
 use crate::log_store::LogStore;
 use crate::metadata::{Applied, BrokerId, Command, MetadataError};
-use crate::rpc::{Network, Peer, ProposeError, Request, Response, read_frame, write_frame};
+use crate::rpc::{
+    Network, Peer, ProposeError, QuorumState, Request, Response, VoterState, read_frame,
+    write_frame,
+};
 use crate::state_machine::{MetadataView, StateMachine};
 
 /// Log entries between snapshots; the log keeps this many behind the last one too.
@@ -58,6 +61,7 @@ enum ControlMessage {
     /// A controlled shutdown's first step: stop heartbeating and fence this broker, so
     /// its leadership moves to in-sync followers while it still serves.
     Retire(oneshot::Sender<Result<Applied, ControllerError>>),
+    DescribeQuorum(oneshot::Sender<Result<QuorumState, ControllerError>>),
     Crash,
 }
 
@@ -272,6 +276,21 @@ impl ControllerHandle {
         }
     }
 
+    /// The quorum's state from the active controller (Kafka's DescribeQuorum).
+    pub fn describe_quorum(
+        &self,
+    ) -> impl std::future::Future<Output = Result<QuorumState, ControllerError>> + use<> {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.requests.try_send(ControlMessage::DescribeQuorum(tx));
+        async move {
+            match queued {
+                Ok(()) => rx.await.unwrap_or(Err(ControllerError::Stopped)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(ControllerError::Busy),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(ControllerError::Stopped),
+            }
+        }
+    }
+
     /// See `Controller::propose`.
     pub fn propose(
         &self,
@@ -325,6 +344,22 @@ struct Node {
     peers: HashMap<u64, tokio::sync::Mutex<Peer>>,
     /// Set by a controlled shutdown: no more heartbeats or registrations from this broker.
     retiring: std::sync::atomic::AtomicBool,
+    /// While active: per other voter, the replicated index last seen, when it moved, and
+    /// when the voter last held the whole log (for DescribeQuorum).
+    replication_seen: Mutex<HashMap<u64, Seen>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    matched: Option<u64>,
+    moved_ms: i64,
+    caught_up_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -412,6 +447,12 @@ fn run(
                         let _ = reply.send(propose(&node, fence, deadline).await);
                     });
                 }
+                ControlMessage::DescribeQuorum(reply) => {
+                    let node = Arc::clone(&node);
+                    tokio::spawn(async move {
+                        let _ = reply.send(describe_quorum(&node).await);
+                    });
+                }
                 ControlMessage::Crash => return,
             }
         }
@@ -489,6 +530,7 @@ async fn start_node(
             })
             .collect(),
         retiring: std::sync::atomic::AtomicBool::new(false),
+        replication_seen: Mutex::new(HashMap::new()),
     })
 }
 
@@ -545,6 +587,67 @@ impl Node {
                 "not committed within {RPC_PROPOSE_TIMEOUT:?}"
             ))),
         }
+    }
+
+    /// DescribeQuorum's answer, from this node if it is the active controller.
+    fn describe_quorum_here(&self) -> Result<QuorumState, ProposeError> {
+        if !self.is_active() {
+            return Err(ProposeError::NotController(self.view.controller()));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let next =
+            |index: Option<u64>| index.map_or(0, |i| i64::try_from(i + 1).unwrap_or(i64::MAX));
+        let now = now_ms();
+        let seen = self
+            .replication_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let last = metrics.last_log_index;
+        let voters = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter_map(|id| {
+                let broker = BrokerId::try_from(id).ok()?;
+                if id == metrics.id {
+                    return Some(VoterState {
+                        id: broker,
+                        log_end_offset: next(last),
+                        last_fetch_ms: now,
+                        last_caught_up_ms: now,
+                    });
+                }
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|l| l.index);
+                let s = seen.get(&id);
+                // Caught up now when it holds the whole log; otherwise when last seen so.
+                let caught_up_now = matched.is_some() && matched >= last;
+                Some(VoterState {
+                    id: broker,
+                    log_end_offset: next(matched),
+                    last_fetch_ms: if caught_up_now {
+                        now
+                    } else {
+                        s.map_or(-1, |s| s.moved_ms)
+                    },
+                    last_caught_up_ms: if caught_up_now {
+                        now
+                    } else {
+                        s.map_or(-1, |s| s.caught_up_ms)
+                    },
+                })
+            })
+            .collect();
+        Ok(QuorumState {
+            leader_id: self.id,
+            leader_epoch: i32::try_from(metrics.current_term).unwrap_or(i32::MAX),
+            high_watermark: next(metrics.last_applied.map(|l| l.index)),
+            voters,
+        })
     }
 
     fn heartbeat_here(&self, id: BrokerId, incarnation: u64) -> Result<(), ProposeError> {
@@ -608,13 +711,69 @@ async fn propose(
     }
 }
 
-/// Keeps `MetadataView::controller` at the leader openraft knows.
+/// DescribeQuorum: answered here when this node is the active controller, else by it.
+async fn describe_quorum(node: &Node) -> Result<QuorumState, ControllerError> {
+    let outcome = match node.view.controller() {
+        Some(id) if id == node.id => node.describe_quorum_here(),
+        Some(id) => match node
+            .forward(id as u64, &Request::DescribeQuorum, RPC_PROPOSE_TIMEOUT)
+            .await
+        {
+            Some(Response::DescribeQuorum(outcome)) => outcome,
+            _ => Err(ProposeError::Unavailable("no answer".into())),
+        },
+        None => Err(ProposeError::NotController(None)),
+    };
+    outcome.map_err(|e| {
+        tracing::debug!(error = %e, "describe quorum");
+        ControllerError::Timeout(RPC_PROPOSE_TIMEOUT)
+    })
+}
+
+/// Keeps `MetadataView::controller` at the leader openraft knows, and (while this node
+/// leads) when each voter's replication moved and was last caught up.
 async fn follow_controller(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
     loop {
-        let leader = metrics.borrow().current_leader;
+        let (leader, progress) = {
+            let m = metrics.borrow();
+            let progress = m.replication.as_ref().map(|r| {
+                let matched: Vec<(u64, Option<u64>)> = r
+                    .iter()
+                    .map(|(id, log)| (*id, log.map(|l| l.index)))
+                    .collect();
+                (matched, m.last_log_index)
+            });
+            (m.current_leader, progress)
+        };
         node.view
             .set_controller(leader.and_then(|l| BrokerId::try_from(l).ok()));
+        {
+            let mut seen = node
+                .replication_seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match progress {
+                None => seen.clear(),
+                Some((matched, last)) => {
+                    let now = now_ms();
+                    for (id, index) in matched {
+                        let entry = seen.entry(id).or_insert(Seen {
+                            matched: None,
+                            moved_ms: -1,
+                            caught_up_ms: -1,
+                        });
+                        if index != entry.matched {
+                            entry.matched = index;
+                            entry.moved_ms = now;
+                        }
+                        if index.is_some() && index >= last {
+                            entry.caught_up_ms = now;
+                        }
+                    }
+                }
+            }
+        }
         if metrics.changed().await.is_err() {
             return;
         }
@@ -851,6 +1010,7 @@ async fn serve_connection(node: &Node, mut stream: tokio::net::TcpStream) -> std
             Request::Heartbeat { id, incarnation } => {
                 Response::Heartbeat(node.heartbeat_here(id, incarnation))
             }
+            Request::DescribeQuorum => Response::DescribeQuorum(node.describe_quorum_here()),
         };
         write_frame(&mut stream, &response).await?;
     }

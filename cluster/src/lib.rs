@@ -25,6 +25,7 @@ pub use metadata::{
     Applied, BrokerId, BrokerRegistration, Command, Metadata, MetadataError, NO_LEADER,
     PartitionRecord, TopicRecord,
 };
+pub use rpc::{QuorumState, VoterState};
 pub use state_machine::MetadataView;
 
 openraft::declare_raft_types!(

@@ -38,6 +38,8 @@ pub enum Request {
         id: BrokerId,
         incarnation: u64,
     },
+    /// The quorum's replication state, from the active controller (DescribeQuorum).
+    DescribeQuorum,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +51,30 @@ pub enum Response {
     ),
     Propose(Result<Result<Applied, MetadataError>, ProposeError>),
     Heartbeat(Result<(), ProposeError>),
+    DescribeQuorum(Result<QuorumState, ProposeError>),
+}
+
+/// The controller quorum as its active controller sees it, in Kafka's DescribeQuorum
+/// terms: Raft's term is the leader epoch, offsets are log indexes plus one (the next
+/// entry), times are milliseconds since the epoch (-1: never seen).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumState {
+    pub leader_id: BrokerId,
+    pub leader_epoch: i32,
+    /// Entries below it are committed (applied on the active controller).
+    pub high_watermark: i64,
+    pub voters: Vec<VoterState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterState {
+    pub id: BrokerId,
+    /// The end of what the active controller knows this voter holds.
+    pub log_end_offset: i64,
+    /// When its replication last moved forward (for the leader itself: now).
+    pub last_fetch_ms: i64,
+    /// When it last held everything the leader had.
+    pub last_caught_up_ms: i64,
 }
 
 /// Why a proposal or heartbeat did not reach a decision.

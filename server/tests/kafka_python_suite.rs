@@ -32,10 +32,6 @@ const EXCLUDED: &[(&str, &str)] = &[
         "DeleteRecords is not served yet",
     ),
     (
-        "test_admin_integration.py::test_describe_metadata_quorum",
-        "DescribeQuorum is not served yet",
-    ),
-    (
         "test_admin_integration.py::test_alter_partition_reassignments",
         "replica reassignment is not supported",
     ),

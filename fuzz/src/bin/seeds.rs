@@ -328,7 +328,8 @@ fn reencode(key: ApiKey, version: i16, body: &RequestBody) -> Option<Vec<u8>> {
         ListConfigResources,
         CreatePartitions,
         DescribeLogDirs,
-        AlterReplicaLogDirs
+        AlterReplicaLogDirs,
+        DescribeQuorum
     );
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -411,6 +412,7 @@ fn default_body(key: ApiKey) -> Option<RequestBody> {
         ListConfigResources,
         CreatePartitions,
         DescribeLogDirs,
-        AlterReplicaLogDirs
+        AlterReplicaLogDirs,
+        DescribeQuorum
     )
 }

@@ -104,6 +104,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     // v1 endpoint type, v2 fenced brokers on request.
     (ApiKey::DescribeCluster, 0, 2),
+    // The controller quorum's Raft state (kafka-metadata-quorum); v1 times, v2 nodes.
+    (ApiKey::DescribeQuorum, 0, 2),
     // Metadata's topic part, paged by partitions (KIP-966); what Kafka's admin client
     // describes topics with.
     (ApiKey::DescribeTopicPartitions, 0, 0),
@@ -333,6 +335,7 @@ request_bodies! {
     CreatePartitions => CreatePartitionsRequest,
     DescribeLogDirs => DescribeLogDirsRequest,
     AlterReplicaLogDirs => AlterReplicaLogDirsRequest,
+    DescribeQuorum => DescribeQuorumRequest,
 }
 
 /// Encodes a whole response frame: length, header, body.

@@ -145,6 +145,10 @@ const DESCRIBE_LOG_DIRS: &[(i16, F)] = &[(ALL, F::Array(LOG_DIR_TOPIC))];
 const ALTER_LOG_DIR: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(LOG_DIR_TOPIC))];
 const ALTER_REPLICA_LOG_DIRS: &[(i16, F)] = &[(ALL, F::Array(ALTER_LOG_DIR))];
 
+const QUORUM_PARTITION: &[(i16, F)] = &[(ALL, F::I32)];
+const QUORUM_TOPIC: &[(i16, F)] = &[(ALL, F::Str), (ALL, F::Array(QUORUM_PARTITION))];
+const DESCRIBE_QUORUM: &[(i16, F)] = &[(ALL, F::Array(QUORUM_TOPIC))];
+
 const DESCRIBE_CLUSTER: &[(i16, F)] = &[(ALL, F::I8), (1, F::I8), (2, F::I8)];
 
 const CONFIG_RESOURCE: &[(i16, F)] = &[(ALL, F::I8), (ALL, F::Str), (ALL, F::StrArray)];
@@ -243,6 +247,7 @@ fn layout(key: ApiKey, version: i16) -> Option<&'static [(i16, F)]> {
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
         ApiKey::DescribeCluster => DESCRIBE_CLUSTER,
+        ApiKey::DescribeQuorum => DESCRIBE_QUORUM,
         ApiKey::DescribeLogDirs => DESCRIBE_LOG_DIRS,
         ApiKey::AlterReplicaLogDirs => ALTER_REPLICA_LOG_DIRS,
         ApiKey::CreatePartitions => CREATE_PARTITIONS,
@@ -1089,6 +1094,27 @@ mod tests {
                                         .with_partitions(vec![0, 1]);
                                     2
                                 ]);
+                            2
+                        ]),
+                        v,
+                    )
+                }),
+            ),
+            (
+                ApiKey::DescribeQuorum,
+                0..=2,
+                Box::new(move |v| {
+                    use kafka_protocol::messages::DescribeQuorumRequest;
+                    use kafka_protocol::messages::describe_quorum_request::{
+                        PartitionData, TopicData,
+                    };
+                    encoded(
+                        &DescribeQuorumRequest::default().with_topics(vec![
+                            TopicData::default()
+                                .with_topic_name(name())
+                                .with_partitions(
+                                    vec![PartitionData::default(); 2]
+                                );
                             2
                         ]),
                         v,

@@ -1,6 +1,6 @@
 //! CreateTopics (v2-7), DeleteTopics (v1-6), CreatePartitions (v0-3), DescribeConfigs
-//! (v1-4), DescribeCluster (v0-2), ListConfigResources (v0-1), DescribeLogDirs (v1-4)
-//! and AlterReplicaLogDirs (v1-2).
+//! (v1-4), DescribeCluster (v0-2), ListConfigResources (v0-1), DescribeLogDirs (v1-4),
+//! AlterReplicaLogDirs (v1-2) and DescribeQuorum (v0-2).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -813,4 +813,105 @@ pub fn alter_replica_log_dirs(
         }
     }
     request.respond(&AlterReplicaLogDirsResponse::default().with_results(results))
+}
+
+/// The controller quorum's log, as Kafka names it in DescribeQuorum.
+const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// DescribeQuorum (API 55): the controller quorum's Raft state from the active controller
+/// (asked through this node's controller, which forwards it, as Kafka's brokers forward
+/// it): leader, epoch (Raft's term), high watermark, and per voter how far it holds the
+/// log and when it last moved and was caught up. Every voter is a broker here (combined
+/// mode), so there are no observers. v2 lists the voters' controller endpoints.
+pub async fn describe_quorum(
+    shard: &Rc<Shard>,
+    mut request: Request,
+) -> Result<Option<Vec<Piece>>, DecodeError> {
+    use kafka_protocol::messages::DescribeQuorumRequest;
+    use kafka_protocol::messages::describe_quorum_response::{
+        DescribeQuorumResponse, Listener, Node, PartitionData, ReplicaState, TopicData,
+    };
+    let req: DescribeQuorumRequest = request.decode("DescribeQuorum request")?;
+    let v = request.version;
+    let asks_metadata_log = req.topics.len() == 1
+        && req.topics[0].topic_name.0.as_str() == METADATA_TOPIC
+        && req.topics[0].partitions.len() == 1
+        && req.topics[0].partitions[0].partition_index == 0;
+    let answer = |partition: PartitionData| {
+        DescribeQuorumResponse::default().with_topics(vec![
+            TopicData::default()
+                .with_topic_name(TopicName(str_bytes(METADATA_TOPIC)))
+                .with_partitions(vec![partition.with_partition_index(0)]),
+        ])
+    };
+    if !asks_metadata_log {
+        return request.respond(&answer(
+            PartitionData::default().with_error_code(error_code::UNKNOWN_TOPIC_OR_PARTITION),
+        ));
+    }
+    let state = match shard.shared.controller.describe_quorum().await {
+        Ok(state) => state,
+        Err(e) => {
+            let partition =
+                PartitionData::default().with_error_code(error_code::NOT_LEADER_OR_FOLLOWER);
+            let partition = if v >= 2 {
+                partition.with_error_message(Some(str_bytes(&e.to_string())))
+            } else {
+                partition
+            };
+            return request.respond(&answer(partition));
+        }
+    };
+    let voters = state
+        .voters
+        .iter()
+        .map(|voter| {
+            let r = ReplicaState::default()
+                .with_replica_id(BrokerId(voter.id))
+                .with_log_end_offset(voter.log_end_offset);
+            if v >= 1 {
+                r.with_last_fetch_timestamp(voter.last_fetch_ms)
+                    .with_last_caught_up_timestamp(voter.last_caught_up_ms)
+            } else {
+                r
+            }
+        })
+        .collect();
+    let mut response = answer(
+        PartitionData::default()
+            .with_leader_id(BrokerId(state.leader_id))
+            .with_leader_epoch(state.leader_epoch)
+            .with_high_watermark(state.high_watermark)
+            .with_current_voters(voters),
+    );
+    if v >= 2 {
+        let endpoints = shard
+            .config()
+            .controller_quorum_voters
+            .as_deref()
+            .and_then(|text| cluster::parse_voters(text).ok())
+            .unwrap_or_default();
+        response = response.with_nodes(
+            state
+                .voters
+                .iter()
+                .map(|voter| {
+                    let listeners = endpoints
+                        .iter()
+                        .filter(|e| e.id == voter.id)
+                        .map(|e| {
+                            Listener::default()
+                                .with_name(str_bytes("CONTROLLER"))
+                                .with_host(str_bytes(&e.addr.ip().to_string()))
+                                .with_port(e.addr.port())
+                        })
+                        .collect();
+                    Node::default()
+                        .with_node_id(BrokerId(voter.id))
+                        .with_listeners(listeners)
+                })
+                .collect(),
+        );
+    }
+    request.respond(&response)
 }

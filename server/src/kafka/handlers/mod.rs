@@ -86,6 +86,7 @@ pub async fn handle(
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(shard, request).await,
         ApiKey::ElectLeaders => elect_leaders::handle(shard, request).await,
         ApiKey::DescribeCluster => admin::describe_cluster(shard, request),
+        ApiKey::DescribeQuorum => admin::describe_quorum(shard, request).await,
         ApiKey::ListConfigResources => admin::list_config_resources(shard, request),
         // Never reached: the connection refuses APIs outside `SUPPORTED_APIS`.
         other => Err(DecodeError::Malformed {
