@@ -41,6 +41,14 @@ enum F {
     Until(i16, &'static F),
     /// A nullable struct: an i8 (1 present, else null), then the struct.
     OptStruct(&'static [(i16, F)]),
+    /// A struct.
+    Struct(&'static [(i16, F)]),
+    /// A tagged field the codec knows (flexible versions): not inline, but among the
+    /// struct's tagged fields under this tag. The codec decodes a known tag by its type
+    /// and ignores the size it was sent with, so the walk checks that the field fills
+    /// exactly that size; otherwise the two would read the rest of the request out of
+    /// step, and the codec could take a count the walk never saw.
+    Tag(u32, &'static F),
 }
 
 const ALL: i16 = 0;
@@ -61,7 +69,11 @@ const FETCH_PARTITION: &[(i16, F)] = &[
     (12, F::I32),
     (5, F::I64),
     (ALL, F::I32),
+    // replica_directory_id, high_watermark (tagged).
+    (17, F::Tag(0, &F::Uuid)),
+    (18, F::Tag(1, &F::I64)),
 ];
+const REPLICA_STATE: &[(i16, F)] = &[(ALL, F::I32), (ALL, F::I64)];
 // Topics by name up to v12, by id from v13.
 const FETCH_TOPIC: &[(i16, F)] = &[
     (ALL, F::Until(12, &F::Str)),
@@ -85,6 +97,9 @@ const FETCH: &[(i16, F)] = &[
     (ALL, F::Array(FETCH_TOPIC)),
     (7, F::Array(FORGOTTEN_TOPIC)),
     (11, F::Str),
+    // cluster_id, replica_state (tagged).
+    (12, F::Tag(0, &F::Str)),
+    (15, F::Tag(1, &F::Struct(REPLICA_STATE))),
 ];
 
 const LIST_OFFSETS_PARTITION: &[(i16, F)] = &[(ALL, F::I32), (4, F::I32), (ALL, F::I64)];
@@ -266,6 +281,8 @@ fn field_min_bytes(field: &F, version: i16, flexible: bool) -> usize {
         F::I64 => 8,
         F::Uuid => 16,
         F::OptStruct(_) => 1,
+        F::Struct(layout) => min_bytes(layout, version, flexible),
+        F::Tag(..) => 0,
         F::Until(last, inner) if version <= *last => field_min_bytes(inner, version, flexible),
         F::Until(..) => 0,
     }
@@ -372,7 +389,7 @@ impl Walker<'_> {
 
     /// Tagged fields (flexible versions): a count, then each a tag, a size and that many
     /// bytes. The decoder keeps unknown ones as byte strings, bounded by what is present.
-    fn tagged_fields(&mut self) -> Result<(), &'static str> {
+    fn tagged_fields(&mut self, layout: &[(i16, F)], version: i16) -> Result<(), &'static str> {
         // A plain count (not plus one), each field two bytes at least.
         let n = self.uvarint()? as usize;
         if n.saturating_mul(2) > self.remaining() {
@@ -383,9 +400,28 @@ impl Walker<'_> {
             return Err("too many array elements in one request");
         }
         for _ in 0..n {
-            self.uvarint()?;
+            let tag = self.uvarint()?;
             let size = self.uvarint()? as usize;
+            let known = layout.iter().find_map(|(since, f)| match f {
+                F::Tag(t, inner) if *t == tag && version >= *since => Some(*inner),
+                _ => None,
+            });
+            let start = self.at;
             self.take(size)?;
+            if let Some(inner) = known {
+                let all = self.bytes;
+                let mut field = Walker {
+                    bytes: &all[start..start + size],
+                    at: 0,
+                    elements: self.elements,
+                    flexible: self.flexible,
+                };
+                field.field(inner, version)?;
+                if field.at != size {
+                    return Err("a tagged field's size does not match its contents");
+                }
+                self.elements = field.elements;
+            }
         }
         Ok(())
     }
@@ -398,7 +434,7 @@ impl Walker<'_> {
             }
         }
         if self.flexible {
-            self.tagged_fields()?;
+            self.tagged_fields(layout, version)?;
         }
         Ok(())
     }
@@ -416,6 +452,9 @@ impl Walker<'_> {
                     self.walk(layout, version)?;
                 }
             }
+            F::Struct(layout) => self.walk(layout, version)?,
+            // Walked among the tagged fields.
+            F::Tag(..) => {}
             F::I8 => drop(self.take(1)?),
             F::I16 => drop(self.take(2)?),
             F::I32 => drop(self.take(4)?),
@@ -1218,6 +1257,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A known tagged field (Fetch v17's replica directory id, 16 bytes) sent with a
+    /// larger size: the codec reads 16 bytes and takes what follows as the rest of the
+    /// request, so bytes hidden in the field could carry a count the walk never saw (a
+    /// two-billion forgotten-topics count here). Refused; the exact size passes.
+    #[test]
+    fn known_tagged_fields_must_fill_exactly_their_size() {
+        fn uvarint(b: &mut Vec<u8>, mut v: u32) {
+            while v >= 0x80 {
+                b.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            b.push(v as u8);
+        }
+        let fetch_v17 = |tag_body: &[u8]| {
+            let mut b = Vec::new();
+            for v in [0i32, 1, 1 << 20] {
+                b.extend_from_slice(&v.to_be_bytes()); // max wait, min bytes, max bytes
+            }
+            b.push(0); // isolation
+            b.extend_from_slice(&0i32.to_be_bytes()); // session id
+            b.extend_from_slice(&(-1i32).to_be_bytes()); // session epoch
+            uvarint(&mut b, 2); // one topic
+            b.extend_from_slice(&7u128.to_be_bytes()); // its id
+            uvarint(&mut b, 2); // one partition
+            b.extend_from_slice(&0i32.to_be_bytes()); // index
+            b.extend_from_slice(&0i32.to_be_bytes()); // current leader epoch
+            b.extend_from_slice(&0i64.to_be_bytes()); // fetch offset
+            b.extend_from_slice(&(-1i32).to_be_bytes()); // last fetched epoch
+            b.extend_from_slice(&0i64.to_be_bytes()); // log start
+            b.extend_from_slice(&(1i32 << 20).to_be_bytes()); // partition max bytes
+            uvarint(&mut b, 1); // one tagged field
+            uvarint(&mut b, 0); // replica_directory_id
+            uvarint(&mut b, tag_body.len() as u32);
+            b.extend_from_slice(tag_body);
+            b.push(0); // the topic's tagged fields
+            uvarint(&mut b, 1); // no forgotten topics
+            uvarint(&mut b, 0); // rack id: null
+            b.push(0); // the request's tagged fields
+            b
+        };
+        let uuid = [9u8; 16];
+        assert_eq!(check(ApiKey::Fetch, 17, &fetch_v17(&uuid)), Ok(()));
+        let mut hidden = uuid.to_vec();
+        hidden.push(0); // what the codec would take for the topic's tagged fields
+        uvarint(&mut hidden, 0x7fff_ffff); // and for the forgotten topics' count
+        assert_eq!(
+            check(ApiKey::Fetch, 17, &fetch_v17(&hidden)),
+            Err("a tagged field's size does not match its contents")
+        );
+        // Shorter than the field: the codec would read past it.
+        assert!(check(ApiKey::Fetch, 17, &fetch_v17(&uuid[..10])).is_err());
     }
 
     #[test]
