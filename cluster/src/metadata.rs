@@ -111,15 +111,9 @@ pub enum Command {
     },
     /// The active controller saw no heartbeat from this incarnation for the session
     /// timeout, or the broker is shutting down: it leads nothing from now on.
-    FenceBroker {
-        id: BrokerId,
-        incarnation: u64,
-    },
+    FenceBroker { id: BrokerId, incarnation: u64 },
     /// A fenced incarnation heartbeats again.
-    UnfenceBroker {
-        id: BrokerId,
-        incarnation: u64,
-    },
+    UnfenceBroker { id: BrokerId, incarnation: u64 },
     CreateTopic {
         name: String,
         partitions: i32,
@@ -128,13 +122,13 @@ pub enum Command {
     },
     DeleteTopic {
         name: String,
+        /// Named by id (DeleteTopics v6): applied only to that incarnation of the name.
+        #[serde(default)]
+        topic_id: Option<u128>,
     },
     /// A broker takes the next block of producer ids, starting at `at_least` or later
     /// (ids it handed out before it had a controller stay used).
-    AllocateProducerIds {
-        broker: BrokerId,
-        at_least: i64,
-    },
+    AllocateProducerIds { broker: BrokerId, at_least: i64 },
     /// The leader of a partition changes its ISR (Kafka's AlterPartition): a follower fell
     /// behind for `replica_lag_time_max_ms`, or caught up. Applied only when the leader,
     /// leader epoch and partition epoch are those it names (a stale proposal is refused),
@@ -285,8 +279,14 @@ impl Metadata {
                 replication_factor,
                 configs,
             } => self.create_topic(name, *partitions, *replication_factor, configs, topic_id),
-            Command::DeleteTopic { name } => match self.topics.remove(name) {
-                Some(_) => Ok(Applied::TopicDeleted),
+            Command::DeleteTopic { name, topic_id } => match self.topics.get(name) {
+                Some(t) if topic_id.is_some_and(|id| id != t.topic_id) => {
+                    Err(MetadataError::UnknownTopic(name.clone()))
+                }
+                Some(_) => {
+                    self.topics.remove(name);
+                    Ok(Applied::TopicDeleted)
+                }
                 None => Err(MetadataError::UnknownTopic(name.clone())),
             },
             Command::AllocateProducerIds { broker, at_least } => {
@@ -374,8 +374,14 @@ impl Metadata {
                         || distinct.len() != rf
                         || list.iter().any(|id| !live.contains(id))
                     {
+                        // Bounded: the lists come from the client.
+                        let shown: Vec<_> = list.iter().take(8).collect();
                         return Err(MetadataError::InvalidAssignment(format!(
-                            "replicas {list:?}: the topic needs {rf} distinct live brokers of {live:?}"
+                            "replicas {shown:?}{} ({} in all): the topic needs {rf} distinct \
+                             live brokers of the {} live",
+                            if list.len() > 8 { "..." } else { "" },
+                            list.len(),
+                            live.len()
                         )));
                     }
                 }
@@ -994,10 +1000,18 @@ mod tests {
         let Applied::TopicCreated(a) = create(&mut m, "t", 1, 1).unwrap() else {
             panic!()
         };
-        m.apply(&Command::DeleteTopic { name: "t".into() }, 0)
-            .unwrap();
+        let delete = |topic_id| Command::DeleteTopic {
+            name: "t".into(),
+            topic_id,
+        };
+        // By id: another incarnation's id deletes nothing.
         assert_eq!(
-            m.apply(&Command::DeleteTopic { name: "t".into() }, 0),
+            m.apply(&delete(Some(a.topic_id + 1)), 0),
+            Err(MetadataError::UnknownTopic("t".into()))
+        );
+        m.apply(&delete(Some(a.topic_id)), 0).unwrap();
+        assert_eq!(
+            m.apply(&delete(None), 0),
             Err(MetadataError::UnknownTopic("t".into()))
         );
         let Applied::TopicCreated(b) = m

@@ -57,31 +57,62 @@ fn local_meta(topic: &TopicRecord) -> TopicMeta {
     }
 }
 
+/// What to do here with a committed topic this broker holds a replica of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    Keep,
+    /// Keep it, and record its id (held from before ids were kept).
+    RecordId,
+    /// Open the partitions from `had` on (CreatePartitions).
+    Grow {
+        had: i32,
+    },
+    /// Delete what is held (another incarnation of the name), then create.
+    Replace,
+    Create,
+}
+
+/// `held` is the local definition, `wanted` the committed one; `caught_up` says whether
+/// the committed view holds everything committed before this start (a partial view after
+/// a restart may be older than what is held).
+fn decide(held: Option<&TopicMeta>, wanted: &TopicMeta, caught_up: bool) -> Local {
+    let Some(held) = held else {
+        return Local::Create;
+    };
+    // Held under id 0: recorded before ids were kept, taken as this incarnation.
+    let same = held.topic_id == wanted.topic_id || held.topic_id == 0;
+    match held.partitions.cmp(&wanted.partitions) {
+        _ if !same && !caught_up => Local::Keep,
+        _ if !same => Local::Replace,
+        std::cmp::Ordering::Equal if held.topic_id == 0 && caught_up => Local::RecordId,
+        std::cmp::Ordering::Equal => Local::Keep,
+        std::cmp::Ordering::Less => Local::Grow {
+            had: held.partitions,
+        },
+        // A partial view shows fewer partitions than held: partitions never shrink.
+        std::cmp::Ordering::Greater => Local::Keep,
+    }
+}
+
 async fn apply(shard: &Rc<Shard>, metadata: &Metadata, caught_up: bool) {
     let me = shard.shared.node_id();
     let registry = &shard.shared.registry;
     for topic in metadata.topics.values().filter(|t| hosted_here(t, me)) {
         let wanted = local_meta(topic);
-        // Held under another id (not recorded by brokers before topic ids were kept: 0),
-        // the topic was deleted and created again while this broker was away.
-        let same = |held: &TopicMeta| held.topic_id == wanted.topic_id || held.topic_id == 0;
-        match registry.get(&topic.name) {
-            Some(held) if same(&held) && held.partitions == wanted.partitions => {
-                if held.topic_id == 0 {
-                    // Recorded before ids were kept: keep its id from now on.
-                    if let Err(e) = registry.update(wanted.clone()) {
-                        tracing::warn!(topic = %topic.name, error = %e, "cannot record the topic id");
-                    }
+        match decide(registry.get(&topic.name).as_ref(), &wanted, caught_up) {
+            Local::Keep => continue,
+            Local::RecordId => {
+                if let Err(e) = registry.update(wanted.clone()) {
+                    tracing::warn!(topic = %topic.name, error = %e, "cannot record the topic id");
                 }
                 continue;
             }
-            // Grown by CreatePartitions: open the new partitions, keep the others.
-            Some(held) if same(&held) && held.partitions < wanted.partitions => {
-                grow_local(shard, &wanted, held.partitions).await;
+            Local::Grow { had } => {
+                grow_local(shard, &wanted, had).await;
                 continue;
             }
-            Some(_) => delete_local(shard, &topic.name).await,
-            None => {}
+            Local::Replace => delete_local(shard, &topic.name).await,
+            Local::Create => {}
         }
         if let Err(e) = registry.create(wanted.clone()) {
             tracing::error!(topic = %topic.name, error = %e, "cannot record a committed topic");
@@ -206,4 +237,60 @@ pub fn controller_error(e: &ControllerError) -> (i16, String) {
         _ => error_code::UNKNOWN_SERVER_ERROR,
     };
     (code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(partitions: i32, topic_id: u128) -> TopicMeta {
+        TopicMeta {
+            name: "t".into(),
+            partitions,
+            configs: Default::default(),
+            topic_id,
+        }
+    }
+
+    #[test]
+    fn held_data_is_deleted_only_for_another_incarnation_seen_in_a_whole_view() {
+        let id = 7;
+        for caught_up in [false, true] {
+            assert_eq!(decide(None, &meta(2, id), caught_up), Local::Create);
+            assert_eq!(
+                decide(Some(&meta(2, id)), &meta(2, id), caught_up),
+                Local::Keep
+            );
+            assert_eq!(
+                decide(Some(&meta(2, id)), &meta(4, id), caught_up),
+                Local::Grow { had: 2 }
+            );
+            // An older view of a grown topic: never shrunk, never deleted.
+            assert_eq!(
+                decide(Some(&meta(4, id)), &meta(2, id), caught_up),
+                Local::Keep
+            );
+        }
+        // Another id: replaced once the view is whole, kept until then (a partial view
+        // may show the older incarnation).
+        assert_eq!(decide(Some(&meta(2, 8)), &meta(2, id), false), Local::Keep);
+        assert_eq!(
+            decide(Some(&meta(2, 8)), &meta(2, id), true),
+            Local::Replace
+        );
+        assert_eq!(
+            decide(Some(&meta(4, 8)), &meta(2, id), true),
+            Local::Replace
+        );
+        // Held before ids were kept: its id is recorded from a whole view only.
+        assert_eq!(decide(Some(&meta(2, 0)), &meta(2, id), false), Local::Keep);
+        assert_eq!(
+            decide(Some(&meta(2, 0)), &meta(2, id), true),
+            Local::RecordId
+        );
+        assert_eq!(
+            decide(Some(&meta(2, 0)), &meta(3, id), true),
+            Local::Grow { had: 2 }
+        );
+    }
 }

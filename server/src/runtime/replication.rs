@@ -54,6 +54,11 @@ fn diverging_epoch(
     if last_fetched_epoch < 0 {
         return Ok(None);
     }
+    // Below the log start there is nothing to compare with: out of range first, as Kafka.
+    let log_start = log.offsets().log_start_offset;
+    if offset < log_start {
+        return Err(PartitionError::OffsetOutOfRange { log_start });
+    }
     let (epoch, end) = log.end_offset_for_epoch(last_fetched_epoch);
     if epoch < 0 || end < 0 {
         // No epoch at or below the reader's here: its position is not in this log.

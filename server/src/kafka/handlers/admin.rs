@@ -331,7 +331,21 @@ pub async fn delete_topics(
     let mut results = Vec::with_capacity(wanted.len());
     for (name, topic_id) in wanted {
         let metadata = shard.shared.controller.view().current();
+        let by_id = name.is_none();
         let (topic, topic_id) = match (name, topic_id) {
+            // Both a name and an id: Kafka refuses the entry.
+            (Some(name), id) if id != 0 => {
+                results.push(
+                    DeletableTopicResult::default()
+                        .with_name(Some(TopicName(str_bytes(&name))))
+                        .with_topic_id(uuid::Uuid::from_u128(id))
+                        .with_error_code(error_code::INVALID_REQUEST)
+                        .with_error_message(Some(str_bytes(
+                            "a topic is named either by name or by id",
+                        ))),
+                );
+                continue;
+            }
             (Some(name), _) => {
                 let id = metadata.topics.get(&name).map_or(0, |t| t.topic_id);
                 (name, id)
@@ -369,6 +383,8 @@ pub async fn delete_topics(
             .controller
             .propose(cluster::Command::DeleteTopic {
                 name: topic.clone(),
+                // Named by id: only that incarnation (not one created again meanwhile).
+                topic_id: by_id.then_some(topic_id),
             })
             .await;
         let (code, message) = match proposed {
@@ -689,12 +705,18 @@ pub fn describe_log_dirs(
     let me = shard.shared.node_id();
     let metadata = shard.shared.controller.view().current();
     // Per topic, the partitions asked about (None: every one held here).
-    let wanted: Option<BTreeMap<String, Vec<i32>>> = req.topics.as_ref().map(|topics| {
-        topics
-            .iter()
-            .map(|t| (t.topic.0.to_string(), t.partitions.clone()))
-            .collect()
-    });
+    let wanted: Option<BTreeMap<String, std::collections::BTreeSet<i32>>> =
+        req.topics.as_ref().map(|topics| {
+            topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.topic.0.to_string(),
+                        t.partitions.iter().copied().collect(),
+                    )
+                })
+                .collect()
+        });
     let mut topics = Vec::new();
     for topic in metadata.topics.values() {
         let asked = match &wanted {
