@@ -149,6 +149,7 @@ const TOPICS: &str = "org.apache.kafka.tools.TopicCommand";
 const PRODUCER: &str = "org.apache.kafka.tools.ConsoleProducer";
 const CONSUMER: &str = "org.apache.kafka.tools.consumer.ConsoleConsumer";
 const GROUPS: &str = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand";
+const QUORUM: &str = "org.apache.kafka.tools.MetadataQuorumCommand";
 
 /// Seed 004, sections 3 to 5, with Kafka 4's tools (`--bootstrap-server` where the seed,
 /// written for Kafka 2, says `--zookeeper` or `--broker-list`): create `army`, list and
@@ -365,6 +366,37 @@ fn given_kafkas_own_tools_should_walk_through_seed_004_on_three_brokers_through_
         full.as_ref().is_some_and(|(_, _, isr)| isr.len() == 3),
         "Isr never held all three replicas: {full:?}"
     );
+
+    // Beyond the seed: the controller quorum as Kafka's own tool shows it
+    // (DescribeQuorum, answered through any broker by the active controller).
+    let quorum = tool(
+        QUORUM,
+        &["--bootstrap-server", &bootstrap, "describe", "--status"],
+        None,
+    );
+    println!("{quorum}");
+    let field = |name: &str| {
+        quorum
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(name)
+                    .map(str::trim)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{quorum}"))
+    };
+    let quorum_leader: i32 = field("LeaderId:").parse().unwrap();
+    assert!((1..=3).contains(&quorum_leader), "{quorum}");
+    let high_watermark: i64 = field("HighWatermark:").parse().unwrap();
+    assert!(high_watermark > 0, "{quorum}");
+    let voters = field("CurrentVoters:");
+    for id in 1..=3 {
+        assert!(
+            voters.contains(&format!("\"id\": {id}")) || voters.contains(&format!("{id}")),
+            "{voters}"
+        );
+    }
 
     let lines = ["node1", "node2", "node", "node4"];
     tool(
