@@ -119,6 +119,10 @@ pub enum Command {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        /// Replicas per partition chosen by the client (`--replica-assignment`), each its
+        /// first the leader; then `partitions` and `replication_factor` come from them.
+        #[serde(default)]
+        assignments: Option<Vec<Vec<BrokerId>>>,
     },
     DeleteTopic {
         name: String,
@@ -237,6 +241,33 @@ pub enum MetadataError {
 
 pub type ApplyResult = Result<Applied, MetadataError>;
 
+/// Replica lists a client chose: each of `rf` (at least one) distinct live brokers.
+fn check_assignment(
+    lists: &[Vec<BrokerId>],
+    rf: usize,
+    live: &[BrokerId],
+) -> Result<(), MetadataError> {
+    for list in lists {
+        let distinct: std::collections::BTreeSet<_> = list.iter().collect();
+        if rf == 0
+            || list.len() != rf
+            || distinct.len() != rf
+            || list.iter().any(|id| !live.contains(id))
+        {
+            // Bounded: the lists come from the client.
+            let shown: Vec<_> = list.iter().take(8).collect();
+            return Err(MetadataError::InvalidAssignment(format!(
+                "replicas {shown:?}{} ({} in all): each partition needs {rf} distinct live \
+                 brokers of the {} live",
+                if list.len() > 8 { "..." } else { "" },
+                list.len(),
+                live.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A deterministic topic id from where its creation sits in the log.
 pub fn topic_id_at(term: u64, index: u64) -> u128 {
     // Never zero (Kafka's null id): the index of a committed entry is at least 1.
@@ -278,7 +309,15 @@ impl Metadata {
                 partitions,
                 replication_factor,
                 configs,
-            } => self.create_topic(name, *partitions, *replication_factor, configs, topic_id),
+                assignments,
+            } => self.create_topic(
+                name,
+                *partitions,
+                *replication_factor,
+                configs,
+                assignments.as_deref(),
+                topic_id,
+            ),
             Command::DeleteTopic { name, topic_id } => match self.topics.get(name) {
                 Some(t) if topic_id.is_some_and(|id| id != t.topic_id) => {
                     Err(MetadataError::UnknownTopic(name.clone()))
@@ -368,23 +407,7 @@ impl Metadata {
                         wanted - have
                     )));
                 }
-                for list in lists {
-                    let distinct: std::collections::BTreeSet<_> = list.iter().collect();
-                    if list.len() != rf
-                        || distinct.len() != rf
-                        || list.iter().any(|id| !live.contains(id))
-                    {
-                        // Bounded: the lists come from the client.
-                        let shown: Vec<_> = list.iter().take(8).collect();
-                        return Err(MetadataError::InvalidAssignment(format!(
-                            "replicas {shown:?}{} ({} in all): the topic needs {rf} distinct \
-                             live brokers of the {} live",
-                            if list.len() > 8 { "..." } else { "" },
-                            list.len(),
-                            live.len()
-                        )));
-                    }
-                }
+                check_assignment(lists, rf, &live)?;
                 lists.to_vec()
             }
             // Placed as if the topic were created with `count` partitions; the new ones
@@ -677,6 +700,7 @@ impl Metadata {
         partitions: i32,
         replication_factor: i16,
         configs: &BTreeMap<String, String>,
+        assignments: Option<&[Vec<BrokerId>]>,
         topic_id: u128,
     ) -> ApplyResult {
         if self.topics.contains_key(name) {
@@ -685,18 +709,31 @@ impl Metadata {
         if self.topics.len() >= TOPICS_MAX {
             return Err(MetadataError::Full("topics".into()));
         }
-        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
-            return Err(MetadataError::InvalidPartitions(partitions));
-        }
         let live = self.live_brokers();
-        let rf = usize::try_from(replication_factor).unwrap_or(0);
-        if rf == 0 || rf > live.len() {
-            return Err(MetadataError::InvalidReplicationFactor {
-                requested: replication_factor,
-                live: live.len(),
-            });
-        }
-        let assignment = placement::assign(&live, partitions, rf, self.placement_cursor);
+        let assignment = match assignments {
+            Some(lists) => {
+                let count = i32::try_from(lists.len()).unwrap_or(i32::MAX);
+                if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&count) {
+                    return Err(MetadataError::InvalidPartitions(count));
+                }
+                let rf = lists.first().map_or(0, Vec::len);
+                check_assignment(lists, rf, &live)?;
+                lists.to_vec()
+            }
+            None => {
+                if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
+                    return Err(MetadataError::InvalidPartitions(partitions));
+                }
+                let rf = usize::try_from(replication_factor).unwrap_or(0);
+                if rf == 0 || rf > live.len() {
+                    return Err(MetadataError::InvalidReplicationFactor {
+                        requested: replication_factor,
+                        live: live.len(),
+                    });
+                }
+                placement::assign(&live, partitions, rf, self.placement_cursor)
+            }
+        };
         self.placement_cursor = self.placement_cursor.wrapping_add(1);
         let record = TopicRecord {
             name: name.to_owned(),
@@ -743,6 +780,7 @@ mod tests {
                 partitions,
                 replication_factor: rf,
                 configs: BTreeMap::new(),
+                assignments: None,
             },
             topic_id_at(1, m.topics.len() as u64 + 1),
         )
@@ -847,6 +885,50 @@ mod tests {
             (2, &vec![2, 0])
         );
         assert_eq!(t.partitions[6].replicas, vec![1, 2]);
+    }
+
+    #[test]
+    fn given_a_manual_assignment_should_place_replicas_as_assigned_or_refuse_it() {
+        let mut m = three_brokers();
+        let create = |m: &mut Metadata, name: &str, lists: Vec<Vec<BrokerId>>| {
+            m.apply(
+                &Command::CreateTopic {
+                    name: name.into(),
+                    partitions: -1,
+                    replication_factor: -1,
+                    configs: BTreeMap::new(),
+                    assignments: Some(lists),
+                },
+                topic_id_at(1, 9),
+            )
+        };
+        for bad in [
+            vec![vec![0, 1], vec![2]],
+            vec![vec![1, 1]],
+            vec![vec![0, 9]],
+            vec![vec![]],
+            vec![],
+        ] {
+            assert!(
+                matches!(
+                    create(&mut m, "bad", bad.clone()),
+                    Err(MetadataError::InvalidAssignment(_) | MetadataError::InvalidPartitions(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(!m.topics.contains_key("bad"));
+        let Applied::TopicCreated(t) =
+            create(&mut m, "hand", vec![vec![2, 0], vec![1, 2]]).unwrap()
+        else {
+            panic!("not created");
+        };
+        assert_eq!(t.partitions.len(), 2);
+        assert_eq!(
+            (t.partitions[0].leader, &t.partitions[0].replicas),
+            (2, &vec![2, 0])
+        );
+        assert_eq!(t.partitions[1].isr, vec![1, 2]);
     }
 
     #[test]
@@ -1021,6 +1103,7 @@ mod tests {
                     partitions: 1,
                     replication_factor: 1,
                     configs: BTreeMap::new(),
+                    assignments: None,
                 },
                 topic_id_at(3, 40),
             )

@@ -122,6 +122,7 @@ fn create(
         partitions,
         replication_factor: rf,
         configs: BTreeMap::new(),
+        assignments: None,
     }))
 }
 

@@ -123,6 +123,54 @@ fn given_flexible_versions_should_name_topics_by_id_and_tell_a_diverged_fetcher_
     );
     let id = t.topic_id;
 
+    // A replica assignment by hand (`kafka-topics --replica-assignment`): the partitions
+    // and replication factor come from it; a broker that is not live, or a count given
+    // with it, is refused.
+    {
+        use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+        let assigned = |stream: &mut TcpStream, topic: &str, lists: &[&[i32]], count: i32| {
+            let r: CreateTopicsResponse = wire::call(
+                stream,
+                ApiKey::CreateTopics,
+                7,
+                &CreateTopicsRequest::default()
+                    .with_topics(vec![
+                        CreatableTopic::default()
+                            .with_name(name(topic))
+                            .with_num_partitions(count)
+                            .with_replication_factor(-1)
+                            .with_assignments(
+                                lists
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, brokers)| {
+                                        CreatableReplicaAssignment::default()
+                                            .with_partition_index(i as i32)
+                                            .with_broker_ids(
+                                                brokers.iter().map(|b| BrokerId(*b)).collect(),
+                                            )
+                                    })
+                                    .collect(),
+                            ),
+                    ])
+                    .with_timeout_ms(10_000),
+            );
+            let t = &r.topics[0];
+            (t.error_code, t.num_partitions, t.replication_factor)
+        };
+        assert_eq!(assigned(&mut stream, "hand", &[&[0], &[0]], -1), (0, 2, 1));
+        assert_eq!(
+            assigned(&mut stream, "hand2", &[&[7]], -1).0,
+            39,
+            "INVALID_REPLICA_ASSIGNMENT"
+        );
+        assert_eq!(
+            assigned(&mut stream, "hand3", &[&[0]], 1).0,
+            42,
+            "INVALID_REQUEST"
+        );
+    }
+
     // Metadata v12 looks it up by id; an id nobody holds is UNKNOWN_TOPIC_ID.
     let m = metadata_by_id(&mut stream, id);
     assert_eq!(m.topics[0].error_code, 0);

@@ -238,6 +238,7 @@ fn start_controller(
                 partitions: meta.partitions,
                 replication_factor: 1,
                 configs: meta.configs.clone(),
+                assignments: None,
             };
             match futures_executor::block_on(controller.propose(command)) {
                 Ok(_)

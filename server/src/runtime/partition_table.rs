@@ -252,6 +252,7 @@ mod tests {
                 partitions: 2,
                 replication_factor: 1,
                 configs: Default::default(),
+                assignments: None,
             },
             1,
         )

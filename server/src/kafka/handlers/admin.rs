@@ -94,7 +94,33 @@ async fn create_one(
         config.num_partitions,
         config.default_replication_factor,
     )?;
-    create_committed(shard, meta, rf, validate_only).await
+    let assignments = manual_assignments(topic)?;
+    create_committed(shard, meta, rf, assignments, validate_only).await
+}
+
+/// The replicas a CreateTopics entry assigns by hand (`--replica-assignment`): one list
+/// per partition, the partitions numbered 0..n; `None` when it assigns none.
+fn manual_assignments(
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<Option<Vec<Vec<i32>>>, (i16, String)> {
+    if topic.assignments.is_empty() {
+        return Ok(None);
+    }
+    let mut lists: Vec<Option<Vec<i32>>> = vec![None; topic.assignments.len()];
+    for a in &topic.assignments {
+        let slot = usize::try_from(a.partition_index)
+            .ok()
+            .and_then(|i| lists.get_mut(i))
+            .filter(|slot| slot.is_none())
+            .ok_or_else(|| {
+                (
+                    error_code::INVALID_REPLICA_ASSIGNMENT,
+                    "assigned partitions must be numbered 0..n, each once".to_owned(),
+                )
+            })?;
+        *slot = Some(a.broker_ids.iter().map(|b| b.0).collect());
+    }
+    Ok(Some(lists.into_iter().flatten().collect()))
 }
 
 /// Checks a new topic, has the controller commit it, and waits until it is applied here.
@@ -103,6 +129,7 @@ pub async fn create_committed(
     shard: &Rc<Shard>,
     meta: TopicMeta,
     replication_factor: i16,
+    assignments: Option<Vec<Vec<i32>>>,
     validate_only: bool,
 ) -> Result<(TopicMeta, i16), (i16, String)> {
     crate::control::topics::validate(&meta).map_err(|e| {
@@ -116,31 +143,21 @@ pub async fn create_committed(
         (code, e.to_string())
     })?;
     let name = meta.name.clone();
-    let committed = shard.shared.controller.view().current();
-    if validate_only {
-        if committed.topics.contains_key(&name) {
-            return Err((
-                error_code::TOPIC_ALREADY_EXISTS,
-                format!("topic {name} already exists"),
-            ));
-        }
-        let live = committed.live_brokers().len();
-        if usize::try_from(replication_factor).unwrap_or(0) > live {
-            return Err((
-                error_code::INVALID_REPLICATION_FACTOR,
-                format!(
-                    "replication factor {replication_factor} is larger than the {live} live brokers"
-                ),
-            ));
-        }
-        return Ok((meta, replication_factor));
-    }
     let command = cluster::Command::CreateTopic {
         name: name.clone(),
         partitions: meta.partitions,
         replication_factor,
         configs: meta.configs.clone(),
+        assignments,
     };
+    if validate_only {
+        // The controller's own checks, on a copy of the committed metadata.
+        let mut copy = (*shard.shared.controller.view().current()).clone();
+        return copy
+            .apply(&command, 0)
+            .map(|_| (meta, replication_factor))
+            .map_err(|e| controller_error(&cluster::ControllerError::Refused(e)));
+    }
     shard
         .shared
         .controller
@@ -163,15 +180,38 @@ pub async fn create_committed(
 }
 
 /// The topic a CreateTopics entry asks for, and its replication factor, checked as far
-/// as no cluster state is needed: no manual assignment, each config;
-/// `default_partitions` and `default_replication_factor` stand for -1 (as Kafka's
-/// CreateTopics v4+). The controller checks the replication factor against the live
-/// brokers; `topics::validate` checks the name and the partition count.
+/// as no cluster state is needed: each config; `default_partitions` and
+/// `default_replication_factor` stand for -1 (as Kafka's CreateTopics v4+). With a
+/// manual assignment both must be -1, and the assignment gives them. The controller
+/// checks the replication factor (or the assignment) against the live brokers;
+/// `topics::validate` checks the name and the partition count.
 pub fn requested_topic(
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     default_partitions: i32,
     default_replication_factor: i16,
 ) -> Result<(TopicMeta, i16), (i16, String)> {
+    if !topic.assignments.is_empty() {
+        if topic.num_partitions != -1 || topic.replication_factor != -1 {
+            return Err((
+                error_code::INVALID_REQUEST,
+                "a replica assignment comes without a partition count or replication factor".into(),
+            ));
+        }
+        let partitions = i32::try_from(topic.assignments.len()).unwrap_or(i32::MAX);
+        let rf = topic
+            .assignments
+            .first()
+            .map_or(0, |a| i16::try_from(a.broker_ids.len()).unwrap_or(i16::MAX));
+        return Ok((
+            TopicMeta {
+                name: topic.name.0.to_string(),
+                partitions,
+                configs: topic_configs_of(topic)?,
+                topic_id: 0,
+            },
+            rf,
+        ));
+    }
     let replication_factor = match topic.replication_factor {
         -1 => default_replication_factor,
         rf if rf >= 1 => rf,
@@ -182,17 +222,26 @@ pub fn requested_topic(
             ));
         }
     };
-    if !topic.assignments.is_empty() {
-        return Err((
-            error_code::INVALID_REPLICA_ASSIGNMENT,
-            "manual replica assignment is not supported".into(),
-        ));
-    }
     let partitions = if topic.num_partitions == -1 {
         default_partitions
     } else {
         topic.num_partitions
     };
+    Ok((
+        TopicMeta {
+            name: topic.name.0.to_string(),
+            partitions,
+            configs: topic_configs_of(topic)?,
+            topic_id: 0,
+        },
+        replication_factor,
+    ))
+}
+
+/// A CreateTopics entry's configs, each checked.
+fn topic_configs_of(
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<BTreeMap<String, String>, (i16, String)> {
     let mut configs = BTreeMap::new();
     for c in &topic.configs {
         let key = c.name.to_string();
@@ -200,15 +249,7 @@ pub fn requested_topic(
         check_config(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
         configs.insert(key, value);
     }
-    Ok((
-        TopicMeta {
-            name: topic.name.0.to_string(),
-            partitions,
-            configs,
-            topic_id: 0,
-        },
-        replication_factor,
-    ))
+    Ok(configs)
 }
 
 /// CreatePartitions: grows each topic to its new count through the controller, which

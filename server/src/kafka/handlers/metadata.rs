@@ -143,7 +143,7 @@ async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<(), i16> {
         configs: Default::default(),
         topic_id: 0,
     };
-    match create_committed(shard, meta, config.default_replication_factor, false).await {
+    match create_committed(shard, meta, config.default_replication_factor, None, false).await {
         Ok(_) => {
             tracing::info!(topic = name, "auto-created topic");
             Ok(())
