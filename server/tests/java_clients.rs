@@ -155,7 +155,7 @@ const QUORUM: &str = "org.apache.kafka.tools.MetadataQuorumCommand";
 /// written for Kafka 2, says `--zookeeper` or `--broker-list`): create `army`, list and
 /// describe it, type three lines into the console producer, read them back in order with
 /// the console consumer `--from-beginning`, then see its group's offsets; then grow it to
-/// three partitions with `kafka-topics --alter`.
+/// three partitions with `kafka-topics --alter`, and create one with `--replica-assignment`.
 #[test]
 fn given_kafkas_own_tools_should_walk_through_seed_004_on_one_broker() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,6 +278,36 @@ fn given_kafkas_own_tools_should_walk_through_seed_004_on_one_broker() {
     );
     assert!(
         described.contains("PartitionCount: 3") && described.contains("Partition: 2"),
+        "{described}"
+    );
+    // And a topic whose replicas are assigned by hand, two partitions on broker 0.
+    let created = tool(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            server,
+            "--create",
+            "--topic",
+            "assigned",
+            "--replica-assignment",
+            "0,0",
+        ],
+        None,
+    );
+    assert!(created.contains("Created topic assigned"), "{created}");
+    let described = tool(
+        TOPICS,
+        &[
+            "--bootstrap-server",
+            server,
+            "--describe",
+            "--topic",
+            "assigned",
+        ],
+        None,
+    );
+    assert!(
+        described.contains("PartitionCount: 2") && described.contains("Replicas: 0"),
         "{described}"
     );
 }
