@@ -176,7 +176,7 @@ fn spawn(data_dir: &Path, listen: &str, env: &[(String, String)]) -> (Child, Str
 }
 
 /// A tool the tests run, from `PATH`. One that is missing but that Debian packages (kcat,
-/// nftables' `nft`) is installed first with apt-get, once per test process, so that
+/// nftables' `nft`, Node.js and npm) is installed first with apt-get, once per test process, so that
 /// `cargo test` needs no set-up step of its own on a fresh machine of this kind (root, apt
 /// reachable); if that fails, the test fails with what to run.
 pub fn require_tool(name: &str) -> PathBuf {
@@ -194,6 +194,8 @@ fn ensure_tool(name: &str) -> Option<PathBuf> {
     let package = match name {
         "kcat" => Some("kcat"),
         "nft" => Some("nftables"),
+        "node" => Some("nodejs"),
+        "npm" => Some("npm"),
         _ => None,
     };
     if let Some(package) = package {
