@@ -575,6 +575,15 @@ impl Node {
         &self,
         command: Command,
     ) -> Result<Result<Applied, MetadataError>, ProposeError> {
+        // openraft stops its core on an entry its log store cannot write: a command too
+        // large for a log record is refused here instead.
+        let size = serde_json::to_vec(&command).map_or(usize::MAX, |b| b.len());
+        if size > crate::limits::COMMAND_BYTES_MAX {
+            return Ok(Err(MetadataError::Full(format!(
+                "a command of {size} bytes is over {}",
+                crate::limits::COMMAND_BYTES_MAX
+            ))));
+        }
         let write =
             tokio::time::timeout(RPC_PROPOSE_TIMEOUT, self.raft.client_write(command)).await;
         match write {

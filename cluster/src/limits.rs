@@ -2,9 +2,15 @@
 
 use std::time::Duration;
 
-/// Largest controller log record (one command, or a membership change; commands name a
-/// topic and its configs, never its partitions, so they stay small).
+/// Largest controller log record (one command, or a membership change). Commands name a
+/// topic and its configs, and at most the replica lists a client assigned by hand
+/// (bounded by the brokers before proposing). A larger command is refused before Raft
+/// sees it: Raft stops on a log entry it cannot store.
 pub const RAFT_RECORD_BYTES_MAX: usize = 1024 * 1024;
+
+/// Largest command proposed: a record's entry wraps the command with its log id and
+/// framing, so the command stays well below `RAFT_RECORD_BYTES_MAX`.
+pub const COMMAND_BYTES_MAX: usize = RAFT_RECORD_BYTES_MAX / 2;
 
 /// Largest frame between controllers: an append of several entries, a snapshot chunk
 /// (`SNAPSHOT_CHUNK_BYTES_MAX`, about 4x larger as JSON numbers), or the answer to a

@@ -371,18 +371,19 @@ impl Metadata {
         }
     }
 
-    fn create_partitions(
-        &mut self,
+    /// The replica lists of the partitions a CreatePartitions adds, checked against the
+    /// committed state; nothing changes.
+    fn plan_partitions(
+        &self,
         name: &str,
         topic_id: u128,
         count: i32,
         assignments: Option<&[Vec<BrokerId>]>,
-    ) -> ApplyResult {
+    ) -> Result<Vec<Vec<BrokerId>>, MetadataError> {
         let live = self.live_brokers();
-        let cursor = self.placement_cursor;
         let topic = self
             .topics
-            .get_mut(name)
+            .get(name)
             .filter(|t| t.topic_id == topic_id)
             .ok_or_else(|| MetadataError::UnknownTopic(name.to_owned()))?;
         let have = topic.partitions.len();
@@ -397,7 +398,7 @@ impl Metadata {
                 live: live.len(),
             });
         }
-        let new: Vec<Vec<BrokerId>> = match assignments {
+        Ok(match assignments {
             // Each new partition on `rf` distinct live brokers.
             Some(lists) => {
                 if lists.len() != wanted - have {
@@ -412,11 +413,25 @@ impl Metadata {
             }
             // Placed as if the topic were created with `count` partitions; the new ones
             // take the tail.
-            None => placement::assign(&live, count, rf, cursor)
+            None => placement::assign(&live, count, rf, self.placement_cursor)
                 .into_iter()
                 .skip(have)
                 .collect(),
-        };
+        })
+    }
+
+    fn create_partitions(
+        &mut self,
+        name: &str,
+        topic_id: u128,
+        count: i32,
+        assignments: Option<&[Vec<BrokerId>]>,
+    ) -> ApplyResult {
+        let new = self.plan_partitions(name, topic_id, count, assignments)?;
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_owned()))?;
         topic
             .partitions
             .extend(new.into_iter().map(|replicas| PartitionRecord {
@@ -694,15 +709,15 @@ impl Metadata {
         }
     }
 
-    fn create_topic(
-        &mut self,
+    /// The replica lists of a new topic, checked against the committed state; nothing
+    /// changes.
+    fn plan_topic(
+        &self,
         name: &str,
         partitions: i32,
         replication_factor: i16,
-        configs: &BTreeMap<String, String>,
         assignments: Option<&[Vec<BrokerId>]>,
-        topic_id: u128,
-    ) -> ApplyResult {
+    ) -> Result<Vec<Vec<BrokerId>>, MetadataError> {
         if self.topics.contains_key(name) {
             return Err(MetadataError::TopicAlreadyExists(name.to_owned()));
         }
@@ -710,7 +725,7 @@ impl Metadata {
             return Err(MetadataError::Full("topics".into()));
         }
         let live = self.live_brokers();
-        let assignment = match assignments {
+        Ok(match assignments {
             Some(lists) => {
                 let count = i32::try_from(lists.len()).unwrap_or(i32::MAX);
                 if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&count) {
@@ -733,7 +748,49 @@ impl Metadata {
                 }
                 placement::assign(&live, partitions, rf, self.placement_cursor)
             }
-        };
+        })
+    }
+
+    /// Whether a CreateTopic or CreatePartitions would be applied to the committed
+    /// state as it is (a validate-only request), without changing or copying it.
+    pub fn check(&self, command: &Command) -> Result<(), MetadataError> {
+        match command {
+            Command::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                assignments,
+                ..
+            } => self
+                .plan_topic(
+                    name,
+                    *partitions,
+                    *replication_factor,
+                    assignments.as_deref(),
+                )
+                .map(|_| ()),
+            Command::CreatePartitions {
+                topic,
+                topic_id,
+                count,
+                assignments,
+            } => self
+                .plan_partitions(topic, *topic_id, *count, assignments.as_deref())
+                .map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+        assignments: Option<&[Vec<BrokerId>]>,
+        topic_id: u128,
+    ) -> ApplyResult {
+        let assignment = self.plan_topic(name, partitions, replication_factor, assignments)?;
         self.placement_cursor = self.placement_cursor.wrapping_add(1);
         let record = TopicRecord {
             name: name.to_owned(),

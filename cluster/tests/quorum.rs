@@ -126,6 +126,37 @@ fn create(
     }))
 }
 
+/// A command too large for a controller log record (a replica assignment of 300,000
+/// broker ids) is refused before Raft sees it: openraft stops its core on an entry its
+/// log store cannot write, which would leave the quorum without this controller.
+#[test]
+fn given_a_command_too_large_for_the_log_should_refuse_it_and_keep_committing() {
+    let root = tempfile::tempdir().unwrap();
+    let node = Controller::start(ControllerConfig::single(
+        0,
+        root.path().join("c"),
+        "127.0.0.1".into(),
+        9092,
+    ))
+    .unwrap();
+    assert!(node.wait_registered(Duration::from_secs(10)));
+    let huge = futures_executor::block_on(node.propose(Command::CreateTopic {
+        name: "huge".into(),
+        partitions: -1,
+        replication_factor: -1,
+        configs: BTreeMap::new(),
+        assignments: Some(vec![vec![-2_000_000_000; 300_000]]),
+    }));
+    assert!(
+        matches!(huge, Err(ControllerError::Refused(MetadataError::Full(_)))),
+        "{huge:?}"
+    );
+    let Applied::TopicCreated(_) = create(&node, "after", 1, 1).unwrap() else {
+        panic!("not created")
+    };
+    node.shutdown(false);
+}
+
 #[test]
 fn given_single_voter_when_restarted_should_keep_topics_and_register_a_new_incarnation() {
     let root = tempfile::tempdir().unwrap();

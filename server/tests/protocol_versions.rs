@@ -169,6 +169,10 @@ fn given_flexible_versions_should_name_topics_by_id_and_tell_a_diverged_fetcher_
             42,
             "INVALID_REQUEST"
         );
+        // Longer lists than there are live brokers never reach the controller's log.
+        let long = vec![0; 50_000];
+        assert_eq!(assigned(&mut stream, "hand4", &[&long], -1).0, 39);
+        assert_eq!(assigned(&mut stream, "hand5", &[&[0], &[]], -1).0, 39);
     }
 
     // Metadata v12 looks it up by id; an id nobody holds is UNKNOWN_TOPIC_ID.

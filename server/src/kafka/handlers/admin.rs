@@ -95,7 +95,39 @@ async fn create_one(
         config.default_replication_factor,
     )?;
     let assignments = manual_assignments(topic)?;
+    if let Some(lists) = &assignments {
+        bound_assignments(shard, lists, lists.len())?;
+    }
     create_committed(shard, meta, rf, assignments, validate_only).await
+}
+
+/// Bounds replica lists a client assigned before they reach the controller's log:
+/// `expected` lists, each no longer than the live brokers and all as long as the first.
+/// (The controller checks the rest; a command too large for its log is refused there.)
+fn bound_assignments(
+    shard: &Shard,
+    lists: &[Vec<i32>],
+    expected: usize,
+) -> Result<(), (i16, String)> {
+    let live = shard
+        .shared
+        .controller
+        .view()
+        .current()
+        .live_brokers()
+        .len();
+    let rf = lists.first().map_or(0, Vec::len);
+    if lists.len() != expected || rf == 0 || rf > live || lists.iter().any(|l| l.len() != rf) {
+        return Err((
+            error_code::INVALID_REPLICA_ASSIGNMENT,
+            format!(
+                "{} replica lists for {expected} partitions: each needs the same number of \
+                 replicas, at least one and at most the {live} live brokers",
+                lists.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The replicas a CreateTopics entry assigns by hand (`--replica-assignment`): one list
@@ -151,11 +183,14 @@ pub async fn create_committed(
         assignments,
     };
     if validate_only {
-        // The controller's own checks, on a copy of the committed metadata.
-        let mut copy = (*shard.shared.controller.view().current()).clone();
-        return copy
-            .apply(&command, 0)
-            .map(|_| (meta, replication_factor))
+        // The controller's own checks against the committed metadata.
+        return shard
+            .shared
+            .controller
+            .view()
+            .current()
+            .check(&command)
+            .map(|()| (meta, replication_factor))
             .map_err(|e| controller_error(&cluster::ControllerError::Refused(e)));
     }
     shard
@@ -309,6 +344,10 @@ async fn grow_topic(
             format!("topic {name} has {have} partitions; the new count {count} must be larger"),
         ));
     }
+    if let Some(lists) = &assignments {
+        let new = usize::try_from(count).unwrap_or(0) - have;
+        bound_assignments(shard, lists, new)?;
+    }
     let command = cluster::Command::CreatePartitions {
         topic: name.to_owned(),
         topic_id: topic.topic_id,
@@ -316,11 +355,9 @@ async fn grow_topic(
         assignments,
     };
     if validate_only {
-        // The controller's own checks, on a copy of the committed metadata.
-        let mut copy = (*metadata).clone();
-        return copy
-            .apply(&command, 0)
-            .map(|_| ())
+        // The controller's own checks against the committed metadata.
+        return metadata
+            .check(&command)
             .map_err(|e| controller_error(&cluster::ControllerError::Refused(e)));
     }
     drop(metadata);
