@@ -219,36 +219,15 @@ fn ensure_tool(name: &str) -> Option<PathBuf> {
 /// installed with pip first if they are missing (once per test process).
 pub fn require_python_clients() -> PathBuf {
     let python = require_tool("python3");
-    let has_them = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import kafka, lz4, snappy, zstandard"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has_them(&python) {
-        install_once("pip:kafka-python", || {
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--root-user-action=ignore",
-                    "kafka-python==3.0.12",
-                    "lz4>=4",
-                    "python-snappy>=0.7",
-                    "zstandard>=0.22",
-                ])
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-    }
-    assert!(
-        has_them(&python),
-        "kafka-python is not installed: run .ci/run, or `pip install kafka-python==3.0.12 lz4 python-snappy zstandard`"
+    pip_ensure(
+        &python,
+        "kafka, lz4, snappy, zstandard",
+        &[
+            "kafka-python==3.0.12",
+            "lz4>=4",
+            "python-snappy>=0.7",
+            "zstandard>=0.22",
+        ],
     );
     python
 }
@@ -257,17 +236,32 @@ pub fn require_python_clients() -> PathBuf {
 /// pytest-mock 3.17.0, pytest-timeout 2.4.0), installed with pip if missing.
 pub fn require_python_test_tools() -> PathBuf {
     let python = require_python_clients();
-    let has_them = |python: &Path| {
+    pip_ensure(
+        &python,
+        "pytest, pytest_mock, pytest_timeout",
+        &[
+            "pytest==9.2.0",
+            "pytest-mock==3.17.0",
+            "pytest-timeout==2.4.0",
+        ],
+    );
+    python
+}
+
+/// Makes `modules` importable by `python`: installs `packages` with pip (once per test
+/// process) when they are not, and fails the test saying what to install if that fails.
+fn pip_ensure(python: &Path, modules: &str, packages: &[&str]) {
+    let importable = || {
         Command::new(python)
-            .args(["-c", "import pytest, pytest_mock, pytest_timeout"])
+            .args(["-c", &format!("import {modules}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !has_them(&python) {
-        install_once("pip:pytest", || {
-            Command::new(&python)
+    if !importable() {
+        install_once(&format!("pip:{}", packages.join(",")), || {
+            Command::new(python)
                 .args([
                     "-m",
                     "pip",
@@ -275,19 +269,17 @@ pub fn require_python_test_tools() -> PathBuf {
                     "--quiet",
                     "--disable-pip-version-check",
                     "--root-user-action=ignore",
-                    "pytest==9.2.0",
-                    "pytest-mock==3.17.0",
-                    "pytest-timeout==2.4.0",
                 ])
+                .args(packages)
                 .status()
                 .is_ok_and(|s| s.success())
         });
     }
     assert!(
-        has_them(&python),
-        "pytest is not installed: run .ci/run, or `pip install pytest pytest-mock pytest-timeout`"
+        importable(),
+        "{modules} not installed: run .ci/run, or `pip install {}`",
+        packages.join(" ")
     );
-    python
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
