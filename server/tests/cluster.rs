@@ -409,6 +409,17 @@ fn given_three_brokers_when_creating_an_rf3_topic_should_spread_leaders_and_serv
 /// Reads partitions 0..6 of `multiple` from the beginning until `expected` distinct
 /// values came back or the timeout passed.
 fn read_all(bootstrap: &str, expected: i32) -> BTreeSet<String> {
+    read_partitions(bootstrap, "multiple", 0..6, expected)
+}
+
+/// The distinct payloads of `partitions` of `topic`, read from the beginning until
+/// `expected` of them arrived (or the timeout passed).
+fn read_partitions(
+    bootstrap: &str,
+    topic: &str,
+    partitions: std::ops::Range<i32>,
+    expected: i32,
+) -> BTreeSet<String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "cluster-reader")
@@ -416,9 +427,9 @@ fn read_all(bootstrap: &str, expected: i32) -> BTreeSet<String> {
         .create()
         .unwrap();
     let mut assignment = TopicPartitionList::new();
-    for p in 0..6 {
+    for p in partitions {
         assignment
-            .add_partition_offset("multiple", p, Offset::Beginning)
+            .add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&assignment).unwrap();
@@ -1065,26 +1076,7 @@ fn given_a_grown_rf3_topic_should_replicate_its_new_partitions_and_keep_them_thr
         moved.is_some(),
         "partition 3 never moved off broker {leader}"
     );
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &survivor)
-        .set("group.id", "grown-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 2..4 {
-        assignment
-            .add_partition_offset("grown", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut seen = BTreeSet::new();
-    wire::wait_until(TIMEOUT, || {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            seen.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-        }
-        seen.len() == sent as usize
-    });
+    let seen = read_partitions(&survivor, "grown", 2..4, sent);
     assert_eq!(
         seen.len(),
         sent as usize,
