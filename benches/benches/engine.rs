@@ -58,6 +58,7 @@ fn append_throughput(c: &mut Criterion) {
     let paths = [
         ("io_uring", WritePath::IoUring),
         ("inline", WritePath::Inline),
+        ("adaptive", WritePath::Adaptive),
     ];
     for (flush_label, policy, wait) in flushes {
         for (path_label, write_path) in paths {
@@ -218,6 +219,40 @@ fn index_lookup(c: &mut Criterion) {
         b.iter(|| {
             offset = (offset + 7919) % batches;
             rt.block_on(partition.read_ranges(offset, 64 * KIB as u64))
+                .expect("read")
+        })
+    });
+    rt.block_on(partition.close()).expect("close");
+
+    // A consumer at the tail of small batches (200 bytes, ~20 per index interval): the
+    // batch is among the recent ones kept in memory; further back it is found by a
+    // header scan from the index floor, through one read window.
+    let dir = bench_dir();
+    let (partition, _) = rt
+        .block_on(Partition::open(dir.path(), log_config(FlushPolicy::Never)))
+        .expect("open");
+    let small = batch_of(200);
+    let batches = 20_000i64;
+    rt.block_on(async {
+        for _ in 0..batches {
+            partition
+                .append(small.clone(), AppendWait::Written)
+                .await
+                .expect("append");
+        }
+    });
+    let mut probe = 0i64;
+    group.bench_function("partition_read_ranges_tail_200B_batches", |b| {
+        b.iter(|| {
+            probe = (probe + 37) % 200;
+            rt.block_on(partition.read_ranges(batches - 1 - probe, 64 * KIB as u64))
+                .expect("read")
+        })
+    });
+    group.bench_function("partition_read_ranges_old_200B_batches", |b| {
+        b.iter(|| {
+            probe = (probe + 7919) % (batches - 1000);
+            rt.block_on(partition.read_ranges(probe, 64 * KIB as u64))
                 .expect("read")
         })
     });

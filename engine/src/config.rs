@@ -30,6 +30,10 @@ pub enum WritePath {
     /// `pwritev` on the core's own thread: a memcpy into the page cache, with no worker
     /// hand-off, but it blocks the core if the kernel throttles dirty pages.
     Inline,
+    /// `Inline` for writes of at most `INLINE_WRITE_BYTES_MAX` (the small writes of
+    /// modest rates, where the worker hand-off costs far more than the copy), `IoUring`
+    /// for larger ones (the heavy streams that could meet dirty-page throttling).
+    Adaptive,
 }
 
 /// How much of the log `open` re-validates when the last shutdown was not clean.
@@ -70,7 +74,7 @@ impl Default for LogConfig {
             index_interval_bytes: limits::INDEX_INTERVAL_BYTES_DEFAULT,
             batch_bytes_max: limits::BATCH_BYTES_MAX_DEFAULT,
             flush_policy: FlushPolicy::Never,
-            write_path: WritePath::IoUring,
+            write_path: WritePath::Adaptive,
             retention_bytes: None,
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
             recovery_scope: RecoveryScope::SinceCheckpoint,

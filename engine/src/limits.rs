@@ -59,8 +59,20 @@ const _: () = assert!(2 * WRITE_GROUP_BATCHES_MAX <= 1024);
 /// Bytes the writer coalesces into one vectored write.
 pub const WRITE_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// Largest write `WritePath::Adaptive` makes on the core's own thread: copying 64 KiB
+/// into the page cache costs about what one hand-off to an io_uring worker does.
+pub const INLINE_WRITE_BYTES_MAX: usize = 64 * 1024;
+
 /// Bytes read per step when scanning a segment (recovery, lookups).
 pub const SCAN_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Batches whose positions a segment keeps in memory, the newest ones: a consumer at the
+/// tail finds its batch there without reading a header from the file. 24 bytes each.
+pub const RECENT_BATCHES_MAX: usize = 256;
+
+/// Bytes read per step when a lookup scans batch headers from an index floor: the index
+/// interval and a header, so a floor's whole stretch is usually one read.
+pub const HEADER_SCAN_CHUNK_BYTES: usize = 4096 + 64;
 
 /// Segments one partition may hold; opening a directory with more is refused.
 pub const SEGMENTS_PER_PARTITION_MAX: usize = 1_000_000;

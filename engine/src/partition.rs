@@ -24,13 +24,13 @@ use crate::config::{FlushPolicy, LogConfig, WritePath};
 use crate::error::{BatchError, FailedStep, LogError, Result, StorageFailure};
 use crate::leader_epoch::{LeaderEpochCache, UNDEFINED_EPOCH};
 use crate::limits::{
-    APPEND_QUEUE_DEPTH_MAX, INDEX_INTERVAL_BYTES_MIN, INDEX_PERSIST_ENTRIES_MIN,
-    WRITE_GROUP_BATCHES_MAX, WRITE_GROUP_BYTES_MAX,
+    APPEND_QUEUE_DEPTH_MAX, HEADER_SCAN_CHUNK_BYTES, INDEX_INTERVAL_BYTES_MIN,
+    INDEX_PERSIST_ENTRIES_MIN, WRITE_GROUP_BATCHES_MAX, WRITE_GROUP_BYTES_MAX,
 };
 use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::segment::{
-    BatchScanner, Scanned, Segment, SegmentFile, SegmentFiles, SegmentSpan, for_each_header,
-    read_at_most,
+    BatchScanner, PlacedBatch, Scanned, Segment, SegmentFile, SegmentFiles, SegmentSpan,
+    for_each_header, read_at_most,
 };
 use crate::{now_ms, recovery};
 
@@ -531,7 +531,7 @@ impl Partition {
             offsets,
             end_offset: offset,
         };
-        let (mut snapshots, start, offsets, limit) = {
+        let (mut snapshots, start, first_found, offsets, limit) = {
             let st = self.state.borrow();
             st.check_readable()?;
             let offsets = st.offsets();
@@ -549,6 +549,8 @@ impl Partition {
             let first = st.segment_for(offset);
             let seg = &st.segments[first];
             let start = u64::from(seg.offset_index.floor(seg.relative(offset)).position);
+            // A reader at the tail finds its batch among the recent ones, with no read.
+            let first_found = seg.recent_batch(offset);
             let snapshots: Vec<(Rc<SegmentFiles>, u64, i64)> = st
                 .segments
                 .iter()
@@ -558,11 +560,18 @@ impl Partition {
                 .collect();
             // Below the log end the read stops at the batch holding `upto`: found from
             // its segment's index floor by a short header scan, once the borrow is gone.
-            let limit = (upto < offsets.log_end_offset).then(|| (first, st.span_for(upto)));
-            (snapshots, start, offsets, limit)
+            let limit = (upto < offsets.log_end_offset).then(|| {
+                let (i, span) = st.span_for(upto);
+                let recent = st.segments[i].recent_batch(upto);
+                (first, (i, span), recent)
+            });
+            (snapshots, start, first_found, offsets, limit)
         };
-        if let Some((first, (limit_segment, span))) = limit {
-            let cut = find_batch(&span.files, span.size, span.start, upto).await?;
+        if let Some((first, (limit_segment, span), recent)) = limit {
+            let cut = match recent {
+                Some(found) => found,
+                None => find_batch(&span.files, span.size, span.start, upto).await?,
+            };
             if cut.base_offset <= offset {
                 return Ok(empty(offsets));
             }
@@ -574,7 +583,10 @@ impl Partition {
             }
         }
         let (files, first_size, first_next) = &snapshots[0];
-        let found = find_batch(files, *first_size, start, offset).await?;
+        let found = match first_found {
+            Some(found) => found,
+            None => find_batch(files, *first_size, start, offset).await?,
+        };
         let (position, first_len, first_last) = (found.position, found.total, found.last_offset);
         let mut ranges = Vec::new();
         let first_available = first_size - position;
@@ -774,42 +786,33 @@ impl Partition {
     }
 }
 
-/// A batch found by `find_batch`.
-struct FoundBatch {
-    position: u64,
-    total: u64,
-    base_offset: i64,
-    last_offset: i64,
-}
-
-/// Scans batch headers from `start` for the batch whose last offset is at least `offset`.
+/// Scans batch headers from `start` for the batch whose last offset is at least `offset`,
+/// through a small read window (one read covers an index floor's stretch of small
+/// batches).
 async fn find_batch(
     files: &SegmentFiles,
     size: u64,
     start: u64,
     offset: i64,
-) -> Result<FoundBatch> {
+) -> Result<PlacedBatch> {
+    let mut scanner = BatchScanner::with_chunk(&files.log, size, HEADER_SCAN_CHUNK_BYTES);
     let mut pos = start;
-    let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
     loop {
-        if pos + BATCH_HEADER_BYTES as u64 > size {
-            break;
-        }
-        let got = read_at_most(&files.log, pos, BATCH_HEADER_BYTES)
+        let Some(bytes) = scanner
+            .header_at(pos)
             .await
-            .map_err(|e| LogError::io(files.log_path(), e))?;
-        if got.len() < BATCH_HEADER_BYTES {
+            .map_err(|e| LogError::io(files.log_path(), e))?
+        else {
             break;
-        }
-        header_bytes.copy_from_slice(&got);
-        let header = BatchHeader::parse(&header_bytes)?;
+        };
+        let header = BatchHeader::parse(bytes)?;
         let total = header.declared_total_bytes().max(BATCH_HEADER_BYTES as i64) as u64;
         if header.base_offset > offset || header.last_offset_delta < 0 {
             // The index pointed into the wrong batch: better an error than wrong bytes.
             break;
         }
         if header.last_offset() >= offset {
-            return Ok(FoundBatch {
+            return Ok(PlacedBatch {
                 position: pos,
                 total,
                 base_offset: header.base_offset,
@@ -1887,6 +1890,11 @@ impl Writer {
         self.write_recovery_point(&dir, base).await?;
         let mut st = self.state.borrow_mut();
         st.durable_offset = st.durable_offset.max(base);
+        // Only the active segment keeps its recent batches: memory per partition, not per
+        // segment.
+        if let Some(sealed) = st.segments.back_mut() {
+            sealed.clear_recent();
+        }
         st.segments.push_back(segment);
         st.stats.rolls += 1;
         tracing::debug!(dir = %dir.display(), base_offset = base, "rolled segment");

@@ -123,6 +123,10 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         } else {
             validate(&mut seg, file_len, interval, &mut report, &mut on_batch).await?
         };
+        // Only the active (last) segment keeps its recent batches.
+        if let Some(sealed) = segments.back_mut() {
+            sealed.clear_recent();
+        }
         segments.push_back(seg);
         if !valid {
             cut_at = Some(i + 1);
@@ -290,6 +294,7 @@ async fn load_trusted(
     seg.time_index = time_index;
     seg.next_offset = from_offset;
     seg.size = from_pos;
+    seg.clear_recent();
     seg.max_timestamp = seg.time_index.last().map_or(-1, |e| e.timestamp);
     seg.bytes_since_index = 0;
     let outcome = seg.scan_from(from_pos, false, interval, on_batch).await?;
@@ -322,6 +327,7 @@ async fn validate(
     seg.time_index = TimeIndex::default();
     seg.next_offset = seg.base_offset;
     seg.size = 0;
+    seg.clear_recent();
     seg.max_timestamp = -1;
     seg.bytes_since_index = 0;
     seg.first_batch_ms = None;

@@ -2,6 +2,7 @@
 //! `.timeindex`, the in-memory indexes, and the scan that recovery and lookups share.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -12,7 +13,9 @@ use compio::io::{AsyncReadAt, AsyncWriteAtExt};
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
 use crate::config::WritePath;
 use crate::error::{LogError, Result};
-use crate::limits::{BATCH_BYTES_MAX, SCAN_CHUNK_BYTES};
+use crate::limits::{
+    BATCH_BYTES_MAX, INLINE_WRITE_BYTES_MAX, RECENT_BATCHES_MAX, SCAN_CHUNK_BYTES,
+};
 use crate::offset_index::{OffsetEntry, OffsetIndex};
 use crate::time_index::{TimeEntry, TimeIndex};
 
@@ -130,6 +133,15 @@ impl SegmentFiles {
                 f.write_vectored_all_at(bufs, pos).await.0
             }
             WritePath::Inline => pwritev_all(file, &bufs, pos),
+            WritePath::Adaptive => {
+                let bytes: usize = bufs.iter().map(|b| b.as_ref().len()).sum();
+                if bytes <= INLINE_WRITE_BYTES_MAX {
+                    pwritev_all(file, &bufs, pos)
+                } else {
+                    let mut f = file;
+                    f.write_vectored_all_at(bufs, pos).await.0
+                }
+            }
         };
         result.map_err(|e| LogError::io(name, e))
     }
@@ -235,6 +247,17 @@ pub(crate) struct Segment {
     pub bytes_since_index: u64,
     /// Wall-clock ms of the segment's first batch, for roll by age.
     pub first_batch_ms: Option<i64>,
+    /// The newest batches, back to back up to `size` (at most `RECENT_BATCHES_MAX`).
+    pub recent: VecDeque<PlacedBatch>,
+}
+
+/// Where one whole batch sits in its segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PlacedBatch {
+    pub position: u64,
+    pub total: u64,
+    pub base_offset: i64,
+    pub last_offset: i64,
 }
 
 async fn open_rw(path: &Path, create: bool) -> Result<File> {
@@ -275,7 +298,26 @@ impl Segment {
             max_timestamp: -1,
             bytes_since_index: 0,
             first_batch_ms: None,
+            recent: VecDeque::new(),
         })
+    }
+
+    /// The batch holding `offset` when it is among the recent ones (no file read).
+    pub fn recent_batch(&self, offset: i64) -> Option<PlacedBatch> {
+        let first = self.recent.front()?;
+        if offset < first.base_offset {
+            return None;
+        }
+        let i = self.recent.partition_point(|b| b.last_offset < offset);
+        let found = *self.recent.get(i)?;
+        // Only bytes this segment still holds (`recent` is cleared whenever `size` is
+        // moved back, but a lookup must never hand out a range past the end).
+        (found.base_offset <= offset && found.position + found.total <= self.size).then_some(found)
+    }
+
+    /// Forgets the recent batches (the segment's end was moved back).
+    pub fn clear_recent(&mut self) {
+        self.recent.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -318,6 +360,22 @@ impl Segment {
         self.bytes_since_index += total_bytes;
         self.size = position + total_bytes;
         self.next_offset = header.last_offset() + 1;
+        if self
+            .recent
+            .back()
+            .is_some_and(|b| b.position + b.total != position)
+        {
+            self.recent.clear();
+        }
+        if self.recent.len() >= RECENT_BATCHES_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(PlacedBatch {
+            position,
+            total: total_bytes,
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+        });
     }
 
     /// Rewrites both index files from memory (after a rebuild or truncation).
@@ -345,6 +403,7 @@ impl Segment {
         self.size = pos;
         self.max_timestamp = self.time_index.last().map_or(-1, |e| e.timestamp);
         self.bytes_since_index = 0;
+        self.clear_recent();
         if position == 0 {
             self.first_batch_ms = None;
         }
@@ -436,6 +495,8 @@ pub(crate) struct BatchScanner<'a> {
     end: u64,
     window_start: u64,
     window: Vec<u8>,
+    /// Bytes read per step (at least what the caller asks for).
+    chunk: usize,
 }
 
 /// What the scanner found at a position.
@@ -453,12 +514,29 @@ pub(crate) enum Scanned<'w> {
 
 impl<'a> BatchScanner<'a> {
     pub fn new(file: &'a File, end: u64) -> Self {
+        Self::with_chunk(file, end, SCAN_CHUNK_BYTES)
+    }
+
+    /// A scanner that reads `chunk` bytes per step: small for lookups that only need
+    /// headers, large for walks that read every batch.
+    pub fn with_chunk(file: &'a File, end: u64, chunk: usize) -> Self {
         Self {
             file,
             end,
             window_start: 0,
             window: Vec::new(),
+            chunk,
         }
+    }
+
+    /// The header bytes of the batch starting at `pos`, or None when a whole header does
+    /// not fit before the end. Reads nothing when the window already holds them.
+    pub async fn header_at(&mut self, pos: u64) -> io::Result<Option<&[u8]>> {
+        if !self.ensure(pos, BATCH_HEADER_BYTES).await? {
+            return Ok(None);
+        }
+        let at = (pos - self.window_start) as usize;
+        Ok(Some(&self.window[at..at + BATCH_HEADER_BYTES]))
     }
 
     async fn ensure(&mut self, pos: u64, len: usize) -> io::Result<bool> {
@@ -467,7 +545,7 @@ impl<'a> BatchScanner<'a> {
             return Ok(true);
         }
         let available = self.end.saturating_sub(pos);
-        let want = (len.max(SCAN_CHUNK_BYTES) as u64).min(available) as usize;
+        let want = (len.max(self.chunk) as u64).min(available) as usize;
         if want < len {
             return Ok(false);
         }

@@ -621,3 +621,55 @@ fn given_sync_observer_should_see_every_fdatasync_and_its_duration() {
         assert!(stats.sync_time > Duration::ZERO);
     });
 }
+
+/// The newest batches of the active segment are found in memory, older ones by a header
+/// scan from an index entry: both must find the batch holding any offset, and a read
+/// limited below the log end must stop at the start of the batch holding its limit, across
+/// a truncation into the recent batches and a roll.
+#[test]
+fn given_many_small_batches_reads_should_start_and_stop_at_the_batch_holding_an_offset() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 48 * 1024,
+            batch_bytes_max: 1024,
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        // More batches than the 256 kept in memory, of 1 to 3 records.
+        let mut batches: Vec<(i64, i64)> = Vec::new();
+        let append = |i: usize| batch(1 + i % 3, 20, i as i64);
+        for i in 0..700 {
+            let info = p.append(append(i), AppendWait::Written).await.unwrap();
+            batches.push((info.base_offset, info.last_offset));
+        }
+        assert!(p.segment_count() > 1, "rolled");
+        check_batches_found(&p, &batches).await;
+
+        // Cut inside the recent batches, then append again.
+        let (cut, _) = batches[650];
+        p.truncate_to(cut).await.unwrap();
+        batches.truncate(650);
+        for i in 650..800 {
+            let info = p.append(append(i), AppendWait::Written).await.unwrap();
+            batches.push((info.base_offset, info.last_offset));
+        }
+        check_batches_found(&p, &batches).await;
+    });
+}
+
+async fn check_batches_found(p: &Partition, batches: &[(i64, i64)]) {
+    let start = p.offsets().log_start_offset;
+    for &(base, last) in batches {
+        for offset in base..=last {
+            let got = p.read(offset, 1).await.unwrap();
+            let first = &split_batches(&got)[0];
+            let first_base = i64::from_be_bytes(first[..8].try_into().unwrap());
+            assert_eq!(first_base, base, "read at {offset}");
+            // A limit inside (or at the start of) this batch stops the read before it.
+            let slice = p.read_ranges_upto(start, 1 << 30, offset).await.unwrap();
+            let expected_end = if base == start { start } else { base };
+            assert_eq!(slice.end_offset, expected_end, "read up to {offset}");
+        }
+    }
+}

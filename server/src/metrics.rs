@@ -245,12 +245,13 @@ pub struct Metrics {
     memory: Arc<RequestMemory>,
     storage: Arc<StorageHealth>,
     accepted: AtomicU64,
+    moved: AtomicU64,
     rejected: [AtomicU64; REJECT_KINDS.len()],
     closed: [AtomicU64; CLOSE_KINDS.len()],
     recovery: RecoveryTotals,
     startup_ns: AtomicU64,
     io_uring: AtomicBool,
-    inline_writes: bool,
+    write_path: crate::config::WriteMode,
     zero_copy_configured: bool,
 }
 
@@ -260,7 +261,7 @@ impl Metrics {
         connections: Arc<ConnectionLimits>,
         memory: Arc<RequestMemory>,
         storage: Arc<StorageHealth>,
-        inline_writes: bool,
+        write_path: crate::config::WriteMode,
         zero_copy_configured: bool,
     ) -> Self {
         Self {
@@ -270,12 +271,13 @@ impl Metrics {
             memory,
             storage,
             accepted: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
             rejected: Default::default(),
             closed: Default::default(),
             recovery: RecoveryTotals::default(),
             startup_ns: AtomicU64::new(0),
             io_uring: AtomicBool::new(false),
-            inline_writes,
+            write_path,
             zero_copy_configured,
         }
     }
@@ -310,6 +312,11 @@ impl Metrics {
 
     pub fn connection_accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection moved to the core that owns its partitions (see `connection.rs`).
+    pub fn connection_moved(&self) {
+        self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_rejected(&self, kind: RejectKind) {
@@ -491,6 +498,13 @@ impl Metrics {
             MetricType::Counter,
         )?
         .encode_counter::<NoLabelSet, u64, u64>(&load(&self.accepted), None)?;
+        enc.encode_descriptor(
+            "broker_connections_moved",
+            "Connections handed to the core that owns all the partitions they produce to or fetch from",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, u64, u64>(&load(&self.moved), None)?;
         let mut m = enc.encode_descriptor(
             "broker_connections_rejected",
             "Client connections closed at accept, by the limit that refused them",
@@ -556,14 +570,17 @@ impl Metrics {
         }
         let mut m = enc.encode_descriptor(
             "broker_write_path",
-            "1 for the path appends take: io_uring writes, or inline pwritev on the core",
+            "1 for the path appends take: io_uring writes, inline pwritev on the core, or adaptive (inline for small writes)",
             None,
             MetricType::Gauge,
         )?;
-        for (path, on) in [
-            ("io_uring", !self.inline_writes),
-            ("inline", self.inline_writes),
+        use crate::config::WriteMode;
+        for (path, mode) in [
+            ("io_uring", WriteMode::IoUring),
+            ("inline", WriteMode::Inline),
+            ("adaptive", WriteMode::Adaptive),
         ] {
+            let on = self.write_path == mode;
             m.encode_family(&[("path", path)])?
                 .encode_gauge(&u64::from(on))?;
         }
@@ -659,7 +676,7 @@ mod tests {
             Arc::new(ConnectionLimits::new(10, 10)),
             Arc::new(RequestMemory::new(1000)),
             Arc::clone(&storage),
-            false,
+            crate::config::WriteMode::IoUring,
             true,
         ));
         metrics

@@ -651,3 +651,24 @@ fn given_request_memory_budget_should_make_big_requests_wait_not_allocate() {
     assert_eq!(scrape.get("broker_request_memory_bytes", &[]), 0.0);
     assert!(scrape.get("broker_request_memory_waits_total", &[]) >= (CONNECTIONS - 2) as f64);
 }
+
+/// The idle limit counts from the end of the last request: a connection that made one
+/// after a while is closed an idle limit after it, not an idle limit after it opened.
+#[test]
+fn given_a_request_then_silence_should_close_an_idle_limit_after_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(dir.path(), &[("BROKER_CONNECTIONS_MAX_IDLE_MS", "600")]);
+    let mut s = TcpStream::connect(&broker.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(wire::answered(&mut s));
+    let answered_at = Instant::now();
+    let mut buf = [0u8; 8];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without a response");
+    let after = answered_at.elapsed();
+    assert!(
+        after >= Duration::from_millis(500),
+        "closed {after:?} after the request: the limit counts from it"
+    );
+    assert!(after < Duration::from_secs(5), "closed by the idle limit");
+}

@@ -144,7 +144,7 @@ fn given_traffic_when_scraped_should_count_exactly_what_was_produced_and_consume
             + s.get("broker_io_mode", &[("mode", "fallback")]),
         1.0
     );
-    assert_eq!(s.get("broker_write_path", &[("path", "io_uring")]), 1.0);
+    assert_eq!(s.get("broker_write_path", &[("path", "adaptive")]), 1.0);
     assert_eq!(s.get("broker_recovery_partitions_total", &[]), 2.0);
     assert_eq!(s.get("broker_recovery_truncated_bytes_total", &[]), 0.0);
     assert_eq!(

@@ -21,10 +21,10 @@ use compio::net::TcpStream;
 
 use crate::kafka::fetch_response::Piece;
 use crate::kafka::handlers;
-use crate::kafka::protocol::{self, Frame, FrameError};
+use crate::kafka::protocol::{self, Frame, FrameError, RequestBody};
 use crate::metrics::CloseKind;
 use crate::runtime::limits::{ConnectionSlot, MemoryPermit, RequestMemory};
-use crate::runtime::shard::Shard;
+use crate::runtime::shard::{Incoming, Shard};
 
 /// Bytes moved per splice step; also the copy-path chunk.
 const SEND_CHUNK_BYTES: usize = 1024 * 1024;
@@ -56,23 +56,211 @@ impl CloseReason {
     }
 }
 
+/// What a connection brings when it moves to another core.
+pub struct Moved {
+    /// Bytes read from the socket and not handled yet (pipelined requests), at most
+    /// `READ_AHEAD_BYTES`.
+    buffered: Vec<u8>,
+    /// When it moved: it stays at least `MOVE_INTERVAL` on its new core.
+    at: Instant,
+}
+
+/// Produce and Fetch requests in a row whose partitions all belong to one other core,
+/// after which the connection moves to that core.
+const MOVE_AFTER_REQUESTS: u32 = 32;
+
+/// Shortest stay of a connection on a core it moved to, or after a move was refused.
+const MOVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where a connection's partitions live. A connection is served by the core the acceptor
+/// gave it; each partition it produces to or fetches from by the core that owns it, which
+/// is another one in most cases: every such request then crosses cores twice (there and
+/// back), waking the other core each time, and a fetch that waits for data crosses again
+/// for each read. At low rates those wake-ups are most of the broker's CPU per message.
+/// A connection whose Produce and Fetch requests keep naming partitions of one other
+/// core moves there (most connections of a single-partition producer or consumer, and a
+/// follower fetching partitions of one core), where all of it is local. Connections whose
+/// partitions span cores stay where they are.
+struct Home {
+    /// The core the last requests pointed to, and how many in a row.
+    candidate: usize,
+    streak: u32,
+    /// No move before this.
+    not_before: Option<Instant>,
+}
+
+/// Where the partitions a request names are served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Not a Produce or Fetch request: says nothing about where the connection belongs.
+    Other,
+    /// Partitions of several cores, or unknown ones.
+    Spread,
+    /// Every partition on this core.
+    On(usize),
+}
+
+impl Home {
+    fn new(not_before: Option<Instant>) -> Self {
+        Self {
+            candidate: usize::MAX,
+            streak: 0,
+            not_before,
+        }
+    }
+
+    /// Notes where a request's partitions are; the core to move to once enough requests
+    /// in a row named partitions of that one other core.
+    fn note(&mut self, here: usize, placement: Placement, now: Instant) -> Option<usize> {
+        match placement {
+            Placement::Other => None,
+            Placement::On(core) if core != here => {
+                if core == self.candidate {
+                    self.streak = self.streak.saturating_add(1);
+                } else {
+                    self.candidate = core;
+                    self.streak = 1;
+                }
+                let settled = self.not_before.is_none_or(|t| now >= t);
+                (self.streak >= MOVE_AFTER_REQUESTS && settled).then_some(core)
+            }
+            Placement::On(_) | Placement::Spread => {
+                self.streak = 0;
+                None
+            }
+        }
+    }
+
+    /// A move was refused: try again later.
+    fn back_off(&mut self, now: Instant) {
+        self.streak = 0;
+        self.not_before = Some(now + MOVE_INTERVAL);
+    }
+}
+
+/// The one core that owns every partition a Produce or Fetch request names.
+fn placement(shard: &Shard, body: &RequestBody, version: i16) -> Placement {
+    let table = shard.partition_table();
+    let mut on: Option<usize> = None;
+    let mut same = |core: Option<usize>| match (on, core) {
+        (_, None) => false,
+        (None, Some(c)) => {
+            on = Some(c);
+            true
+        }
+        (Some(a), Some(b)) => a == b,
+    };
+    match body {
+        RequestBody::Produce(req) => {
+            for t in &req.topic_data {
+                for p in &t.partition_data {
+                    if !same(table.route(&t.name.0, p.index).map(|r| r.core)) {
+                        return Placement::Spread;
+                    }
+                }
+            }
+        }
+        RequestBody::Fetch(req) => {
+            for t in &req.topics {
+                let name = if version >= 13 {
+                    table.topic_name(t.topic_id.as_u128())
+                } else {
+                    Some(&*t.topic.0)
+                };
+                for p in &t.partitions {
+                    let core = name
+                        .and_then(|n| table.route(n, p.partition))
+                        .map(|r| r.core);
+                    if !same(core) {
+                        return Placement::Spread;
+                    }
+                }
+            }
+        }
+        _ => return Placement::Other,
+    }
+    on.map_or(Placement::Spread, Placement::On)
+}
+
 /// Serves one connection; the shard counted it in when it accepted it, and `slot` holds
-/// its place in the broker's connection limits until it ends.
+/// its place in the broker's connection limits until it ends (or moves with it).
 pub async fn serve(
     shard: Rc<Shard>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
     slot: ConnectionSlot,
+    moved: Option<Moved>,
 ) {
     let mut sender = ResponseSender {
         stream: &stream,
         pipe: None,
         zero_copy: shard.config().fetch_zero_copy
             && compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring()),
+        inline_max: shard.config().fetch_inline_max_bytes,
         timeout: Duration::from_millis(shard.config().connections_send_timeout_ms),
         splicing: false,
     };
-    let result = serve_requests(&shard, &stream, &mut sender, peer).await;
+    let (mut reader, mut home) = match moved {
+        Some(m) => (
+            FrameReader::with_buffered(&m.buffered),
+            Home::new(Some(m.at + MOVE_INTERVAL)),
+        ),
+        None => (FrameReader::new(), Home::new(None)),
+    };
+    let mut slot = slot;
+    let result = loop {
+        let core = match serve_requests(&shard, &stream, &mut sender, peer, &mut reader, &mut home)
+            .await
+        {
+            Ok(Some(core)) => core,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let now = Instant::now();
+        let dup = match rustix::io::fcntl_dupfd_cloexec(&stream, 0) {
+            Ok(fd) => std::net::TcpStream::from(fd),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot duplicate the socket; not moving");
+                home.back_off(now);
+                continue;
+            }
+        };
+        let incoming = Incoming {
+            stream: dup,
+            peer,
+            slot,
+            moved: Some(Moved {
+                buffered: reader.take_unread(),
+                at: now,
+            }),
+        };
+        match shard.hand_over(core, incoming) {
+            Ok(()) => {
+                // That core serves it from here on; this copy of the socket just closes.
+                tracing::debug!(%peer, from = shard.id, to = core, "connection moved");
+                drop(sender);
+                drop(stream);
+                shard
+                    .connections
+                    .set(shard.connections.get().saturating_sub(1));
+                return;
+            }
+            Err(back) => {
+                let Incoming {
+                    stream: dup,
+                    slot: back_slot,
+                    moved,
+                    ..
+                } = *back;
+                drop(dup);
+                slot = back_slot;
+                if let Some(m) = moved {
+                    reader = FrameReader::with_buffered(&m.buffered);
+                }
+                home.back_off(now);
+            }
+        }
+    };
     let kind = result
         .as_ref()
         .map_or_else(CloseReason::kind, |()| CloseKind::Client);
@@ -96,42 +284,55 @@ pub async fn serve(
         .set(shard.connections.get().saturating_sub(1));
 }
 
+/// Serves requests until the connection ends (`None`) or should move to another core
+/// (`Some(core)`, between two requests, with nothing of it in flight).
 async fn serve_requests(
     shard: &Rc<Shard>,
     stream: &TcpStream,
     sender: &mut ResponseSender<'_>,
     peer: std::net::SocketAddr,
-) -> Result<(), CloseReason> {
+    reader: &mut FrameReader,
+    home: &mut Home,
+) -> Result<Option<usize>, CloseReason> {
     let max = shard.config().socket_request_max_bytes;
     let idle = Duration::from_millis(shard.config().connections_max_idle_ms);
     let memory = &shard.shared.request_memory;
     let metrics = shard.shared.metrics.core(shard.id);
-    let mut reader = FrameReader::new();
+    // One stop listener and one idle timer for the connection's life, not one of each per
+    // request: the timer is armed again only when it fires early.
+    let mut stop = std::pin::pin!(shard.shared.stopped());
+    let mut idle_timer = std::pin::pin!(compio::time::sleep_until(Instant::now() + idle));
     loop {
         let frame = {
             // A connection that sends nothing, or only part of a frame, for `idle` is
             // closed (Kafka's connections.max.idle.ms), so it cannot hold a slot forever.
             // Waiting for request memory counts as idle too.
-            let read = std::pin::pin!(async {
-                compio::time::timeout(idle, reader.next(stream, max, memory))
-                    .await
-                    .map_err(|_| CloseReason::Idle(idle))?
-            });
-            let stop = std::pin::pin!(shard.shared.stopped());
-            match futures_util::future::select(read, stop).await {
-                futures_util::future::Either::Left((frame, _)) => frame?,
-                futures_util::future::Either::Right(_) => return Ok(()),
+            let waiting_since = Instant::now();
+            let mut read = std::pin::pin!(reader.next(stream, max, memory));
+            loop {
+                use futures_util::future::{Either, select};
+                match select(select(read.as_mut(), stop.as_mut()), idle_timer.as_mut()).await {
+                    Either::Left((Either::Left((frame, _)), _)) => break frame?,
+                    Either::Left((Either::Right(_), _)) => return Ok(None),
+                    Either::Right(_) => {
+                        if waiting_since.elapsed() >= idle {
+                            return Err(CloseReason::Idle(idle));
+                        }
+                        // Armed during an earlier wait: the rest of this one's.
+                        idle_timer.set(compio::time::sleep_until(waiting_since + idle));
+                    }
+                }
             }
         };
         let Some((frame, permit)) = frame else {
-            return Ok(());
+            return Ok(None);
         };
         let started = Instant::now();
         let (api_key, version) = match frame.get(..4) {
             Some(&[a, b, c, d]) => (i16::from_be_bytes([a, b]), i16::from_be_bytes([c, d])),
             _ => return Err(FrameError::FrameLength(frame.len() as i64).into()),
         };
-        let response = handle_frame(shard, frame, peer).await?;
+        let (response, placement) = handle_frame(shard, frame, peer).await?;
         // The request's bytes are gone once its response is built; the response holds
         // no budget (file ranges, and small encoded parts).
         drop(permit);
@@ -139,6 +340,15 @@ async fn serve_requests(
             sender.send(pieces).await?;
         }
         metrics.observe_request(api_key, version, started.elapsed());
+        // Moving is safe only once every acks=0 append this core took is written: they
+        // are not answered, and one of this connection's could otherwise be overtaken by
+        // its next append made directly on the owning core.
+        if let Some(core) = home.note(shard.id, placement, Instant::now())
+            && shard.unacknowledged_bytes() == 0
+            && !shard.shared.stopping()
+        {
+            return Ok(Some(core));
+        }
     }
 }
 
@@ -163,6 +373,23 @@ impl FrameReader {
             buf: Vec::with_capacity(READ_AHEAD_BYTES),
             start: 0,
         }
+    }
+
+    /// A reader starting with bytes an earlier reader of this socket had read (at most
+    /// `READ_AHEAD_BYTES` are kept; a reader never holds more).
+    fn with_buffered(bytes: &[u8]) -> Self {
+        let mut reader = Self::new();
+        let keep = bytes.len().min(READ_AHEAD_BYTES);
+        reader.buf.extend_from_slice(&bytes[..keep]);
+        reader
+    }
+
+    /// The bytes read and not handed out yet, leaving the reader empty.
+    fn take_unread(&mut self) -> Vec<u8> {
+        let unread = self.buf.get(self.start..).unwrap_or_default().to_vec();
+        self.buf.clear();
+        self.start = 0;
+        unread
     }
 
     /// The next frame (API key onwards); `None` at a clean end of stream. Only Produce may
@@ -252,19 +479,22 @@ impl FrameReader {
     }
 }
 
+/// The response to one frame, and where the partitions it named are served from.
 async fn handle_frame(
     shard: &Rc<Shard>,
     frame: Vec<u8>,
     peer: std::net::SocketAddr,
-) -> Result<Option<Vec<Piece>>, CloseReason> {
+) -> Result<(Option<Vec<Piece>>, Placement), CloseReason> {
     let request = match protocol::decode_frame(frame)? {
         Frame::ApiVersionsUnsupported { correlation_id } => {
-            return Ok(Some(vec![Piece::Bytes(
-                handlers::api_versions::unsupported(correlation_id)?,
-            )]));
+            let response = vec![Piece::Bytes(handlers::api_versions::unsupported(
+                correlation_id,
+            )?)];
+            return Ok((Some(response), Placement::Other));
         }
         Frame::Request(r) => r,
     };
+    let placement = placement(shard, &request.body, request.version);
     let request = handlers::Request {
         key: request.key,
         version: request.version,
@@ -275,11 +505,10 @@ async fn handle_frame(
             .as_ref()
             .map(|c| c.to_string())
             .unwrap_or_default(),
-        client_host: format!("/{}", peer.ip()),
         peer: peer.ip(),
         body: Some(request.body),
     };
-    Ok(handlers::handle(shard, request).await?)
+    Ok((handlers::handle(shard, request).await?, placement))
 }
 
 /// Writes responses: memory pieces by vectored writes, file ranges by io_uring splice
@@ -289,6 +518,9 @@ struct ResponseSender<'a> {
     stream: &'a TcpStream,
     pipe: Option<(compio::fs::pipe::Receiver, compio::fs::pipe::Sender)>,
     zero_copy: bool,
+    /// Records of a response up to this many bytes are read and sent with its other
+    /// pieces in one write (`fetch_inline_max_bytes`).
+    inline_max: u64,
     /// Longest one write step may take (`connections_send_timeout_ms`).
     timeout: Duration,
     /// A splice was started and has not finished: it may still be blocked in an
@@ -312,9 +544,23 @@ impl Drop for ResponseSender<'_> {
 impl ResponseSender<'_> {
     async fn send(&mut self, pieces: Vec<Piece>) -> Result<(), CloseReason> {
         let mut pending: Vec<Vec<u8>> = Vec::new();
+        let file_bytes: u64 = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::File { len, .. } => *len,
+                Piece::Bytes(_) => 0,
+            })
+            .sum();
+        // A small response goes out in one write, its records read into memory.
+        let inline = file_bytes <= self.inline_max.min(crate::config::FETCH_INLINE_BYTES_MAX);
         for piece in pieces {
             match piece {
                 Piece::Bytes(b) => pending.push(b),
+                Piece::File {
+                    file,
+                    position,
+                    len,
+                } if inline => pending.push(read_range(file.file(), position, len).await?),
                 Piece::File {
                     file,
                     position,
@@ -346,31 +592,19 @@ impl ResponseSender<'_> {
     /// progress within the send timeout.
     async fn write_buffers(&mut self, mut buffers: Vec<Vec<u8>>) -> Result<(), CloseReason> {
         buffers.retain(|b| !b.is_empty());
+        if !buffers.is_empty() {
+            let sent = send_now(self.stream, &buffers)?;
+            drop_sent(&mut buffers, sent);
+        }
         while !buffers.is_empty() {
             let mut writer = self.stream;
             let BufResult(res, back) = self.timed(writer.write_vectored(buffers)).await?;
             buffers = back;
-            let mut written = res?;
+            let written = res?;
             if written == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
             }
-            // Drop what went out: whole buffers, then the front of a partial one.
-            let whole = buffers
-                .iter()
-                .take_while(|b| {
-                    let fits = b.len() <= written;
-                    if fits {
-                        written -= b.len();
-                    }
-                    fits
-                })
-                .count();
-            buffers.drain(..whole);
-            if written > 0
-                && let Some(first) = buffers.first_mut()
-            {
-                first.drain(..written);
-            }
+            drop_sent(&mut buffers, written);
         }
         Ok(())
     }
@@ -423,6 +657,8 @@ impl ResponseSender<'_> {
         Ok(())
     }
 
+    /// Copies a file range through memory, a chunk per write (the polling fallback, and
+    /// `fetch_zero_copy = false`).
     async fn copy_file(
         &mut self,
         file: &compio::fs::File,
@@ -443,4 +679,86 @@ impl ResponseSender<'_> {
         }
         Ok(())
     }
+}
+
+/// Buffers one non-blocking `sendmsg` takes at most (Linux's `IOV_MAX`).
+const SEND_NOW_BUFFERS_MAX: usize = 1024;
+
+/// Sends what the socket takes now, without waiting: most responses fit its send buffer,
+/// and are then done without an io_uring operation and the trip through the ring that
+/// its completion costs. What is left goes by io_uring.
+fn send_now(stream: &TcpStream, buffers: &[Vec<u8>]) -> std::io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendFlags};
+    let slices: Vec<std::io::IoSlice<'_>> = buffers
+        .iter()
+        .take(SEND_NOW_BUFFERS_MAX)
+        .map(|b| std::io::IoSlice::new(b))
+        .collect();
+    match rustix::net::sendmsg(
+        stream,
+        &slices,
+        &mut SendAncillaryBuffer::default(),
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    ) {
+        Ok(sent) => Ok(sent),
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Drops the first `sent` bytes of `buffers`: whole buffers, then the front of a
+/// partial one.
+fn drop_sent(buffers: &mut Vec<Vec<u8>>, mut sent: usize) {
+    let whole = buffers
+        .iter()
+        .take_while(|b| {
+            let fits = b.len() <= sent;
+            if fits {
+                sent -= b.len();
+            }
+            fits
+        })
+        .count();
+    buffers.drain(..whole);
+    if sent > 0
+        && let Some(first) = buffers.first_mut()
+    {
+        first.drain(..sent);
+    }
+}
+
+/// Reads a file range whole; the caller bounds `len` by `FETCH_INLINE_BYTES_MAX`. The
+/// bytes were usually written a moment ago: a non-blocking `preadv2` (`RWF_NOWAIT`)
+/// copies them from the page cache without an io_uring round trip, and refuses rather
+/// than wait for the disk; what it does not give is read through io_uring.
+async fn read_range(
+    file: &compio::fs::File,
+    position: u64,
+    len: u64,
+) -> Result<Vec<u8>, CloseReason> {
+    let len =
+        usize::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0usize;
+    while got < len {
+        let slice = &mut [std::io::IoSliceMut::new(&mut buf[got..])];
+        match rustix::io::preadv2(
+            file,
+            slice,
+            position + got as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) if n > 0 => got += n,
+            // The end of the file, not cached, or not supported: io_uring takes over.
+            _ => break,
+        }
+    }
+    if got == len {
+        return Ok(buf);
+    }
+    let BufResult(res, buf) = file
+        .read_exact_at(buf.slice(got..len), position + got as u64)
+        .await;
+    res?;
+    Ok(buf.into_inner())
 }

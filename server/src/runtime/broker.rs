@@ -252,6 +252,79 @@ fn start_controller(
     Ok(controller)
 }
 
+/// Ticks of a core's task queue run back to back before the ring is polled again (each
+/// tick runs up to compio's 61 tasks), so completions are reaped at least that often
+/// under load.
+const TICKS_PER_POLL: u32 = 8;
+
+/// Runs a core's main future on its runtime: `Runtime::block_on`'s loop, written out for
+/// two costs of compio 0.19's that this core would pay per message at modest rates.
+///
+/// - `block_on` polls the ring (an `io_uring_enter`) after every tick that leaves tasks
+///   queued, and a request goes through several such ticks (its connection task, the
+///   partition's writer, the reply): here the queue is run until it is empty, bounded by
+///   `TICKS_PER_POLL`, and then the ring is polled once.
+/// - The driver wakes itself through an eventfd write unless it knows it is awake, and
+///   a poll that ends without a completion (a zero-timeout poll, an expired timer)
+///   leaves it thinking it is asleep, so each wake of a task by another task on this
+///   same thread cost an eventfd write and a read (compio-driver 0.12.5,
+///   `Driver::poll` returns before `set_awake` on a timeout). A zero-timeout poll here
+///   is preceded by a wake of the driver's own waker, which marks it notified (no
+///   syscall while it is awake), so that poll returns at once and marks it awake.
+fn drive<F: std::future::Future>(runtime: &compio::runtime::Runtime, future: F) -> F::Output {
+    use std::task::{Context, Poll};
+    runtime.enter(|| {
+        let waker = runtime.waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                runtime.run();
+                return output;
+            }
+            let mut ticks = 1;
+            let mut queued = runtime.run();
+            while queued && ticks < TICKS_PER_POLL {
+                queued = runtime.run();
+                ticks += 1;
+            }
+            if queued {
+                waker.wake_by_ref();
+                runtime.poll_with(Some(Duration::ZERO));
+            } else {
+                runtime.poll();
+            }
+        }
+    })
+}
+
+/// One core's runtime. Its ring has one issuer (this thread) and runs completions' task
+/// work only when the core waits for completions (`IORING_SETUP_SINGLE_ISSUER`,
+/// `DEFER_TASKRUN`, `COOP_TASKRUN`): a completion never interrupts the core with a
+/// signal-like task-work run or an IPI while it works, and is handled in the batch of the
+/// next wait. Kernels without these flags (before 6.1) get the plain ring.
+fn core_runtime(cpu: usize) -> std::io::Result<compio::runtime::Runtime> {
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    proactor
+        .single_issuer(true)
+        .defer_taskrun(true)
+        .coop_taskrun(true)
+        .taskrun_flag(true);
+    let tuned = compio::runtime::RuntimeBuilder::new()
+        .with_proactor(proactor)
+        .thread_affinity(HashSet::from([cpu]))
+        .build();
+    match tuned {
+        Ok(rt) => Ok(rt),
+        Err(e) => {
+            tracing::debug!(error = %e, "io_uring setup flags refused; a plain ring");
+            compio::runtime::RuntimeBuilder::new()
+                .thread_affinity(HashSet::from([cpu]))
+                .build()
+        }
+    }
+}
+
 fn run_core(
     id: usize,
     cpu: usize,
@@ -260,17 +333,14 @@ fn run_core(
     ready: std::sync::mpsc::Sender<Result<bool, String>>,
 ) {
     let mut drained = DrainedGuard::new(Arc::clone(&shared));
-    let runtime = match compio::runtime::RuntimeBuilder::new()
-        .thread_affinity(HashSet::from([cpu]))
-        .build()
-    {
+    let runtime = match core_runtime(cpu) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(format!("core {id}: cannot start runtime: {e}")));
             return;
         }
     };
-    runtime.block_on(async move {
+    drive(&runtime, async move {
         let shard = std::rc::Rc::new(Shard::new(id, Arc::clone(&shared)));
         for meta in shared.registry.list() {
             if let Err(e) = shard.open_topic(&meta).await {
@@ -384,7 +454,14 @@ fn accept_connections(listener: std::net::TcpListener, shared: Arc<BrokerShared>
         };
         let core = next % cores;
         next = next.wrapping_add(1);
-        if let Err(e) = senders[core].try_send(ShardCommand::Connection { stream, peer, slot }) {
+        if let Err(e) = senders[core].try_send(ShardCommand::Connection(Box::new(
+            crate::runtime::shard::Incoming {
+                stream,
+                peer,
+                slot,
+                moved: None,
+            },
+        ))) {
             shared.metrics.connection_rejected(RejectKind::CoreBusy);
             tracing::warn!(%peer, core, error = %e, "core cannot take the connection; closing it");
         }

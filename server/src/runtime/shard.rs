@@ -74,7 +74,7 @@ impl BrokerShared {
             Arc::clone(&connection_limits),
             Arc::clone(&request_memory),
             Arc::clone(&storage),
-            config.write_path == crate::config::WriteMode::Inline,
+            config.write_path,
             config.fetch_zero_copy,
         ));
         Self {
@@ -370,12 +370,18 @@ pub enum ShardCommand {
         appends: Vec<Forwarded>,
         reply: oneshot::Sender<()>,
     },
-    /// A client connection for this core to serve, with its place in the limits.
-    Connection {
-        stream: std::net::TcpStream,
-        peer: std::net::SocketAddr,
-        slot: ConnectionSlot,
-    },
+    /// A client connection for this core to serve: a new one from the acceptor, or one
+    /// another core hands over.
+    Connection(Box<Incoming>),
+}
+
+/// A connection on its way to a core, with its place in the limits.
+pub struct Incoming {
+    pub stream: std::net::TcpStream,
+    pub peer: std::net::SocketAddr,
+    pub slot: ConnectionSlot,
+    /// What a connection moved from another core brings; `None` from the acceptor.
+    pub moved: Option<crate::kafka::connection::Moved>,
 }
 
 pub(crate) struct OwnedPartition {
@@ -518,6 +524,24 @@ impl Shard {
         match self.partition_table().route(tp.topic(), tp.partition()) {
             Some(route) => route.core,
             None => self.shared.registry.owner(tp.topic(), tp.partition()),
+        }
+    }
+
+    /// Hands a connection to core `core`'s inbox; gives it back when that core cannot
+    /// take it (no such core, stopped, or its inbox full).
+    pub fn hand_over(&self, core: usize, incoming: Incoming) -> Result<(), Box<Incoming>> {
+        let Some(sender) = self.shared.shards.get(core) else {
+            return Err(Box::new(incoming));
+        };
+        let command = ShardCommand::Connection(Box::new(incoming));
+        match sender.clone().try_send(command) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.into_inner() {
+                ShardCommand::Connection(back) => Err(back),
+                // Not reached: the channel gives back what was sent. Dropping it closes
+                // the duplicate and frees the slot; the caller's copy closes too.
+                _ => Ok(()),
+            },
         }
     }
 
@@ -1110,8 +1134,8 @@ impl Shard {
     /// Serves requests from other cores until every sender is gone.
     pub async fn serve_inbox(self: Rc<Self>, mut inbox: mpsc::Receiver<ShardCommand>) {
         while let Some(command) = inbox.next().await {
-            if let ShardCommand::Connection { stream, peer, slot } = command {
-                self.accept(stream, peer, slot);
+            if let ShardCommand::Connection(incoming) = command {
+                self.accept(*incoming);
                 continue;
             }
             let shard = Rc::clone(&self);
@@ -1119,14 +1143,18 @@ impl Shard {
         }
     }
 
-    fn accept(
-        self: &Rc<Self>,
-        stream: std::net::TcpStream,
-        peer: std::net::SocketAddr,
-        slot: ConnectionSlot,
-    ) {
+    fn accept(self: &Rc<Self>, incoming: Incoming) {
+        let Incoming {
+            stream,
+            peer,
+            slot,
+            moved,
+        } = incoming;
         let max = self.config().connections_per_core_max;
-        if self.shared.stopping() || self.connections.get() >= max {
+        // A moved connection is already counted in the broker's limits; the per-core cap
+        // is for new ones.
+        let over = moved.is_none() && self.connections.get() >= max;
+        if self.shared.stopping() || over {
             tracing::warn!(%peer, max, "not taking a connection (stopping or at the per-core limit)");
             self.shared
                 .metrics
@@ -1139,12 +1167,17 @@ impl Shard {
             Ok(stream) => {
                 // Counted here, not when the task first runs, so a burst cannot overshoot.
                 self.connections.set(self.connections.get() + 1);
-                self.shared.metrics.connection_accepted();
+                if moved.is_some() {
+                    self.shared.metrics.connection_moved();
+                } else {
+                    self.shared.metrics.connection_accepted();
+                }
                 compio::runtime::spawn(crate::kafka::connection::serve(
                     Rc::clone(self),
                     stream,
                     peer,
                     slot,
+                    moved,
                 ))
                 .detach();
             }
@@ -1229,7 +1262,7 @@ impl Shard {
                 }
                 let _ = reply.send(());
             }
-            ShardCommand::Connection { .. } => {}
+            ShardCommand::Connection(_) => {}
         }
     }
 }

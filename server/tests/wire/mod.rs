@@ -160,6 +160,11 @@ pub fn batch(count: usize, value_bytes: usize) -> Bytes {
     encode_batch(-1, -1, -1, (0..count).map(|_| vec![b'x'; value_bytes]))
 }
 
+/// One plain (not idempotent) batch, one record per value.
+pub fn values_batch(values: impl Iterator<Item = Vec<u8>>) -> Bytes {
+    encode_batch(-1, -1, -1, values)
+}
+
 /// One idempotent batch: producer `pid` at epoch 0, first sequence `seq`, one record per
 /// value.
 pub fn idempotent_batch(pid: i64, seq: i32, values: impl Iterator<Item = Vec<u8>>) -> Bytes {

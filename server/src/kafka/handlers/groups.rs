@@ -83,7 +83,7 @@ pub async fn join_group(
             req.session_timeout_ms
         },
         client_id: request.client_id.clone(),
-        client_host: request.client_host.clone(),
+        client_host: format!("/{}", request.peer),
         requires_known_member_id: request.version >= 4,
         supports_skip_assignment: request.version >= 9,
     };

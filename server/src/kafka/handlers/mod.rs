@@ -27,8 +27,7 @@ pub struct Request {
     pub version: i16,
     pub correlation_id: i32,
     pub client_id: String,
-    pub client_host: String,
-    /// The address the connection comes from.
+    /// The address the connection comes from (Kafka's client host is `/` and this).
     pub peer: std::net::IpAddr,
     /// Decoded by `protocol::decode_frame` before dispatch; the handler takes it once.
     pub body: Option<RequestBody>,
