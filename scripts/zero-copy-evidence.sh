@@ -6,7 +6,9 @@
 #   - the broker's CPU seconds (user, system) while serving it,
 #   - the io_uring operations the broker submitted, by opcode (kernel tracepoint
 #     io_uring:io_uring_submit_req; needs root and tracefs),
-#   - the broker's syscalls (strace -c -f): everything goes through io_uring_enter.
+#   - the broker's syscalls (strace -c -f): fetches go through io_uring_enter (a
+#     response with at most fetch_inline_max_bytes of records, 64 KiB, would be read
+#     with preadv2 and sent with sendmsg instead; a backlog's responses are larger).
 #
 # Usage: scripts/zero-copy-evidence.sh [MESSAGES] [SIZE]   (default 1000000 x 1024 B)
 # Needs: cargo build --release -p server --bin broker --example rdkafka_perf; strace.

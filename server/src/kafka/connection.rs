@@ -72,6 +72,10 @@ const MOVE_AFTER_REQUESTS: u32 = 32;
 /// Shortest stay of a connection on a core it moved to, or after a move was refused.
 const MOVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Longest a move waits for its core's acks=0 appends to be written; a core that other
+/// connections keep busy with them longer than this keeps this connection for now.
+const MOVE_DRAIN_WAIT: Duration = Duration::from_millis(50);
+
 /// Where a connection's partitions live. A connection is served by the core the acceptor
 /// gave it; each partition it produces to or fetches from by the core that owns it, which
 /// is another one in most cases: every such request then crosses cores twice (there and
@@ -342,12 +346,16 @@ async fn serve_requests(
         metrics.observe_request(api_key, version, started.elapsed());
         // Moving is safe only once every acks=0 append this core took is written: they
         // are not answered, and one of this connection's could otherwise be overtaken by
-        // its next append made directly on the owning core.
+        // its next append made directly on the owning core. An acks=0 producer's own
+        // last append is always still on its way here, so the move waits for it (a
+        // moment: the next request waits in the socket meanwhile).
         if let Some(core) = home.note(shard.id, placement, Instant::now())
-            && shard.unacknowledged_bytes() == 0
             && !shard.shared.stopping()
         {
-            return Ok(Some(core));
+            if shard.unacknowledged_drained(MOVE_DRAIN_WAIT).await {
+                return Ok(Some(core));
+            }
+            home.back_off(Instant::now());
         }
     }
 }

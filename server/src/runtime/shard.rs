@@ -663,6 +663,18 @@ impl Shard {
         self.unacked_bytes.get()
     }
 
+    /// Waits until every acks=0 append this core took is written, at most `limit`; true
+    /// when they are.
+    pub async fn unacknowledged_drained(&self, limit: std::time::Duration) -> bool {
+        let drained = async {
+            // One thread per core: nothing frees bytes between the check and the listen.
+            while self.unacked_bytes.get() != 0 {
+                self.unacked_freed.listen().await;
+            }
+        };
+        compio::time::timeout(limit, drained).await.is_ok()
+    }
+
     fn release_unacknowledged(&self, n: usize) {
         self.unacked_bytes
             .set(self.unacked_bytes.get().saturating_sub(n));
