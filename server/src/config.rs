@@ -101,7 +101,9 @@ pub struct BrokerConfig {
     pub fetch_inline_max_bytes: u64,
     /// Longest a fetch may wait for data, whatever the client asks.
     pub fetch_max_wait_ms_max: u64,
-    /// Open connections per core; more are closed at accept.
+    /// Open connections the acceptor deals to one core; more are closed at accept.
+    /// Connections that moved to a core for their partitions are not counted
+    /// (`max_connections` bounds them with the rest).
     pub connections_per_core_max: usize,
     /// A connection idle (or stuck mid-frame) this long is closed.
     pub connections_max_idle_ms: u64,

@@ -74,7 +74,7 @@ const MOVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Longest a move waits for its core's acks=0 appends to be written; a core that other
 /// connections keep busy with them longer than this keeps this connection for now.
-const MOVE_DRAIN_WAIT: Duration = Duration::from_millis(50);
+const MOVE_DRAIN_WAIT: Duration = Duration::from_millis(10);
 
 /// Where a connection's partitions live. A connection is served by the core the acceptor
 /// gave it; each partition it produces to or fetches from by the core that owns it, which
@@ -204,6 +204,16 @@ pub async fn serve(
         timeout: Duration::from_millis(shard.config().connections_send_timeout_ms),
         splicing: false,
     };
+    // Counted in this core's `moved_in` while it is here (see `Shard::accept`).
+    let moved_in = moved.is_some();
+    let leave = |shard: &Shard| {
+        shard
+            .connections
+            .set(shard.connections.get().saturating_sub(1));
+        if moved_in {
+            shard.moved_in.set(shard.moved_in.get().saturating_sub(1));
+        }
+    };
     let (mut reader, mut home) = match moved {
         Some(m) => (
             FrameReader::with_buffered(&m.buffered),
@@ -244,9 +254,7 @@ pub async fn serve(
                 tracing::debug!(%peer, from = shard.id, to = core, "connection moved");
                 drop(sender);
                 drop(stream);
-                shard
-                    .connections
-                    .set(shard.connections.get().saturating_sub(1));
+                leave(&shard);
                 return;
             }
             Err(back) => {
@@ -283,9 +291,7 @@ pub async fn serve(
     }
     drop(stream);
     drop(slot);
-    shard
-        .connections
-        .set(shard.connections.get().saturating_sub(1));
+    leave(&shard);
 }
 
 /// Serves requests until the connection ends (`None`) or should move to another core
@@ -353,6 +359,10 @@ async fn serve_requests(
             && !shard.shared.stopping()
         {
             if shard.unacknowledged_drained(MOVE_DRAIN_WAIT).await {
+                // Shutdown may have begun meanwhile: then the connection ends here.
+                if shard.shared.stopping() {
+                    return Ok(None);
+                }
                 return Ok(Some(core));
             }
             home.back_off(Instant::now());

@@ -20,7 +20,7 @@ use crate::config::BrokerConfig;
 use crate::control::topics::{Registry, TopicMeta, log_config_for};
 use crate::kafka::fetch_response::{Piece, SendFile};
 use crate::kafka::protocol::error_code;
-use crate::metrics::{Metrics, PartitionCounters, RejectKind};
+use crate::metrics::{CloseKind, Metrics, PartitionCounters, RejectKind};
 use crate::runtime::limits::{ConnectionLimits, ConnectionSlot, RequestMemory};
 use crate::runtime::partition_table::{PartitionTable, TableVersion};
 use crate::runtime::replica::Replica;
@@ -416,6 +416,9 @@ pub struct Shard {
     pub shared: Arc<BrokerShared>,
     pub(crate) partitions: RefCell<HashMap<TopicPartition, OwnedPartition>>,
     pub connections: Cell<usize>,
+    /// Of those, the ones that moved here from another core for their partitions: not
+    /// counted against `connections_per_core_max`, which is for what the acceptor deals.
+    pub moved_in: Cell<usize>,
     /// Bytes of acks=0 produce data this core has taken and not yet seen written.
     unacked_bytes: Cell<usize>,
     unacked_freed: Event,
@@ -468,6 +471,7 @@ impl Shard {
             shared,
             partitions: RefCell::new(HashMap::new()),
             connections: Cell::new(0),
+            moved_in: Cell::new(0),
             unacked_bytes: Cell::new(0),
             unacked_freed: Event::new(),
             forwards: RefCell::new((0..cores).map(|_| Forward::default()).collect()),
@@ -1162,10 +1166,18 @@ impl Shard {
             slot,
             moved,
         } = incoming;
+        if moved.is_some() && self.shared.stopping() {
+            // It was served to the end of a response on its old core: a plain close lets
+            // the client read what is still in flight to it (a reset would drop it).
+            self.shared.metrics.connection_closed(CloseKind::Client);
+            drop(stream);
+            return;
+        }
         let max = self.config().connections_per_core_max;
         // A moved connection is already counted in the broker's limits; the per-core cap
-        // is for new ones.
-        let over = moved.is_none() && self.connections.get() >= max;
+        // is for the ones the acceptor deals.
+        let dealt = self.connections.get().saturating_sub(self.moved_in.get());
+        let over = moved.is_none() && dealt >= max;
         if self.shared.stopping() || over {
             tracing::warn!(%peer, max, "not taking a connection (stopping or at the per-core limit)");
             self.shared
@@ -1180,6 +1192,7 @@ impl Shard {
                 // Counted here, not when the task first runs, so a burst cannot overshoot.
                 self.connections.set(self.connections.get() + 1);
                 if moved.is_some() {
+                    self.moved_in.set(self.moved_in.get() + 1);
                     self.shared.metrics.connection_moved();
                 } else {
                     self.shared.metrics.connection_accepted();
