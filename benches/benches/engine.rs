@@ -200,20 +200,8 @@ fn index_lookup(c: &mut Criterion) {
 
     // Offset -> file range through the partition: index floor plus a header scan.
     let rt = Runtime::new().expect("runtime");
-    let dir = bench_dir();
-    let (partition, _) = rt
-        .block_on(Partition::open(dir.path(), log_config(FlushPolicy::Never)))
-        .expect("open");
-    let batch = batch_of(KIB);
     let batches = 20_000i64;
-    rt.block_on(async {
-        for _ in 0..batches {
-            partition
-                .append(batch.clone(), AppendWait::Written)
-                .await
-                .expect("append");
-        }
-    });
+    let (_dir, partition) = filled_partition(&rt, &batch_of(KIB), batches);
     let mut offset = 0i64;
     group.bench_function("partition_read_ranges_20k_batches", |b| {
         b.iter(|| {
@@ -227,20 +215,7 @@ fn index_lookup(c: &mut Criterion) {
     // A consumer at the tail of small batches (200 bytes, ~20 per index interval): the
     // batch is among the recent ones kept in memory; further back it is found by a
     // header scan from the index floor, through one read window.
-    let dir = bench_dir();
-    let (partition, _) = rt
-        .block_on(Partition::open(dir.path(), log_config(FlushPolicy::Never)))
-        .expect("open");
-    let small = batch_of(200);
-    let batches = 20_000i64;
-    rt.block_on(async {
-        for _ in 0..batches {
-            partition
-                .append(small.clone(), AppendWait::Written)
-                .await
-                .expect("append");
-        }
-    });
+    let (_dir, partition) = filled_partition(&rt, &batch_of(200), batches);
     let mut probe = 0i64;
     group.bench_function("partition_read_ranges_tail_200B_batches", |b| {
         b.iter(|| {
@@ -258,6 +233,23 @@ fn index_lookup(c: &mut Criterion) {
     });
     rt.block_on(partition.close()).expect("close");
     group.finish();
+}
+
+/// A partition (in its own temporary directory) holding `count` copies of `batch`.
+fn filled_partition(rt: &Runtime, batch: &[u8], count: i64) -> (tempfile::TempDir, Partition) {
+    let dir = bench_dir();
+    let (partition, _) = rt
+        .block_on(Partition::open(dir.path(), log_config(FlushPolicy::Never)))
+        .expect("open");
+    rt.block_on(async {
+        for _ in 0..count {
+            partition
+                .append(batch.to_vec(), AppendWait::Written)
+                .await
+                .expect("append");
+        }
+    });
+    (dir, partition)
 }
 
 fn crc_validation(c: &mut Criterion) {
