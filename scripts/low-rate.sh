@@ -9,7 +9,10 @@
 #   apache-kafka: also Apache Kafka, as started by `scripts/kafka.sh start paper` (left
 #   running between runs: a long-lived JVM), through the same two clients.
 #   env: ROUNDS (3), RATE (10000), SECONDS_PER_RUN (20), TARGETS ("kafka-lean kafka"),
-#        CORES (all), LOADGEN (target/release/loadgen, built when absent)
+#        CORES (all), LOADGEN (target/release/loadgen, built when absent),
+#        PROFILE=1: in round 1, a 5 s `perf record` (cpu-clock, DWARF stacks) of each of
+#        our brokers from the 5th second, drawn as OUT_DIR/flame-LABEL-TARGET.svg with
+#        inferno (`cargo install inferno`); needs perf and root
 # Writes OUT_DIR/runs.tsv (one line per run) and OUT_DIR/summary.md (medians).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +51,21 @@ for round in $(seq 1 "$rounds"); do
           "${cores_flag[@]}" >"$data.log" 2>&1 &
         broker=$!
         for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+        profiler=
+        if [[ ${PROFILE:-} == 1 && $round == 1 ]]; then
+          (sleep 5 && perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$broker" \
+            -o "$data.perf" -- sleep 5 >/dev/null 2>&1) &
+          profiler=$!
+        fi
         result=$("$loadgen" latency --target "$target" --rate "$rate" --batch 1 --linger-ms 0 \
           --messages "$messages" --warmup "$rate" --quiet --kafka 127.0.0.1:9092 2>&1 || true)
+        if [[ -n $profiler ]]; then
+          wait "$profiler" || true
+          perf script -i "$data.perf" 2>/dev/null | inferno-collapse-perf \
+            | inferno-flamegraph --title "$label broker, $target, $rate msgs/s" \
+            >"$out/flame-$label-$target.svg" || true
+          rm -f "$data.perf"
+        fi
         kill -TERM "$broker" 2>/dev/null || true
         wait "$broker" 2>/dev/null || true
         rm -rf "$data" "$data.log"
