@@ -288,6 +288,7 @@ impl Partition {
             durable_waiters: Vec::new(),
             unsynced: Vec::new(),
             last_sync: Instant::now(),
+            sealing: None,
         };
         compio::runtime::spawn(writer.run(rx)).detach();
         Ok((
@@ -462,7 +463,9 @@ impl Partition {
             .collect()
     }
 
-    /// Forces everything written so far to disk; returns the durable offset.
+    /// Forces everything written so far to disk, and finishes the sealing of the last
+    /// rolled segment (its indexes and the recovery checkpoint); returns the durable
+    /// offset.
     pub async fn flush(&self) -> Result<i64> {
         let (reply, response) = oneshot::channel();
         self.commands
@@ -992,6 +995,9 @@ struct Writer {
     /// Segments written since the last sync.
     unsynced: Vec<Rc<SegmentFiles>>,
     last_sync: Instant,
+    /// The last roll's sealing of the segment it closed (sync, indexes, recovery point),
+    /// running beside the appends to the new segment; see `roll`.
+    sealing: Option<compio::runtime::JoinHandle<Result<()>>>,
 }
 
 impl Writer {
@@ -1050,6 +1056,8 @@ impl Writer {
                     let _ = reply.send(self.assign_epoch(epoch).await);
                 }
                 Command::Flush { reply } => {
+                    // A failed sealing has latched the partition's failure, read below.
+                    let _ = self.settle_sealing().await;
                     self.sync_and_answer().await;
                     let st = self.state.borrow();
                     let result = match &st.failed {
@@ -1065,6 +1073,9 @@ impl Writer {
                 }
             }
         }
+        // Dropped without a close, the sealing stops with the writer (its JoinHandle
+        // cancels it), as at a crash: the checkpoint stays where it was, and a reopen of
+        // this directory does not race a sealing still writing it.
         self.state.borrow_mut().closed = true;
     }
 
@@ -1097,35 +1108,18 @@ impl Writer {
         }
     }
 
-    /// Latches the partition's failure at `step`. A failed sync after a failed write
-    /// makes it worse (unreadable), never the other way round.
+    /// Latches the partition's failure at `step` (see `fail_log`).
     fn fail(&self, step: FailedStep, error: &LogError) {
-        let (failure, observer) = {
-            let mut st = self.state.borrow_mut();
-            let worse = match &st.failed {
-                None => true,
-                Some(earlier) => earlier.readable() && step == FailedStep::Sync,
-            };
-            if !worse {
-                return;
-            }
-            let failure = StorageFailure::from_error(step, error);
-            let partition = st.dir.file_name().map(|n| n.to_string_lossy().into_owned());
-            tracing::error!(
-                partition = partition.as_deref().unwrap_or_default(),
-                step = %failure.step,
-                path = %failure.path.display(),
-                cause = %failure.cause,
-                readable = failure.readable(),
-                "partition storage failed: appends are refused with KAFKA_STORAGE_ERROR until \
-                 the broker restarts{}",
-                if failure.readable() { "; reads go on" } else { ", and reads too" }
-            );
-            st.failed = Some(failure.clone());
-            (failure, st.failure_observer.clone())
-        };
-        if let Some(observer) = observer {
-            observer(&failure);
+        fail_log(&self.state, step, error);
+    }
+
+    /// Waits for the last roll's sealing to finish: everything that moves the recovery
+    /// point or changes sealed segments (truncation, a new start, close, the next roll)
+    /// runs after it, so checkpoints are written in order.
+    async fn settle_sealing(&mut self) -> Result<()> {
+        match self.sealing.take() {
+            Some(task) => task.await.unwrap_or(Err(LogError::Closed)),
+            None => Ok(()),
         }
     }
 
@@ -1393,6 +1387,7 @@ impl Writer {
     /// and its indexes, the deleted segments, the epoch file and the checkpoint at the new
     /// end.
     async fn truncate(&mut self, offset: i64) -> Result<TruncateReport> {
+        self.settle_sealing().await?;
         if let Some(failed) = self.failed() {
             return Err(failed);
         }
@@ -1536,6 +1531,7 @@ impl Writer {
     /// switches to it, the old segments go oldest first, then the epoch file, the producer
     /// snapshot and the checkpoint describe the new log, and the start-at file goes last.
     async fn start_at(&mut self, offset: i64) -> Result<TruncateReport> {
+        self.settle_sealing().await?;
         if let Some(failed) = self.failed() {
             return Err(failed);
         }
@@ -1834,25 +1830,9 @@ impl Writer {
         writes.write().await
     }
 
-    /// fdatasyncs one segment's log file, counting and timing it for the stats and the
-    /// sync observer.
+    /// fdatasyncs one segment's log file (see `timed_sync`).
     async fn timed_sync(&self, files: &SegmentFiles) -> Result<()> {
-        let started = Instant::now();
-        let result = files.sync_log().await;
-        let took = started.elapsed();
-        let observer = {
-            let mut st = self.state.borrow_mut();
-            st.stats.syncs += 1;
-            st.stats.sync_time += took;
-            st.sync_observer.clone()
-        };
-        if let Some(observer) = observer {
-            observer(took);
-        }
-        if let Err(e) = &result {
-            self.fail(FailedStep::Sync, e);
-        }
-        result
+        timed_sync(&self.state, files).await
     }
 
     /// Syncs every segment written since the last sync, then answers durable waiters.
@@ -1882,27 +1862,63 @@ impl Writer {
         }
     }
 
-    /// Seals the active segment (sync, indexes) and starts a new one at the log end.
+    /// Starts a new active segment at the log end, and seals the old one beside the
+    /// appends that follow (as Kafka flushes a rolled segment in the background): its
+    /// fdatasync can take seconds when the page cache holds much of it, and appends to the
+    /// new segment need not wait for it. The sealing syncs the old segment and its
+    /// indexes, then writes the producer snapshot and the recovery checkpoint at the new
+    /// base; until then a crash recovers from the previous checkpoint, validating both
+    /// segments. The old segment stays in `unsynced` too, so a durable sync covers it.
     async fn roll(&mut self) -> Result<()> {
-        let (dir, base) = self.seal_active().await?;
+        self.settle_sealing().await?;
+        self.persist_active_indexes(true).await?;
+        let (sealed, dir, base) = {
+            let st = self.state.borrow();
+            (
+                Rc::clone(&st.active().files),
+                st.dir.clone(),
+                st.active().next_offset,
+            )
+        };
         let segment = Segment::open_files(&dir, base, true).await?;
         checkpoint::sync_dir(&dir).await?;
-        self.write_recovery_point(&dir, base).await?;
-        let mut st = self.state.borrow_mut();
-        st.durable_offset = st.durable_offset.max(base);
-        // Only the active segment keeps its recent batches: memory per partition, not per
-        // segment.
-        if let Some(sealed) = st.segments.back_mut() {
-            sealed.clear_recent();
-        }
-        st.segments.push_back(segment);
-        st.stats.rolls += 1;
-        tracing::debug!(dir = %dir.display(), base_offset = base, "rolled segment");
+        let snapshot = {
+            let mut st = self.state.borrow_mut();
+            let snapshot = st.producers.encode();
+            // Only the active segment keeps its recent batches: memory per partition, not
+            // per segment.
+            if let Some(old) = st.segments.back_mut() {
+                old.clear_recent();
+            }
+            st.segments.push_back(segment);
+            st.stats.rolls += 1;
+            snapshot
+        };
+        let state = Rc::clone(&self.state);
+        self.sealing = Some(compio::runtime::spawn(async move {
+            timed_sync(&state, &sealed).await?;
+            let sealed_up = async {
+                sealed.sync_indexes().await?;
+                checkpoint::write_producer_snapshot(&dir, base, snapshot).await?;
+                checkpoint::write_checkpoint(&dir, base).await
+            };
+            if let Err(e) = sealed_up.await {
+                fail_log(&state, FailedStep::Write, &e);
+                return Err(e);
+            }
+            let mut st = state.borrow_mut();
+            st.durable_offset = st.durable_offset.max(base);
+            tracing::debug!(dir = %dir.display(), base_offset = base, "sealed a rolled segment");
+            Ok(())
+        }));
+        tracing::debug!(base_offset = base, "rolled segment");
         Ok(())
     }
 
     async fn close(&mut self) -> Result<()> {
+        let sealed = self.settle_sealing().await;
         self.sync_and_answer().await;
+        sealed?;
         if let Some(failed) = self.failed() {
             return Err(failed);
         }
@@ -1980,4 +1996,57 @@ impl Segment {
             write_path,
         }
     }
+}
+
+/// Latches the partition's failure at `step`. A failed sync after a failed write makes it
+/// worse (unreadable), never the other way round.
+fn fail_log(state: &RefCell<LogState>, step: FailedStep, error: &LogError) {
+    let (failure, observer) = {
+        let mut st = state.borrow_mut();
+        let worse = match &st.failed {
+            None => true,
+            Some(earlier) => earlier.readable() && step == FailedStep::Sync,
+        };
+        if !worse {
+            return;
+        }
+        let failure = StorageFailure::from_error(step, error);
+        let partition = st.dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        tracing::error!(
+            partition = partition.as_deref().unwrap_or_default(),
+            step = %failure.step,
+            path = %failure.path.display(),
+            cause = %failure.cause,
+            readable = failure.readable(),
+            "partition storage failed: appends are refused with KAFKA_STORAGE_ERROR until \
+             the broker restarts{}",
+            if failure.readable() { "; reads go on" } else { ", and reads too" }
+        );
+        st.failed = Some(failure.clone());
+        (failure, st.failure_observer.clone())
+    };
+    if let Some(observer) = observer {
+        observer(&failure);
+    }
+}
+
+/// fdatasyncs one segment's log file, counting and timing it for the stats and the sync
+/// observer; a failure latches the partition's.
+async fn timed_sync(state: &RefCell<LogState>, files: &SegmentFiles) -> Result<()> {
+    let started = Instant::now();
+    let result = files.sync_log().await;
+    let took = started.elapsed();
+    let observer = {
+        let mut st = state.borrow_mut();
+        st.stats.syncs += 1;
+        st.stats.sync_time += took;
+        st.sync_observer.clone()
+    };
+    if let Some(observer) = observer {
+        observer(took);
+    }
+    if let Err(e) = &result {
+        fail_log(state, FailedStep::Sync, e);
+    }
+    result
 }

@@ -252,6 +252,8 @@ fn given_retention_by_size_should_delete_oldest_segments_but_never_active() {
                 .await
                 .unwrap();
         }
+        // The last roll's sealing holds its segment's files until it ends.
+        p.flush().await.unwrap();
         let before = p.segment_count();
         let report = p.apply_retention(engine::now_ms());
         assert!(report.segments_deleted > 0);
@@ -286,6 +288,7 @@ fn given_retention_by_time_when_reader_holds_segment_should_unlink_after_reader(
                 .await
                 .unwrap();
         }
+        p.flush().await.unwrap(); // the last roll's sealing holds its segment's files
         let held = p.read_ranges(0, 100).await.unwrap();
         let first = dir.path().join("00000000000000000000.log");
         let report = p.apply_retention(engine::now_ms());
@@ -347,6 +350,7 @@ fn given_unclean_shutdown_when_reopened_should_validate_since_checkpoint() {
                 .unwrap();
         }
         let segments = p.segment_count();
+        p.flush().await.unwrap(); // the last roll's sealing has ended
         drop(p); // no close: as after a crash
         let (_, report) = Partition::open(dir.path(), small_config()).await.unwrap();
         assert!(!report.clean_shutdown);
@@ -355,6 +359,51 @@ fn given_unclean_shutdown_when_reopened_should_validate_since_checkpoint() {
         assert_eq!(report.segments, segments);
         assert_eq!(report.log_end_offset, 120);
     });
+}
+
+#[test]
+fn given_appends_right_after_a_roll_when_dropped_before_its_sealing_ends_should_recover_them_all() {
+    for policy in [
+        FlushPolicy::Never,
+        FlushPolicy::Interval(Duration::from_millis(5)),
+        FlushPolicy::EveryAppend,
+    ] {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                flush_policy: policy,
+                ..small_config()
+            };
+            let (p, _) = Partition::open(dir.path(), config.clone()).await.unwrap();
+            // After each roll, the next appends go in while it seals.
+            for i in 0..120 {
+                let wait = if i % 7 == 6 {
+                    AppendWait::Durable
+                } else {
+                    AppendWait::Written
+                };
+                p.append(batch(3, 30, i), wait).await.unwrap();
+            }
+            let segments = p.segment_count();
+            assert!(
+                segments >= 4,
+                "{segments} segments: the test needs several rolls"
+            );
+            let before = read_everything(&p).await;
+            drop(p); // no close, no flush: the last roll's sealing may still run
+            let (p, report) = Partition::open(dir.path(), config).await.unwrap();
+            assert!(!report.clean_shutdown);
+            assert!(
+                (1..=2).contains(&report.segments_validated),
+                "{policy:?}: {} segments validated; the checkpoint lags at most one roll",
+                report.segments_validated
+            );
+            assert_eq!(report.log_end_offset, 360, "{policy:?}");
+            assert_eq!(report.segments, segments, "{policy:?}");
+            assert_eq!(read_everything(&p).await, before, "{policy:?}");
+            p.close().await.unwrap();
+        });
+    }
 }
 
 #[test]
