@@ -44,7 +44,7 @@ trap 'kill -TERM $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$data" "
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
 target/release/loadgen paper --messages "$messages" --out "$out" "${extra[@]}" \
   --targets kafka,kafka-lean,apache-kafka,apache-kafka-lean,rabbitmq,activemq \
-  --note "our broker: release build, $flush_note, io_uring write path, $(nproc) cores, fresh data dir on $(df --output=fstype "$data" | tail -1)" \
+  --note "our broker: release build, $flush_note, adaptive write path (pwritev up to 64 KiB, io_uring above), $(nproc) cores, fresh data dir on $(df --output=fstype "$data" | tail -1)" \
   --note "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?'): Debian package, defaults, durable queue" \
   --note "ActiveMQ $(dpkg-query -W -f='${Version}' activemq 2>/dev/null || echo '?'): Debian package, $activemq_note, 2 GB heap, memoryUsage 40% of heap (scripts/activemq.sh)" \
   --note "Apache Kafka ${KAFKA_VERSION:-4.4.0}: Maven Central jars, KRaft single node, $kafka_note, 1 GB heap (scripts/kafka.sh)" \
