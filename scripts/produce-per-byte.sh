@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # What the broker pays per byte (#16's produce-per-byte figures), side by side in one run:
-# loadgen's lean client producing 1 KiB messages in batches of 1000 (about 1 MiB per
+# loadgen's lean client producing (and, as a check, consuming) 1 KiB messages in batches of 1000 (about 1 MiB per
 # request, acks=0, the broker on `flush = none` as Kafka's page-cache default) against
 #   - dd and fio writing the same payload bytes buffered to a fresh file on the same file
 #     system (bs 1 MiB, no sync): the floor for "receive bytes, put them in the page cache";
 #   - iperf3 over loopback: the floor for moving bytes between two processes here.
-# Each round runs every step once, in a fixed order, each after `drop_caches` (when
-# writable) so that every step starts from the same page-cache state: on this VM pages
-# written for the first time cost far more than reused ones (free page reporting hands
-# freed pages back to the host), which swamps the differences measured here.
+# Each round runs every step once, each after `sync` and `drop_caches` (when writable),
+# in an order reversed every other round: on this VM the CPU cost of a page-cache write
+# depends on what the memory did just before (free page reporting hands freed pages back
+# to the host, and touching them again faults on the host), by up to 5x for the same dd,
+# which swamps the differences measured here. Take medians over several rounds.
 # Usage: scripts/produce-per-byte.sh OUT_DIR [BROKER_BINARY]
-#   env: ROUNDS (3), MESSAGES (3000000 per run), DATA (file system for data and dd/fio:
+#   env: ROUNDS (5), MESSAGES (3000000 per run), DATA (file system for data and dd/fio:
 #        /var/tmp), LOADGEN (target/release/loadgen), IPERF_SECONDS (5)
 # Writes OUT_DIR/runs.tsv (one line per step and round) and OUT_DIR/summary.md (medians).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR [BROKER_BINARY]}
 broker=${2:-target/release/broker}
-rounds=${ROUNDS:-3}
+rounds=${ROUNDS:-5}
 messages=${MESSAGES:-3000000}
 data_root=${DATA:-/var/tmp}
 loadgen=${LOADGEN:-target/release/loadgen}
@@ -62,8 +63,8 @@ cpu_of() {
   printf 'round\tstep\tMB_per_s\tcpu_s\tcpu_s_per_GB\tclient_cpu_s\n'
 } >"$out/runs.tsv"
 
-for round in $(seq 1 "$rounds"); do
-  # iperf3: one stream over loopback, both ends' CPU from iperf3's own report.
+step_iperf3() {
+  # One stream over loopback, both ends' CPU from iperf3's own report.
   settle
   iperf3 -s -1 -p 5299 >/dev/null 2>&1 &
   server=$!
@@ -74,50 +75,92 @@ for round in $(seq 1 "$rounds"); do
 import json, sys
 j = json.load(sys.stdin)["end"]
 c = j["cpu_utilization_percent"]
-print(f"{j[\"sum_received\"][\"bits_per_second\"] / 8e6:.1f} {c[\"host_total\"] + c[\"remote_total\"]:.1f}")' <<<"$json")"
+mbs = j["sum_received"]["bits_per_second"] / 8e6
+print("%.1f %.1f" % (mbs, c["host_total"] + c["remote_total"]))' <<<"$json")"
   printf '%s\tiperf3\t%s\t-\t%s\t-\n' "$round" "$mbs" \
     "$(awk -v c="$cpu_pct" -v m="$mbs" 'BEGIN { printf "%.3f", (c / 100) / (m / 1000) }')" >>"$out/runs.tsv"
+}
 
-  # dd and fio: the same payload bytes, buffered, to a fresh file.
-  for tool in dd fio; do
-    settle
-    if [[ $tool == dd ]]; then
-      read -r cpu wall <<<"$(cpu_of dd if=/dev/zero of="$work/dd.bin" bs=1M count=$((bytes / 1048576)))"
-      rm -f "$work/dd.bin"
-    else
-      read -r cpu wall <<<"$(cpu_of fio --name=w --filename="$work/fio.bin" --rw=write --bs=1m \
-        --size=$((bytes / 1048576))m --ioengine=psync --end_fsync=0 --output=/dev/null)"
-      rm -f "$work/fio.bin"
-    fi
-    mbs=$(awk -v b="$bytes" -v w="$wall" 'BEGIN { printf "%.1f", b / 1e6 / w }')
-    printf '%s\t%s\t%s\t%s\t%s\t-\n' "$round" "$tool" "$mbs" "$cpu" \
-      "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" >>"$out/runs.tsv"
-  done
+step_file() { # dd|fio: the same payload bytes, buffered, to a fresh file
+  local tool=$1 cpu wall mbs
+  settle
+  if [[ $tool == dd ]]; then
+    read -r cpu wall <<<"$(cpu_of dd if=/dev/zero of="$work/dd.bin" bs=1M count=$((bytes / 1048576)))"
+    rm -f "$work/dd.bin"
+  else
+    read -r cpu wall <<<"$(cpu_of fio --name=w --filename="$work/fio.bin" --rw=write --bs=1m \
+      --size=$((bytes / 1048576))m --ioengine=psync --end_fsync=0 --output=/dev/null)"
+    rm -f "$work/fio.bin"
+  fi
+  mbs=$(awk -v b="$bytes" -v w="$wall" 'BEGIN { printf "%.1f", b / 1e6 / w }')
+  printf '%s\t%s\t%s\t%s\t%s\t-\n' "$round" "$tool" "$mbs" "$cpu" \
+    "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" >>"$out/runs.tsv"
+}
 
-  # The broker: one producer on one partition, then two on two (one per core).
-  for producers in 1 2; do
-    settle
-    BROKER_FLUSH=none RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 --data-dir "$work/data" \
-      >"$work/broker.log" 2>&1 &
-    broker_pid=$!
-    for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
-    result=$("$loadgen" produce --target kafka-lean --size $size --batch $batch \
-      --messages "$messages" --producers "$producers" --partitions "$producers" \
-      --partitioner per-batch --no-verify --quiet --kafka 127.0.0.1:9092 2>&1 || true)
-    stop_broker
-    rm -rf "$work/data"
-    row=$(grep -E '^\| produce \|' <<<"$result" | head -1)
-    if [[ -z $row ]]; then
-      echo "run failed (produce, $producers producers):" >&2
-      echo "$result" >&2
-      exit 1
-    fi
-    # | produce | target | mode | msgs/s | MB/s | p50 | p99 | p99.9 | max | client CPU | broker CPU | messages | verified |
-    IFS='|' read -r _ _ _ _ _ mbs _ _ _ _ client cpu _ <<<"$row"
-    printf '%s\tbroker-%sp\t%s\t%s\t%s\t%s\n' "$round" "$producers" $mbs $cpu \
-      "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" $client >>"$out/runs.tsv"
+step_broker() { # PRODUCERS: that many producers, each on a partition of its own
+  local producers=$1 result row mbs client cpu
+  settle
+  BROKER_FLUSH=none RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 --data-dir "$work/data" \
+    >"$work/broker.log" 2>&1 &
+  broker_pid=$!
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+  result=$("$loadgen" produce --target kafka-lean --size $size --batch $batch \
+    --messages "$messages" --producers "$producers" --partitions "$producers" \
+    --partitioner per-batch --no-verify --quiet --kafka 127.0.0.1:9092 2>&1 || true)
+  stop_broker
+  rm -rf "$work/data"
+  row=$(grep -E '^\| produce \|' <<<"$result" | head -1)
+  if [[ -z $row ]]; then
+    echo "run failed (produce, $producers producers):" >&2
+    echo "$result" >&2
+    exit 1
+  fi
+  # | produce | target | mode | msgs/s | MB/s | p50 | p99 | p99.9 | max | client CPU | broker CPU | messages | verified |
+  IFS='|' read -r _ _ _ _ _ mbs _ _ _ _ client cpu _ <<<"$row"
+  printf '%s\tbroker-%sp\t%s\t%s\t%s\t%s\n' "$round" "$producers" $mbs $cpu \
+    "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" $client >>"$out/runs.tsv"
+}
+
+step_consumer() { # one consumer draining one partition of the same bytes (written first)
+  local result row mbs client cpu
+  settle
+  BROKER_FLUSH=none RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 --data-dir "$work/data" \
+    >"$work/broker.log" 2>&1 &
+  broker_pid=$!
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+  result=$("$loadgen" consume --target kafka-lean --size $size --batch $batch \
+    --messages "$messages" --quiet --kafka 127.0.0.1:9092 2>&1 || true)
+  stop_broker
+  rm -rf "$work/data"
+  row=$(grep -E '^\| consume \|' <<<"$result" | head -1)
+  if [[ -z $row ]]; then
+    echo "run failed (consume):" >&2
+    echo "$result" >&2
+    exit 1
+  fi
+  IFS='|' read -r _ _ _ _ _ mbs _ _ _ _ client cpu _ <<<"$row"
+  printf '%s\tconsumer\t%s\t%s\t%s\t%s\n' "$round" $mbs $cpu \
+    "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" $client >>"$out/runs.tsv"
+}
+
+# The cost of a page-cache write here depends on what the memory did just before, so the
+# order of the steps is reversed every other round.
+order=(iperf3 dd broker-1 fio broker-2 consumer)
+for round in $(seq 1 "$rounds"); do
+  steps=("${order[@]}")
+  if ((round % 2 == 0)); then
+    steps=()
+    for ((i = ${#order[@]} - 1; i >= 0; i--)); do steps+=("${order[i]}"); done
+  fi
+  for step in "${steps[@]}"; do
+    case $step in
+      iperf3) step_iperf3 ;;
+      dd | fio) step_file "$step" ;;
+      broker-*) step_broker "${step#broker-}" ;;
+      consumer) step_consumer ;;
+    esac
   done
-  echo "round $round done"
+  echo "round $round done: ${steps[*]}"
 done
 
 # Medians per step, and the two ratios #16 asks for.
@@ -137,5 +180,6 @@ awk -F'\t' '!/^#/ && $1 != "round" {
     print ""
     if (c["dd"] > 0) printf "- broker CPU per GB, 1 partition / dd: **%.2f**; / fio: %.2f\n", c["broker-1p"] / c["dd"], c["broker-1p"] / c["fio"]
     if (m["iperf3"] > 0) printf "- two producers on two partitions / iperf3 loopback: **%.2f** (%.0f of %.0f MB/s)\n", m["broker-2p"] / m["iperf3"], m["broker-2p"], m["iperf3"]
+    if (m["iperf3"] > 0) printf "- one consumer / iperf3 loopback: **%.2f** (%.0f of %.0f MB/s)\n", m["consumer"] / m["iperf3"], m["consumer"], m["iperf3"]
   }' "$out/runs.tsv" >"$out/summary.md"
 cat "$out/summary.md"
