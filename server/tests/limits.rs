@@ -672,3 +672,86 @@ fn given_a_request_then_silence_should_close_an_idle_limit_after_the_request() {
     );
     assert!(after < Duration::from_secs(5), "closed by the idle limit");
 }
+
+/// Records read into memory for a response above 64 KiB come from the request budget:
+/// with `fetch_inline_max_bytes` at 8 MiB and a 16 MiB budget, twelve consumers that each
+/// ask for 8 MB of records and read nothing make the broker hold about the budget, not
+/// twelve times 8 MiB; the responses the budget cannot cover are spliced from the page
+/// cache instead, and every one of them still arrives whole once read.
+#[test]
+fn given_big_inline_fetches_that_are_not_read_should_hold_no_more_than_the_request_budget() {
+    const CONSUMERS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _metrics) = broker_with(
+        dir.path(),
+        &[
+            ("BROKER_FETCH_INLINE_MAX_BYTES", "8388608"),
+            ("BROKER_SOCKET_REQUEST_MAX_BYTES", "16777216"),
+            ("BROKER_QUEUED_MAX_REQUEST_BYTES", "16777216"),
+            ("BROKER_CONNECTIONS_SEND_TIMEOUT_MS", "60000"),
+            ("BROKER_FLUSH", "none"),
+        ],
+    );
+    wire::create_topic(&broker.addr, "inline", 1);
+    // 9 batches of 900 records x 1000 bytes: about 8.1 MB, under the inline limit.
+    let mut s = TcpStream::connect(&broker.addr).unwrap();
+    let request = wire::produce_frame("inline", &[wire::batch(900, 1000)]);
+    for _ in 0..9 {
+        s.write_all(&request).unwrap();
+        assert_eq!(
+            wire::produce_errors(wire::read_response(&mut s).unwrap()),
+            [0]
+        );
+    }
+    let fetch = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(8 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("inline")))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(8 << 20),
+                ]),
+        ]);
+    let frame = wire::frame(ApiKey::Fetch, 4, 1, &fetch);
+    let rss_before = rss_kib(broker.pid());
+    let mut stalled: Vec<TcpStream> = (0..CONSUMERS)
+        .map(|_| {
+            let mut c = wire::connect_with("127.0.0.1", &broker.addr, Some(4096));
+            c.write_all(&frame).unwrap();
+            c
+        })
+        .collect();
+    // Every response is being sent (or stuck sending) for a while; the peak is what the
+    // broker holds for them.
+    let mut rss_peak = rss_before;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        rss_peak = rss_peak.max(rss_kib(broker.pid()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let grown = rss_peak.saturating_sub(rss_before);
+    eprintln!(
+        "{CONSUMERS} unread fetches of about 8 MB each, inline limit 8 MiB, budget 16 MiB: \
+         broker RSS {rss_before} KiB before, peak {rss_peak} KiB (+{grown} KiB)"
+    );
+    assert!(
+        grown < 40 * 1024,
+        "the broker read the responses into memory past the budget: +{grown} KiB"
+    );
+    // Read now: every response arrives whole, inline or spliced.
+    for c in &mut stalled {
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let response = wire::read_response(c).unwrap();
+        assert!(
+            response.len() > 8_000_000,
+            "a response of {} bytes",
+            response.len()
+        );
+    }
+}

@@ -201,6 +201,7 @@ pub async fn serve(
         zero_copy: shard.config().fetch_zero_copy
             && compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring()),
         inline_max: shard.config().fetch_inline_max_bytes,
+        memory: Arc::clone(&shard.shared.request_memory),
         timeout: Duration::from_millis(shard.config().connections_send_timeout_ms),
         splicing: false,
     };
@@ -539,6 +540,9 @@ struct ResponseSender<'a> {
     /// Records of a response up to this many bytes are read and sent with its other
     /// pieces in one write (`fetch_inline_max_bytes`).
     inline_max: u64,
+    /// The broker-wide request budget: records read into memory for a response above
+    /// `REQUEST_BUDGET_EXEMPT_BYTES_MAX` are charged to it while they are sent.
+    memory: Arc<RequestMemory>,
     /// Longest one write step may take (`connections_send_timeout_ms`).
     timeout: Duration,
     /// A splice was started and has not finished: it may still be blocked in an
@@ -569,8 +573,19 @@ impl ResponseSender<'_> {
                 Piece::Bytes(_) => 0,
             })
             .sum();
-        // A small response goes out in one write, its records read into memory.
-        let inline = file_bytes <= self.inline_max.min(crate::config::FETCH_INLINE_BYTES_MAX);
+        // A small response goes out in one write, its records read into memory. Above
+        // the size every connection may hold anyway, that memory comes from the request
+        // budget, and when the budget has no room the records are spliced instead: the
+        // inline path is a shortcut, never a reason to wait.
+        let small = file_bytes <= self.inline_max.min(crate::config::FETCH_INLINE_BYTES_MAX);
+        // Held until the response is sent. `file_bytes` is at most FETCH_INLINE_BYTES_MAX
+        // when it is taken.
+        let held = (small && file_bytes > REQUEST_BUDGET_EXEMPT_BYTES_MAX as u64)
+            .then(|| self.memory.try_acquire(file_bytes as usize));
+        let inline = match &held {
+            Some(permit) => permit.is_some(),
+            None => small,
+        };
         for piece in pieces {
             match piece {
                 Piece::Bytes(b) => pending.push(b),

@@ -157,6 +157,14 @@ impl RequestMemory {
         }
     }
 
+    /// Takes `bytes` now if they fit in the budget; `None` otherwise (nothing waits).
+    pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<MemoryPermit> {
+        self.try_take(bytes).then(|| MemoryPermit {
+            memory: Arc::clone(self),
+            bytes,
+        })
+    }
+
     /// Waits until `bytes` fit in the budget and takes them. A frame larger than the
     /// whole budget is taken once nothing else is held, so it cannot wait forever.
     pub async fn acquire(self: &Arc<Self>, bytes: usize) -> MemoryPermit {
@@ -226,6 +234,21 @@ mod tests {
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let _a3 = limits.try_acquire(mapped).unwrap();
         assert_eq!(limits.try_acquire(a).err(), Some(Refusal::Total));
+    }
+
+    #[test]
+    fn request_memory_try_acquire_takes_only_what_fits_now() {
+        let memory = Arc::new(RequestMemory::new(100));
+        let first = memory.try_acquire(70).unwrap();
+        assert!(
+            memory.try_acquire(40).is_none(),
+            "nothing waits, nothing taken"
+        );
+        assert_eq!((memory.used(), memory.waits()), (70, 0));
+        let second = memory.try_acquire(30).unwrap();
+        assert_eq!(memory.used(), 100);
+        drop((first, second));
+        assert_eq!(memory.used(), 0);
     }
 
     #[test]
