@@ -11,7 +11,8 @@
 #   (`scripts/kafka.sh start paper`).
 #   env: ROUNDS (2), MAX_MESSAGES (300000: the maximum's run), SECONDS_PER_RUN (20: the
 #        latency run), LOADGEN (target/release/loadgen), BROKER (target/release/broker)
-# Writes OUT_DIR/runs.tsv and OUT_DIR/summary.md (medians per target).
+# Writes OUT_DIR/runs.tsv, OUT_DIR/summary.md (medians per target) and charts of the
+# medians (p50.svg, p99.svg, cpu-per-msg.svg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR [TARGET...]}
@@ -98,4 +99,8 @@ done
         printf "| %s | %d | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.1f |\n", t, n[t], median(t, 3, n[t]), median(t, 4, n[t]), median(t, 5, n[t]), median(t, 6, n[t]), median(t, 7, n[t]), median(t, 8, n[t]), median(t, 10, n[t]) }
     }' "$out/runs.tsv"
 } >"$out/summary.md"
+for chart in p50_ms:p50 p99_ms:p99 broker_us_per_msg:cpu-per-msg; do
+  python3 scripts/bar-chart.py "$out/runs.tsv" target "${chart%%:*}" \
+    "${chart%%:*} at half of each broker's own maximum" "$out/${chart#*:}.svg" --log
+done
 cat "$out/summary.md"

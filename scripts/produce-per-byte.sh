@@ -13,7 +13,8 @@
 # Usage: scripts/produce-per-byte.sh OUT_DIR [BROKER_BINARY]
 #   env: ROUNDS (5), MESSAGES (3000000 per run), DATA (file system for data and dd/fio:
 #        /var/tmp), LOADGEN (target/release/loadgen), IPERF_SECONDS (5)
-# Writes OUT_DIR/runs.tsv (one line per step and round) and OUT_DIR/summary.md (medians).
+# Writes OUT_DIR/runs.tsv (one line per step and round), OUT_DIR/summary.md (medians) and
+# two charts of the medians (cpu-per-gb.svg, mb-per-s.svg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR [BROKER_BINARY]}
@@ -182,4 +183,8 @@ awk -F'\t' '!/^#/ && $1 != "round" {
     if (m["iperf3"] > 0) printf "- two producers on two partitions / iperf3 loopback: **%.2f** (%.0f of %.0f MB/s)\n", m["broker-2p"] / m["iperf3"], m["broker-2p"], m["iperf3"]
     if (m["iperf3"] > 0) printf "- one consumer / iperf3 loopback: **%.2f** (%.0f of %.0f MB/s)\n", m["consumer"] / m["iperf3"], m["consumer"], m["iperf3"]
   }' "$out/runs.tsv" >"$out/summary.md"
+python3 scripts/bar-chart.py "$out/runs.tsv" step cpu_s_per_GB \
+  "CPU seconds per GB of payload: broker against dd, fio, iperf3" "$out/cpu-per-gb.svg"
+python3 scripts/bar-chart.py "$out/runs.tsv" step MB_per_s \
+  "MB/s of payload: broker against dd, fio, iperf3 loopback" "$out/mb-per-s.svg"
 cat "$out/summary.md"
