@@ -98,49 +98,29 @@ step_file() { # dd|fio: the same payload bytes, buffered, to a fresh file
     "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" >>"$out/runs.tsv"
 }
 
-step_broker() { # PRODUCERS: that many producers, each on a partition of its own
-  local producers=$1 result row mbs client cpu
+# Runs loadgen against a fresh broker (after `settle`) and appends the row of its table
+# for EXPERIMENT (produce|consume) to runs.tsv as STEP, with CPU per GB of payload.
+loadgen_step() { # STEP EXPERIMENT loadgen-arguments...
+  local step=$1 experiment=$2 result row mbs client cpu
+  shift 2
   settle
   BROKER_FLUSH=none RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 --data-dir "$work/data" \
     >"$work/broker.log" 2>&1 &
   broker_pid=$!
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
-  result=$("$loadgen" produce --target kafka-lean --size $size --batch $batch \
-    --messages "$messages" --producers "$producers" --partitions "$producers" \
-    --partitioner per-batch --no-verify --quiet --kafka 127.0.0.1:9092 2>&1 || true)
+  result=$("$loadgen" "$experiment" --target kafka-lean --size $size --batch $batch \
+    --messages "$messages" --quiet --kafka 127.0.0.1:9092 "$@" 2>&1 || true)
   stop_broker
   rm -rf "$work/data"
-  row=$(grep -E '^\| produce \|' <<<"$result" | head -1)
+  row=$(grep -E "^\| $experiment \|" <<<"$result" | head -1)
   if [[ -z $row ]]; then
-    echo "run failed (produce, $producers producers):" >&2
+    echo "run failed ($step):" >&2
     echo "$result" >&2
     exit 1
   fi
-  # | produce | target | mode | msgs/s | MB/s | p50 | p99 | p99.9 | max | client CPU | broker CPU | messages | verified |
+  # | experiment | target | mode | msgs/s | MB/s | p50 | p99 | p99.9 | max | client CPU | broker CPU | messages | verified |
   IFS='|' read -r _ _ _ _ _ mbs _ _ _ _ client cpu _ <<<"$row"
-  printf '%s\tbroker-%sp\t%s\t%s\t%s\t%s\n' "$round" "$producers" $mbs $cpu \
-    "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" $client >>"$out/runs.tsv"
-}
-
-step_consumer() { # one consumer draining one partition of the same bytes (written first)
-  local result row mbs client cpu
-  settle
-  BROKER_FLUSH=none RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 --data-dir "$work/data" \
-    >"$work/broker.log" 2>&1 &
-  broker_pid=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
-  result=$("$loadgen" consume --target kafka-lean --size $size --batch $batch \
-    --messages "$messages" --quiet --kafka 127.0.0.1:9092 2>&1 || true)
-  stop_broker
-  rm -rf "$work/data"
-  row=$(grep -E '^\| consume \|' <<<"$result" | head -1)
-  if [[ -z $row ]]; then
-    echo "run failed (consume):" >&2
-    echo "$result" >&2
-    exit 1
-  fi
-  IFS='|' read -r _ _ _ _ _ mbs _ _ _ _ client cpu _ <<<"$row"
-  printf '%s\tconsumer\t%s\t%s\t%s\t%s\n' "$round" $mbs $cpu \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$step" $mbs $cpu \
     "$(awk -v c="$cpu" -v g="$gb" 'BEGIN { printf "%.3f", c / g }')" $client >>"$out/runs.tsv"
 }
 
@@ -157,8 +137,12 @@ for round in $(seq 1 "$rounds"); do
     case $step in
       iperf3) step_iperf3 ;;
       dd | fio) step_file "$step" ;;
-      broker-*) step_broker "${step#broker-}" ;;
-      consumer) step_consumer ;;
+      broker-*) # that many producers, each on a partition of its own
+        n=${step#broker-}
+        loadgen_step "broker-${n}p" produce --producers "$n" --partitions "$n" \
+          --partitioner per-batch --no-verify ;;
+      consumer) # one consumer draining one partition of the same bytes (written first)
+        loadgen_step consumer consume ;;
     esac
   done
   echo "round $round done: ${steps[*]}"
