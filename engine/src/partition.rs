@@ -1097,7 +1097,8 @@ impl Writer {
             let FlushPolicy::Interval(every) = self.policy() else {
                 return rx.next().await;
             };
-            if self.unsynced.is_empty() {
+            // Durable waiters may wait on a rolled segment's sealing alone.
+            if self.unsynced.is_empty() && self.durable_waiters.is_empty() {
                 return rx.next().await;
             }
             let deadline = self.last_sync + every;
@@ -1836,17 +1837,29 @@ impl Writer {
     }
 
     /// Syncs every segment written since the last sync, then answers durable waiters.
+    /// The last roll's sealing is part of it: the segment it syncs is not among
+    /// `unsynced`, and the durable offset moved here covers it.
     async fn sync_and_answer(&mut self) {
         let target = self.state.borrow().active().next_offset;
-        let mut result = Ok(());
-        for files in std::mem::take(&mut self.unsynced) {
-            if let Err(e) = self.timed_sync(&files).await {
-                result = Err(e);
-                break;
+        let mut result = self.settle_sealing().await;
+        if result.is_ok() {
+            for files in std::mem::take(&mut self.unsynced) {
+                if let Err(e) = self.timed_sync(&files).await {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         self.last_sync = Instant::now();
-        if result.is_ok() {
+        // A sync that failed anywhere (also one a sealing ran) means the page cache may
+        // hold bytes the disk does not: nothing more is durable.
+        let unsynced_failure = self
+            .state
+            .borrow()
+            .failed
+            .as_ref()
+            .is_some_and(|f| !f.readable());
+        if result.is_ok() && !unsynced_failure {
             let mut st = self.state.borrow_mut();
             st.durable_offset = st.durable_offset.max(target);
         }
@@ -1868,7 +1881,8 @@ impl Writer {
     /// new segment need not wait for it. The sealing syncs the old segment and its
     /// indexes, then writes the producer snapshot and the recovery checkpoint at the new
     /// base; until then a crash recovers from the previous checkpoint, validating both
-    /// segments. The old segment stays in `unsynced` too, so a durable sync covers it.
+    /// segments (and recovery syncs what it validated). A durable sync (`sync_and_answer`)
+    /// waits for the sealing before it moves the durable offset.
     async fn roll(&mut self) -> Result<()> {
         self.settle_sealing().await?;
         self.persist_active_indexes(true).await?;
@@ -1882,6 +1896,10 @@ impl Writer {
         };
         let segment = Segment::open_files(&dir, base, true).await?;
         checkpoint::sync_dir(&dir).await?;
+        // The sealing syncs the old segment; a durable sync waits for the sealing. One
+        // fdatasync per file at a time: two on one file could each miss the other's
+        // writeback error.
+        self.unsynced.retain(|f| !Rc::ptr_eq(f, &sealed));
         let snapshot = {
             let mut st = self.state.borrow_mut();
             let snapshot = st.producers.encode();
@@ -1899,6 +1917,11 @@ impl Writer {
             timed_sync(&state, &sealed).await?;
             let sealed_up = async {
                 sealed.sync_indexes().await?;
+                // The checkpoint must not vouch for anything after a failed sync.
+                let failed = state.borrow().failed.clone();
+                if let Some(failure) = failed.filter(|f| !f.readable()) {
+                    return Err(LogError::StorageFailed(failure));
+                }
                 checkpoint::write_producer_snapshot(&dir, base, snapshot).await?;
                 checkpoint::write_checkpoint(&dir, base).await
             };

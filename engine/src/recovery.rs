@@ -100,6 +100,10 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
 
     let mut segments: VecDeque<Segment> = VecDeque::with_capacity(bases.len());
     let mut cut_at: Option<usize> = None;
+    // Segments read without the checkpoint's word for them: what was read may be only in
+    // the page cache (a crash of the process, not of the machine), and a later checkpoint
+    // will vouch for them, so they are synced before the log opens.
+    let mut validated: Vec<i64> = Vec::new();
     for (i, &base) in bases.iter().enumerate() {
         let mut seg = Segment::open_files(dir, base, false).await?;
         if let Some(prev) = segments.back()
@@ -121,6 +125,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         let valid = if intact {
             true
         } else {
+            validated.push(base);
             validate(&mut seg, file_len, interval, &mut report, &mut on_batch).await?
         };
         // Only the active (last) segment keeps its recent batches.
@@ -142,6 +147,13 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
             tracing::warn!(path = %seg.log_path().display(), "deleted segment after a corrupt one");
         }
         checkpoint::sync_dir(dir).await?;
+    }
+    for seg in segments
+        .iter()
+        .filter(|s| validated.contains(&s.base_offset))
+    {
+        seg.files.sync_log().await?;
+        seg.files.sync_indexes().await?;
     }
     if segments.is_empty() {
         segments.push_back(Segment::open_files(dir, 0, true).await?);

@@ -362,6 +362,48 @@ fn given_unclean_shutdown_when_reopened_should_validate_since_checkpoint() {
 }
 
 #[test]
+fn given_rolls_and_no_durable_appends_should_let_retention_delete_the_rolled_segments() {
+    // Nothing but the sealing may hold a rolled segment's files: with no durable sync to
+    // come (no waiters under EveryAppend, none at all under Never), a segment kept among
+    // the writer's unsynced files was never unlinked, and its disk space never freed.
+    for policy in [FlushPolicy::Never, FlushPolicy::EveryAppend] {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                flush_policy: policy,
+                retention_bytes: Some(4096),
+                ..small_config()
+            };
+            let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+            for i in 0..100 {
+                p.append(batch(2, 50, i), AppendWait::Written)
+                    .await
+                    .unwrap();
+            }
+            // The last roll's sealing ends on its own (no flush).
+            compio::time::sleep(Duration::from_millis(300)).await;
+            let report = p.apply_retention(engine::now_ms());
+            assert!(report.segments_deleted > 0, "{policy:?}");
+            let logs = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".log")
+                })
+                .count();
+            assert_eq!(
+                logs,
+                p.segment_count(),
+                "{policy:?}: segments deleted by retention are still on disk"
+            );
+        });
+    }
+}
+
+#[test]
 fn given_appends_right_after_a_roll_when_dropped_before_its_sealing_ends_should_recover_them_all() {
     for policy in [
         FlushPolicy::Never,

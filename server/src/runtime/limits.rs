@@ -157,8 +157,12 @@ impl RequestMemory {
         }
     }
 
-    /// Takes `bytes` now if they fit in the budget; `None` otherwise (nothing waits).
+    /// Takes `bytes` now if they fit in the budget and no request is waiting for it (this
+    /// never jumps the queue); `None` otherwise, and nothing waits.
     pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<MemoryPermit> {
+        if self.waiting() > 0 {
+            return None;
+        }
         self.try_take(bytes).then(|| MemoryPermit {
             memory: Arc::clone(self),
             bytes,
@@ -249,6 +253,17 @@ mod tests {
         assert_eq!(memory.used(), 100);
         drop((first, second));
         assert_eq!(memory.used(), 0);
+        // Behind a request waiting for the budget, nothing is taken even where it fits.
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let held = memory.acquire(90).await;
+            let m = Arc::clone(&memory);
+            let waiter = compio::runtime::spawn(async move { m.acquire(50).await });
+            compio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(memory.waiting(), 1);
+            assert!(memory.try_acquire(5).is_none(), "it would jump the queue");
+            drop(held);
+            drop(waiter.await.unwrap());
+        });
     }
 
     #[test]
