@@ -23,14 +23,8 @@ command -v fio >/dev/null || { echo "needs fio (apt-get install -y fio)" >&2; ex
 [[ -x $loadgen ]] || cargo build --release --locked -p loadgen
 mkdir -p "$out"
 work=$(mktemp -d "${DATA:-/var/tmp}/durable-vs-fio.XXXXXX")
-broker_pid=
-stop_broker() {
-  if [[ -n $broker_pid ]]; then
-    kill -TERM "$broker_pid" 2>/dev/null || true
-    wait "$broker_pid" 2>/dev/null || true
-    broker_pid=
-  fi
-}
+# shellcheck source=scripts/lib/broker.sh
+source scripts/lib/broker.sh
 trap 'stop_broker; rm -rf "$work"' EXIT
 {
   echo "# how: scripts/durable-vs-fio.sh $out $broker"
@@ -54,10 +48,7 @@ print("%.0f %.1f" % (w["iops"], w["bw_bytes"] / 1e6))' <<<"$json")"
       "$(awk -v w="$writes" -v b="$batch" 'BEGIN { printf "%.0f", w * b }')" "$mbs" "$writes" >>"$out/runs.tsv"
 
     # The broker, fresh each run.
-    BROKER_FLUSH=per-append RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 \
-      --data-dir "$work/data" >"$work/broker.log" 2>&1 &
-    broker_pid=$!
-    for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+    start_broker per-append "$work/data" "$work/broker.log"
     result=$("$loadgen" produce --target kafka-lean --mode durable --size "$size" \
       --batch "$batch" --linger-ms 0 --producers "$producers" --partitions 1 \
       --duration "$seconds" --no-verify --quiet --kafka 127.0.0.1:9092 2>&1 || true)

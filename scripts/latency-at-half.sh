@@ -27,23 +27,17 @@ broker=${BROKER:-target/release/broker}
 [[ -x $loadgen ]] || cargo build --release --locked -p loadgen
 [[ -x $broker ]] || cargo build --release --locked -p server --bin broker
 mkdir -p "$out"
-broker_pid=
+# shellcheck source=scripts/lib/broker.sh
+source scripts/lib/broker.sh
 data=
-stop_broker() {
-  if [[ -n $broker_pid ]]; then
-    kill -TERM "$broker_pid" 2>/dev/null || true
-    wait "$broker_pid" 2>/dev/null || true
-    broker_pid=
-  fi
-  if [[ -n $data ]]; then rm -rf "$data"; data=; fi
+stop_ours() {
+  stop_broker
+  if [[ -n $data ]]; then rm -rf "$data" "$data.log"; data=; fi
 }
-trap stop_broker EXIT
+trap stop_ours EXIT
 start_ours() {
   data=$(mktemp -d /tmp/latency-half.XXXXXX)
-  BROKER_FLUSH=interval RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 --data-dir "$data" \
-    >"$data.log" 2>&1 &
-  broker_pid=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+  start_broker interval "$data" "$data.log"
 }
 {
   echo "# how: scripts/latency-at-half.sh $out ${targets[*]}"
@@ -67,7 +61,7 @@ for round in $(seq 1 "$rounds"); do
     messages=$((rate * seconds))
     result=$("$loadgen" latency --target "$target" --rate "$rate" --batch 1 --linger-ms 0 \
       --messages "$messages" --warmup "$rate" --quiet 2>&1 || true)
-    stop_broker
+    stop_ours
     row=$(grep -E '^\| latency' <<<"$result" | head -1)
     if [[ -z $row ]]; then
       echo "latency run failed ($target at $rate msgs/s):" >&2

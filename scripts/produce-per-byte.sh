@@ -33,14 +33,8 @@ done
 [[ -x $loadgen ]] || cargo build --release --locked -p loadgen
 mkdir -p "$out"
 work=$(mktemp -d "$data_root/per-byte.XXXXXX")
-broker_pid=
-stop_broker() {
-  if [[ -n $broker_pid ]]; then
-    kill -TERM "$broker_pid" 2>/dev/null || true
-    wait "$broker_pid" 2>/dev/null || true
-    broker_pid=
-  fi
-}
+# shellcheck source=scripts/lib/broker.sh
+source scripts/lib/broker.sh
 trap 'stop_broker; rm -rf "$work"' EXIT
 bytes=$((messages * size))
 gb=$(awk -v b="$bytes" 'BEGIN { printf "%.4f", b / 1e9 }')
@@ -104,10 +98,7 @@ loadgen_step() { # STEP EXPERIMENT loadgen-arguments...
   local step=$1 experiment=$2 result row mbs client cpu
   shift 2
   settle
-  BROKER_FLUSH=none RUST_LOG=warn "$broker" --listen 127.0.0.1:9092 --data-dir "$work/data" \
-    >"$work/broker.log" 2>&1 &
-  broker_pid=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+  start_broker none "$work/data" "$work/broker.log"
   result=$("$loadgen" "$experiment" --target kafka-lean --size $size --batch $batch \
     --messages "$messages" --quiet --kafka 127.0.0.1:9092 "$@" 2>&1 || true)
   stop_broker
