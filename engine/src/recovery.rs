@@ -102,8 +102,9 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
     let mut cut_at: Option<usize> = None;
     // Segments read without the checkpoint's word for them: what was read may be only in
     // the page cache (a crash of the process, not of the machine), and a later checkpoint
-    // will vouch for them, so they are synced before the log opens.
-    let mut validated: Vec<i64> = Vec::new();
+    // will vouch for them, so they are synced before the log opens. One flag per entry
+    // of `segments`.
+    let mut validated: Vec<bool> = Vec::with_capacity(bases.len());
     for (i, &base) in bases.iter().enumerate() {
         let mut seg = Segment::open_files(dir, base, false).await?;
         if let Some(prev) = segments.back()
@@ -125,9 +126,9 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         let valid = if intact {
             true
         } else {
-            validated.push(base);
             validate(&mut seg, file_len, interval, &mut report, &mut on_batch).await?
         };
+        validated.push(!intact);
         // Only the active (last) segment keeps its recent batches.
         if let Some(sealed) = segments.back_mut() {
             sealed.clear_recent();
@@ -148,10 +149,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         }
         checkpoint::sync_dir(dir).await?;
     }
-    for seg in segments
-        .iter()
-        .filter(|s| validated.contains(&s.base_offset))
-    {
+    for (seg, _) in segments.iter().zip(&validated).filter(|(_, v)| **v) {
         seg.files.sync_log().await?;
         seg.files.sync_indexes().await?;
     }
