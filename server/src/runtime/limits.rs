@@ -163,10 +163,15 @@ impl RequestMemory {
         if self.waiting() > 0 {
             return None;
         }
-        self.try_take(bytes).then(|| MemoryPermit {
+        self.try_take(bytes).then(|| self.permit(bytes))
+    }
+
+    /// The permit for `bytes` just taken.
+    fn permit(self: &Arc<Self>, bytes: usize) -> MemoryPermit {
+        MemoryPermit {
             memory: Arc::clone(self),
             bytes,
-        })
+        }
     }
 
     /// Waits until `bytes` fit in the budget and takes them. A frame larger than the
@@ -196,10 +201,7 @@ impl RequestMemory {
                 }
             }
         }
-        MemoryPermit {
-            memory: Arc::clone(self),
-            bytes,
-        }
+        self.permit(bytes)
     }
 }
 
