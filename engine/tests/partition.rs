@@ -384,16 +384,7 @@ fn given_rolls_and_no_durable_appends_should_let_retention_delete_the_rolled_seg
             compio::time::sleep(Duration::from_millis(300)).await;
             let report = p.apply_retention(engine::now_ms());
             assert!(report.segments_deleted > 0, "{policy:?}");
-            let logs = std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .ends_with(".log")
-                })
-                .count();
+            let logs = files_with(dir.path(), ".log").len();
             assert_eq!(
                 logs,
                 p.segment_count(),

@@ -9,16 +9,6 @@ use common::*;
 use engine::{AppendWait, LogConfig, Partition, RecoveryScope, WritePath};
 use proptest::prelude::*;
 
-fn files_with(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_str().unwrap().ends_with(suffix))
-        .collect();
-    v.sort();
-    v
-}
-
 /// Appends `batches` and drops the log without closing it (as a crash would leave it).
 /// Returns the stored bytes of each batch, in offset order.
 async fn write_and_crash(dir: &Path, config: &LogConfig, batches: &[Vec<u8>]) -> Vec<Vec<u8>> {

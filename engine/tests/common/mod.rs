@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use engine::{LogConfig, Partition};
@@ -163,4 +164,15 @@ pub fn idempotent_batch(producer_id: i64, epoch: i16, first_seq: i32, count: usi
     )
     .expect("encode batch");
     buf.to_vec()
+}
+
+/// The files in `dir` whose names end with `suffix`, sorted.
+pub fn files_with(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().unwrap().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
 }
