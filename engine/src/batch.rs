@@ -162,6 +162,28 @@ pub fn compute_crc(bytes: &[u8]) -> u32 {
 /// magic, CRC-32C, attributes, header fields against each other, and, for uncompressed
 /// batches, that the records frame exactly the body with offset deltas 0, 1, 2...
 pub fn validate(bytes: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
+    validate_as(bytes, batch_bytes_max, Origin::Producer)
+}
+
+/// Where a batch comes from, which decides how its records may be laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// As a producer sends it: at least one record, offset deltas 0, 1, 2...
+    Producer,
+    /// As a log holds it, which may have been compacted (see `compact`): records removed
+    /// from the batch keep their offsets unused, so the offset deltas only increase
+    /// within `0..=last_offset_delta`, and a batch may keep no record at all (the last
+    /// batch of a producer, kept for its sequence numbers, as Kafka's cleaner does).
+    /// Recovery and replica appends read batches this way.
+    Log,
+}
+
+/// `validate`, for batches of the given origin.
+pub fn validate_as(
+    bytes: &[u8],
+    batch_bytes_max: usize,
+    origin: Origin,
+) -> Result<BatchHeader, BatchError> {
     if bytes.len() > batch_bytes_max {
         return Err(BatchError::TooLarge {
             len: bytes.len(),
@@ -187,19 +209,26 @@ pub fn validate(bytes: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, Bat
             computed,
         });
     }
-    validate_fields(&header)?;
+    validate_fields(&header, origin)?;
     if header.compression()? == Compression::None {
-        validate_record_framing(bytes, header.record_count)?;
+        validate_record_framing(bytes, header.record_count, origin)?;
     }
     Ok(header)
 }
 
-fn validate_fields(header: &BatchHeader) -> Result<(), BatchError> {
+fn validate_fields(header: &BatchHeader, origin: Origin) -> Result<(), BatchError> {
     header.compression()?;
-    if header.record_count <= 0
+    let count_ok = match origin {
+        Origin::Producer => {
+            header.record_count > 0 && i64::from(header.record_count) == header.offset_count()
+        }
+        Origin::Log => {
+            header.record_count >= 0 && i64::from(header.record_count) <= header.offset_count()
+        }
+    };
+    if !count_ok
         || header.record_count > crate::limits::BATCH_RECORDS_MAX
         || header.last_offset_delta < 0
-        || i64::from(header.record_count) != header.offset_count()
     {
         return Err(BatchError::InconsistentCount {
             count: header.record_count,
@@ -222,8 +251,10 @@ fn validate_fields(header: &BatchHeader) -> Result<(), BatchError> {
 }
 
 /// Checks that `count` length-prefixed records tile the body exactly, each carrying its
-/// index as its offset delta.
-fn validate_record_framing(bytes: &[u8], count: i32) -> Result<(), BatchError> {
+/// index as its offset delta (from a producer) or a delta above the previous one and
+/// within the batch (from a log).
+fn validate_record_framing(bytes: &[u8], count: i32, origin: Origin) -> Result<(), BatchError> {
+    let last_delta = i64::from(be_i32(bytes, LAST_OFFSET_DELTA_AT));
     let body = &bytes[BATCH_HEADER_BYTES..];
     // A count the body cannot possibly hold is refused before any loop runs over it.
     if (count as usize).saturating_mul(RECORD_BYTES_MIN) > body.len() {
@@ -233,6 +264,7 @@ fn validate_record_framing(bytes: &[u8], count: i32) -> Result<(), BatchError> {
         });
     }
     let mut at = 0usize;
+    let mut previous_delta = -1i64;
     for index in 0..count {
         let (len, used) = read_varint(&body[at..]).ok_or(BatchError::MalformedRecord {
             index,
@@ -251,12 +283,23 @@ fn validate_record_framing(bytes: &[u8], count: i32) -> Result<(), BatchError> {
         }
         // Consumers read a record's offset as baseOffset + offsetDelta, and the timestamp
         // search answers with it: it must be the record's place in the batch.
-        if record_offset_delta(&body[at..at + len]) != Some(i64::from(index)) {
-            return Err(BatchError::MalformedRecord {
-                index,
-                reason: "record offset delta is not its index in the batch",
-            });
+        let delta = record_offset_delta(&body[at..at + len]);
+        match origin {
+            Origin::Producer if delta != Some(i64::from(index)) => {
+                return Err(BatchError::MalformedRecord {
+                    index,
+                    reason: "record offset delta is not its index in the batch",
+                });
+            }
+            Origin::Log if !delta.is_some_and(|d| d > previous_delta && d <= last_delta) => {
+                return Err(BatchError::MalformedRecord {
+                    index,
+                    reason: "record offset delta out of order or outside the batch",
+                });
+            }
+            _ => {}
         }
+        previous_delta = delta.unwrap_or(previous_delta);
         at += len;
     }
     if at != body.len() {
@@ -356,6 +399,95 @@ pub fn first_record_at_or_after(bytes: &[u8], target: i64) -> Option<(i64, i64)>
         at = end;
     }
     None
+}
+
+/// One record of an uncompressed batch body, as the log holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawRecord<'a> {
+    /// The whole record, its length prefix included: what a rebuilt batch copies.
+    pub bytes: &'a [u8],
+    pub offset_delta: i64,
+    /// `None` for a null key.
+    pub key: Option<&'a [u8]>,
+    /// A null value: a tombstone.
+    pub tombstone: bool,
+}
+
+/// The records of an uncompressed batch body (`bytes[BATCH_HEADER_BYTES..]`), `count` of
+/// them. Each length is bounded by the body before use; a record that does not decode
+/// ends the walk with an error.
+pub(crate) fn raw_records(
+    body: &[u8],
+    count: i32,
+) -> impl Iterator<Item = Result<RawRecord<'_>, BatchError>> + '_ {
+    let mut at = 0usize;
+    let mut index = 0i32;
+    std::iter::from_fn(move || {
+        if index >= count {
+            return None;
+        }
+        let this = index;
+        index += 1;
+        let bad = |reason| BatchError::MalformedRecord {
+            index: this,
+            reason,
+        };
+        let record = (|| {
+            let (len, used) = read_varint(body.get(at..)?)?;
+            let start = at;
+            let end = (at + used).checked_add(usize::try_from(len).ok()?)?;
+            let rec = body.get(at + used..end)?;
+            // attributes, timestampDelta, offsetDelta, key, value, headers.
+            let mut p = 1usize;
+            let (_, used) = read_varlong(rec.get(p..)?)?;
+            p += used;
+            let (offset_delta, used) = read_varint(rec.get(p..)?)?;
+            p += used;
+            let (key_len, used) = read_varint(rec.get(p..)?)?;
+            p += used;
+            let key = if key_len < 0 {
+                None
+            } else {
+                let k = rec.get(p..p.checked_add(usize::try_from(key_len).ok()?)?)?;
+                p += k.len();
+                Some(k)
+            };
+            let (value_len, _) = read_varint(rec.get(p..)?)?;
+            at = end;
+            Some(RawRecord {
+                bytes: &body[start..end],
+                offset_delta,
+                key,
+                tombstone: value_len < 0,
+            })
+        })();
+        match record {
+            Some(r) => Some(Ok(r)),
+            None => {
+                index = count; // stop after the first bad record
+                Some(Err(bad("record does not decode")))
+            }
+        }
+    })
+}
+
+/// A batch with `original`'s header and `records` (whole records, length prefixes
+/// included, `count` of them) as its body: the same base offset, last offset delta,
+/// producer fields and timestamps, a new length, count and CRC. The batch keeps every
+/// offset it had, as Kafka's cleaner keeps a cleaned batch's last offset.
+pub(crate) fn rebuild(original: &[u8], records: &[&[u8]], count: i32) -> Vec<u8> {
+    let body: usize = records.iter().map(|r| r.len()).sum();
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body);
+    out.extend_from_slice(&original[..BATCH_HEADER_BYTES]);
+    for r in records {
+        out.extend_from_slice(r);
+    }
+    let length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
+    out[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+    out[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+    let crc = compute_crc(&out);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    out
 }
 
 /// A minimal encoder of uncompressed batches, for unit tests and benchmarks. Integration

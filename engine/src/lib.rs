@@ -8,6 +8,7 @@
 
 pub mod batch;
 mod checkpoint;
+pub mod compact;
 pub mod config;
 pub mod data_dir;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod segment;
 pub mod time_index;
 
 pub use batch::{BatchHeader, Compression};
+pub use compact::{CompactOptions, CompactReport};
 pub use config::{FlushPolicy, LogConfig, RecoveryScope, WritePath};
 pub use data_dir::{TopicPartition, list_partitions};
 pub use error::{BatchError, ConfigError, FailedStep, LogError, StorageFailure};

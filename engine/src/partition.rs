@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader};
 use crate::checkpoint;
+use crate::compact::{self, CleanedGroup, CompactOptions, CompactReport, SealedSegment};
 use crate::config::{FlushPolicy, LogConfig, WritePath};
 use crate::error::{BatchError, FailedStep, LogError, Result, StorageFailure};
 use crate::leader_epoch::{LeaderEpochCache, UNDEFINED_EPOCH};
@@ -29,7 +30,7 @@ use crate::limits::{
 };
 use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::segment::{
-    BatchScanner, PlacedBatch, Scanned, Segment, SegmentFile, SegmentFiles, SegmentSpan,
+    self, BatchScanner, PlacedBatch, Scanned, Segment, SegmentFile, SegmentFiles, SegmentSpan,
     for_each_header, read_at_most,
 };
 use crate::{now_ms, recovery};
@@ -180,6 +181,11 @@ pub(crate) struct LogState {
     pub failure_observer: Option<FailureObserver>,
     /// Set while `truncate_fully_and_start_at` swaps the log: retention leaves it alone.
     pub starting_over: bool,
+    /// A clean is running (at most one at a time).
+    pub compacting: bool,
+    /// Offset below which the last clean left the log clean (in memory: after a reopen
+    /// the whole log counts as dirty until the next clean).
+    pub clean_up_to: i64,
 }
 
 impl LogState {
@@ -211,6 +217,7 @@ impl LogState {
     }
 
     /// Index of the segment holding `offset` (the last one whose base is at or below it).
+    /// Segments are contiguous: compaction keeps each segment's last offset.
     fn segment_for(&self, offset: i64) -> usize {
         self.segments
             .partition_point(|s| s.base_offset <= offset)
@@ -259,6 +266,10 @@ enum Command {
     },
     Flush {
         reply: oneshot::Sender<Result<i64>>,
+    },
+    InstallCleaned {
+        group: CleanedGroup,
+        reply: oneshot::Sender<Result<bool>>,
     },
     Close {
         reply: oneshot::Sender<Result<()>>,
@@ -594,6 +605,10 @@ impl Partition {
         let mut ranges = Vec::new();
         let first_available = first_size - position;
         let first = first_available.min(max_bytes.max(first_len));
+        if first == 0 {
+            // `offset` and `upto` fall in one gap that compaction left: nothing between.
+            return Ok(empty(offsets));
+        }
         ranges.push(FileRange {
             files: Rc::clone(files),
             position,
@@ -774,6 +789,83 @@ impl Partition {
         report
     }
 
+    /// Compacts the sealed segments that end at or below `options.below` (see
+    /// `compact.rs`): keeps the latest record of each key, drops older ones and expired
+    /// tombstones, moves no offset. Runs on the calling task, beside the writer, which
+    /// only swaps each cleaned group in; appends go on meanwhile. A second call while one
+    /// runs does nothing.
+    pub async fn compact(&self, options: CompactOptions) -> Result<CompactReport> {
+        let (dir, segments, segment_bytes) = {
+            let mut st = self.state.borrow_mut();
+            st.check_readable()?;
+            if st.closed {
+                return Err(LogError::Closed);
+            }
+            if st.compacting {
+                return Ok(CompactReport::default());
+            }
+            st.compacting = true;
+            let sealed = st.segments.len() - 1;
+            let segments: Vec<SealedSegment> = st
+                .segments
+                .iter()
+                .take(sealed)
+                .take_while(|s| s.next_offset <= options.below)
+                .map(|s| SealedSegment {
+                    base_offset: s.base_offset,
+                    next_offset: s.next_offset,
+                    size: s.size,
+                    files: Rc::clone(&s.files),
+                })
+                .collect();
+            (st.dir.clone(), segments, st.config.segment_bytes)
+        };
+        struct Running(Rc<RefCell<LogState>>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.borrow_mut().compacting = false;
+            }
+        }
+        let _running = Running(Rc::clone(&self.state));
+        let commands = self.commands.clone();
+        let report = compact::clean(&dir, segments, segment_bytes, options, |group| {
+            let mut commands = commands.clone();
+            async move {
+                let (reply, response) = oneshot::channel();
+                commands
+                    .send(Command::InstallCleaned { group, reply })
+                    .await
+                    .map_err(|_| LogError::Closed)?;
+                response.await.map_err(|_| LogError::Closed)?
+            }
+        })
+        .await?;
+        let mut st = self.state.borrow_mut();
+        st.clean_up_to = st.clean_up_to.max(report.clean_up_to);
+        Ok(report)
+    }
+
+    /// Bytes of the sealed segments ending at or below `below` that no clean has seen
+    /// since the log opened, and of all those segments: the cleaner's dirty ratio.
+    pub fn dirty_bytes(&self, below: i64) -> (u64, u64) {
+        let st = self.state.borrow();
+        let sealed = st.segments.len() - 1;
+        let mut dirty = 0;
+        let mut total = 0;
+        for s in st
+            .segments
+            .iter()
+            .take(sealed)
+            .take_while(|s| s.next_offset <= below)
+        {
+            total += s.size;
+            if s.base_offset >= st.clean_up_to {
+                dirty += s.size;
+            }
+        }
+        (dirty, total)
+    }
+
     pub fn stats(&self) -> WriterStats {
         self.state.borrow().stats
     }
@@ -810,10 +902,14 @@ async fn find_batch(
         };
         let header = BatchHeader::parse(bytes)?;
         let total = header.declared_total_bytes().max(BATCH_HEADER_BYTES as i64) as u64;
-        if header.base_offset > offset || header.last_offset_delta < 0 {
+        if header.last_offset_delta < 0
+            || (header.base_offset > offset && pos == start && start > 0)
+        {
             // The index pointed into the wrong batch: better an error than wrong bytes.
             break;
         }
+        // A batch past `offset` after earlier ones (or first in its segment) holds the
+        // next offsets after a gap that compaction left: it is the answer, as in Kafka.
         if header.last_offset() >= offset {
             return Ok(PlacedBatch {
                 position: pos,
@@ -877,11 +973,12 @@ fn split_replica_batches(
         if total > rest.len() {
             break; // the partial batch a fetch response may end with
         }
-        let header = batch::validate(&rest[..total], batch_bytes_max)?;
+        let header = batch::validate_as(&rest[..total], batch_bytes_max, batch::Origin::Log)?;
         let expected = headers
             .last()
             .map_or(header.base_offset, |h| h.last_offset() + 1);
-        if header.base_offset != expected {
+        // A gap is offsets that compaction removed from the leader's log.
+        if header.base_offset < expected {
             return Err(LogError::ReplicaOffsetMismatch {
                 expected,
                 got: header.base_offset,
@@ -1065,6 +1162,9 @@ impl Writer {
                         None => Ok(st.durable_offset),
                     };
                     let _ = reply.send(result);
+                }
+                Command::InstallCleaned { group, reply } => {
+                    let _ = reply.send(self.install_cleaned(group).await);
                 }
                 Command::Close { reply } => {
                     let result = self.close().await;
@@ -1268,7 +1368,8 @@ impl Writer {
         }
         let log_end = self.state.borrow().active().next_offset;
         let first_offset = headers.first().map_or(log_end, |h| h.base_offset);
-        if first_offset != log_end {
+        // Past the log end only across offsets a compacted leader log no longer holds.
+        if first_offset < log_end {
             let _ = reply.send(Err(LogError::ReplicaOffsetMismatch {
                 expected: log_end,
                 got: first_offset,
@@ -1283,13 +1384,16 @@ impl Writer {
         let mut placed: Vec<Placed> = Vec::with_capacity(headers.len());
         for header in headers {
             let total = header.declared_total_bytes() as u64;
-            if self.needs_roll(&placed, total, header.offset_count()) {
+            let end = placed.last().map_or_else(
+                || self.state.borrow().active().next_offset,
+                |p| p.header.last_offset() + 1,
+            );
+            let offsets = header.last_offset() + 1 - end;
+            if self.needs_roll(&placed, total, offsets) {
                 let rest = pending.split_off(placed_bytes);
                 let mut bufs = vec![std::mem::replace(&mut pending, rest)];
                 placed_bytes = 0;
-                let made = self
-                    .make_room(&mut bufs, &mut placed, total, header.offset_count())
-                    .await;
+                let made = self.make_room(&mut bufs, &mut placed, total, offsets).await;
                 if let Err(e) = made {
                     let _ = reply.send(Err(e));
                     return;
@@ -1710,18 +1814,21 @@ impl Writer {
         Ok(true)
     }
 
-    /// Whether the active segment must roll before a batch of `total` bytes and
-    /// `offset_count` offsets joins the `placed` ones.
+    /// Whether the active segment must roll before a batch of `total` bytes that takes
+    /// the `offset_count` offsets after the `placed` ones (a replica batch after a gap
+    /// left by compaction counts the gap too) joins them.
     fn needs_roll(&self, placed: &[Placed], total: u64, offset_count: i64) -> bool {
         let st = self.state.borrow();
         let active = st.active();
         let pending_bytes: u64 = placed.iter().map(|p| p.total).sum();
-        let pending_offsets: i64 = placed.iter().map(|p| p.header.offset_count()).sum();
+        let pending_end = placed
+            .last()
+            .map_or(active.next_offset, |p| p.header.last_offset() + 1);
         if active.is_empty() && placed.is_empty() {
             return false;
         }
         let by_size = active.size + pending_bytes + total > st.config.segment_bytes;
-        let relative_end = active.next_offset - active.base_offset + pending_offsets + offset_count;
+        let relative_end = pending_end - active.base_offset + offset_count;
         let by_offsets = relative_end > i64::from(u32::MAX);
         let by_age = match (st.config.segment_age_max, active.first_batch_ms) {
             (Some(age), Some(first)) => now_ms().saturating_sub(first) > age.as_millis() as i64,
@@ -1936,6 +2043,92 @@ impl Writer {
         }));
         tracing::debug!(base_offset = base, "rolled segment");
         Ok(())
+    }
+
+    /// Step 4 of a clean (see `compact.rs`): puts the cleaned segment in place of its
+    /// group if the group is still what the cleaner read. After the old names are gone a
+    /// failure latches the partition: the disk is ahead of memory until the next open,
+    /// whose recovery finishes the swap.
+    async fn install_cleaned(&mut self, group: CleanedGroup) -> Result<bool> {
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
+        self.settle_sealing().await?;
+        let (dir, start, interval) = {
+            let st = self.state.borrow();
+            let Some(start) = st
+                .segments
+                .iter()
+                .position(|s| Rc::ptr_eq(&s.files, &group.replaced[0].files))
+            else {
+                return Ok(false);
+            };
+            // The active segment is never part of a group.
+            if start + group.replaced.len() >= st.segments.len() {
+                return Ok(false);
+            }
+            let same = group.replaced.iter().enumerate().all(|(k, old)| {
+                let s = &st.segments[start + k];
+                Rc::ptr_eq(&s.files, &old.files)
+                    && s.size == old.size
+                    && s.next_offset == old.next_offset
+            });
+            if !same {
+                return Ok(false);
+            }
+            let interval = st.config.index_interval_bytes.max(INDEX_INTERVAL_BYTES_MIN);
+            (st.dir.clone(), start, interval)
+        };
+        let base = group.replaced[0].base_offset;
+        let steps = async {
+            for old in &group.replaced {
+                old.files.unlink_now()?;
+            }
+            let log_path = dir.join(format!(
+                "{}{}",
+                segment::file_stem(base),
+                segment::LOG_SUFFIX
+            ));
+            compio::fs::rename(&group.swap_path, &log_path)
+                .await
+                .map_err(|e| LogError::io(&log_path, e))?;
+            checkpoint::sync_dir(&dir).await?;
+            let mut seg = Segment::open_files(&dir, base, false).await?;
+            let file_len = seg.file_len().await?;
+            let end = group.replaced[group.replaced.len() - 1].next_offset;
+            let outcome = seg
+                .scan_from(0, false, interval, Some(end), &mut |_| {})
+                .await?;
+            if let Some(reason) = outcome.stopped.filter(|_| outcome.valid_bytes < file_len) {
+                return Err(LogError::CorruptSegment {
+                    path: log_path,
+                    position: outcome.valid_bytes,
+                    reason,
+                });
+            }
+            seg.clear_recent();
+            seg.rewrite_indexes().await?;
+            seg.files.sync_indexes().await?;
+            checkpoint::sync_dir(&dir).await?;
+            Ok(seg)
+        };
+        let seg = match steps.await {
+            Ok(seg) => seg,
+            Err(e) => {
+                self.fail(FailedStep::Write, &e);
+                return Err(e);
+            }
+        };
+        let mut st = self.state.borrow_mut();
+        let replaced: Vec<Segment> = st
+            .segments
+            .drain(start..start + group.replaced.len())
+            .collect();
+        st.segments.insert(start, seg);
+        drop(st);
+        // The old files close when the last reader lets go of them.
+        drop(replaced);
+        Ok(true)
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -57,10 +57,13 @@ fn seq_after(seq: i32, n: i32) -> i32 {
     ((i64::from(seq) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
+/// The sequence numbers a batch took: one per offset, as Kafka counts them (the same as
+/// one per record for a batch as produced; a compacted batch keeps its offsets, not all
+/// its records).
 fn range_of(h: &BatchHeader) -> (i32, i32) {
     (
         h.base_sequence,
-        seq_after(h.base_sequence, h.record_count - 1),
+        seq_after(h.base_sequence, h.last_offset_delta),
     )
 }
 

@@ -67,6 +67,12 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         }
         None => {}
     }
+    // A compaction swap a crash interrupted is finished first; the segments it makes
+    // have no indexes yet and are re-validated below, which rebuilds them.
+    let swapped = crate::compact::finish_swaps(dir)?;
+    if !swapped.is_empty() {
+        checkpoint::sync_dir(dir).await?;
+    }
     let clean = checkpoint::clean_marker_exists(dir);
     let checkpoint = checkpoint::read_checkpoint(dir).await;
     let bases = list_segments(dir)?;
@@ -116,17 +122,27 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
             break;
         }
         let next_base = bases.get(i + 1).copied();
-        let vouched = !full && (clean || next_base.is_some_and(|next| next <= checkpoint));
+        let vouched = !full
+            && !swapped.contains(&base)
+            && (clean || next_base.is_some_and(|next| next <= checkpoint));
         let file_len = seg.file_len().await?;
         let intact = if vouched {
-            load_trusted(&mut seg, file_len, interval, &mut on_batch).await?
+            load_trusted(&mut seg, file_len, interval, next_base, &mut on_batch).await?
         } else {
             false
         };
         let valid = if intact {
             true
         } else {
-            validate(&mut seg, file_len, interval, &mut report, &mut on_batch).await?
+            validate(
+                &mut seg,
+                file_len,
+                interval,
+                next_base,
+                &mut report,
+                &mut on_batch,
+            )
+            .await?
         };
         validated.push(!intact);
         // Only the active (last) segment keeps its recent batches.
@@ -198,6 +214,8 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         sync_observer: None,
         write_observer: None,
         starting_over: false,
+        compacting: false,
+        clean_up_to: report.log_start_offset,
     };
     Ok((state, report))
 }
@@ -284,6 +302,7 @@ async fn load_trusted(
     seg: &mut Segment,
     file_len: u64,
     interval: u64,
+    sealed_end: Option<i64>,
     on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<bool> {
     let (index_bytes, time_bytes) = seg.read_index_files().await?;
@@ -307,7 +326,9 @@ async fn load_trusted(
     seg.clear_recent();
     seg.max_timestamp = seg.time_index.last().map_or(-1, |e| e.timestamp);
     seg.bytes_since_index = 0;
-    let outcome = seg.scan_from(from_pos, false, interval, on_batch).await?;
+    let outcome = seg
+        .scan_from(from_pos, false, interval, sealed_end, on_batch)
+        .await?;
     let relative_end = (seg.next_offset - seg.base_offset) as u64;
     let time_ok = seg
         .time_index
@@ -330,6 +351,7 @@ async fn validate(
     seg: &mut Segment,
     file_len: u64,
     interval: u64,
+    sealed_end: Option<i64>,
     report: &mut RecoveryReport,
     on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<bool> {
@@ -341,7 +363,9 @@ async fn validate(
     seg.max_timestamp = -1;
     seg.bytes_since_index = 0;
     seg.first_batch_ms = None;
-    let outcome = seg.scan_from(0, true, interval, on_batch).await?;
+    let outcome = seg
+        .scan_from(0, true, interval, sealed_end, on_batch)
+        .await?;
     report.segments_validated += 1;
     report.batches_validated += outcome.batches;
     report.bytes_validated += outcome.valid_bytes;

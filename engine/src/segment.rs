@@ -648,11 +648,19 @@ impl Segment {
     /// in-memory state already describing everything before it), re-validating every
     /// batch when `verify` is set, and advances the in-memory state batch by batch.
     /// Stops at the first batch that fails; the caller truncates there.
+    ///
+    /// `sealed_end` is the next segment's base for a sealed segment, `None` for the
+    /// active one. Only a sealed segment may have gaps (compaction never touches the
+    /// active one), and a batch after a gap is taken only when what follows it agrees:
+    /// the next batch starts at or after its end, or, as the last batch, it ends within
+    /// the segment. The base offset is outside the CRC, so a damaged one would otherwise
+    /// pass for a gap.
     pub async fn scan_from(
         &mut self,
         from: u64,
         verify: bool,
         index_interval_bytes: u64,
+        sealed_end: Option<i64>,
         on_batch: &mut dyn FnMut(&BatchHeader),
     ) -> Result<ScanOutcome> {
         let file_len = self.file_len().await?;
@@ -672,7 +680,10 @@ impl Segment {
                     break;
                 }
                 Scanned::Batch { header, bytes } => {
-                    if verify && let Err(e) = batch::validate(bytes, BATCH_BYTES_MAX) {
+                    if verify
+                        && let Err(e) =
+                            batch::validate_as(bytes, BATCH_BYTES_MAX, batch::Origin::Log)
+                    {
                         tracing::debug!(position = pos, error = %e, "batch failed validation");
                         outcome.stopped = Some("batch failed validation");
                         break;
@@ -680,11 +691,25 @@ impl Segment {
                     (header, bytes.len() as u64)
                 }
             };
-            if header.base_offset != self.next_offset {
+            let follows = header.base_offset == self.next_offset;
+            let gap_agrees = match sealed_end {
+                _ if follows || header.base_offset < self.next_offset => follows,
+                None => false,
+                Some(end) => match scanner
+                    .header_at(pos + total)
+                    .await
+                    .map_err(|e| LogError::io(self.log_path(), e))?
+                {
+                    Some(next) => BatchHeader::parse(next)
+                        .is_ok_and(|next| next.base_offset > header.last_offset()),
+                    None => header.last_offset() < end,
+                },
+            };
+            if !gap_agrees {
                 outcome.stopped = Some("batch offset does not follow the previous batch");
                 break;
             }
-            if header.last_offset_delta < 0 || header.record_count <= 0 {
+            if header.last_offset_delta < 0 || header.record_count < 0 {
                 outcome.stopped = Some("batch header counts are inconsistent");
                 break;
             }

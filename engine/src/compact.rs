@@ -1,0 +1,533 @@
+//! Log compaction: Kafka's `cleanup.policy=compact`. The cleaner keeps the latest record
+//! of every key in the sealed segments and drops the older ones; tombstones (null values)
+//! go too once they are older than the delete retention. No offset moves and none is
+//! reused: a cleaned batch keeps its base offset and last offset delta (its records keep
+//! their offset deltas), a batch left with no record is dropped (a gap in the offsets,
+//! which readers and followers step over, as in Kafka) unless it must stay as an empty
+//! batch:
+//! - the last batch of each segment, so that segments stay contiguous (the next segment
+//!   starts where this one ends; recovery checks that);
+//! - a producer's last batch among those cleaned, so that its sequence numbers survive a
+//!   rebuild of the producer state from the log.
+//!
+//! How a clean goes, one group of adjacent sealed segments (as many as fit in
+//! `segment_bytes` once cleaned) at a time, all on the partition's core:
+//! 1. One pass over the segments below the limit builds the map key → latest offset
+//!    (bounded by `map_bytes_max`: the segments past what fits wait for the next clean).
+//! 2. The group's retained batches are written to `{base}.log.cleaned` and synced.
+//! 3. The file is renamed `{base}.{end}.swap`, and the directory synced: from here a
+//!    crash finishes the swap at the next open (`finish_swaps`).
+//! 4. The partition's writer checks that the group's segments are still the ones read (a
+//!    truncation or retention in between abandons the clean), unlinks them, renames the
+//!    swap file to `{base}.log`, rebuilds its indexes and puts it in their place. Readers
+//!    holding the old files keep reading them.
+//!
+//! Compressed batches are kept as they are: their records are neither read into the
+//! map nor removed (decompressing them is the next step).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use compio::fs::File;
+use compio::io::AsyncWriteAtExt;
+
+use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, Compression};
+use crate::checkpoint;
+use crate::error::{LogError, Result};
+use crate::limits::SCAN_CHUNK_BYTES;
+use crate::segment::{self, BatchScanner, Scanned, SegmentFiles};
+
+/// Suffix of a cleaned segment being written (deleted by recovery).
+pub(crate) const CLEANED_SUFFIX: &str = ".log.cleaned";
+/// Suffix of a cleaned segment ready to replace its group (finished by recovery).
+pub(crate) const SWAP_SUFFIX: &str = ".swap";
+/// Bytes of cleaned batches gathered before each write.
+const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// What one key costs in the map besides its bytes (hash entry, allocation).
+const MAP_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// What a clean may do.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactOptions {
+    /// Only segments that end at or below this offset are cleaned: the high watermark
+    /// (a replica never cleans what a new leader could still truncate).
+    pub below: i64,
+    /// Now, in ms since the epoch.
+    pub now_ms: i64,
+    /// Tombstones whose batch's newest timestamp is older than this are removed
+    /// (Kafka's `delete.retention.ms`).
+    pub delete_retention_ms: i64,
+    /// Memory for the key map (keys' bytes plus a fixed cost per key).
+    pub map_bytes_max: usize,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        Self {
+            below: i64::MAX,
+            now_ms: crate::now_ms(),
+            delete_retention_ms: 24 * 3600 * 1000,
+            map_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a clean did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Segments replaced, and the cleaned segments that replaced them.
+    pub segments_cleaned: usize,
+    pub segments_written: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Records dropped because a later record has the same key.
+    pub records_removed: u64,
+    /// Tombstones dropped after the delete retention.
+    pub tombstones_removed: u64,
+    /// Records without a key (a compacted topic refuses them; these came before the
+    /// topic was compacted): removed, as Kafka's cleaner does.
+    pub keyless_removed: u64,
+    /// Offset up to which the log is now clean.
+    pub clean_up_to: i64,
+    /// True when a truncation or retention changed the segments during the clean and
+    /// a group was left as it was.
+    pub abandoned: bool,
+}
+
+/// A sealed segment as the clean read it.
+#[derive(Clone)]
+pub(crate) struct SealedSegment {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size: u64,
+    pub files: Rc<SegmentFiles>,
+}
+
+/// The latest offset of each key in the segments read, and each producer's last batch.
+struct OffsetMap {
+    latest: HashMap<Vec<u8>, i64>,
+    producer_last_batch: HashMap<i64, i64>,
+    bytes: usize,
+}
+
+/// The swap file name of a cleaned group `[base, end)`.
+pub(crate) fn swap_file_name(base: i64, end: i64) -> String {
+    format!(
+        "{}.{}{SWAP_SUFFIX}",
+        segment::file_stem(base),
+        segment::file_stem(end)
+    )
+}
+
+/// Parses `{base:020}.{end:020}.swap` into `(base, end)`.
+pub(crate) fn parse_swap_file_name(name: &str) -> Option<(i64, i64)> {
+    let stem = name.strip_suffix(SWAP_SUFFIX)?;
+    let (base, end) = stem.split_once('.')?;
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(base) || !digits(end) {
+        return None;
+    }
+    let (base, end) = (base.parse().ok()?, end.parse().ok()?);
+    (base < end).then_some((base, end))
+}
+
+pub(crate) fn is_cleaned_file(name: &str) -> bool {
+    name.ends_with(CLEANED_SUFFIX)
+}
+
+/// Finishes the swaps a crash interrupted (step 3 done, step 4 not): the segments of
+/// `[base, end)` go and the swap file becomes `{base}.log`. Run before the segments are
+/// listed. Returns the bases of the segments it made, whose indexes the caller rebuilds
+/// (none are left for them).
+pub(crate) fn finish_swaps(dir: &Path) -> Result<Vec<i64>> {
+    let mut swaps = Vec::new();
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(range) = parse_swap_file_name(name) {
+            swaps.push((range, entry.path()));
+        } else if is_cleaned_file(name) {
+            // A clean that had not reached its swap: the old segments are whole.
+            let _ = std::fs::remove_file(entry.path());
+        } else if let Some(base) = segment::parse_log_file_name(name) {
+            bases.push(base);
+        }
+    }
+    for &((base, end), ref path) in &swaps {
+        tracing::warn!(dir = %dir.display(), base, end, "finishing an interrupted compaction swap");
+        for &old in bases.iter().filter(|&&b| b >= base && b < end) {
+            segment::remove_files(dir, old)?;
+        }
+        // Its old indexes went with it (a segment at `base` is always in the group).
+        segment::remove_files(dir, base)?;
+        let log = dir.join(format!(
+            "{}{}",
+            segment::file_stem(base),
+            segment::LOG_SUFFIX
+        ));
+        std::fs::rename(path, &log).map_err(|e| LogError::io(&log, e))?;
+    }
+    Ok(swaps.iter().map(|((base, _), _)| *base).collect())
+}
+
+/// Step 1: the key map of `segments`, in order, as far as `map_bytes_max` allows (at
+/// least the first segment). Returns the map and how many segments it covers.
+async fn build_map(segments: &[SealedSegment], map_bytes_max: usize) -> Result<(OffsetMap, usize)> {
+    let mut map = OffsetMap {
+        latest: HashMap::new(),
+        producer_last_batch: HashMap::new(),
+        bytes: 0,
+    };
+    let mut covered = 0;
+    for seg in segments {
+        if covered > 0 && map.bytes > map_bytes_max {
+            break;
+        }
+        let path = seg.files.log_path();
+        let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
+        let mut pos = 0u64;
+        loop {
+            let scanned = scanner
+                .batch_at(pos)
+                .await
+                .map_err(|e| LogError::io(path, e))?;
+            let (header, bytes) = match scanned {
+                Scanned::End => break,
+                Scanned::Invalid(reason) => {
+                    return Err(LogError::CorruptSegment {
+                        path: path.to_owned(),
+                        position: pos,
+                        reason,
+                    });
+                }
+                Scanned::Batch { header, bytes } => (header, bytes),
+            };
+            pos += bytes.len() as u64;
+            if header.producer_id >= 0 {
+                map.producer_last_batch
+                    .insert(header.producer_id, header.base_offset);
+            }
+            if header.is_control() || header.compression()? != Compression::None {
+                continue;
+            }
+            for record in batch::raw_records(&bytes[BATCH_HEADER_BYTES..], header.record_count) {
+                let record = record?;
+                let Some(key) = record.key else { continue };
+                let offset = header.base_offset + record.offset_delta;
+                match map.latest.get_mut(key) {
+                    Some(latest) => *latest = offset,
+                    None => {
+                        map.bytes += key.len() + MAP_ENTRY_OVERHEAD_BYTES;
+                        map.latest.insert(key.to_vec(), offset);
+                    }
+                }
+            }
+        }
+        covered += 1;
+    }
+    Ok((map, covered))
+}
+
+/// What filtering one batch left of it.
+enum Kept {
+    /// Every record stays: the batch is copied as it is.
+    Whole,
+    /// Some records stay (or none, for a batch that must stay empty): a rebuilt batch.
+    Rebuilt(Vec<u8>),
+    /// Nothing stays.
+    Dropped,
+}
+
+#[derive(Default, Clone)]
+struct Removed {
+    records: u64,
+    tombstones: u64,
+    keyless: u64,
+}
+
+/// The records of one uncompressed batch that stay.
+fn filter_batch(
+    header: &BatchHeader,
+    bytes: &[u8],
+    map: &OffsetMap,
+    options: &CompactOptions,
+    must_stay: bool,
+    removed: &mut Removed,
+) -> Result<Kept> {
+    if header.is_control() || header.compression()? != Compression::None {
+        return Ok(Kept::Whole);
+    }
+    if header.record_count == 0 {
+        // Kept empty by an earlier clean; it goes once nothing needs it.
+        return Ok(if must_stay {
+            Kept::Whole
+        } else {
+            Kept::Dropped
+        });
+    }
+    let tombstones_expire =
+        header.max_timestamp < options.now_ms.saturating_sub(options.delete_retention_ms);
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut dropped = false;
+    for record in batch::raw_records(&bytes[BATCH_HEADER_BYTES..], header.record_count) {
+        let record = record?;
+        let offset = header.base_offset + record.offset_delta;
+        let stays = match record.key {
+            None => {
+                removed.keyless += 1;
+                false
+            }
+            Some(key) => {
+                let latest = map.latest.get(key).is_none_or(|&l| l <= offset);
+                if !latest {
+                    removed.records += 1;
+                    false
+                } else if record.tombstone && tombstones_expire {
+                    removed.tombstones += 1;
+                    false
+                } else {
+                    true
+                }
+            }
+        };
+        if stays {
+            kept.push(record.bytes);
+        } else {
+            dropped = true;
+        }
+    }
+    Ok(if !dropped {
+        Kept::Whole
+    } else if kept.is_empty() && !must_stay {
+        Kept::Dropped
+    } else {
+        let count = kept.len() as i32;
+        Kept::Rebuilt(batch::rebuild(bytes, &kept, count))
+    })
+}
+
+/// A cleaned group written and renamed to its swap file (steps 2 and 3).
+pub(crate) struct CleanedGroup {
+    pub replaced: Vec<SealedSegment>,
+    pub swap_path: PathBuf,
+    pub bytes_after: u64,
+}
+
+/// Steps 2 and 3 for the next group: writes what stays of `segments[0..n]` to a cleaned
+/// file, where `n` is as many segments as fit (their cleaned bytes within
+/// `segment_bytes`, their offsets within a segment's relative range, at least one),
+/// syncs it and renames it to its swap name. Returns `n`, and `None` for a single
+/// segment in which nothing would change.
+async fn write_next_group(
+    dir: &Path,
+    segments: &[SealedSegment],
+    segment_bytes: u64,
+    map: &OffsetMap,
+    options: &CompactOptions,
+    removed: &mut Removed,
+) -> Result<(usize, Option<CleanedGroup>)> {
+    let base = segments[0].base_offset;
+    let cleaned_path = dir.join(format!("{}{CLEANED_SUFFIX}", segment::file_stem(base)));
+    let file = File::create(&cleaned_path)
+        .await
+        .map_err(|e| LogError::io(&cleaned_path, e))?;
+    let mut written = 0u64;
+    let mut changed = false;
+    let mut taken = 0;
+    for seg in segments {
+        if taken > 0 && seg.next_offset - base > i64::from(u32::MAX) {
+            break;
+        }
+        let mark = (written, changed, removed.clone());
+        let seg_changed = write_segment(
+            &file,
+            &cleaned_path,
+            seg,
+            map,
+            options,
+            removed,
+            &mut written,
+        )
+        .await?;
+        if taken > 0 && written > segment_bytes {
+            // It does not fit: it starts the next group instead.
+            file.set_len(mark.0)
+                .await
+                .map_err(|e| LogError::io(&cleaned_path, e))?;
+            (written, changed, *removed) = mark;
+            break;
+        }
+        changed |= seg_changed;
+        taken += 1;
+    }
+    // Several segments merged into one are a change even when no record goes.
+    if !changed && taken == 1 {
+        drop(file);
+        let _ = compio::fs::remove_file(&cleaned_path).await;
+        return Ok((1, None));
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| LogError::io(&cleaned_path, e))?;
+    drop(file);
+    let end = segments[taken - 1].next_offset;
+    let swap_path = dir.join(swap_file_name(base, end));
+    compio::fs::rename(&cleaned_path, &swap_path)
+        .await
+        .map_err(|e| LogError::io(&swap_path, e))?;
+    checkpoint::sync_dir(dir).await?;
+    Ok((
+        taken,
+        Some(CleanedGroup {
+            replaced: segments[..taken].to_vec(),
+            swap_path,
+            bytes_after: written,
+        }),
+    ))
+}
+
+/// Appends what stays of one segment to the cleaned file at `*written`; returns whether
+/// anything was left out. The segment's last batch stays (empty if need be), so that a
+/// group always ends where its last segment did.
+async fn write_segment(
+    file: &File,
+    path: &Path,
+    seg: &SealedSegment,
+    map: &OffsetMap,
+    options: &CompactOptions,
+    removed: &mut Removed,
+    written: &mut u64,
+) -> Result<bool> {
+    let mut out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK_BYTES);
+    let mut changed = false;
+    let log_path = seg.files.log_path();
+    let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
+    let mut pos = 0u64;
+    loop {
+        let scanned = scanner
+            .batch_at(pos)
+            .await
+            .map_err(|e| LogError::io(log_path, e))?;
+        let (header, bytes) = match scanned {
+            Scanned::End => break,
+            Scanned::Invalid(reason) => {
+                return Err(LogError::CorruptSegment {
+                    path: log_path.to_owned(),
+                    position: pos,
+                    reason,
+                });
+            }
+            Scanned::Batch { header, bytes } => (header, bytes),
+        };
+        pos += bytes.len() as u64;
+        let last_of_segment = header.last_offset() + 1 == seg.next_offset;
+        let producers_last = header.producer_id >= 0
+            && map.producer_last_batch.get(&header.producer_id) == Some(&header.base_offset);
+        let must_stay = last_of_segment || producers_last;
+        match filter_batch(&header, bytes, map, options, must_stay, removed)? {
+            Kept::Whole => out.extend_from_slice(bytes),
+            Kept::Rebuilt(b) => {
+                changed = true;
+                out.extend_from_slice(&b);
+            }
+            Kept::Dropped => changed = true,
+        }
+        if out.len() >= WRITE_CHUNK_BYTES {
+            *written += flush_chunk(file, path, &mut out, *written).await?;
+        }
+    }
+    *written += flush_chunk(file, path, &mut out, *written).await?;
+    Ok(changed)
+}
+
+async fn flush_chunk(file: &File, path: &Path, out: &mut Vec<u8>, at: u64) -> Result<u64> {
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let chunk = std::mem::replace(out, Vec::with_capacity(WRITE_CHUNK_BYTES));
+    let len = chunk.len() as u64;
+    let mut f = file;
+    f.write_all_at(chunk, at)
+        .await
+        .0
+        .map_err(|e| LogError::io(path, e))?;
+    Ok(len)
+}
+
+/// The cleaner's plan for `segments` (the sealed ones below the limit, oldest first):
+/// builds the map, then writes each group that changes and hands it to `install`, which
+/// swaps it in and says whether it could. Runs beside the partition's writer.
+pub(crate) async fn clean<F, Fut>(
+    dir: &Path,
+    segments: Vec<SealedSegment>,
+    segment_bytes: u64,
+    options: CompactOptions,
+    mut install: F,
+) -> Result<CompactReport>
+where
+    F: FnMut(CleanedGroup) -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let mut report = CompactReport::default();
+    let Some(first) = segments.first() else {
+        return Ok(report);
+    };
+    report.clean_up_to = first.base_offset;
+    let (map, covered) = build_map(&segments, options.map_bytes_max).await?;
+    let segments = &segments[..covered];
+    let mut removed = Removed::default();
+    let mut next = 0;
+    while next < segments.len() {
+        let rest = &segments[next..];
+        let removed_before = removed.clone();
+        let (taken, cleaned) =
+            write_next_group(dir, rest, segment_bytes, &map, &options, &mut removed).await?;
+        let group = &rest[..taken];
+        next += taken;
+        let end = group[taken - 1].next_offset;
+        let Some(cleaned) = cleaned else {
+            report.clean_up_to = end;
+            continue;
+        };
+        let bytes_before: u64 = group.iter().map(|s| s.size).sum();
+        let bytes_after = cleaned.bytes_after;
+        let swap_path = cleaned.swap_path.clone();
+        if !install(cleaned).await? {
+            // The segments changed under the clean: leave them, and nothing after them.
+            let _ = compio::fs::remove_file(&swap_path).await;
+            removed = removed_before;
+            report.abandoned = true;
+            break;
+        }
+        report.segments_cleaned += taken;
+        report.segments_written += 1;
+        report.bytes_before += bytes_before;
+        report.bytes_after += bytes_after;
+        report.clean_up_to = end;
+    }
+    report.records_removed = removed.records;
+    report.tombstones_removed = removed.tombstones;
+    report.keyless_removed = removed.keyless;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_names_round_trip_and_refuse_others() {
+        let name = swap_file_name(42, 1000);
+        assert_eq!(name, "00000000000000000042.00000000000000001000.swap");
+        assert_eq!(parse_swap_file_name(&name), Some((42, 1000)));
+        assert_eq!(parse_swap_file_name("00000000000000000042.log"), None);
+        assert_eq!(parse_swap_file_name("42.1000.swap"), None);
+        assert_eq!(
+            parse_swap_file_name("00000000000000001000.00000000000000000042.swap"),
+            None
+        );
+    }
+}

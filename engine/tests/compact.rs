@@ -1,0 +1,405 @@
+//! Log compaction against a model: every write is remembered, and after every clean and
+//! every reopen (clean or crashed) the log must serve only writes at their own offsets,
+//! the latest write of every key, everything the cleaner may not touch, and nothing a
+//! clean should have removed. Batches are decoded by a decoder we did not write.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use engine::{AppendWait, CompactOptions, LogConfig, Partition, RecoveryScope};
+use kafka_protocol::records::{Compression, Record};
+use proptest::prelude::*;
+
+/// Timestamp of every test record: far in the past, so that a zero delete retention
+/// expires tombstones and a huge one keeps them.
+const OLD_TS: i64 = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Write {
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        batch_bytes_max: 1024,
+        segment_age_max: None,
+        ..LogConfig::default()
+    }
+}
+
+fn keyed_batch(writes: &[Write]) -> Vec<u8> {
+    let records: Vec<Record> = writes
+        .iter()
+        .map(|w| {
+            let mut r = record(Some(&w.key), b"", OLD_TS);
+            r.value = w.value.clone().map(bytes::Bytes::from);
+            r
+        })
+        .collect();
+    encode(&records, Compression::None)
+}
+
+async fn append(p: &Partition, model: &mut Vec<Write>, writes: Vec<Write>) {
+    let info = p
+        .append(keyed_batch(&writes), AppendWait::Written)
+        .await
+        .unwrap();
+    assert_eq!(info.base_offset, model.len() as i64);
+    model.extend(writes);
+}
+
+fn write(key: u8, offset: usize, tombstone: bool) -> Write {
+    Write {
+        key: format!("key-{key}").into_bytes(),
+        value: (!tombstone).then(|| format!("value-{offset}-of-{key}").into_bytes()),
+    }
+}
+
+/// What the log serves: (offset, key, value) of every record, in order.
+async fn served(p: &Partition) -> Vec<(i64, Write)> {
+    decode_all(&read_everything(p).await)
+        .into_iter()
+        .map(|r| {
+            (
+                r.offset,
+                Write {
+                    key: r.key.map(|k| k.to_vec()).unwrap_or_default(),
+                    value: r.value.map(|v| v.to_vec()),
+                },
+            )
+        })
+        .collect()
+}
+
+/// What the model allows the log to serve.
+struct Expect {
+    /// Offsets at or above this were never below a clean: all must be there.
+    untouched_from: i64,
+    /// Below this the last clean saw everything: no key may appear twice.
+    deduplicated_below: i64,
+    /// A clean with a zero delete retention ran: a latest tombstone may be gone.
+    tombstones_may_go: bool,
+}
+
+async fn check(p: &Partition, model: &[Write], expect: &Expect) {
+    assert_eq!(p.offsets().log_end_offset, model.len() as i64, "log end");
+    let got = served(p).await;
+    let mut last = -1;
+    for (offset, w) in &got {
+        assert!(*offset > last, "offsets go up: {offset} after {last}");
+        last = *offset;
+        assert_eq!(&model[*offset as usize], w, "record at {offset}");
+    }
+    let present: std::collections::HashSet<i64> = got.iter().map(|(o, _)| *o).collect();
+    // The latest write of every key is there (a tombstone may have expired).
+    let mut latest = std::collections::HashMap::new();
+    for (offset, w) in model.iter().enumerate() {
+        latest.insert(w.key.clone(), offset as i64);
+    }
+    for (key, &offset) in &latest {
+        let tombstone = model[offset as usize].value.is_none();
+        assert!(
+            present.contains(&offset) || (tombstone && expect.tombstones_may_go),
+            "latest write of {} at {offset} is missing",
+            String::from_utf8_lossy(key)
+        );
+    }
+    for offset in expect.untouched_from..model.len() as i64 {
+        assert!(present.contains(&offset), "untouched {offset} is missing");
+    }
+    for (offset, w) in &got {
+        if *offset >= expect.deduplicated_below {
+            continue;
+        }
+        let newer =
+            (*offset + 1..expect.deduplicated_below).find(|&o| model[o as usize].key == w.key);
+        assert!(
+            newer.is_none(),
+            "{offset} survived a clean though {newer:?} replaces it"
+        );
+    }
+    // A read from any offset, gaps included, starts at the batch holding it or the next.
+    let start = p.offsets().log_start_offset;
+    for offset in start..model.len() as i64 {
+        let bytes = p.read(offset, 1).await.unwrap();
+        let first = &split_batches(&bytes)[0];
+        let base = i64::from_be_bytes(first[..8].try_into().unwrap());
+        let delta = i32::from_be_bytes(first[23..27].try_into().unwrap());
+        assert!(
+            base + i64::from(delta) >= offset,
+            "read at {offset} starts before it"
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<(u8, bool)>),
+    Compact {
+        below_percent: u8,
+        zero_retention: bool,
+    },
+    Reopen {
+        crash: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => proptest::collection::vec((0u8..6, proptest::bool::weighted(0.15)), 1..6).prop_map(Op::Append),
+        2 => (0u8..=100, any::<bool>()).prop_map(|(below_percent, zero_retention)| Op::Compact { below_percent, zero_retention }),
+        1 => any::<bool>().prop_map(|crash| Op::Reopen { crash }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn given_random_writes_cleans_and_reopens_should_match_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut p, _) = Partition::open(dir.path(), config()).await.unwrap();
+            let mut model: Vec<Write> = Vec::new();
+            let mut expect = Expect { untouched_from: 0, deduplicated_below: 0, tombstones_may_go: false };
+            for op in ops {
+                match op {
+                    Op::Append(writes) => {
+                        let writes = writes.iter().enumerate().map(|(i, &(k, t))| write(k, model.len() + i, t)).collect();
+                        append(&p, &mut model, writes).await;
+                    }
+                    Op::Compact { below_percent, zero_retention } => {
+                        let below = model.len() as i64 * i64::from(below_percent) / 100;
+                        let options = CompactOptions {
+                            below,
+                            delete_retention_ms: if zero_retention { 0 } else { i64::MAX / 4 },
+                            ..CompactOptions::default()
+                        };
+                        let report = p.compact(options).await.unwrap();
+                        assert!(!report.abandoned);
+                        expect.tombstones_may_go |= zero_retention;
+                        expect.untouched_from = expect.untouched_from.max(report.clean_up_to);
+                        expect.deduplicated_below = expect.deduplicated_below.max(report.clean_up_to);
+                        check(&p, &model, &expect).await;
+                    }
+                    Op::Reopen { crash } => {
+                        if crash { drop(p) } else { p.close().await.unwrap() }
+                        let reopened = Partition::open(dir.path(), config()).await.unwrap();
+                        p = reopened.0;
+                        check(&p, &model, &expect).await;
+                    }
+                }
+            }
+            check(&p, &model, &expect).await;
+            // Every byte on disk checks out when recovery re-validates everything.
+            drop(p);
+            let full = LogConfig { recovery_scope: RecoveryScope::Full, ..config() };
+            let (p, report) = Partition::open(dir.path(), full).await.unwrap();
+            assert_eq!(report.bytes_truncated, 0, "{report:?}");
+            check(&p, &model, &expect).await;
+        });
+    }
+}
+
+#[test]
+fn given_many_writes_over_few_keys_when_compacted_should_keep_about_one_record_per_key() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
+        let mut model = Vec::new();
+        for i in 0..400usize {
+            let writes = (0..5)
+                .map(|j| write(((i * 5 + j) % 10) as u8, i * 5 + j, false))
+                .collect();
+            append(&p, &mut model, writes).await;
+        }
+        let segments = p.segment_count();
+        let report = p.compact(CompactOptions::default()).await.unwrap();
+        let kept = served(&p).await;
+        // The active segment is never cleaned: its records all stay.
+        let active_base = {
+            let logs = files_with(dir.path(), ".log");
+            let last = logs.last().unwrap().file_name().unwrap().to_str().unwrap();
+            last[..20].parse::<i64>().unwrap()
+        };
+        let in_active = kept.iter().filter(|(o, _)| *o >= active_base).count();
+        assert!(
+            kept.len() - in_active <= 10,
+            "{} sealed records kept: {report:?}",
+            kept.len() - in_active
+        );
+        assert!(
+            report.records_removed >= 1990 - in_active as u64 - 10,
+            "{report:?}"
+        );
+        assert!(
+            p.segment_count() < segments,
+            "{} segments, {segments} before",
+            p.segment_count()
+        );
+        let expect = Expect {
+            untouched_from: report.clean_up_to,
+            deduplicated_below: report.clean_up_to,
+            tombstones_may_go: false,
+        };
+        check(&p, &model, &expect).await;
+        p.close().await.unwrap();
+        let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
+        check(&p, &model, &expect).await;
+    });
+}
+
+/// The on-disk states a crash can leave during a clean, rebuilt by hand from a finished
+/// clean: the cleaned file written but not yet renamed (the old segments count), the
+/// swap renamed (the cleaned segment counts), and the swap with some old segments
+/// already unlinked (it still counts).
+#[test]
+fn given_a_crash_at_each_step_of_a_swap_when_reopened_should_serve_the_old_or_the_cleaned_log() {
+    run(async {
+        let original = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(original.path(), config()).await.unwrap();
+        let mut model = Vec::new();
+        for i in 0..60usize {
+            let writes = (0..4)
+                .map(|j| write(((i * 4 + j) % 3) as u8, i * 4 + j, false))
+                .collect();
+            append(&p, &mut model, writes).await;
+        }
+        p.close().await.unwrap();
+        let before = list_logs(original.path());
+        let cleaned = copy_dir(original.path());
+        let (p, _) = Partition::open(cleaned.path(), config()).await.unwrap();
+        let report = p.compact(CompactOptions::default()).await.unwrap();
+        assert!(report.segments_cleaned >= 2, "{report:?}");
+        let served_cleaned = served(&p).await;
+        let served_original = {
+            let (o, _) = Partition::open(copy_dir(original.path()).path(), config())
+                .await
+                .unwrap();
+            served(&o).await
+        };
+        p.close().await.unwrap();
+        let after = list_logs(cleaned.path());
+        // The first cleaned group: its segment and the base of the next one.
+        let base = after[0];
+        let end = after[1];
+        let replaced: Vec<i64> = before
+            .iter()
+            .copied()
+            .filter(|&b| b >= base && b < end)
+            .collect();
+        assert!(
+            replaced.len() >= 2,
+            "a group of several segments: {replaced:?}"
+        );
+        let cleaned_log = std::fs::read(log_path(cleaned.path(), base)).unwrap();
+
+        // Crash after the cleaned file was written: the old group serves.
+        let d = copy_dir(original.path());
+        std::fs::write(
+            d.path().join(format!("{base:020}.log.cleaned")),
+            &cleaned_log,
+        )
+        .unwrap();
+        let (p, _) = Partition::open(d.path(), config()).await.unwrap();
+        assert_eq!(served(&p).await, served_original);
+        assert!(files_with(d.path(), ".cleaned").is_empty());
+        drop(p);
+
+        // Crash after the rename to the swap name, none or some old segments unlinked.
+        for unlinked in [0, 1, replaced.len()] {
+            let d = copy_dir(original.path());
+            std::fs::write(
+                d.path().join(format!("{base:020}.{end:020}.swap")),
+                &cleaned_log,
+            )
+            .unwrap();
+            for old in &replaced[..unlinked] {
+                std::fs::remove_file(log_path(d.path(), *old)).unwrap();
+            }
+            let (p, report) = Partition::open(d.path(), config()).await.unwrap();
+            let got = served(&p).await;
+            let head: Vec<_> = got.iter().filter(|(o, _)| *o < end).cloned().collect();
+            let want: Vec<_> = served_cleaned
+                .iter()
+                .filter(|(o, _)| *o < end)
+                .cloned()
+                .collect();
+            assert_eq!(head, want, "{unlinked} unlinked: {report:?}");
+            let tail: Vec<_> = got.iter().filter(|(o, _)| *o >= end).cloned().collect();
+            let want: Vec<_> = served_original
+                .iter()
+                .filter(|(o, _)| *o >= end)
+                .cloned()
+                .collect();
+            assert_eq!(tail, want);
+            assert_eq!(p.offsets().log_end_offset, model.len() as i64);
+            assert!(files_with(d.path(), ".swap").is_empty());
+            drop(p);
+        }
+    });
+}
+
+fn log_path(dir: &Path, base: i64) -> std::path::PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+fn list_logs(dir: &Path) -> Vec<i64> {
+    files_with(dir, ".log")
+        .iter()
+        .map(|p| {
+            p.file_name().unwrap().to_str().unwrap()[..20]
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+#[test]
+fn given_a_compacted_leader_when_a_new_follower_replicates_from_the_start_should_copy_it_with_its_gaps()
+ {
+    run(async {
+        let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (leader, _) = Partition::open(ld.path(), config()).await.unwrap();
+        let mut model = Vec::new();
+        for i in 0..100usize {
+            let writes = (0..3)
+                .map(|j| write(((i * 3 + j) % 4) as u8, i * 3 + j, false))
+                .collect();
+            append(&leader, &mut model, writes).await;
+        }
+        let report = leader.compact(CompactOptions::default()).await.unwrap();
+        assert!(report.records_removed > 200, "{report:?}");
+        let (follower, _) = Partition::open(fd.path(), config()).await.unwrap();
+        while follower.offsets().log_end_offset < leader.offsets().log_end_offset {
+            let slice = leader
+                .read(follower.offsets().log_end_offset, 4096)
+                .await
+                .unwrap();
+            follower
+                .append_replica(slice, AppendWait::Written)
+                .await
+                .unwrap();
+        }
+        assert_eq!(served(&follower).await, served(&leader).await);
+        assert_eq!(follower.offsets().log_end_offset, model.len() as i64);
+        drop(follower);
+        let (follower, report) = Partition::open(fd.path(), config()).await.unwrap();
+        assert_eq!(report.bytes_truncated, 0);
+        assert_eq!(served(&follower).await, served(&leader).await);
+    });
+}
