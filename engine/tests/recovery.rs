@@ -384,3 +384,40 @@ fn given_missing_middle_segment_when_reopened_should_keep_the_prefix_and_drop_th
         );
     });
 }
+
+/// The base offset is outside the CRC, and compaction leaves gaps in sealed segments:
+/// a damaged base offset must not pass for a gap. Raised by a low bit (a small jump
+/// forward), in the active segment and in a sealed one, under a full recovery.
+#[test]
+fn given_a_base_offset_raised_by_damage_when_fully_recovered_should_not_pass_for_a_gap() {
+    for sealed in [false, true] {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                recovery_scope: RecoveryScope::Full,
+                segment_age_max: None,
+                ..small_config()
+            };
+            let batches: Vec<_> = (0..60).map(|i| batch(2, 50, i)).collect();
+            let stored = write_and_crash(dir.path(), &config, &batches).await;
+            let logs = files_with(dir.path(), ".log");
+            assert!(logs.len() >= 3);
+            let victim = if sealed { &logs[1] } else { &logs[logs.len() - 1] };
+            let mut bytes = std::fs::read(victim).unwrap();
+            let in_victim = split_batches(&bytes);
+            assert!(in_victim.len() >= 3);
+            // The second batch of the segment: a clear low bit of its base offset, set.
+            let at = in_victim[0].len();
+            let bit = (1..8).map(|b| 1u8 << b).find(|b| bytes[at + 7] & b == 0).unwrap();
+            bytes[at + 7] |= bit;
+            std::fs::write(victim, &bytes).unwrap();
+            let before: usize = logs
+                .iter()
+                .take_while(|l| *l != victim)
+                .map(|l| split_batches(&std::fs::read(l).unwrap()).len())
+                .sum();
+            let served = reopen_and_check(dir.path(), &config, &stored, before + 1).await;
+            assert_eq!(served, before + 1, "sealed: {sealed}");
+        });
+    }
+}
