@@ -471,6 +471,20 @@ pub(crate) fn raw_records(
     })
 }
 
+/// Whether an uncompressed batch holds a record without a key, which a compacted topic
+/// refuses. False for a compressed batch (its records are not decompressed here) and
+/// for bytes that do not frame (validation refuses those).
+pub fn has_keyless_record(bytes: &[u8]) -> bool {
+    let Ok(header) = BatchHeader::parse(bytes) else {
+        return false;
+    };
+    if header.compression() != Ok(Compression::None) || header.is_control() {
+        return false;
+    }
+    raw_records(&bytes[BATCH_HEADER_BYTES..], header.record_count)
+        .any(|r| r.is_ok_and(|r| r.key.is_none()))
+}
+
 /// A batch with `original`'s header and `records` (whole records, length prefixes
 /// included, `count` of them) as its body: the same base offset, last offset delta,
 /// producer fields and timestamps, a new length, count and CRC. The batch keeps every

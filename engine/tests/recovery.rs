@@ -402,13 +402,20 @@ fn given_a_base_offset_raised_by_damage_when_fully_recovered_should_not_pass_for
             let stored = write_and_crash(dir.path(), &config, &batches).await;
             let logs = files_with(dir.path(), ".log");
             assert!(logs.len() >= 3);
-            let victim = if sealed { &logs[1] } else { &logs[logs.len() - 1] };
+            let victim = if sealed {
+                &logs[1]
+            } else {
+                &logs[logs.len() - 1]
+            };
             let mut bytes = std::fs::read(victim).unwrap();
             let in_victim = split_batches(&bytes);
             assert!(in_victim.len() >= 3);
             // The second batch of the segment: a clear low bit of its base offset, set.
             let at = in_victim[0].len();
-            let bit = (1..8).map(|b| 1u8 << b).find(|b| bytes[at + 7] & b == 0).unwrap();
+            let bit = (1..8)
+                .map(|b| 1u8 << b)
+                .find(|b| bytes[at + 7] & b == 0)
+                .unwrap();
             bytes[at + 7] |= bit;
             std::fs::write(victim, &bytes).unwrap();
             let before: usize = logs

@@ -87,6 +87,14 @@ pub struct BrokerConfig {
     /// -1: no size limit.
     pub log_retention_bytes: i64,
     pub log_retention_check_interval_ms: u64,
+    /// Run the log cleaner for topics with `cleanup.policy` `compact`
+    /// (`log.cleaner.enable`).
+    pub log_cleaner_enable: bool,
+    /// How often each core looks for partitions to compact (`log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
+    /// Memory for one clean's key map, per core (`log.cleaner.dedupe.buffer.size`): the
+    /// segments past what fits wait for the next clean.
+    pub log_cleaner_dedupe_buffer_size: usize,
     pub flush: FlushMode,
     pub flush_interval_ms: u64,
     pub write_path: WriteMode,
@@ -181,6 +189,9 @@ impl Default for BrokerConfig {
             log_retention_ms: 7 * 24 * 3600 * 1000,
             log_retention_bytes: -1,
             log_retention_check_interval_ms: 5 * 60 * 1000,
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 64 * 1024 * 1024,
             flush: FlushMode::PerAppend,
             flush_interval_ms: 1000,
             write_path: WriteMode::Adaptive,

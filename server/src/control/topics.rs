@@ -23,6 +23,8 @@ pub const SEGMENT_MS_MIN: u64 = 1000;
 /// Topic-level configs the broker understands (Kafka names), with what they change.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
@@ -290,8 +292,18 @@ pub fn check_config(key: &str, value: &str) -> Result<(), TopicError> {
         })
     };
     match key {
-        "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => bad("only \"delete\" is supported (no compaction yet)"),
+        "cleanup.policy" => match parse_cleanup_policy(value) {
+            Some(_) => Ok(()),
+            None => bad("must be delete, compact or both (\"compact,delete\")"),
+        },
+        "delete.retention.ms" => match value.parse::<i64>() {
+            Ok(v) if v >= 0 => Ok(()),
+            _ => bad("must be an integer >= 0"),
+        },
+        "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+            _ => bad("must be a number between 0 and 1"),
+        },
         "retention.ms" | "retention.bytes" => match value.parse::<i64>() {
             Ok(v) if v >= -1 => Ok(()),
             _ => bad("must be an integer >= -1"),
@@ -322,8 +334,64 @@ pub fn check_config(key: &str, value: &str) -> Result<(), TopicError> {
     }
 }
 
+/// A topic's `cleanup.policy`: old segments deleted by retention, compacted, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleanup {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+/// Kafka's list syntax: `delete`, `compact`, or both (`compact,delete`, either order).
+pub fn parse_cleanup_policy(value: &str) -> Option<Cleanup> {
+    let mut cleanup = Cleanup {
+        delete: false,
+        compact: false,
+    };
+    for part in value.split(',') {
+        match part.trim() {
+            "delete" => cleanup.delete = true,
+            "compact" => cleanup.compact = true,
+            _ => return None,
+        }
+    }
+    Some(cleanup)
+}
+
+/// Kafka's `delete.retention.ms` default: a day.
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 3600 * 1000;
+/// Kafka's `min.cleanable.dirty.ratio` default.
+pub const MIN_CLEANABLE_DIRTY_RATIO_DEFAULT: f64 = 0.5;
+
+impl TopicMeta {
+    pub fn cleanup(&self) -> Cleanup {
+        self.configs
+            .get("cleanup.policy")
+            .and_then(|v| parse_cleanup_policy(v))
+            .unwrap_or(Cleanup {
+                delete: true,
+                compact: false,
+            })
+    }
+
+    /// How long a tombstone outlives the clean that could first remove it.
+    pub fn delete_retention_ms(&self) -> i64 {
+        self.configs
+            .get("delete.retention.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DELETE_RETENTION_MS_DEFAULT)
+    }
+
+    /// The share of a log not yet cleaned that starts a clean.
+    pub fn min_cleanable_dirty_ratio(&self) -> f64 {
+        self.configs
+            .get("min.cleanable.dirty.ratio")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MIN_CLEANABLE_DIRTY_RATIO_DEFAULT)
+    }
+}
+
 /// The engine configuration of a topic's partitions: the broker's, with the topic's
-/// overrides applied.
+/// overrides applied. A topic that is only compacted deletes nothing by retention.
 pub fn log_config_for(meta: &TopicMeta, base: &LogConfig) -> LogConfig {
     let mut config = base.clone();
     let int = |key: &str| meta.configs.get(key).and_then(|v| v.parse::<i64>().ok());
@@ -332,6 +400,10 @@ pub fn log_config_for(meta: &TopicMeta, base: &LogConfig) -> LogConfig {
     }
     if let Some(v) = int("retention.bytes") {
         config.retention_bytes = u64::try_from(v).ok();
+    }
+    if !meta.cleanup().delete {
+        config.retention_age = None;
+        config.retention_bytes = None;
     }
     if let Some(v) = int("segment.bytes").and_then(|v| u64::try_from(v).ok()) {
         config.segment_bytes = v.clamp(
@@ -454,7 +526,12 @@ mod tests {
     #[test]
     fn topic_configs_are_checked_and_applied() {
         assert!(check_config("retention.ms", "1000").is_ok());
-        assert!(check_config("cleanup.policy", "compact").is_err());
+        assert!(check_config("cleanup.policy", "compact").is_ok());
+        assert!(check_config("cleanup.policy", "compact, delete").is_ok());
+        assert!(check_config("cleanup.policy", "compact,shred").is_err());
+        assert!(check_config("cleanup.policy", "").is_err());
+        assert!(check_config("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(check_config("delete.retention.ms", "-1").is_err());
         assert!(check_config("segment.bytes", "-5").is_err());
         assert!(check_config("no.such", "1").is_err());
         let mut m = meta("t", 1);

@@ -353,6 +353,9 @@ fn run_core(
         }
         compio::runtime::spawn(std::rc::Rc::clone(&shard).serve_inbox(inbox)).detach();
         compio::runtime::spawn(retention_loop(std::rc::Rc::clone(&shard))).detach();
+        if shared.config.log_cleaner_enable {
+            compio::runtime::spawn(cleaner_loop(std::rc::Rc::clone(&shard))).detach();
+        }
         compio::runtime::spawn(crate::runtime::replication::replication_loop(
             std::rc::Rc::clone(&shard),
         ))
@@ -393,6 +396,24 @@ async fn retention_loop(shard: std::rc::Rc<Shard>) {
             return;
         }
         shard.apply_retention();
+    }
+}
+
+/// The log cleaner of one core: every `log_cleaner_backoff_ms`, compacts this core's
+/// partitions of compacted topics whose dirty share reached the topic's ratio, one
+/// partition at a time. It runs on the core beside the appends (the engine's cleaner
+/// reads and writes through io_uring and yields between batches' I/O).
+async fn cleaner_loop(shard: std::rc::Rc<Shard>) {
+    let every = Duration::from_millis(shard.config().log_cleaner_backoff_ms.max(100));
+    loop {
+        let sleep = std::pin::pin!(compio::time::sleep(every));
+        let stop = std::pin::pin!(shard.shared.stopped());
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(sleep, stop).await
+        {
+            return;
+        }
+        shard.compact_dirty_logs().await;
     }
 }
 

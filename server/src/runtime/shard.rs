@@ -391,6 +391,8 @@ pub(crate) struct OwnedPartition {
     pub(crate) counters: Arc<PartitionCounters>,
     /// Leader, epoch, ISR, high watermark (see `replica.rs`).
     pub(crate) replica: Rc<RefCell<Replica>>,
+    /// The topic is compacted: every record needs a key.
+    pub(crate) compacted: bool,
 }
 
 /// Who reads a partition: a consumer (below the high watermark) or a follower replica
@@ -861,7 +863,7 @@ impl Shard {
         batch: Bytes,
         wait: AppendWait,
     ) -> Result<AppendInfo, PartitionError> {
-        let (log, event, counters, replica) = {
+        let (log, event, counters, replica, compacted) = {
             let partitions = self.partitions.borrow();
             let p = partitions
                 .get(tp)
@@ -871,8 +873,16 @@ impl Shard {
                 Arc::clone(&p.data_event),
                 Arc::clone(&p.counters),
                 Rc::clone(&p.replica),
+                p.compacted,
             )
         };
+        // Kafka's rule and message. A compressed batch's records are not read here.
+        if compacted && engine::batch::has_keyless_record(&batch) {
+            return Err(PartitionError::InvalidRecord(format!(
+                "Compacted topic cannot accept message without key in topic partition {}.",
+                tp.dir_name()
+            )));
+        }
         let epoch = {
             let r = replica.borrow();
             r.check_leader(-1).map_err(PartitionError::NotServedHere)?;
@@ -1089,6 +1099,7 @@ impl Shard {
                     data_event,
                     counters,
                     replica,
+                    compacted: meta.cleanup().compact,
                 },
             );
         }
@@ -1128,6 +1139,45 @@ impl Shard {
             let report = p.log.apply_retention(now);
             if report.segments_deleted > 0 {
                 tracing::info!(partition = %tp.dir_name(), ?report, "retention");
+            }
+        }
+    }
+
+    /// Compacts this core's partitions of compacted topics whose share of bytes not yet
+    /// cleaned has reached the topic's `min.cleanable.dirty.ratio`. Only below the high
+    /// watermark: what a new leader could still truncate is never cleaned.
+    pub async fn compact_dirty_logs(&self) {
+        let candidates: Vec<(TopicPartition, Partition, i64)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.log.clone(), p.replica.borrow().high_watermark))
+            .collect();
+        for (tp, log, high_watermark) in candidates {
+            let Some(meta) = self.shared.registry.get(tp.topic()) else {
+                continue;
+            };
+            if !meta.cleanup().compact {
+                continue;
+            }
+            let (dirty, total) = log.dirty_bytes(high_watermark);
+            if total == 0 || (dirty as f64) < meta.min_cleanable_dirty_ratio() * total as f64 {
+                continue;
+            }
+            let options = engine::CompactOptions {
+                below: high_watermark,
+                now_ms: engine::now_ms(),
+                delete_retention_ms: meta.delete_retention_ms(),
+                map_bytes_max: self.shared.config.log_cleaner_dedupe_buffer_size,
+            };
+            match log.compact(options).await {
+                Ok(report) if report.segments_cleaned > 0 => {
+                    tracing::info!(partition = %tp.dir_name(), ?report, "compacted");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(partition = %tp.dir_name(), error = %e, "compaction failed");
+                }
             }
         }
     }

@@ -552,14 +552,17 @@ mod config_type {
     pub const STRING: i8 = 2;
     pub const INT: i8 = 3;
     pub const LONG: i8 = 5;
+    pub const DOUBLE: i8 = 6;
     pub const LIST: i8 = 7;
 }
 
 /// The type of a config we report, as Kafka declares it.
 fn config_type(key: &str) -> i8 {
     match key {
+        "min.cleanable.dirty.ratio" => config_type::DOUBLE,
         "retention.ms"
         | "retention.bytes"
+        | "delete.retention.ms"
         | "segment.ms"
         | "log.retention.ms"
         | "log.retention.bytes"
@@ -585,6 +588,14 @@ fn topic_configs(shard: &Shard, meta: &TopicMeta) -> Vec<(String, String, i8)> {
     let c = shard.config();
     let defaults: BTreeMap<&str, String> = BTreeMap::from([
         ("cleanup.policy", "delete".to_owned()),
+        (
+            "delete.retention.ms",
+            crate::control::topics::DELETE_RETENTION_MS_DEFAULT.to_string(),
+        ),
+        (
+            "min.cleanable.dirty.ratio",
+            crate::control::topics::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT.to_string(),
+        ),
         ("retention.ms", c.log_retention_ms.to_string()),
         ("retention.bytes", c.log_retention_bytes.to_string()),
         ("segment.bytes", c.log_segment_bytes.to_string()),
