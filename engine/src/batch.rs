@@ -478,17 +478,36 @@ pub fn has_keyless_record(bytes: &[u8]) -> bool {
     let Ok(header) = BatchHeader::parse(bytes) else {
         return false;
     };
-    if header.compression() != Ok(Compression::None) || header.is_control() {
+    if header.is_control() || bytes.len() < BATCH_HEADER_BYTES {
         return false;
     }
-    raw_records(&bytes[BATCH_HEADER_BYTES..], header.record_count)
-        .any(|r| r.is_ok_and(|r| r.key.is_none()))
+    let Ok(records) = records_of(&header, bytes) else {
+        return false;
+    };
+    raw_records(&records, header.record_count).any(|r| r.is_ok_and(|r| r.key.is_none()))
+}
+
+/// The records of a batch, uncompressed: the body itself, or its decompression (at
+/// most `RECORDS_DECOMPRESSED_BYTES_MAX` bytes).
+pub(crate) fn records_of<'a>(
+    header: &BatchHeader,
+    bytes: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, BatchError> {
+    let body = &bytes[BATCH_HEADER_BYTES..];
+    match header.compression()? {
+        Compression::None => Ok(std::borrow::Cow::Borrowed(body)),
+        codec => {
+            crate::codec::decompress(codec, body, crate::limits::RECORDS_DECOMPRESSED_BYTES_MAX)
+                .map(std::borrow::Cow::Owned)
+        }
+    }
 }
 
 /// A batch with `original`'s header and `records` (whole records, length prefixes
-/// included, `count` of them) as its body: the same base offset, last offset delta,
-/// producer fields and timestamps, a new length, count and CRC. The batch keeps every
-/// offset it had, as Kafka's cleaner keeps a cleaned batch's last offset.
+/// included, `count` of them; or one compressed body holding them) as its body: the
+/// same base offset, last offset delta, attributes, producer fields and timestamps, a
+/// new length, count and CRC. The batch keeps every offset it had, as Kafka's cleaner
+/// keeps a cleaned batch's last offset.
 pub(crate) fn rebuild(original: &[u8], records: &[&[u8]], count: i32) -> Vec<u8> {
     let body: usize = records.iter().map(|r| r.len()).sum();
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body);

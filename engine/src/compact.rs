@@ -22,9 +22,11 @@
 //!    swap file to `{base}.log`, rebuilds its indexes and puts it in their place. Readers
 //!    holding the old files keep reading them.
 //!
-//! Compressed batches are kept as they are: their records are neither read into the
-//! map nor removed (decompressing them is the next step).
+//! Compressed batches are cleaned the same way: their records are decompressed (at most
+//! `RECORDS_DECOMPRESSED_BYTES_MAX` bytes) and what stays is compressed again with the
+//! same codec. A batch whose records cannot be read is kept whole, its keys left out.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -34,6 +36,7 @@ use compio::io::AsyncWriteAtExt;
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, Compression};
 use crate::checkpoint;
+use crate::codec;
 use crate::error::{LogError, Result};
 use crate::limits::SCAN_CHUNK_BYTES;
 use crate::segment::{self, BatchScanner, Scanned, SegmentFiles};
@@ -210,11 +213,15 @@ async fn build_map(segments: &[SealedSegment], map_bytes_max: usize) -> Result<(
                 map.producer_last_batch
                     .insert(header.producer_id, header.base_offset);
             }
-            if header.is_control() || header.compression()? != Compression::None {
+            if header.is_control() {
                 continue;
             }
-            for record in batch::raw_records(&bytes[BATCH_HEADER_BYTES..], header.record_count) {
-                let record = record?;
+            // A compressed batch that cannot be read is kept whole (`filter_batch` finds
+            // the same): its keys stay out of the map.
+            let Some(records) = readable_records(&header, bytes) else {
+                continue;
+            };
+            for record in each_record(&records, header.record_count) {
                 let Some(key) = record.key else { continue };
                 let offset = header.base_offset + record.offset_delta;
                 match map.latest.get_mut(key) {
@@ -229,6 +236,31 @@ async fn build_map(segments: &[SealedSegment], map_bytes_max: usize) -> Result<(
         covered += 1;
     }
     Ok((map, covered))
+}
+
+/// The records of a batch as the cleaner reads them (a compressed batch's inflated).
+/// `None` when they cannot be read (a compressed batch past the bound, or records that
+/// do not frame: a producer's compressed records are not checked when they are
+/// appended): the cleaner keeps such a batch whole and leaves its keys alone.
+fn readable_records<'a>(header: &BatchHeader, bytes: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+    let records = batch::records_of(header, bytes).ok()?;
+    let mut count = 0usize;
+    let mut previous = -1i64;
+    for record in batch::raw_records(&records, header.record_count) {
+        let delta = record.ok()?.offset_delta;
+        // Within the batch's offsets and in order.
+        if delta <= previous || delta > i64::from(header.last_offset_delta) {
+            return None;
+        }
+        previous = delta;
+        count += 1;
+    }
+    (count == header.record_count as usize).then_some(records)
+}
+
+/// The records of `records` (checked by `readable_records`).
+fn each_record(records: &[u8], count: i32) -> impl Iterator<Item = batch::RawRecord<'_>> {
+    batch::raw_records(records, count).filter_map(Result::ok)
 }
 
 /// What filtering one batch left of it.
@@ -257,7 +289,7 @@ fn filter_batch(
     must_stay: bool,
     removed: &mut Removed,
 ) -> Result<Kept> {
-    if header.is_control() || header.compression()? != Compression::None {
+    if header.is_control() {
         return Ok(Kept::Whole);
     }
     if header.record_count == 0 {
@@ -270,10 +302,13 @@ fn filter_batch(
     }
     let tombstones_expire =
         header.max_timestamp < options.now_ms.saturating_sub(options.delete_retention_ms);
+    let codec = header.compression()?;
+    let Some(records) = readable_records(header, bytes) else {
+        return Ok(Kept::Whole);
+    };
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut dropped = false;
-    for record in batch::raw_records(&bytes[BATCH_HEADER_BYTES..], header.record_count) {
-        let record = record?;
+    for record in each_record(&records, header.record_count) {
         let offset = header.base_offset + record.offset_delta;
         let stays = match record.key {
             None => {
@@ -305,7 +340,12 @@ fn filter_batch(
         Kept::Dropped
     } else {
         let count = kept.len() as i32;
-        Kept::Rebuilt(batch::rebuild(bytes, &kept, count))
+        if codec == Compression::None {
+            Kept::Rebuilt(batch::rebuild(bytes, &kept, count))
+        } else {
+            let body = codec::compress(codec, &kept.concat(), &bytes[BATCH_HEADER_BYTES..])?;
+            Kept::Rebuilt(batch::rebuild(bytes, &[&body], count))
+        }
     })
 }
 

@@ -31,6 +31,8 @@ pub enum BatchError {
     MalformedRecord { index: i32, reason: &'static str },
     #[error("records end at byte {end} but the batch has {len} bytes")]
     TrailingBytes { end: usize, len: usize },
+    #[error("compressed records: {reason}")]
+    Codec { reason: &'static str },
 }
 
 /// A configuration value out of its bounds.

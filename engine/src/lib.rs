@@ -8,6 +8,7 @@
 
 pub mod batch;
 mod checkpoint;
+mod codec;
 pub mod compact;
 pub mod config;
 pub mod data_dir;

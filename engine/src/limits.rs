@@ -84,3 +84,8 @@ pub const LEADER_EPOCH_ENTRIES_MAX: usize = 65_536;
 /// Largest `leader-epoch-checkpoint` file read back: the entries at their longest text
 /// form (`-2147483648 -9223372036854775808\n`, 32 bytes) plus the two header lines.
 pub const LEADER_EPOCH_FILE_BYTES_MAX: usize = LEADER_EPOCH_ENTRIES_MAX * 32 + 64;
+
+/// Most bytes the records of one compressed batch may inflate to where the engine reads
+/// them (the cleaner, the keyless check of compacted topics). A batch past it is kept
+/// as it is.
+pub const RECORDS_DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -33,6 +33,19 @@ fn config() -> LogConfig {
 }
 
 fn keyed_batch(writes: &[Write]) -> Vec<u8> {
+    keyed_batch_with(writes, Compression::None)
+}
+
+/// The codecs a producer may use; the cleaner reads and writes back each.
+const CODECS: [Compression; 5] = [
+    Compression::None,
+    Compression::Gzip,
+    Compression::Snappy,
+    Compression::Lz4,
+    Compression::Zstd,
+];
+
+fn keyed_batch_with(writes: &[Write], compression: Compression) -> Vec<u8> {
     let records: Vec<Record> = writes
         .iter()
         .map(|w| {
@@ -41,12 +54,21 @@ fn keyed_batch(writes: &[Write]) -> Vec<u8> {
             r
         })
         .collect();
-    encode(&records, Compression::None)
+    encode(&records, compression)
 }
 
 async fn append(p: &Partition, model: &mut Vec<Write>, writes: Vec<Write>) {
+    append_with(p, model, writes, Compression::None).await
+}
+
+async fn append_with(
+    p: &Partition,
+    model: &mut Vec<Write>,
+    writes: Vec<Write>,
+    compression: Compression,
+) {
     let info = p
-        .append(keyed_batch(&writes), AppendWait::Written)
+        .append(keyed_batch_with(&writes, compression), AppendWait::Written)
         .await
         .unwrap();
     assert_eq!(info.base_offset, model.len() as i64);
@@ -139,7 +161,7 @@ async fn check(p: &Partition, model: &[Write], expect: &Expect) {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append(Vec<(u8, bool)>),
+    Append(Vec<(u8, bool)>, usize),
     Compact {
         below_percent: u8,
         zero_retention: bool,
@@ -151,7 +173,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => proptest::collection::vec((0u8..6, proptest::bool::weighted(0.15)), 1..6).prop_map(Op::Append),
+        6 => proptest::collection::vec((0u8..6, proptest::bool::weighted(0.15)), 1..6).prop_flat_map(|w| (Just(w), 0..CODECS.len())).prop_map(|(w, c)| Op::Append(w, c)),
         2 => (0u8..=100, any::<bool>()).prop_map(|(below_percent, zero_retention)| Op::Compact { below_percent, zero_retention }),
         1 => any::<bool>().prop_map(|crash| Op::Reopen { crash }),
     ]
@@ -169,9 +191,9 @@ proptest! {
             let mut expect = Expect { untouched_from: 0, deduplicated_below: 0, tombstones_may_go: false };
             for op in ops {
                 match op {
-                    Op::Append(writes) => {
+                    Op::Append(writes, codec) => {
                         let writes = writes.iter().enumerate().map(|(i, &(k, t))| write(k, model.len() + i, t)).collect();
-                        append(&p, &mut model, writes).await;
+                        append_with(&p, &mut model, writes, CODECS[codec]).await;
                     }
                     Op::Compact { below_percent, zero_retention } => {
                         let below = model.len() as i64 * i64::from(below_percent) / 100;
