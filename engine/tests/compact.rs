@@ -230,6 +230,12 @@ proptest! {
 
 #[test]
 fn given_many_writes_over_few_keys_when_compacted_should_keep_about_one_record_per_key() {
+    for codec in CODECS {
+        many_writes_over_few_keys(codec);
+    }
+}
+
+fn many_writes_over_few_keys(codec: Compression) {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
@@ -238,7 +244,7 @@ fn given_many_writes_over_few_keys_when_compacted_should_keep_about_one_record_p
             let writes = (0..5)
                 .map(|j| write(((i * 5 + j) % 10) as u8, i * 5 + j, false))
                 .collect();
-            append(&p, &mut model, writes).await;
+            append_with(&p, &mut model, writes, codec).await;
         }
         let segments = p.segment_count();
         let report = p.compact(CompactOptions::default()).await.unwrap();
@@ -252,7 +258,7 @@ fn given_many_writes_over_few_keys_when_compacted_should_keep_about_one_record_p
         let in_active = kept.iter().filter(|(o, _)| *o >= active_base).count();
         assert!(
             kept.len() - in_active <= 10,
-            "{} sealed records kept: {report:?}",
+            "{codec:?}: {} sealed records kept: {report:?}",
             kept.len() - in_active
         );
         assert!(
