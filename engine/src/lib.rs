@@ -19,6 +19,7 @@ pub mod limits;
 pub mod offset_index;
 pub mod partition;
 pub mod producer_state;
+mod reaper;
 mod recovery;
 pub mod segment;
 pub mod time_index;

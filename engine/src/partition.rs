@@ -513,14 +513,25 @@ impl Partition {
                 reason: "no directory name",
             });
         };
-        let doomed = dir.with_file_name(format!("{name}{}", crate::data_dir::DELETED_DIR_SUFFIX));
+        // A name of its own: the reaper may still be removing an earlier deletion of
+        // the same partition.
+        static DELETIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = DELETIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let doomed = dir.with_file_name(format!(
+            "{name}.{}-{n}{}",
+            now_ms(),
+            crate::data_dir::DELETED_DIR_SUFFIX
+        ));
         compio::fs::rename(&dir, &doomed)
             .await
             .map_err(|e| LogError::io(&dir, e))?;
         if let Some(parent) = dir.parent() {
             checkpoint::sync_dir(parent).await?;
         }
-        std::fs::remove_dir_all(&doomed).map_err(|e| LogError::io(&doomed, e))
+        for seg in &self.state.borrow().segments {
+            seg.files.mark_unlinked();
+        }
+        crate::reaper::remove_dir_later(doomed.clone()).map_err(|e| LogError::io(&doomed, e))
     }
 
     /// File ranges covering up to `max_bytes` from the batch that contains `offset`. The

@@ -62,6 +62,8 @@ pub struct SegmentFiles {
     index_path: PathBuf,
     time_index_path: PathBuf,
     unlink_on_drop: Cell<bool>,
+    /// The names are gone (`unlink_now`): the last close frees the files.
+    unlinked: Cell<bool>,
 }
 
 impl SegmentFiles {
@@ -146,6 +148,13 @@ impl SegmentFiles {
         result.map_err(|e| LogError::io(name, e))
     }
 
+    /// The names are being removed by someone else (a deleted partition's directory):
+    /// the last close frees the files, on the reaper.
+    pub(crate) fn mark_unlinked(&self) {
+        self.unlink_on_drop.set(false);
+        self.unlinked.set(true);
+    }
+
     pub(crate) fn unlink_when_unused(&self) {
         self.unlink_on_drop.set(true);
     }
@@ -155,6 +164,7 @@ impl SegmentFiles {
     /// these files keep reading them.
     pub(crate) fn unlink_now(&self) -> Result<()> {
         self.unlink_on_drop.set(false);
+        self.unlinked.set(true);
         for path in [&self.log_path, &self.index_path, &self.time_index_path] {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -168,17 +178,25 @@ impl SegmentFiles {
 
 impl Drop for SegmentFiles {
     fn drop(&mut self) {
-        if !self.unlink_on_drop.get() {
-            return;
-        }
-        for path in [&self.log_path, &self.index_path, &self.time_index_path] {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "could not delete segment file")
+        if self.unlink_on_drop.get() {
+            for path in [&self.log_path, &self.index_path, &self.time_index_path] {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "could not delete segment file")
+                    }
                 }
             }
+            self.unlinked.set(true);
+        }
+        if self.unlinked.get() {
+            // Freeing the files is the reaper's: these closes only drop references.
+            let fds = [&self.log, &self.index, &self.time_index]
+                .into_iter()
+                .filter_map(|f| rustix::io::dup(f).ok())
+                .collect();
+            crate::reaper::close_later(fds);
         }
     }
 }
@@ -290,6 +308,7 @@ impl Segment {
                 index_path,
                 time_index_path,
                 unlink_on_drop: Cell::new(false),
+                unlinked: Cell::new(false),
             }),
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),

@@ -468,7 +468,20 @@ fn given_partition_when_deleted_should_remove_directory() {
             report.log_end_offset, 0,
             "a recreated partition starts empty"
         );
-        drop(p);
+        // Deleted again at once, then the renamed directories are removed off the core.
+        p.delete().await.unwrap();
+        let left = || {
+            std::fs::read_dir(root.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !left().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(left().is_empty(), "{:?} are still there", left());
+        drop(held);
     });
 }
 
