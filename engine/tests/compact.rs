@@ -32,10 +32,6 @@ fn config() -> LogConfig {
     }
 }
 
-fn keyed_batch(writes: &[Write]) -> Vec<u8> {
-    keyed_batch_with(writes, Compression::None)
-}
-
 /// The codecs a producer may use; the cleaner reads and writes back each.
 const CODECS: [Compression; 5] = [
     Compression::None,
