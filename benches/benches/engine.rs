@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the engine: append throughput by batch size and flush policy,
-//! group commit under concurrent durable appends, index lookups, and batch validation.
+//! group commit under concurrent durable appends, index lookups, batch validation, and
+//! how long deleting a partition holds its core.
 //!
 //! Run: `cargo bench -p benches` (set `BENCH_DIR` to measure a particular disk; the
 //! default is the system temp directory).
@@ -265,11 +266,51 @@ fn crc_validation(c: &mut Criterion) {
     group.finish();
 }
 
+/// How long deleting a partition of 256 MiB (in the page cache) holds its core: the
+/// last close of an unlinked file frees its pages in the closing thread, which the
+/// engine leaves to its reaper thread.
+fn delete_stall(c: &mut Criterion) {
+    let mut group = c.benchmark_group("delete_partition");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    let rt = Runtime::new().expect("runtime");
+    let batch = batch_of(MIB);
+    group.bench_function("256MiB_on_the_core", |b| {
+        b.iter_custom(|iters| {
+            let mut on_core = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = bench_dir();
+                let config = LogConfig {
+                    retention_bytes: None,
+                    ..log_config(FlushPolicy::Never)
+                };
+                rt.block_on(async {
+                    let (p, _) = Partition::open(dir.path().join("t-0"), config)
+                        .await
+                        .expect("open");
+                    for _ in 0..256 {
+                        p.append(batch.clone(), AppendWait::Written)
+                            .await
+                            .expect("append");
+                    }
+                    p.flush().await.expect("flush");
+                    let start = Instant::now();
+                    p.delete().await.expect("delete");
+                    on_core += start.elapsed();
+                });
+            }
+            on_core
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     crc_validation,
     index_lookup,
     append_throughput,
-    group_commit
+    group_commit,
+    delete_stall
 );
 criterion_main!(benches);
