@@ -471,9 +471,10 @@ pub(crate) fn raw_records(
     })
 }
 
-/// Whether an uncompressed batch holds a record without a key, which a compacted topic
-/// refuses. False for a compressed batch (its records are not decompressed here) and
-/// for bytes that do not frame (validation refuses those).
+/// Whether a batch holds a record without a key, which a compacted topic refuses, as
+/// Kafka does. A compressed batch is decompressed for it (at most
+/// `RECORDS_DECOMPRESSED_BYTES_MAX` bytes); false for one that does not decompress within
+/// that and for bytes that do not frame (validation refuses those).
 pub fn has_keyless_record(bytes: &[u8]) -> bool {
     let Ok(header) = BatchHeader::parse(bytes) else {
         return false;

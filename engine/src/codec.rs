@@ -12,6 +12,8 @@ use crate::error::BatchError;
 
 /// snappy-java's stream header: magic, version 1, compatible version 1.
 const SNAPPY_JAVA_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+/// Largest zstd window accepted (16 MiB; producers' default levels use far less).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 /// Uncompressed bytes per snappy-java block.
 const SNAPPY_JAVA_BLOCK: usize = 32 * 1024;
 
@@ -53,10 +55,15 @@ pub(crate) fn decompress(
             read_bounded(decoder, limit, "bad lz4 frame")
         }
         Compression::Zstd => {
-            let decoder =
+            let mut decoder =
                 zstd::stream::read::Decoder::new(data).map_err(|_| failed("bad zstd frame"))?;
+            // A frame may ask for a window of up to 2 GiB before writing a byte.
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|_| failed("bad zstd frame"))?;
             read_bounded(decoder, limit, "bad zstd frame")
         }
+
         Compression::Snappy => match data.strip_prefix(&SNAPPY_JAVA_HEADER[..]) {
             Some(mut blocks) => {
                 let mut out = Vec::new();

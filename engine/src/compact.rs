@@ -10,17 +10,25 @@
 //! - a producer's last batch among those cleaned, so that its sequence numbers survive a
 //!   rebuild of the producer state from the log.
 //!
-//! How a clean goes, one group of adjacent sealed segments (as many as fit in
-//! `segment_bytes` once cleaned) at a time, all on the partition's core:
-//! 1. One pass over the segments below the limit builds the map key → latest offset
-//!    (bounded by `map_bytes_max`: the segments past what fits wait for the next clean).
-//! 2. The group's retained batches are written to `{base}.log.cleaned` and synced.
-//! 3. The file is renamed `{base}.{end}.swap`, and the directory synced: from here a
-//!    crash finishes the swap at the next open (`finish_swaps`).
-//! 4. The partition's writer checks that the group's segments are still the ones read (a
-//!    truncation or retention in between abandons the clean), unlinks them, renames the
-//!    swap file to `{base}.log`, rebuilds its indexes and puts it in their place. Readers
-//!    holding the old files keep reading them.
+//! How a clean goes, all on the partition's core:
+//! 1. One pass over the dirty segments (those no clean has seen since the log opened)
+//!    builds the map key -> latest offset, bounded by `map_bytes_max` (the dirty
+//!    segments past what fits wait for the next clean). Keys of the clean part are not
+//!    in it: each is there once already, and a later write of it is in the dirty part.
+//! 2. From the first segment to the last one mapped, one group of adjacent segments at a
+//!    time (as many as fit in `segment_bytes` once cleaned), the records that stay are
+//!    written to `{base}.{n}.log.cleaned`, which is synced.
+//! 3. The partition's writer checks that the group's segments are still the ones read (a
+//!    truncation or retention in between abandons the clean), renames the file
+//!    `{base}.{end}.swap` and syncs the directory: from here a crash finishes the swap
+//!    at the next open (`finish_swaps`). It unlinks the old segments, renames the swap
+//!    file to `{base}.log`, rebuilds its indexes and puts it in their place; retention
+//!    waits meanwhile. Readers holding the old files keep reading them.
+//!
+//! A tombstone goes once its segment file was last written more than
+//! `delete.retention.ms` ago (the time the broker wrote it or last rewrote it, never a
+//! producer's timestamp, as Kafka's cleaner used segment times before KIP-534): a
+//! consumer that read the old value has had that long to read the delete.
 //!
 //! Compressed batches are cleaned the same way: their records are decompressed (at most
 //! `RECORDS_DECOMPRESSED_BYTES_MAX` bytes) and what stays is compressed again with the
@@ -35,7 +43,6 @@ use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, Compression};
-use crate::checkpoint;
 use crate::codec;
 use crate::error::{LogError, Result};
 use crate::limits::SCAN_CHUNK_BYTES;
@@ -58,7 +65,7 @@ pub struct CompactOptions {
     pub below: i64,
     /// Now, in ms since the epoch.
     pub now_ms: i64,
-    /// Tombstones whose batch's newest timestamp is older than this are removed
+    /// Tombstones in segment files last written longer ago than this are removed
     /// (Kafka's `delete.retention.ms`).
     pub delete_retention_ms: i64,
     /// Memory for the key map (keys' bytes plus a fixed cost per key).
@@ -105,13 +112,24 @@ pub(crate) struct SealedSegment {
     pub next_offset: i64,
     pub size: u64,
     pub files: Rc<SegmentFiles>,
+    /// When its log file was last written (ms since the epoch; read by the cleaner).
+    pub modified_ms: i64,
 }
 
-/// The latest offset of each key in the segments read, and each producer's last batch.
+/// The latest offset of each key in the dirty segments read.
 struct OffsetMap {
     latest: HashMap<Vec<u8>, i64>,
-    producer_last_batch: HashMap<i64, i64>,
     bytes: usize,
+}
+
+/// What the cleaner is given: the sealed segments below the limit (oldest first), the
+/// offset from which they are dirty, each producer's last batch (producer id -> base
+/// offset, from the partition's producer state), and the segment size.
+pub(crate) struct CleanInput {
+    pub segments: Vec<SealedSegment>,
+    pub first_dirty: i64,
+    pub producer_last_batches: HashMap<i64, i64>,
+    pub segment_bytes: u64,
 }
 
 /// The swap file name of a cleaned group `[base, end)`.
@@ -176,23 +194,25 @@ pub(crate) fn finish_swaps(dir: &Path) -> Result<Vec<i64>> {
     Ok(swaps.iter().map(|((base, _), _)| *base).collect())
 }
 
-/// Step 1: the key map of `segments`, in order, as far as `map_bytes_max` allows (at
-/// least the first segment). Returns the map and how many segments it covers.
+/// Step 1: the key map of `segments` (the dirty ones), in order, as far as
+/// `map_bytes_max` allows (at least the first segment). Returns the map and how many
+/// segments it covers whole.
 async fn build_map(segments: &[SealedSegment], map_bytes_max: usize) -> Result<(OffsetMap, usize)> {
     let mut map = OffsetMap {
         latest: HashMap::new(),
-        producer_last_batch: HashMap::new(),
         bytes: 0,
     };
     let mut covered = 0;
-    for seg in segments {
-        if covered > 0 && map.bytes > map_bytes_max {
-            break;
-        }
+    'segments: for seg in segments {
         let path = seg.files.log_path();
         let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
         let mut pos = 0u64;
         loop {
+            if covered > 0 && map.bytes > map_bytes_max {
+                // This segment waits for the next clean. The keys already taken from it
+                // are real later writes, so the earlier records they replace may go.
+                break 'segments;
+            }
             let scanned = scanner
                 .batch_at(pos)
                 .await
@@ -209,10 +229,6 @@ async fn build_map(segments: &[SealedSegment], map_bytes_max: usize) -> Result<(
                 Scanned::Batch { header, bytes } => (header, bytes),
             };
             pos += bytes.len() as u64;
-            if header.producer_id >= 0 {
-                map.producer_last_batch
-                    .insert(header.producer_id, header.base_offset);
-            }
             if header.is_control() {
                 continue;
             }
@@ -280,12 +296,13 @@ struct Removed {
     keyless: u64,
 }
 
-/// The records of one uncompressed batch that stay.
+/// The records of one batch that stay. `tombstones_expire`: its segment file was last
+/// written longer than the delete retention ago.
 fn filter_batch(
     header: &BatchHeader,
     bytes: &[u8],
     map: &OffsetMap,
-    options: &CompactOptions,
+    tombstones_expire: bool,
     must_stay: bool,
     removed: &mut Removed,
 ) -> Result<Kept> {
@@ -300,8 +317,6 @@ fn filter_batch(
             Kept::Dropped
         });
     }
-    let tombstones_expire =
-        header.max_timestamp < options.now_ms.saturating_sub(options.delete_retention_ms);
     let codec = header.compression()?;
     let Some(records) = readable_records(header, bytes) else {
         return Ok(Kept::Whole);
@@ -344,33 +359,57 @@ fn filter_batch(
             Kept::Rebuilt(batch::rebuild(bytes, &kept, count))
         } else {
             let body = codec::compress(codec, &kept.concat(), &bytes[BATCH_HEADER_BYTES..])?;
-            Kept::Rebuilt(batch::rebuild(bytes, &[&body], count))
+            let rebuilt = batch::rebuild(bytes, &[&body], count);
+            // Compressed again by another encoder, fewer records may take more bytes: a
+            // batch must never outgrow what followers accept, so it stays as it was.
+            if rebuilt.len() > bytes.len() {
+                return Ok(Kept::Whole);
+            }
+            Kept::Rebuilt(rebuilt)
         }
     })
 }
 
-/// A cleaned group written and renamed to its swap file (steps 2 and 3).
+/// A cleaned group written and synced (step 2), for the writer to swap in (step 3).
 pub(crate) struct CleanedGroup {
     pub replaced: Vec<SealedSegment>,
-    pub swap_path: PathBuf,
+    pub cleaned_path: PathBuf,
     pub bytes_after: u64,
 }
 
-/// Steps 2 and 3 for the next group: writes what stays of `segments[0..n]` to a cleaned
-/// file, where `n` is as many segments as fit (their cleaned bytes within
-/// `segment_bytes`, their offsets within a segment's relative range, at least one),
-/// syncs it and renames it to its swap name. Returns `n`, and `None` for a single
-/// segment in which nothing would change.
+/// What decides which records stay.
+struct Plan<'a> {
+    map: &'a OffsetMap,
+    producer_last_batches: &'a HashMap<i64, i64>,
+    /// Tombstones in segment files last written before this (ms) go.
+    tombstone_horizon_ms: i64,
+}
+
+/// A name no other clean uses (a cleaner of a closed partition may still be writing its
+/// own until it notices).
+fn cleaned_file_name(base: i64) -> String {
+    static CLEANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CLEANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{}.{}-{n}{CLEANED_SUFFIX}",
+        segment::file_stem(base),
+        crate::now_ms()
+    )
+}
+
+/// Step 2 for the next group: writes what stays of `segments[0..n]` to a cleaned file,
+/// where `n` is as many segments as fit (their cleaned bytes within `segment_bytes`,
+/// their offsets within a segment's relative range, at least one), and syncs it.
+/// Returns `n`, and `None` for a single segment in which nothing would change.
 async fn write_next_group(
     dir: &Path,
     segments: &[SealedSegment],
     segment_bytes: u64,
-    map: &OffsetMap,
-    options: &CompactOptions,
+    plan: &Plan<'_>,
     removed: &mut Removed,
 ) -> Result<(usize, Option<CleanedGroup>)> {
     let base = segments[0].base_offset;
-    let cleaned_path = dir.join(format!("{}{CLEANED_SUFFIX}", segment::file_stem(base)));
+    let cleaned_path = dir.join(cleaned_file_name(base));
     let file = File::create(&cleaned_path)
         .await
         .map_err(|e| LogError::io(&cleaned_path, e))?;
@@ -382,16 +421,8 @@ async fn write_next_group(
             break;
         }
         let mark = (written, changed, removed.clone());
-        let seg_changed = write_segment(
-            &file,
-            &cleaned_path,
-            seg,
-            map,
-            options,
-            removed,
-            &mut written,
-        )
-        .await?;
+        let seg_changed =
+            write_segment(&file, &cleaned_path, seg, plan, removed, &mut written).await?;
         if taken > 0 && written > segment_bytes {
             // It does not fit: it starts the next group instead.
             file.set_len(mark.0)
@@ -413,17 +444,11 @@ async fn write_next_group(
         .await
         .map_err(|e| LogError::io(&cleaned_path, e))?;
     drop(file);
-    let end = segments[taken - 1].next_offset;
-    let swap_path = dir.join(swap_file_name(base, end));
-    compio::fs::rename(&cleaned_path, &swap_path)
-        .await
-        .map_err(|e| LogError::io(&swap_path, e))?;
-    checkpoint::sync_dir(dir).await?;
     Ok((
         taken,
         Some(CleanedGroup {
             replaced: segments[..taken].to_vec(),
-            swap_path,
+            cleaned_path,
             bytes_after: written,
         }),
     ))
@@ -436,14 +461,14 @@ async fn write_segment(
     file: &File,
     path: &Path,
     seg: &SealedSegment,
-    map: &OffsetMap,
-    options: &CompactOptions,
+    plan: &Plan<'_>,
     removed: &mut Removed,
     written: &mut u64,
 ) -> Result<bool> {
     let mut out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK_BYTES);
     let mut changed = false;
     let log_path = seg.files.log_path();
+    let tombstones_expire = seg.modified_ms < plan.tombstone_horizon_ms;
     let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
     let mut pos = 0u64;
     loop {
@@ -465,9 +490,16 @@ async fn write_segment(
         pos += bytes.len() as u64;
         let last_of_segment = header.last_offset() + 1 == seg.next_offset;
         let producers_last = header.producer_id >= 0
-            && map.producer_last_batch.get(&header.producer_id) == Some(&header.base_offset);
+            && plan.producer_last_batches.get(&header.producer_id) == Some(&header.base_offset);
         let must_stay = last_of_segment || producers_last;
-        match filter_batch(&header, bytes, map, options, must_stay, removed)? {
+        match filter_batch(
+            &header,
+            bytes,
+            plan.map,
+            tombstones_expire,
+            must_stay,
+            removed,
+        )? {
             Kept::Whole => out.extend_from_slice(bytes),
             Kept::Rebuilt(b) => {
                 changed = true;
@@ -497,47 +529,79 @@ async fn flush_chunk(file: &File, path: &Path, out: &mut Vec<u8>, at: u64) -> Re
     Ok(len)
 }
 
-/// The cleaner's plan for `segments` (the sealed ones below the limit, oldest first):
-/// builds the map, then writes each group that changes and hands it to `install`, which
-/// swaps it in and says whether it could. Runs beside the partition's writer.
+/// The cleaner: builds the map of the dirty segments, then writes each group that
+/// changes, from the first segment to the last one mapped, and hands it to `install`
+/// (the writer's step 3), which says whether it could swap it in. `still_open` is asked
+/// before each group: a closed partition's clean stops. Runs beside the writer.
 pub(crate) async fn clean<F, Fut>(
     dir: &Path,
-    segments: Vec<SealedSegment>,
-    segment_bytes: u64,
+    input: CleanInput,
     options: CompactOptions,
+    still_open: impl Fn() -> bool,
     mut install: F,
 ) -> Result<CompactReport>
 where
     F: FnMut(CleanedGroup) -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
-    let mut report = CompactReport::default();
-    let Some(first) = segments.first() else {
-        return Ok(report);
+    let mut report = CompactReport {
+        clean_up_to: input.first_dirty,
+        ..CompactReport::default()
     };
-    report.clean_up_to = first.base_offset;
-    let (map, covered) = build_map(&segments, options.map_bytes_max).await?;
-    let segments = &segments[..covered];
+    let Some(dirty) = input
+        .segments
+        .iter()
+        .position(|s| s.base_offset >= input.first_dirty)
+    else {
+        return Ok(report); // nothing new since the last clean
+    };
+    let (map, covered) = build_map(&input.segments[dirty..], options.map_bytes_max).await?;
+    let mut segments = input.segments;
+    segments.truncate(dirty + covered);
+    for seg in &mut segments {
+        let meta = seg
+            .files
+            .log
+            .metadata()
+            .await
+            .map_err(|e| LogError::io(seg.files.log_path(), e))?;
+        seg.modified_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(i64::MAX, |d| d.as_millis() as i64);
+    }
+    let plan = Plan {
+        map: &map,
+        producer_last_batches: &input.producer_last_batches,
+        tombstone_horizon_ms: options.now_ms.saturating_sub(options.delete_retention_ms),
+    };
     let mut removed = Removed::default();
     let mut next = 0;
     while next < segments.len() {
+        if !still_open() {
+            return Err(LogError::Closed);
+        }
         let rest = &segments[next..];
         let removed_before = removed.clone();
         let (taken, cleaned) =
-            write_next_group(dir, rest, segment_bytes, &map, &options, &mut removed).await?;
+            write_next_group(dir, rest, input.segment_bytes, &plan, &mut removed).await?;
         let group = &rest[..taken];
         next += taken;
         let end = group[taken - 1].next_offset;
         let Some(cleaned) = cleaned else {
-            report.clean_up_to = end;
+            report.clean_up_to = report.clean_up_to.max(end);
             continue;
         };
         let bytes_before: u64 = group.iter().map(|s| s.size).sum();
         let bytes_after = cleaned.bytes_after;
-        let swap_path = cleaned.swap_path.clone();
-        if !install(cleaned).await? {
-            // The segments changed under the clean: leave them, and nothing after them.
-            let _ = compio::fs::remove_file(&swap_path).await;
+        let cleaned_path = cleaned.cleaned_path.clone();
+        let installed = install(cleaned).await;
+        if !matches!(installed, Ok(true)) {
+            // The segments changed under the clean (or the writer is gone): leave them,
+            // and nothing after them.
+            let _ = compio::fs::remove_file(&cleaned_path).await;
+            installed?;
             removed = removed_before;
             report.abandoned = true;
             break;
@@ -546,7 +610,7 @@ where
         report.segments_written += 1;
         report.bytes_before += bytes_before;
         report.bytes_after += bytes_after;
-        report.clean_up_to = end;
+        report.clean_up_to = report.clean_up_to.max(end);
     }
     report.records_removed = removed.records;
     report.tombstones_removed = removed.tombstones;

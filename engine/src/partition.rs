@@ -183,6 +183,8 @@ pub(crate) struct LogState {
     pub starting_over: bool,
     /// A clean is running (at most one at a time).
     pub compacting: bool,
+    /// The writer is swapping a cleaned group in: retention waits.
+    pub installing: bool,
     /// Offset below which the last clean left the log clean (in memory: after a reopen
     /// the whole log counts as dirty until the next clean).
     pub clean_up_to: i64,
@@ -764,7 +766,9 @@ impl Partition {
     pub fn apply_retention(&self, now_ms: i64) -> RetentionReport {
         let mut st = self.state.borrow_mut();
         let mut report = RetentionReport::default();
-        if st.starting_over {
+        // Not while the log starts over, nor while a cleaned group is swapped in (the
+        // writer holds positions in `segments` across its awaits).
+        if st.starting_over || st.installing {
             report.log_start_offset = st.segments[0].base_offset;
             return report;
         }
@@ -806,7 +810,7 @@ impl Partition {
     /// only swaps each cleaned group in; appends go on meanwhile. A second call while one
     /// runs does nothing.
     pub async fn compact(&self, options: CompactOptions) -> Result<CompactReport> {
-        let (dir, segments, segment_bytes) = {
+        let (dir, input) = {
             let mut st = self.state.borrow_mut();
             st.check_readable()?;
             if st.closed {
@@ -827,9 +831,16 @@ impl Partition {
                     next_offset: s.next_offset,
                     size: s.size,
                     files: Rc::clone(&s.files),
+                    modified_ms: i64::MAX,
                 })
                 .collect();
-            (st.dir.clone(), segments, st.config.segment_bytes)
+            let input = compact::CleanInput {
+                segments,
+                first_dirty: st.clean_up_to,
+                producer_last_batches: st.producers.last_batches().collect(),
+                segment_bytes: st.config.segment_bytes,
+            };
+            (st.dir.clone(), input)
         };
         struct Running(Rc<RefCell<LogState>>);
         impl Drop for Running {
@@ -839,7 +850,9 @@ impl Partition {
         }
         let _running = Running(Rc::clone(&self.state));
         let commands = self.commands.clone();
-        let report = compact::clean(&dir, segments, segment_bytes, options, |group| {
+        let state = Rc::clone(&self.state);
+        let still_open = move || !state.borrow().closed;
+        let report = compact::clean(&dir, input, options, still_open, |group| {
             let mut commands = commands.clone();
             async move {
                 let (reply, response) = oneshot::channel();
@@ -852,7 +865,9 @@ impl Partition {
         })
         .await?;
         let mut st = self.state.borrow_mut();
-        st.clean_up_to = st.clean_up_to.max(report.clean_up_to);
+        // A truncation during the clean may have moved the log end below what it saw.
+        let end = st.active().base_offset;
+        st.clean_up_to = st.clean_up_to.max(report.clean_up_to.min(end));
         Ok(report)
     }
 
@@ -1152,12 +1167,14 @@ impl Writer {
                 }
                 Command::Truncate { offset, reply } => {
                     let result = self.truncate(offset).await;
+                    self.dirty_from_active();
                     let _ = reply.send(result);
                 }
                 Command::StartAt { offset, reply } => {
                     self.state.borrow_mut().starting_over = true;
                     let result = self.start_at(offset).await;
                     self.state.borrow_mut().starting_over = false;
+                    self.dirty_from_active();
                     let _ = reply.send(result);
                 }
                 Command::AssignEpoch { epoch, reply } => {
@@ -1188,6 +1205,14 @@ impl Writer {
         // cancels it), as at a crash: the checkpoint stays where it was, and a reopen of
         // this directory does not race a sealing still writing it.
         self.state.borrow_mut().closed = true;
+    }
+
+    /// After a truncation the active segment may be one a clean saw: what is appended
+    /// to it next is new, so the log counts as dirty from its base.
+    fn dirty_from_active(&self) {
+        let mut st = self.state.borrow_mut();
+        let base = st.active().base_offset;
+        st.clean_up_to = st.clean_up_to.min(base);
     }
 
     fn policy(&self) -> FlushPolicy {
@@ -2056,42 +2081,29 @@ impl Writer {
         Ok(())
     }
 
-    /// Step 4 of a clean (see `compact.rs`): puts the cleaned segment in place of its
-    /// group if the group is still what the cleaner read. After the old names are gone a
-    /// failure latches the partition: the disk is ahead of memory until the next open,
-    /// whose recovery finishes the swap.
+    /// Step 3 of a clean (see `compact.rs`): puts the cleaned segment in place of its
+    /// group if the group is still what the cleaner read. The check and the rename to
+    /// the swap name happen here, in the writer, so that a swap file on disk always
+    /// matches the segments it replaces. Once the swap file exists, a failure latches the
+    /// partition: the disk is ahead of memory until the next open, whose recovery
+    /// finishes the swap. Retention waits until the segments are in place.
     async fn install_cleaned(&mut self, group: CleanedGroup) -> Result<bool> {
         if let Some(failed) = self.failed() {
             return Err(failed);
         }
         self.settle_sealing().await?;
-        let (dir, start, interval) = {
-            let st = self.state.borrow();
-            let Some(start) = st
-                .segments
-                .iter()
-                .position(|s| Rc::ptr_eq(&s.files, &group.replaced[0].files))
-            else {
-                return Ok(false);
-            };
-            // The active segment is never part of a group.
-            if start + group.replaced.len() >= st.segments.len() {
-                return Ok(false);
-            }
-            let same = group.replaced.iter().enumerate().all(|(k, old)| {
-                let s = &st.segments[start + k];
-                Rc::ptr_eq(&s.files, &old.files)
-                    && s.size == old.size
-                    && s.next_offset == old.next_offset
-            });
-            if !same {
-                return Ok(false);
-            }
-            let interval = st.config.index_interval_bytes.max(INDEX_INTERVAL_BYTES_MIN);
-            (st.dir.clone(), start, interval)
+        let Some((dir, interval)) = self.group_still_there(&group) else {
+            return Ok(false);
         };
         let base = group.replaced[0].base_offset;
+        let end = group.replaced[group.replaced.len() - 1].next_offset;
+        self.state.borrow_mut().installing = true;
         let steps = async {
+            let swap_path = dir.join(compact::swap_file_name(base, end));
+            compio::fs::rename(&group.cleaned_path, &swap_path)
+                .await
+                .map_err(|e| LogError::io(&swap_path, e))?;
+            checkpoint::sync_dir(&dir).await?;
             for old in &group.replaced {
                 old.files.unlink_now()?;
             }
@@ -2100,13 +2112,12 @@ impl Writer {
                 segment::file_stem(base),
                 segment::LOG_SUFFIX
             ));
-            compio::fs::rename(&group.swap_path, &log_path)
+            compio::fs::rename(&swap_path, &log_path)
                 .await
                 .map_err(|e| LogError::io(&log_path, e))?;
             checkpoint::sync_dir(&dir).await?;
             let mut seg = Segment::open_files(&dir, base, false).await?;
             let file_len = seg.file_len().await?;
-            let end = group.replaced[group.replaced.len() - 1].next_offset;
             let outcome = seg
                 .scan_from(0, false, interval, Some(end), &mut |_| {})
                 .await?;
@@ -2123,14 +2134,33 @@ impl Writer {
             checkpoint::sync_dir(&dir).await?;
             Ok(seg)
         };
-        let seg = match steps.await {
+        let result = steps.await;
+        let mut st = self.state.borrow_mut();
+        st.installing = false;
+        let seg = match result {
             Ok(seg) => seg,
             Err(e) => {
+                drop(st);
                 self.fail(FailedStep::Write, &e);
                 return Err(e);
             }
         };
-        let mut st = self.state.borrow_mut();
+        // Found again: only the writer changes `segments` while `installing` is set,
+        // but the position is not trusted across the awaits.
+        let Some(start) = st
+            .segments
+            .iter()
+            .position(|s| Rc::ptr_eq(&s.files, &group.replaced[0].files))
+        else {
+            drop(st);
+            let e = LogError::CorruptSegment {
+                path: dir,
+                position: 0,
+                reason: "a cleaned group left the log while it was swapped in",
+            };
+            self.fail(FailedStep::Write, &e);
+            return Err(e);
+        };
         let replaced: Vec<Segment> = st
             .segments
             .drain(start..start + group.replaced.len())
@@ -2140,6 +2170,31 @@ impl Writer {
         // The old files close when the last reader lets go of them.
         drop(replaced);
         Ok(true)
+    }
+
+    /// The directory and index interval, when the group's segments are still in the log
+    /// as the cleaner read them (same files, size and end), and none is the active one.
+    fn group_still_there(&self, group: &CleanedGroup) -> Option<(PathBuf, u64)> {
+        let st = self.state.borrow();
+        let start = st
+            .segments
+            .iter()
+            .position(|s| Rc::ptr_eq(&s.files, &group.replaced[0].files))?;
+        if start + group.replaced.len() >= st.segments.len() {
+            return None;
+        }
+        let same = group.replaced.iter().enumerate().all(|(k, old)| {
+            let s = &st.segments[start + k];
+            Rc::ptr_eq(&s.files, &old.files)
+                && s.size == old.size
+                && s.next_offset == old.next_offset
+        });
+        same.then(|| {
+            (
+                st.dir.clone(),
+                st.config.index_interval_bytes.max(INDEX_INTERVAL_BYTES_MIN),
+            )
+        })
     }
 
     async fn close(&mut self) -> Result<()> {

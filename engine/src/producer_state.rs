@@ -76,6 +76,14 @@ impl ProducerStates {
         self.map.is_empty()
     }
 
+    /// Each producer's last batch: producer id and the batch's base offset (the batches
+    /// the cleaner must keep, if only empty, for their sequence numbers).
+    pub fn last_batches(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.map
+            .iter()
+            .filter_map(|(&id, e)| e.batches.back().map(|b| (id, b.base_offset)))
+    }
+
     pub fn check(&self, h: &BatchHeader) -> SequenceCheck {
         if h.producer_id < 0 {
             return SequenceCheck::Append;

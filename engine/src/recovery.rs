@@ -215,6 +215,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         write_observer: None,
         starting_over: false,
         compacting: false,
+        installing: false,
         clean_up_to: report.log_start_offset,
     };
     Ok((state, report))

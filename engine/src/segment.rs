@@ -669,11 +669,12 @@ impl Segment {
     /// Stops at the first batch that fails; the caller truncates there.
     ///
     /// `sealed_end` is the next segment's base for a sealed segment, `None` for the
-    /// active one. Only a sealed segment may have gaps (compaction never touches the
-    /// active one), and a batch after a gap is taken only when what follows it agrees:
-    /// the next batch starts at or after its end, or, as the last batch, it ends within
-    /// the segment. The base offset is outside the CRC, so a damaged one would otherwise
-    /// pass for a gap.
+    /// active one. Batches may leave gaps (compaction; a follower copying a compacted
+    /// leader writes them into its active segment too), and a batch after a gap is taken
+    /// only when what follows it agrees: the next batch starts after its end, or, as the
+    /// last batch of a sealed segment, it ends within the segment. The base offset is
+    /// outside the CRC, so a damaged one would otherwise pass for a gap (the active
+    /// segment's last batch has nothing to be checked against, as in Kafka).
     pub async fn scan_from(
         &mut self,
         from: u64,
@@ -711,18 +712,20 @@ impl Segment {
                 }
             };
             let follows = header.base_offset == self.next_offset;
-            let gap_agrees = match sealed_end {
-                _ if follows || header.base_offset < self.next_offset => follows,
-                None => false,
-                Some(end) => match scanner
+            let gap_agrees = if follows || header.base_offset < self.next_offset {
+                follows
+            } else {
+                match scanner
                     .header_at(pos + total)
                     .await
                     .map_err(|e| LogError::io(self.log_path(), e))?
                 {
                     Some(next) => BatchHeader::parse(next)
                         .is_ok_and(|next| next.base_offset > header.last_offset()),
-                    None => header.last_offset() < end,
-                },
+                    // The last batch: within the segment's range (the active one has
+                    // no end to check against).
+                    None => sealed_end.is_none_or(|end| header.last_offset() < end),
+                }
             };
             if !gap_agrees {
                 outcome.stopped = Some("batch offset does not follow the previous batch");

@@ -876,7 +876,7 @@ impl Shard {
                 p.compacted,
             )
         };
-        // Kafka's rule and message. A compressed batch's records are not read here.
+        // Kafka's rule and message; a compressed batch is decompressed for it.
         if compacted && engine::batch::has_keyless_record(&batch) {
             return Err(PartitionError::InvalidRecord(format!(
                 "Compacted topic cannot accept message without key in topic partition {}.",
@@ -1147,19 +1147,27 @@ impl Shard {
     /// cleaned has reached the topic's `min.cleanable.dirty.ratio`. Only below the high
     /// watermark: what a new leader could still truncate is never cleaned.
     pub async fn compact_dirty_logs(&self) {
-        let candidates: Vec<(TopicPartition, Partition, i64)> = self
+        let candidates: Vec<TopicPartition> = self
             .partitions
             .borrow()
             .iter()
-            .map(|(tp, p)| (tp.clone(), p.log.clone(), p.replica.borrow().high_watermark))
+            .filter(|(_, p)| p.compacted)
+            .map(|(tp, _)| tp.clone())
             .collect();
-        for (tp, log, high_watermark) in candidates {
+        for tp in candidates {
             let Some(meta) = self.shared.registry.get(tp.topic()) else {
                 continue;
             };
-            if !meta.cleanup().compact {
+            // Read now, not at the start of the round: the high watermark of a partition
+            // cleaned late in it may have moved back meanwhile (a new leader's).
+            let Some((log, high_watermark)) = self
+                .partitions
+                .borrow()
+                .get(&tp)
+                .map(|p| (p.log.clone(), p.replica.borrow().high_watermark))
+            else {
                 continue;
-            }
+            };
             let (dirty, total) = log.dirty_bytes(high_watermark);
             if total == 0 || (dirty as f64) < meta.min_cleanable_dirty_ratio() * total as f64 {
                 continue;
