@@ -646,3 +646,49 @@ fn given_more_clean_keys_than_the_map_holds_should_still_clean_the_dirty_part() 
         );
     });
 }
+
+/// A tombstone's age is the broker's: how long ago its segment file was written, never
+/// the producer's timestamp (an old or replayed one would expire it at the first clean,
+/// and a consumer that read the value would never see the delete).
+#[test]
+fn given_a_tombstone_with_an_old_producer_timestamp_should_keep_it_for_the_delete_retention() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
+        let mut model = Vec::new();
+        append(&p, &mut model, vec![write(1, 0, false)]).await;
+        append(&p, &mut model, vec![write(1, 1, true)]).await; // OLD_TS: 1970
+        while p.segment_count() < 3 {
+            let n = model.len();
+            append(&p, &mut model, vec![write(2, n, false)]).await;
+        }
+        let hour = CompactOptions {
+            delete_retention_ms: 3_600_000,
+            ..CompactOptions::default()
+        };
+        let report = p.compact(hour).await.unwrap();
+        assert_eq!(report.tombstones_removed, 0, "{report:?}");
+        let kept = served(&p).await;
+        assert!(
+            kept.iter().any(|(o, w)| *o == 1 && w.value.is_none()),
+            "the tombstone stays"
+        );
+        assert!(
+            !kept.iter().any(|(o, _)| *o == 0),
+            "the value it deletes goes"
+        );
+        // Once the segment is older than the retention, the tombstone goes too (a new
+        // write makes the log dirty again, so that a clean runs).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        while p.segment_count() < 5 {
+            let n = model.len();
+            append(&p, &mut model, vec![write(2, n, false)]).await;
+        }
+        let zero = CompactOptions {
+            delete_retention_ms: 10,
+            ..CompactOptions::default()
+        };
+        let report = p.compact(zero).await.unwrap();
+        assert_eq!(report.tombstones_removed, 1, "{report:?}");
+    });
+}
