@@ -157,7 +157,7 @@ pub(crate) fn is_cleaned_file(name: &str) -> bool {
     name.ends_with(CLEANED_SUFFIX)
 }
 
-/// Finishes the swaps a crash interrupted (step 3 done, step 4 not): the segments of
+/// Finishes the swaps a crash interrupted (after the rename to the swap name): the segments of
 /// `[base, end)` go and the swap file becomes `{base}.log`. Run before the segments are
 /// listed. Returns the bases of the segments it made, whose indexes the caller rebuilds
 /// (none are left for them).
