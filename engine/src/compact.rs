@@ -157,10 +157,10 @@ pub(crate) fn is_cleaned_file(name: &str) -> bool {
     name.ends_with(CLEANED_SUFFIX)
 }
 
-/// Finishes the swaps a crash interrupted (after the rename to the swap name): the segments of
-/// `[base, end)` go and the swap file becomes `{base}.log`. Run before the segments are
-/// listed. Returns the bases of the segments it made, whose indexes the caller rebuilds
-/// (none are left for them).
+/// Finishes the swaps a crash interrupted (after the rename to the swap name): the
+/// segments of `[base, end)` go and the swap file becomes `{base}.log`. Run before the
+/// segments are listed. Returns the bases of the segments it made, whose indexes the
+/// caller rebuilds (none are left for them).
 pub(crate) fn finish_swaps(dir: &Path) -> Result<Vec<i64>> {
     let mut swaps = Vec::new();
     let mut bases = Vec::new();
