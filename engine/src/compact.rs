@@ -35,7 +35,7 @@
 //! same codec. A batch whose records cannot be read is kept whole, its keys left out.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -130,6 +130,9 @@ pub(crate) struct CleanInput {
     pub first_dirty: i64,
     pub producer_last_batches: HashMap<i64, i64>,
     pub segment_bytes: u64,
+    pub batch_bytes_max: usize,
+    /// The log's truncation count when the clean started (see `LogState::truncations`).
+    pub truncations: u64,
 }
 
 /// The swap file name of a cleaned group `[base, end)`.
@@ -177,7 +180,15 @@ pub(crate) fn finish_swaps(dir: &Path) -> Result<Vec<i64>> {
             bases.push(base);
         }
     }
+    let mut finished = Vec::new();
     for &((base, end), ref path) in &swaps {
+        // The segment after the group is never part of it and is still there when the
+        // swap is current; without it the swap is stale (its range is gone) and goes.
+        if !bases.contains(&end) {
+            tracing::warn!(dir = %dir.display(), base, end, "discarding a compaction swap whose next segment is gone");
+            let _ = std::fs::remove_file(path);
+            continue;
+        }
         tracing::warn!(dir = %dir.display(), base, end, "finishing an interrupted compaction swap");
         for &old in bases.iter().filter(|&&b| b >= base && b < end) {
             segment::remove_files(dir, old)?;
@@ -190,8 +201,9 @@ pub(crate) fn finish_swaps(dir: &Path) -> Result<Vec<i64>> {
             segment::LOG_SUFFIX
         ));
         std::fs::rename(path, &log).map_err(|e| LogError::io(&log, e))?;
+        finished.push(base);
     }
-    Ok(swaps.iter().map(|((base, _), _)| *base).collect())
+    Ok(finished)
 }
 
 /// Step 1: the key map of `segments` (the dirty ones), in order, as far as
@@ -296,14 +308,25 @@ struct Removed {
     keyless: u64,
 }
 
-/// The records of one batch that stay. `tombstones_expire`: its segment file was last
-/// written longer than the delete retention ago.
+impl Removed {
+    fn add(&mut self, other: &Removed) {
+        self.records += other.records;
+        self.tombstones += other.tombstones;
+        self.keyless += other.keyless;
+    }
+}
+
+/// The records of one batch that stay. `tombstones_expire`: its segment was clean
+/// before this pass and its file was last written longer than the delete retention ago.
+/// `guard` gathers the keys whose older records a batch kept whole still holds: their
+/// tombstones stay in this pass, or the older value would be the latest again.
 fn filter_batch(
     header: &BatchHeader,
     bytes: &[u8],
-    map: &OffsetMap,
+    plan: &Plan<'_>,
     tombstones_expire: bool,
     must_stay: bool,
+    guard: &mut HashSet<Vec<u8>>,
     removed: &mut Removed,
 ) -> Result<Kept> {
     if header.is_control() {
@@ -322,21 +345,23 @@ fn filter_batch(
         return Ok(Kept::Whole);
     };
     let mut kept: Vec<&[u8]> = Vec::new();
-    let mut dropped = false;
+    let mut dropped_keys: Vec<&[u8]> = Vec::new();
+    let mut here = Removed::default();
     for record in each_record(&records, header.record_count) {
         let offset = header.base_offset + record.offset_delta;
         let stays = match record.key {
             None => {
-                removed.keyless += 1;
+                here.keyless += 1;
                 false
             }
             Some(key) => {
-                let latest = map.latest.get(key).is_none_or(|&l| l <= offset);
+                let latest = plan.map.latest.get(key).is_none_or(|&l| l <= offset);
                 if !latest {
-                    removed.records += 1;
+                    here.records += 1;
+                    dropped_keys.push(key);
                     false
-                } else if record.tombstone && tombstones_expire {
-                    removed.tombstones += 1;
+                } else if record.tombstone && tombstones_expire && !guard.contains(key) {
+                    here.tombstones += 1;
                     false
                 } else {
                     true
@@ -345,11 +370,10 @@ fn filter_batch(
         };
         if stays {
             kept.push(record.bytes);
-        } else {
-            dropped = true;
         }
     }
-    Ok(if !dropped {
+    let dropped = here.records + here.tombstones + here.keyless > 0;
+    let outcome = if !dropped {
         Kept::Whole
     } else if kept.is_empty() && !must_stay {
         Kept::Dropped
@@ -360,14 +384,19 @@ fn filter_batch(
         } else {
             let body = codec::compress(codec, &kept.concat(), &bytes[BATCH_HEADER_BYTES..])?;
             let rebuilt = batch::rebuild(bytes, &[&body], count);
-            // Compressed again by another encoder, fewer records may take more bytes: a
-            // batch must never outgrow what followers accept, so it stays as it was.
-            if rebuilt.len() > bytes.len() {
+            // Compressed again by another encoder, fewer records may take more bytes
+            // (a producer's higher level). Up to what a segment and a follower take, the
+            // bigger batch is written; past it the batch stays whole, and the tombstones
+            // of the records it still holds stay in this pass (see ARCHITECTURE.md).
+            if rebuilt.len() > plan.batch_bytes_max {
+                guard.extend(dropped_keys.iter().map(|k| k.to_vec()));
                 return Ok(Kept::Whole);
             }
             Kept::Rebuilt(rebuilt)
         }
-    })
+    };
+    removed.add(&here);
+    Ok(outcome)
 }
 
 /// A cleaned group written and synced (step 2), for the writer to swap in (step 3).
@@ -375,14 +404,21 @@ pub(crate) struct CleanedGroup {
     pub replaced: Vec<SealedSegment>,
     pub cleaned_path: PathBuf,
     pub bytes_after: u64,
+    /// The log's truncation count when the clean started: a truncation since then
+    /// abandons it (the map may hold offsets that are gone).
+    pub truncations: u64,
 }
 
 /// What decides which records stay.
 struct Plan<'a> {
     map: &'a OffsetMap,
     producer_last_batches: &'a HashMap<i64, i64>,
-    /// Tombstones in segment files last written before this (ms) go.
+    /// Tombstones in segments clean before this pass (below this offset) whose files
+    /// were last written before `tombstone_horizon_ms` go.
+    first_dirty: i64,
     tombstone_horizon_ms: i64,
+    /// Largest batch a rebuilt one may be (what a segment and a follower take).
+    batch_bytes_max: usize,
 }
 
 /// A name no other clean uses (a cleaner of a closed partition may still be writing its
@@ -406,6 +442,7 @@ async fn write_next_group(
     segments: &[SealedSegment],
     segment_bytes: u64,
     plan: &Plan<'_>,
+    guard: &mut HashSet<Vec<u8>>,
     removed: &mut Removed,
 ) -> Result<(usize, Option<CleanedGroup>)> {
     let base = segments[0].base_offset;
@@ -421,8 +458,16 @@ async fn write_next_group(
             break;
         }
         let mark = (written, changed, removed.clone());
-        let seg_changed =
-            write_segment(&file, &cleaned_path, seg, plan, removed, &mut written).await?;
+        let seg_changed = write_segment(
+            &file,
+            &cleaned_path,
+            seg,
+            plan,
+            guard,
+            removed,
+            &mut written,
+        )
+        .await?;
         if taken > 0 && written > segment_bytes {
             // It does not fit: it starts the next group instead.
             file.set_len(mark.0)
@@ -440,6 +485,17 @@ async fn write_next_group(
         let _ = compio::fs::remove_file(&cleaned_path).await;
         return Ok((1, None));
     }
+    // The cleaned file keeps the newest time its sources were written (as Kafka's
+    // cleaner does): a tombstone's age is not reset by every clean that rewrites it.
+    let newest = segments[..taken].iter().map(|s| s.modified_ms).max();
+    if let Some(ms) = newest.filter(|&ms| ms != i64::MAX) {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cleaned_path)
+            .and_then(|f| f.set_modified(when))
+            .map_err(|e| LogError::io(&cleaned_path, e))?;
+    }
     file.sync_all()
         .await
         .map_err(|e| LogError::io(&cleaned_path, e))?;
@@ -450,6 +506,7 @@ async fn write_next_group(
             replaced: segments[..taken].to_vec(),
             cleaned_path,
             bytes_after: written,
+            truncations: 0,
         }),
     ))
 }
@@ -462,13 +519,18 @@ async fn write_segment(
     path: &Path,
     seg: &SealedSegment,
     plan: &Plan<'_>,
+    guard: &mut HashSet<Vec<u8>>,
     removed: &mut Removed,
     written: &mut u64,
 ) -> Result<bool> {
     let mut out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK_BYTES);
     let mut changed = false;
     let log_path = seg.files.log_path();
-    let tombstones_expire = seg.modified_ms < plan.tombstone_horizon_ms;
+    // As Kafka's cleaner: only in a segment already clean before this pass (a tombstone
+    // never goes in the pass that removes the value it deletes), and only once its file
+    // is older than the delete retention.
+    let tombstones_expire =
+        seg.base_offset < plan.first_dirty && seg.modified_ms < plan.tombstone_horizon_ms;
     let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
     let mut pos = 0u64;
     loop {
@@ -495,9 +557,10 @@ async fn write_segment(
         match filter_batch(
             &header,
             bytes,
-            plan.map,
+            plan,
             tombstones_expire,
             must_stay,
+            guard,
             removed,
         )? {
             Kept::Whole => out.extend_from_slice(bytes),
@@ -574,8 +637,11 @@ where
     let plan = Plan {
         map: &map,
         producer_last_batches: &input.producer_last_batches,
+        first_dirty: input.first_dirty,
         tombstone_horizon_ms: options.now_ms.saturating_sub(options.delete_retention_ms),
+        batch_bytes_max: input.batch_bytes_max,
     };
+    let mut guard = HashSet::new();
     let mut removed = Removed::default();
     let mut next = 0;
     while next < segments.len() {
@@ -584,8 +650,15 @@ where
         }
         let rest = &segments[next..];
         let removed_before = removed.clone();
-        let (taken, cleaned) =
-            write_next_group(dir, rest, input.segment_bytes, &plan, &mut removed).await?;
+        let (taken, cleaned) = write_next_group(
+            dir,
+            rest,
+            input.segment_bytes,
+            &plan,
+            &mut guard,
+            &mut removed,
+        )
+        .await?;
         let group = &rest[..taken];
         next += taken;
         let end = group[taken - 1].next_offset;
@@ -596,6 +669,10 @@ where
         let bytes_before: u64 = group.iter().map(|s| s.size).sum();
         let bytes_after = cleaned.bytes_after;
         let cleaned_path = cleaned.cleaned_path.clone();
+        let cleaned = CleanedGroup {
+            truncations: input.truncations,
+            ..cleaned
+        };
         let installed = install(cleaned).await;
         if !matches!(installed, Ok(true)) {
             // The segments changed under the clean (or the writer is gone): leave them,

@@ -183,8 +183,11 @@ pub(crate) struct LogState {
     pub starting_over: bool,
     /// A clean is running (at most one at a time).
     pub compacting: bool,
-    /// The writer is swapping a cleaned group in: retention waits.
+    /// The writer is swapping a cleaned group in: retention waits. Left set when a swap
+    /// failed past its commit point (the disk is ahead of memory until the next open).
     pub installing: bool,
+    /// Truncations and new starts so far: a clean that saw another count is abandoned.
+    pub truncations: u64,
     /// Offset below which the last clean left the log clean (in memory: after a reopen
     /// the whole log counts as dirty until the next clean).
     pub clean_up_to: i64,
@@ -284,6 +287,11 @@ pub struct Partition {
     state: Rc<RefCell<LogState>>,
     commands: mpsc::Sender<Command>,
     batch_bytes_max: usize,
+    /// Largest batch a replica append takes: what fits a segment (within the engine's
+    /// bound), not the topic's `max.message.bytes`, since a clean may have compressed a
+    /// batch again into a few more bytes than the producer's (Kafka's followers do not
+    /// hold replicated batches to it either).
+    replica_batch_bytes_max: usize,
 }
 
 impl Partition {
@@ -293,6 +301,8 @@ impl Partition {
         config.validate()?;
         crate::io_mode::warn_once_if_fallback();
         let batch_bytes_max = config.batch_bytes_max;
+        let replica_batch_bytes_max = crate::limits::BATCH_BYTES_MAX
+            .min(usize::try_from(config.segment_bytes).unwrap_or(usize::MAX));
         let (state, report) = recovery::open_log(dir.as_ref(), config).await?;
         let state = Rc::new(RefCell::new(state));
         let (commands, rx) = mpsc::channel(APPEND_QUEUE_DEPTH_MAX);
@@ -309,6 +319,7 @@ impl Partition {
                 state,
                 commands,
                 batch_bytes_max,
+                replica_batch_bytes_max,
             },
             report,
         ))
@@ -369,7 +380,7 @@ impl Partition {
         wait: AppendWait,
     ) -> Result<ReplicaAppend> {
         let records: Bytes = records.into();
-        let (headers, whole_bytes) = split_replica_batches(&records, self.batch_bytes_max)?;
+        let (headers, whole_bytes) = split_replica_batches(&records, self.replica_batch_bytes_max)?;
         if headers.is_empty() {
             let offsets = self.offsets();
             return Ok(ReplicaAppend {
@@ -519,11 +530,10 @@ impl Partition {
         // the same partition.
         static DELETIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = DELETIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let doomed = dir.with_file_name(format!(
-            "{name}.{}-{n}{}",
-            now_ms(),
-            crate::data_dir::DELETED_DIR_SUFFIX
-        ));
+        let tail = format!(".{}-{n}{}", now_ms(), crate::data_dir::DELETED_DIR_SUFFIX);
+        // Within a file name's 255 bytes: the name's start is enough (names are ASCII).
+        let keep = name.len().min(255 - tail.len());
+        let doomed = dir.with_file_name(format!("{}{tail}", &name[..keep]));
         compio::fs::rename(&dir, &doomed)
             .await
             .map_err(|e| LogError::io(&dir, e))?;
@@ -797,7 +807,9 @@ impl Partition {
             total -= gone.size;
             report.segments_deleted += 1;
             report.bytes_deleted += gone.size;
-            gone.files.unlink_when_unused();
+            if let Err(e) = gone.files.unlink_now() {
+                tracing::warn!(error = %e, "could not delete segment files");
+            }
             tracing::info!(path = %gone.files.log_path().display(), base_offset = gone.base_offset, "retention deleted segment");
         }
         report.log_start_offset = st.segments[0].base_offset;
@@ -839,6 +851,8 @@ impl Partition {
                 first_dirty: st.clean_up_to,
                 producer_last_batches: st.producers.last_batches().collect(),
                 segment_bytes: st.config.segment_bytes,
+                batch_bytes_max: self.replica_batch_bytes_max,
+                truncations: st.truncations,
             };
             (st.dir.clone(), input)
         };
@@ -850,6 +864,7 @@ impl Partition {
         }
         let _running = Running(Rc::clone(&self.state));
         let commands = self.commands.clone();
+        let truncations = input.truncations;
         let state = Rc::clone(&self.state);
         let still_open = move || !state.borrow().closed;
         let report = compact::clean(&dir, input, options, still_open, |group| {
@@ -865,9 +880,10 @@ impl Partition {
         })
         .await?;
         let mut st = self.state.borrow_mut();
-        // A truncation during the clean may have moved the log end below what it saw.
-        let end = st.active().base_offset;
-        st.clean_up_to = st.clean_up_to.max(report.clean_up_to.min(end));
+        // After a truncation during the clean, what it saw is not what is there.
+        if st.truncations == truncations {
+            st.clean_up_to = st.clean_up_to.max(report.clean_up_to);
+        }
         Ok(report)
     }
 
@@ -1213,6 +1229,7 @@ impl Writer {
         let mut st = self.state.borrow_mut();
         let base = st.active().base_offset;
         st.clean_up_to = st.clean_up_to.min(base);
+        st.truncations += 1;
     }
 
     fn policy(&self) -> FlushPolicy {
@@ -2092,17 +2109,22 @@ impl Writer {
             return Err(failed);
         }
         self.settle_sealing().await?;
+        if self.state.borrow().truncations != group.truncations {
+            return Ok(false);
+        }
         let Some((dir, interval)) = self.group_still_there(&group) else {
             return Ok(false);
         };
         let base = group.replaced[0].base_offset;
         let end = group.replaced[group.replaced.len() - 1].next_offset;
         self.state.borrow_mut().installing = true;
+        let committed = std::cell::Cell::new(false);
         let steps = async {
             let swap_path = dir.join(compact::swap_file_name(base, end));
             compio::fs::rename(&group.cleaned_path, &swap_path)
                 .await
                 .map_err(|e| LogError::io(&swap_path, e))?;
+            committed.set(true);
             checkpoint::sync_dir(&dir).await?;
             for old in &group.replaced {
                 old.files.unlink_now()?;
@@ -2136,7 +2158,9 @@ impl Writer {
         };
         let result = steps.await;
         let mut st = self.state.borrow_mut();
-        st.installing = false;
+        // Past the commit point a failure leaves retention stopped until the next open,
+        // whose recovery finishes the swap: memory still lists the old group.
+        st.installing = result.is_err() && committed.get();
         let seg = match result {
             Ok(seg) => seg,
             Err(e) => {

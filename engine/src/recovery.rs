@@ -160,7 +160,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
             let seg = Segment::open_files(dir, base, false).await?;
             report.bytes_truncated += seg.file_len().await?;
             report.segments_deleted += 1;
-            seg.files.unlink_when_unused();
+            seg.files.unlink_now()?;
             tracing::warn!(path = %seg.log_path().display(), "deleted segment after a corrupt one");
         }
         checkpoint::sync_dir(dir).await?;
@@ -216,6 +216,7 @@ pub(crate) async fn open_log(dir: &Path, config: LogConfig) -> Result<(LogState,
         starting_over: false,
         compacting: false,
         installing: false,
+        truncations: 0,
         clean_up_to: report.log_start_offset,
     };
     Ok((state, report))

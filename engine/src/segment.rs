@@ -50,9 +50,10 @@ pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
     stem.parse().ok()
 }
 
-/// The open files of a segment, shared with readers. When the segment is deleted by
-/// retention while a reader still holds this, the files are unlinked only when the last
-/// holder lets go.
+/// The open files of a segment, shared with readers. When the segment is deleted
+/// (retention, truncation, a clean, a deleted partition) its names go at once; a reader
+/// still holding this keeps reading, and the files are freed (on the reaper) when the
+/// last holder lets go.
 #[derive(Debug)]
 pub struct SegmentFiles {
     pub(crate) log: File,
@@ -61,7 +62,6 @@ pub struct SegmentFiles {
     log_path: PathBuf,
     index_path: PathBuf,
     time_index_path: PathBuf,
-    unlink_on_drop: Cell<bool>,
     /// The names are gone (`unlink_now`): the last close frees the files.
     unlinked: Cell<bool>,
 }
@@ -151,19 +151,15 @@ impl SegmentFiles {
     /// The names are being removed by someone else (a deleted partition's directory):
     /// the last close frees the files, on the reaper.
     pub(crate) fn mark_unlinked(&self) {
-        self.unlink_on_drop.set(false);
         self.unlinked.set(true);
     }
 
-    pub(crate) fn unlink_when_unused(&self) {
-        self.unlink_on_drop.set(true);
-    }
-
     /// Removes the segment's file names now, not when the last reader lets go: a
-    /// truncation may create a segment at the same base offset next. Readers holding
-    /// these files keep reading them.
+    /// segment at the same base offset may be created next (after a truncation, a clean,
+    /// or a partition deleted and created again), and a name removed later would be the
+    /// new segment's. Readers holding these files keep reading them; the reaper frees
+    /// them when the last one lets go.
     pub(crate) fn unlink_now(&self) -> Result<()> {
-        self.unlink_on_drop.set(false);
         self.unlinked.set(true);
         for path in [&self.log_path, &self.index_path, &self.time_index_path] {
             match std::fs::remove_file(path) {
@@ -178,18 +174,6 @@ impl SegmentFiles {
 
 impl Drop for SegmentFiles {
     fn drop(&mut self) {
-        if self.unlink_on_drop.get() {
-            for path in [&self.log_path, &self.index_path, &self.time_index_path] {
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "could not delete segment file")
-                    }
-                }
-            }
-            self.unlinked.set(true);
-        }
         if self.unlinked.get() {
             // Freeing the files is the reaper's: these closes only drop references.
             let fds = [&self.log, &self.index, &self.time_index]
@@ -307,7 +291,6 @@ impl Segment {
                 log_path,
                 index_path,
                 time_index_path,
-                unlink_on_drop: Cell::new(false),
                 unlinked: Cell::new(false),
             }),
             offset_index: OffsetIndex::default(),
@@ -605,6 +588,15 @@ impl<'a> BatchScanner<'a> {
     }
 }
 
+/// Whether `head` (at least a header's bytes) could start a batch: magic 2 and a length
+/// within bounds.
+fn frames_as_batch(head: &[u8]) -> bool {
+    BatchHeader::parse(head).is_ok_and(|h| {
+        let total = h.declared_total_bytes();
+        h.magic == 2 && total >= BATCH_HEADER_BYTES as i64 && total <= BATCH_BYTES_MAX as i64
+    })
+}
+
 /// A stretch of one segment to walk, copied out of the log state so that no borrow of it
 /// spans the reads.
 pub(crate) struct SegmentSpan {
@@ -720,11 +712,13 @@ impl Segment {
                     .await
                     .map_err(|e| LogError::io(self.log_path(), e))?
                 {
-                    Some(next) => BatchHeader::parse(next)
+                    // A batch follows: it must start after this one ends.
+                    Some(next) if frames_as_batch(next) => BatchHeader::parse(next)
                         .is_ok_and(|next| next.base_offset > header.last_offset()),
-                    // The last batch: within the segment's range (the active one has
-                    // no end to check against).
-                    None => sealed_end.is_none_or(|end| header.last_offset() < end),
+                    // The last batch (what follows, if anything, is a torn or zeroed
+                    // tail the scan stops at next): within the segment's range (the
+                    // active one has no end to check against).
+                    _ => sealed_end.is_none_or(|end| header.last_offset() < end),
                 }
             };
             if !gap_agrees {

@@ -692,3 +692,172 @@ fn given_a_tombstone_with_an_old_producer_timestamp_should_keep_it_for_the_delet
         assert_eq!(report.tombstones_removed, 1, "{report:?}");
     });
 }
+
+#[test]
+fn given_a_tombstone_in_a_dirty_segment_should_keep_it_in_the_pass_that_removes_its_value() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
+        let mut model = Vec::new();
+        append(&p, &mut model, vec![write(1, 0, false)]).await;
+        append(&p, &mut model, vec![write(1, 1, true)]).await;
+        while p.segment_count() < 3 {
+            let n = model.len();
+            append(&p, &mut model, vec![write(2, n, false)]).await;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let opts = CompactOptions {
+            delete_retention_ms: 10,
+            ..CompactOptions::default()
+        };
+        p.compact(opts).await.unwrap();
+        let kept = served(&p).await;
+        let v = kept.iter().any(|(o, _)| *o == 0);
+        let t = kept.iter().any(|(o, _)| *o == 1);
+        eprintln!("value kept {v}, tombstone kept {t}");
+        assert!(t || v, "both the value and its tombstone went in one pass");
+    });
+}
+
+/// A follower's gapped last synced batch followed by a torn (zeroed) tail.
+#[test]
+fn given_a_batch_after_a_gap_before_a_torn_tail_when_reopened_should_keep_it() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let big = LogConfig {
+            segment_bytes: 1 << 20,
+            ..config()
+        };
+        let (f, _) = Partition::open(dir.path(), big.clone()).await.unwrap();
+        let a = keyed_batch_with(&[write(1, 0, false)], Compression::None);
+        let b = with_base_offset(
+            &keyed_batch_with(&[write(2, 5, false)], Compression::None),
+            5,
+        );
+        let mut both = a.clone();
+        both.extend_from_slice(&b);
+        let r = f.append_replica(both, AppendWait::Durable).await.unwrap();
+        assert_eq!(r.log_end_offset, 6);
+        assert_eq!(f.flush().await.unwrap(), 6);
+        drop(f);
+        // A later write torn by a crash: the file grew but its bytes are zeros.
+        let log = log_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&log, bytes).unwrap();
+        let (f, report) = Partition::open(dir.path(), big).await.unwrap();
+        eprintln!("{report:?}");
+        assert_eq!(f.offsets().log_end_offset, 6, "durable gapped batch lost");
+    });
+}
+
+/// A batch compressed better than the cleaner does (zstd level 19): cleaned, it may come
+/// out bigger. A deleted key must not be served again either way.
+#[test]
+fn given_a_recompressed_batch_that_grows_should_never_serve_a_deleted_key_again() {
+    // With the topic's batch limit at the producer's batch or far above it: a follower
+    // takes the bigger cleaned batch either way (up to a segment).
+    for tight in [false, true] {
+        deleted_key_stays_deleted(tight);
+    }
+}
+
+fn deleted_key_stays_deleted(tight: bool) {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        // Batch X: V(k1) and a big W(k2), zstd level 19 (a producer's higher level).
+        let mut seed = 12345u64;
+        let words = [
+            "alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa",
+            "lambda", "mu",
+        ];
+        let mut w = String::new();
+        while w.len() < 30_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            w.push_str(words[(seed >> 33) as usize % words.len()]);
+            w.push_str(if (seed >> 20) & 7 == 0 { ".\n" } else { " " });
+        }
+        let recs = vec![
+            record(Some(b"key-1"), b"V", OLD_TS),
+            record(Some(b"key-2"), w.as_bytes(), OLD_TS),
+        ];
+        let plain = encode(&recs, Compression::None);
+        let body = zstd::bulk::compress(&plain[61..], 19).unwrap();
+        let mut x = plain[..61].to_vec();
+        x.extend_from_slice(&body);
+        let attrs = i16::from_be_bytes([x[21], x[22]]) | 4;
+        x[21..23].copy_from_slice(&attrs.to_be_bytes());
+        let len = (x.len() - 12) as i32;
+        x[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32c::crc32c(&x[21..]);
+        x[17..21].copy_from_slice(&crc.to_be_bytes());
+        let cfg = LogConfig {
+            segment_bytes: 64 * 1024,
+            batch_bytes_max: if tight { x.len() } else { 64 * 1024 },
+            index_interval_bytes: 128,
+            segment_age_max: None,
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), cfg).await.unwrap();
+        p.append(x, AppendWait::Written).await.unwrap(); // offsets 0, 1
+        let t = keyed_batch_with(&[write(1, 2, true)], Compression::None);
+        p.append(t, AppendWait::Written).await.unwrap(); // offset 2: tombstone of key-1
+        while p.segment_count() < 4 {
+            let big = vec![b'x'; 2000];
+            let b = encode(&[record(Some(b"key-3"), &big, OLD_TS)], Compression::None);
+            p.append(b, AppendWait::Written).await.unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let opts = CompactOptions {
+            delete_retention_ms: 10,
+            ..CompactOptions::default()
+        };
+        p.compact(opts).await.unwrap();
+        let kept = served(&p).await;
+        let latest_k1 = kept
+            .iter()
+            .rfind(|(_, w)| w.key == b"key-1")
+            .map(|(o, w)| (*o, w.value.clone()));
+        eprintln!("latest key-1 served: {latest_k1:?}");
+        assert!(
+            latest_k1.is_none() || latest_k1.as_ref().unwrap().1.is_none(),
+            "tight {tight}: deleted key-1 is served again: {latest_k1:?}"
+        );
+    });
+}
+
+/// A reader holds a segment that retention let go of; the partition is deleted and made
+/// again in the same directory; the reader lets go.
+#[test]
+fn given_a_partition_made_again_when_an_old_reader_lets_go_should_keep_the_new_files() {
+    run(async {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("t-0");
+        let cfg = LogConfig {
+            retention_bytes: Some(1),
+            ..config()
+        };
+        let (p, _) = Partition::open(&dir, cfg.clone()).await.unwrap();
+        let mut model = Vec::new();
+        while p.segment_count() < 3 {
+            let n = model.len();
+            append(&p, &mut model, vec![write(1, n, false)]).await;
+        }
+        let held = p.read_ranges(0, 100).await.unwrap();
+        let r = p.apply_retention(engine::now_ms());
+        assert!(r.segments_deleted >= 1);
+        p.delete().await.unwrap();
+        let (q, _) = Partition::open(&dir, config()).await.unwrap();
+        let mut m2 = Vec::new();
+        append(&q, &mut m2, vec![write(7, 0, false)]).await;
+        q.flush().await.unwrap();
+        assert!(log_path(&dir, 0).exists());
+        drop(held);
+        assert!(
+            log_path(&dir, 0).exists(),
+            "the new partition's segment file was unlinked"
+        );
+    });
+}

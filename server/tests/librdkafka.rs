@@ -127,17 +127,14 @@ fn given_admin_client_when_creating_and_deleting_topics_should_report_kafka_erro
         again[0],
         Err(("orders".into(), RDKafkaErrorCode::TopicAlreadyExists))
     );
-    let bad = block_on(
-        admin.create_topics(
-            &[
-                NewTopic::new("bad/name", 1, TopicReplication::Fixed(1)),
-                NewTopic::new("replicated", 1, TopicReplication::Fixed(3)),
-                NewTopic::new("compacted", 1, TopicReplication::Fixed(1))
-                    .set("cleanup.policy", "compact"),
-            ],
-            &opts,
-        ),
-    )
+    let bad = block_on(admin.create_topics(
+        &[
+            NewTopic::new("bad/name", 1, TopicReplication::Fixed(1)),
+            NewTopic::new("replicated", 1, TopicReplication::Fixed(3)),
+            NewTopic::new("shredded", 1, TopicReplication::Fixed(1)).set("cleanup.policy", "shred"),
+        ],
+        &opts,
+    ))
     .unwrap();
     assert_eq!(
         bad[0],
@@ -152,7 +149,7 @@ fn given_admin_client_when_creating_and_deleting_topics_should_report_kafka_erro
     );
     assert_eq!(
         bad[2],
-        Err(("compacted".into(), RDKafkaErrorCode::InvalidConfig))
+        Err(("shredded".into(), RDKafkaErrorCode::InvalidConfig))
     );
 
     let md = admin
