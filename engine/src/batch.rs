@@ -37,6 +37,9 @@ const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 const TRANSACTIONAL_BIT: i16 = 0x10;
 const CONTROL_BIT: i16 = 0x20;
+/// KIP-534: the base timestamp holds the time after which the batch's tombstones may go
+/// (set by the cleaner; the records' timestamp deltas count from it).
+const DELETE_HORIZON_BIT: i16 = 0x40;
 
 /// Smallest encoding of one record: length, attributes, timestamp delta, offset delta,
 /// key length, value length and header count, one byte each.
@@ -148,6 +151,12 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_BIT != 0
     }
+
+    /// The delete horizon (KIP-534), when a clean set one: tombstones in the batch may
+    /// go once it has passed.
+    pub fn delete_horizon(&self) -> Option<i64> {
+        (self.attributes & DELETE_HORIZON_BIT != 0).then_some(self.base_timestamp)
+    }
 }
 
 /// CRC-32C over `attributes..end`, the span the header's `crc` field covers.
@@ -235,7 +244,9 @@ fn validate_fields(header: &BatchHeader, origin: Origin) -> Result<(), BatchErro
             last_offset_delta: header.last_offset_delta,
         });
     }
-    if !header.is_log_append_time() && header.max_timestamp < header.base_timestamp {
+    // A delete horizon (a cleaned batch's) is ahead of the records' own timestamps.
+    let horizon = origin == Origin::Log && header.delete_horizon().is_some();
+    if !header.is_log_append_time() && !horizon && header.max_timestamp < header.base_timestamp {
         return Err(BatchError::InconsistentTimestamps {
             base: header.base_timestamp,
             max: header.max_timestamp,
@@ -406,6 +417,7 @@ pub fn first_record_at_or_after(bytes: &[u8], target: i64) -> Option<(i64, i64)>
 pub(crate) struct RawRecord<'a> {
     /// The whole record, its length prefix included: what a rebuilt batch copies.
     pub bytes: &'a [u8],
+    pub timestamp_delta: i64,
     pub offset_delta: i64,
     /// `None` for a null key.
     pub key: Option<&'a [u8]>,
@@ -439,7 +451,7 @@ pub(crate) fn raw_records(
             let rec = body.get(at + used..end)?;
             // attributes, timestampDelta, offsetDelta, key, value, headers.
             let mut p = 1usize;
-            let (_, used) = read_varlong(rec.get(p..)?)?;
+            let (timestamp_delta, used) = read_varlong(rec.get(p..)?)?;
             p += used;
             let (offset_delta, used) = read_varint(rec.get(p..)?)?;
             p += used;
@@ -456,6 +468,7 @@ pub(crate) fn raw_records(
             at = end;
             Some(RawRecord {
                 bytes: &body[start..end],
+                timestamp_delta,
                 offset_delta,
                 key,
                 tombstone: value_len < 0,
@@ -504,15 +517,58 @@ pub(crate) fn records_of<'a>(
     }
 }
 
+/// `record` (length prefix included) with its timestamp delta counted from `new_base`
+/// instead of `old_base`: the same absolute timestamp under a new base timestamp.
+pub(crate) fn retime(record: &RawRecord<'_>, old_base: i64, new_base: i64) -> Vec<u8> {
+    let (len, len_used) = read_varint(record.bytes).unwrap_or((0, 0));
+    let rec = &record.bytes[len_used..len_used + len.max(0) as usize];
+    let (_, ts_used) = read_varlong(&rec[1..]).unwrap_or((0, 0));
+    let absolute = old_base.saturating_add(record.timestamp_delta);
+    let mut body = Vec::with_capacity(rec.len() + 10);
+    body.push(rec[0]);
+    build_varlong(&mut body, absolute.saturating_sub(new_base));
+    body.extend_from_slice(&rec[1 + ts_used..]);
+    let mut out = Vec::with_capacity(body.len() + 5);
+    build_varlong(&mut out, body.len() as i64);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Appends a zigzag varint/varlong.
+fn build_varlong(out: &mut Vec<u8>, value: i64) {
+    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    loop {
+        let byte = (raw & 0x7f) as u8;
+        raw >>= 7;
+        if raw == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// A batch with `original`'s header and `records` (whole records, length prefixes
 /// included, `count` of them; or one compressed body holding them) as its body: the
 /// same base offset, last offset delta, attributes, producer fields and timestamps, a
 /// new length, count and CRC. The batch keeps every offset it had, as Kafka's cleaner
 /// keeps a cleaned batch's last offset.
-pub(crate) fn rebuild(original: &[u8], records: &[&[u8]], count: i32) -> Vec<u8> {
+/// With `horizon`, the delete horizon (KIP-534) is set: the base timestamp becomes it
+/// and the horizon bit is set (the records must have been re-timed to it, `retime`).
+pub(crate) fn rebuild_with(
+    original: &[u8],
+    records: &[&[u8]],
+    count: i32,
+    horizon: Option<i64>,
+) -> Vec<u8> {
     let body: usize = records.iter().map(|r| r.len()).sum();
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body);
     out.extend_from_slice(&original[..BATCH_HEADER_BYTES]);
+    if let Some(horizon) = horizon {
+        let attributes = be_i16(&out, ATTRIBUTES_AT) | DELETE_HORIZON_BIT;
+        out[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+        out[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8].copy_from_slice(&horizon.to_be_bytes());
+    }
     for r in records {
         out.extend_from_slice(r);
     }

@@ -25,10 +25,11 @@
 //!    file to `{base}.log`, rebuilds its indexes and puts it in their place; retention
 //!    waits meanwhile. Readers holding the old files keep reading them.
 //!
-//! A tombstone goes once its segment file was last written more than
-//! `delete.retention.ms` ago (the time the broker wrote it or last rewrote it, never a
-//! producer's timestamp, as Kafka's cleaner used segment times before KIP-534): a
-//! consumer that read the old value has had that long to read the delete.
+//! A tombstone goes once the delete horizon of its batch has passed (KIP-534): the first
+//! clean that keeps it sets the batch's horizon to now + `delete.retention.ms` (the
+//! base timestamp holds it, the records' timestamp deltas are counted from it again).
+//! So a tombstone never goes in the pass that removes the value it deletes, and its age
+//! is the broker's clock, never a producer's timestamp.
 //!
 //! Compressed batches are cleaned the same way: their records are decompressed (at most
 //! `RECORDS_DECOMPRESSED_BYTES_MAX` bytes) and what stays is compressed again with the
@@ -65,8 +66,8 @@ pub struct CompactOptions {
     pub below: i64,
     /// Now, in ms since the epoch.
     pub now_ms: i64,
-    /// Tombstones in segment files last written longer ago than this are removed
-    /// (Kafka's `delete.retention.ms`).
+    /// How long tombstones stay after the first clean that keeps them (Kafka's
+    /// `delete.retention.ms`).
     pub delete_retention_ms: i64,
     /// Memory for the key map (keys' bytes plus a fixed cost per key).
     pub map_bytes_max: usize,
@@ -112,8 +113,6 @@ pub(crate) struct SealedSegment {
     pub next_offset: i64,
     pub size: u64,
     pub files: Rc<SegmentFiles>,
-    /// When its log file was last written (ms since the epoch; read by the cleaner).
-    pub modified_ms: i64,
 }
 
 /// The latest offset of each key in the dirty segments read.
@@ -316,15 +315,16 @@ impl Removed {
     }
 }
 
-/// The records of one batch that stay. `tombstones_expire`: its segment was clean
-/// before this pass and its file was last written longer than the delete retention ago.
-/// `guard` gathers the keys whose older records a batch kept whole still holds: their
+/// The records of one batch that stay. A tombstone goes once its batch's delete horizon
+/// (KIP-534) has passed; a batch that keeps a tombstone and has none gets one, `now +
+/// delete.retention.ms`: so a tombstone never goes in the pass that removes the value it
+/// deletes, and the clock is the broker's, never the producer's timestamp. `guard`
+/// gathers the keys whose older records a batch kept whole still holds: their
 /// tombstones stay in this pass, or the older value would be the latest again.
 fn filter_batch(
     header: &BatchHeader,
     bytes: &[u8],
     plan: &Plan<'_>,
-    tombstones_expire: bool,
     must_stay: bool,
     guard: &mut HashSet<Vec<u8>>,
     removed: &mut Removed,
@@ -344,7 +344,9 @@ fn filter_batch(
     let Some(records) = readable_records(header, bytes) else {
         return Ok(Kept::Whole);
     };
-    let mut kept: Vec<&[u8]> = Vec::new();
+    let horizon = header.delete_horizon();
+    let tombstones_expire = horizon.is_some_and(|h| h <= plan.now_ms);
+    let mut kept: Vec<batch::RawRecord<'_>> = Vec::new();
     let mut dropped_keys: Vec<&[u8]> = Vec::new();
     let mut here = Removed::default();
     for record in each_record(&records, header.record_count) {
@@ -369,21 +371,34 @@ fn filter_batch(
             }
         };
         if stays {
-            kept.push(record.bytes);
+            kept.push(record);
         }
     }
     let dropped = here.records + here.tombstones + here.keyless > 0;
-    let outcome = if !dropped {
+    let new_horizon = (horizon.is_none() && kept.iter().any(|r| r.tombstone))
+        .then(|| plan.now_ms.saturating_add(plan.delete_retention_ms));
+    let outcome = if !dropped && new_horizon.is_none() {
         Kept::Whole
     } else if kept.is_empty() && !must_stay {
         Kept::Dropped
     } else {
         let count = kept.len() as i32;
+        let retimed: Vec<Vec<u8>> = match new_horizon {
+            Some(h) => kept
+                .iter()
+                .map(|r| batch::retime(r, header.base_timestamp, h))
+                .collect(),
+            None => Vec::new(),
+        };
+        let parts: Vec<&[u8]> = match new_horizon {
+            Some(_) => retimed.iter().map(Vec::as_slice).collect(),
+            None => kept.iter().map(|r| r.bytes).collect(),
+        };
         if codec == Compression::None {
-            Kept::Rebuilt(batch::rebuild(bytes, &kept, count))
+            Kept::Rebuilt(batch::rebuild_with(bytes, &parts, count, new_horizon))
         } else {
-            let body = codec::compress(codec, &kept.concat(), &bytes[BATCH_HEADER_BYTES..])?;
-            let rebuilt = batch::rebuild(bytes, &[&body], count);
+            let body = codec::compress(codec, &parts.concat(), &bytes[BATCH_HEADER_BYTES..])?;
+            let rebuilt = batch::rebuild_with(bytes, &[&body], count, new_horizon);
             // Compressed again by another encoder, fewer records may take more bytes
             // (a producer's higher level). Up to what a segment and a follower take, the
             // bigger batch is written; past it the batch stays whole, and the tombstones
@@ -413,10 +428,8 @@ pub(crate) struct CleanedGroup {
 struct Plan<'a> {
     map: &'a OffsetMap,
     producer_last_batches: &'a HashMap<i64, i64>,
-    /// Tombstones in segments clean before this pass (below this offset) whose files
-    /// were last written before `tombstone_horizon_ms` go.
-    first_dirty: i64,
-    tombstone_horizon_ms: i64,
+    now_ms: i64,
+    delete_retention_ms: i64,
     /// Largest batch a rebuilt one may be (what a segment and a follower take).
     batch_bytes_max: usize,
 }
@@ -485,17 +498,6 @@ async fn write_next_group(
         let _ = compio::fs::remove_file(&cleaned_path).await;
         return Ok((1, None));
     }
-    // The cleaned file keeps the newest time its sources were written (as Kafka's
-    // cleaner does): a tombstone's age is not reset by every clean that rewrites it.
-    let newest = segments[..taken].iter().map(|s| s.modified_ms).max();
-    if let Some(ms) = newest.filter(|&ms| ms != i64::MAX) {
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&cleaned_path)
-            .and_then(|f| f.set_modified(when))
-            .map_err(|e| LogError::io(&cleaned_path, e))?;
-    }
     file.sync_all()
         .await
         .map_err(|e| LogError::io(&cleaned_path, e))?;
@@ -526,11 +528,6 @@ async fn write_segment(
     let mut out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK_BYTES);
     let mut changed = false;
     let log_path = seg.files.log_path();
-    // As Kafka's cleaner: only in a segment already clean before this pass (a tombstone
-    // never goes in the pass that removes the value it deletes), and only once its file
-    // is older than the delete retention.
-    let tombstones_expire =
-        seg.base_offset < plan.first_dirty && seg.modified_ms < plan.tombstone_horizon_ms;
     let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
     let mut pos = 0u64;
     loop {
@@ -554,15 +551,7 @@ async fn write_segment(
         let producers_last = header.producer_id >= 0
             && plan.producer_last_batches.get(&header.producer_id) == Some(&header.base_offset);
         let must_stay = last_of_segment || producers_last;
-        match filter_batch(
-            &header,
-            bytes,
-            plan,
-            tombstones_expire,
-            must_stay,
-            guard,
-            removed,
-        )? {
+        match filter_batch(&header, bytes, plan, must_stay, guard, removed)? {
             Kept::Whole => out.extend_from_slice(bytes),
             Kept::Rebuilt(b) => {
                 changed = true;
@@ -621,24 +610,12 @@ where
     let (map, covered) = build_map(&input.segments[dirty..], options.map_bytes_max).await?;
     let mut segments = input.segments;
     segments.truncate(dirty + covered);
-    for seg in &mut segments {
-        let meta = seg
-            .files
-            .log
-            .metadata()
-            .await
-            .map_err(|e| LogError::io(seg.files.log_path(), e))?;
-        seg.modified_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(i64::MAX, |d| d.as_millis() as i64);
-    }
+    let segments = segments;
     let plan = Plan {
         map: &map,
         producer_last_batches: &input.producer_last_batches,
-        first_dirty: input.first_dirty,
-        tombstone_horizon_ms: options.now_ms.saturating_sub(options.delete_retention_ms),
+        now_ms: options.now_ms,
+        delete_retention_ms: options.delete_retention_ms,
         batch_bytes_max: input.batch_bytes_max,
     };
     let mut guard = HashSet::new();

@@ -843,7 +843,6 @@ impl Partition {
                     next_offset: s.next_offset,
                     size: s.size,
                     files: Rc::clone(&s.files),
-                    modified_ms: i64::MAX,
                 })
                 .collect();
             let input = compact::CleanInput {

@@ -647,50 +647,70 @@ fn given_more_clean_keys_than_the_map_holds_should_still_clean_the_dirty_part() 
     });
 }
 
-/// A tombstone's age is the broker's: how long ago its segment file was written, never
-/// the producer's timestamp (an old or replayed one would expire it at the first clean,
-/// and a consumer that read the value would never see the delete).
+/// A tombstone's age is the broker's (KIP-534's delete horizon, set by the first clean
+/// that keeps it), never the producer's timestamp: an old or replayed one would expire it
+/// at once, and a consumer that read the value would never see the delete. The records
+/// keep their timestamps under the batch's new base timestamp.
 #[test]
 fn given_a_tombstone_with_an_old_producer_timestamp_should_keep_it_for_the_delete_retention() {
-    run(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
-        let mut model = Vec::new();
-        append(&p, &mut model, vec![write(1, 0, false)]).await;
-        append(&p, &mut model, vec![write(1, 1, true)]).await; // OLD_TS: 1970
-        while p.segment_count() < 3 {
-            let n = model.len();
-            append(&p, &mut model, vec![write(2, n, false)]).await;
-        }
-        let hour = CompactOptions {
-            delete_retention_ms: 3_600_000,
-            ..CompactOptions::default()
-        };
-        let report = p.compact(hour).await.unwrap();
-        assert_eq!(report.tombstones_removed, 0, "{report:?}");
-        let kept = served(&p).await;
-        assert!(
-            kept.iter().any(|(o, w)| *o == 1 && w.value.is_none()),
-            "the tombstone stays"
-        );
-        assert!(
-            !kept.iter().any(|(o, _)| *o == 0),
-            "the value it deletes goes"
-        );
-        // Once the segment is older than the retention, the tombstone goes too (a new
-        // write makes the log dirty again, so that a clean runs).
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        while p.segment_count() < 5 {
-            let n = model.len();
-            append(&p, &mut model, vec![write(2, n, false)]).await;
-        }
-        let zero = CompactOptions {
-            delete_retention_ms: 10,
-            ..CompactOptions::default()
-        };
-        let report = p.compact(zero).await.unwrap();
-        assert_eq!(report.tombstones_removed, 1, "{report:?}");
-    });
+    for retention_ms in [3_600_000, 10] {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
+            let mut model = Vec::new();
+            append(&p, &mut model, vec![write(1, 0, false)]).await;
+            append(&p, &mut model, vec![write(1, 1, true)]).await; // OLD_TS: 1970
+            while p.segment_count() < 3 {
+                let n = model.len();
+                append(&p, &mut model, vec![write(2, n, false)]).await;
+            }
+            let options = CompactOptions {
+                delete_retention_ms: retention_ms,
+                ..CompactOptions::default()
+            };
+            let report = p.compact(options).await.unwrap();
+            assert_eq!(report.tombstones_removed, 0, "first clean: {report:?}");
+            let kept = served(&p).await;
+            assert!(
+                kept.iter().any(|(o, w)| *o == 1 && w.value.is_none()),
+                "the tombstone stays"
+            );
+            assert!(
+                !kept.iter().any(|(o, _)| *o == 0),
+                "the value it deletes goes"
+            );
+            let records = decode_all(&read_everything(&p).await);
+            assert!(
+                records.iter().all(|r| r.timestamp == OLD_TS),
+                "timestamps kept"
+            );
+            // A later clean: the tombstone goes once its horizon has passed, not before.
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            while p.segment_count() < 5 {
+                let n = model.len();
+                append(&p, &mut model, vec![write(2, n, false)]).await;
+            }
+            let later = CompactOptions {
+                now_ms: engine::now_ms(),
+                ..options
+            };
+            let report = p.compact(later).await.unwrap();
+            let gone = u64::from(retention_ms < 30);
+            assert_eq!(
+                report.tombstones_removed, gone,
+                "retention {retention_ms}: {report:?}"
+            );
+            p.close().await.unwrap();
+            // What recovery re-validates checks out.
+            let full = LogConfig {
+                recovery_scope: RecoveryScope::Full,
+                ..config()
+            };
+            let (p, report) = Partition::open(dir.path(), full).await.unwrap();
+            assert_eq!(report.bytes_truncated, 0, "{report:?}");
+            assert_eq!(p.offsets().log_end_offset, model.len() as i64);
+        });
+    }
 }
 
 #[test]
@@ -859,5 +879,52 @@ fn given_a_partition_made_again_when_an_old_reader_lets_go_should_keep_the_new_f
             log_path(&dir, 0).exists(),
             "the new partition's segment file was unlinked"
         );
+    });
+}
+
+/// Cleans that rewrite a tombstone's batch do not make the tombstone younger: its delete
+/// horizon is set once, by the first clean that keeps it.
+#[test]
+fn given_a_tombstones_segment_rewritten_by_later_cleans_should_still_age_from_its_write() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), config()).await.unwrap();
+        let mut model = Vec::new();
+        append(&p, &mut model, vec![write(1, 0, false)]).await;
+        append(&p, &mut model, vec![write(1, 1, true)]).await;
+        let fill = |p: &Partition, model: &mut Vec<Write>, segments: usize| {
+            let p = p.clone();
+            let mut writes = Vec::new();
+            let start = model.len();
+            async move {
+                while p.segment_count() < segments {
+                    let w = vec![write(2, start + writes.len(), false)];
+                    p.append(keyed_batch_with(&w, Compression::None), AppendWait::Written)
+                        .await
+                        .unwrap();
+                    writes.extend(w);
+                }
+                writes
+            }
+        };
+        let w = fill(&p, &mut model, 3).await;
+        model.extend(w);
+        let retention = || CompactOptions {
+            delete_retention_ms: 400,
+            ..CompactOptions::default()
+        };
+        // Written at about 0 ms: each clean below rewrites the tombstone's segment (new
+        // writes of key 2 replace the ones beside it).
+        p.compact(retention()).await.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let w = fill(&p, &mut model, p.segment_count() + 2).await;
+        model.extend(w);
+        let second = p.compact(retention()).await.unwrap();
+        assert_eq!(second.tombstones_removed, 0, "at 250 ms: {second:?}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let w = fill(&p, &mut model, p.segment_count() + 2).await;
+        model.extend(w);
+        let third = p.compact(retention()).await.unwrap();
+        assert_eq!(third.tombstones_removed, 1, "at 500 ms: {third:?}");
     });
 }
