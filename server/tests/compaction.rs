@@ -45,7 +45,7 @@ fn env_or(name: &str, default: usize) -> usize {
 fn produce(
     p: &FutureProducer,
     range: std::ops::Range<usize>,
-    latest: &mut HashMap<String, (i64, String)>,
+    latest: &mut HashMap<String, (i64, Option<String>)>,
 ) {
     let mut pending = Vec::new();
     for i in range {
@@ -65,14 +65,14 @@ fn produce(
 
 type Pending = (String, String, rdkafka::producer::DeliveryFuture);
 
-fn ack(pending: &mut Vec<Pending>, latest: &mut HashMap<String, (i64, String)>) {
+fn ack(pending: &mut Vec<Pending>, latest: &mut HashMap<String, (i64, Option<String>)>) {
     for (key, value, delivery) in pending.drain(..) {
         let offset = block_on(delivery)
             .expect("delivery")
             .map_err(|(e, _)| e)
             .expect("acked")
             .offset;
-        latest.insert(key, (offset, value));
+        latest.insert(key, (offset, Some(value)));
     }
 }
 
@@ -202,8 +202,31 @@ fn given_a_compacted_topic_with_many_writes_over_few_keys_should_keep_the_latest
     let mut broker = start(dir.path());
     create_topic(&broker);
     let p = producer(&broker);
-    let mut latest: HashMap<String, (i64, String)> = HashMap::new();
+    let mut latest: HashMap<String, (i64, Option<String>)> = HashMap::new();
     produce(&p, 0..writes(), &mut latest);
+    // Ten keys deleted: their tombstones stay (a day of `delete.retention.ms`), in
+    // batches the cleaner gives a delete horizon (KIP-534) that both clients must read.
+    for k in 0..10 {
+        let key = format!("key-{k}");
+        let delivery = block_on(p.send(
+            FutureRecord::<[u8], [u8]>::to(TOPIC).key(key.as_bytes()),
+            TIMEOUT,
+        ))
+        .map_err(|(e, _)| e)
+        .expect("tombstone acked");
+        latest.insert(key, (delivery.offset, None));
+    }
+    // Then enough writes of one more key for the tombstones to leave the active segment.
+    let mut pending = Vec::new();
+    for i in 0..5_000 {
+        let value = format!("filler-{i}");
+        let record = FutureRecord::to(TOPIC)
+            .key("filler".as_bytes())
+            .payload(value.as_bytes());
+        let delivery = p.send_result(record).map_err(|(e, _)| e).expect("queued");
+        pending.push(("filler".to_owned(), value, delivery));
+    }
+    ack(&mut pending, &mut latest);
     // A record without a key is refused, compressed or not, and nothing of it is
     // written.
     for codec in ["none", "lz4"] {
@@ -275,18 +298,19 @@ fn given_a_compacted_topic_with_many_writes_over_few_keys_should_keep_the_latest
 
 /// Offsets go up, every record is what was written at its offset, and the latest value
 /// of every key is there at its offset.
-fn check(records: &[(i64, String, Option<String>)], latest: &HashMap<String, (i64, String)>) {
+fn check(
+    records: &[(i64, String, Option<String>)],
+    latest: &HashMap<String, (i64, Option<String>)>,
+) {
     let mut last = -1;
     for (offset, key, value) in records {
         assert!(*offset > last, "offset {offset} after {last}");
         last = *offset;
-        let i: i64 = value
-            .as_deref()
-            .unwrap()
-            .strip_prefix("value-")
-            .unwrap()
-            .parse()
-            .unwrap();
+        // Tombstones (null values) came after the writes, at offsets of their own.
+        let Some(value) = value.as_deref().filter(|_| key != "filler") else {
+            continue;
+        };
+        let i: i64 = value.strip_prefix("value-").unwrap().parse().unwrap();
         assert_eq!((*offset, key), (i, &format!("key-{}", i as usize % keys())));
     }
     let by_offset: HashMap<i64, &(i64, String, Option<String>)> =
@@ -295,7 +319,7 @@ fn check(records: &[(i64, String, Option<String>)], latest: &HashMap<String, (i6
         let found = by_offset
             .get(offset)
             .unwrap_or_else(|| panic!("latest {key} at {offset} is missing"));
-        assert_eq!((&found.1, found.2.as_deref()), (key, Some(value.as_str())));
+        assert_eq!((&found.1, &found.2), (key, value));
     }
 }
 
@@ -307,7 +331,7 @@ fn given_kill_9_while_cleaning_should_lose_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = start(dir.path());
     create_topic(&broker);
-    let mut latest: HashMap<String, (i64, String)> = HashMap::new();
+    let mut latest: HashMap<String, (i64, Option<String>)> = HashMap::new();
     let mut next = 0;
     for round in 0..6 {
         let p = producer(&broker);
