@@ -12,8 +12,8 @@ use engine::{AppendWait, CompactOptions, LogConfig, Partition, RecoveryScope};
 use kafka_protocol::records::{Compression, Record};
 use proptest::prelude::*;
 
-/// Timestamp of every test record: far in the past, so that a zero delete retention
-/// expires tombstones and a huge one keeps them.
+/// Timestamp of every test record: far in the past, as an old or replayed producer's
+/// would be (tombstones age by the broker's clock regardless).
 const OLD_TS: i64 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
