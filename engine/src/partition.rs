@@ -2128,6 +2128,24 @@ impl Writer {
             for old in &group.replaced {
                 old.files.unlink_now()?;
             }
+            // The indexes are written and synced while the log is still the swap file:
+            // a crash before the rename below finishes the swap at the next open (and
+            // rebuilds them), one after it finds them whole.
+            let mut built = Segment::open_with_log(&dir, base, swap_path.clone(), false).await?;
+            let file_len = built.file_len().await?;
+            let outcome = built
+                .scan_from(0, false, interval, Some(end), &mut |_| {})
+                .await?;
+            if let Some(reason) = outcome.stopped.filter(|_| outcome.valid_bytes < file_len) {
+                return Err(LogError::CorruptSegment {
+                    path: swap_path,
+                    position: outcome.valid_bytes,
+                    reason,
+                });
+            }
+            built.clear_recent();
+            built.rewrite_indexes().await?;
+            built.files.sync_indexes().await?;
             let log_path = dir.join(format!(
                 "{}{}",
                 segment::file_stem(base),
@@ -2137,23 +2155,12 @@ impl Writer {
                 .await
                 .map_err(|e| LogError::io(&log_path, e))?;
             checkpoint::sync_dir(&dir).await?;
-            let mut seg = Segment::open_files(&dir, base, false).await?;
-            let file_len = seg.file_len().await?;
-            let outcome = seg
-                .scan_from(0, false, interval, Some(end), &mut |_| {})
-                .await?;
-            if let Some(reason) = outcome.stopped.filter(|_| outcome.valid_bytes < file_len) {
-                return Err(LogError::CorruptSegment {
-                    path: log_path,
-                    position: outcome.valid_bytes,
-                    reason,
-                });
-            }
-            seg.clear_recent();
-            seg.rewrite_indexes().await?;
-            seg.files.sync_indexes().await?;
-            checkpoint::sync_dir(&dir).await?;
-            Ok(seg)
+            // The same files under their names now, with what the scan found.
+            let named = Segment::open_files(&dir, base, false).await?;
+            Ok(Segment {
+                files: named.files,
+                ..built
+            })
         };
         let result = steps.await;
         let mut st = self.state.borrow_mut();

@@ -275,8 +275,19 @@ async fn open_rw(path: &Path, create: bool) -> Result<File> {
 impl Segment {
     /// Opens (creating if asked) the three files of the segment at `base_offset`.
     pub async fn open_files(dir: &Path, base_offset: i64, create: bool) -> Result<Self> {
+        let log_path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
+        Self::open_with_log(dir, base_offset, log_path, create).await
+    }
+
+    /// As `open_files`, with the log file at `log_path` (a cleaned segment's swap file,
+    /// whose indexes are written before it takes its name).
+    pub async fn open_with_log(
+        dir: &Path,
+        base_offset: i64,
+        log_path: PathBuf,
+        create: bool,
+    ) -> Result<Self> {
         let stem = file_stem(base_offset);
-        let log_path = dir.join(format!("{stem}{LOG_SUFFIX}"));
         let index_path = dir.join(format!("{stem}{INDEX_SUFFIX}"));
         let time_index_path = dir.join(format!("{stem}{TIME_INDEX_SUFFIX}"));
         let log = open_rw(&log_path, create).await?;
