@@ -588,16 +588,7 @@ pub mod build {
 
     /// Encodes a zigzag varint.
     pub fn put_varint(out: &mut Vec<u8>, value: i64) {
-        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-        loop {
-            let byte = (raw & 0x7f) as u8;
-            raw >>= 7;
-            if raw == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+        super::build_varlong(out, value);
     }
 
     /// Builds a valid uncompressed batch of `values`, timestamps `base_ts + i`.

@@ -300,15 +300,7 @@ fn given_retention_by_time_when_reader_holds_segment_should_unlink_it_and_let_th
         // The name goes at once (a segment at the same base may come next); the reader
         // holding its files reads on.
         assert!(!first.exists());
-        let mut buf = vec![0u8; 12];
-        use std::os::unix::fs::FileExt;
-        let std_file = std::fs::File::open(format!("/proc/self/fd/{}", {
-            use std::os::fd::AsRawFd;
-            held.ranges[0].files.log_file().as_raw_fd()
-        }))
-        .unwrap();
-        std_file.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(&buf[..8], &0i64.to_be_bytes());
+        assert_eq!(first_base_offset(&held), 0);
         drop(held);
     });
 }
@@ -461,15 +453,7 @@ fn given_partition_when_deleted_should_remove_directory() {
         p.delete().await.unwrap();
         assert!(!dir.exists());
         // A reader holding ranges keeps reading from the open file.
-        let mut buf = vec![0u8; 12];
-        use std::os::unix::fs::FileExt;
-        let std_file = std::fs::File::open(format!("/proc/self/fd/{}", {
-            use std::os::fd::AsRawFd;
-            held.ranges[0].files.log_file().as_raw_fd()
-        }))
-        .unwrap();
-        std_file.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(&buf[..8], &0i64.to_be_bytes());
+        assert_eq!(first_base_offset(&held), 0);
         let (p, report) = Partition::open(&dir, small_config()).await.unwrap();
         assert_eq!(
             report.log_end_offset, 0,
@@ -774,4 +758,16 @@ async fn check_batches_found(p: &Partition, batches: &[(i64, i64)]) {
             assert_eq!(slice.end_offset, expected_end, "read up to {offset}");
         }
     }
+}
+
+/// The base offset of the first batch a held range's file starts with, read through the
+/// open descriptor (its name may be gone).
+fn first_base_offset(held: &engine::ReadSlice) -> i64 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let fd = held.ranges[0].files.log_file().as_raw_fd();
+    let file = std::fs::File::open(format!("/proc/self/fd/{fd}")).unwrap();
+    let mut buf = [0u8; 8];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    i64::from_be_bytes(buf)
 }

@@ -385,16 +385,19 @@ fn run_core(
     });
 }
 
+/// Sleeps `every`, then true; false at once when the broker stops meanwhile.
+async fn tick(shard: &Shard, every: Duration) -> bool {
+    let sleep = std::pin::pin!(compio::time::sleep(every));
+    let stop = std::pin::pin!(shard.shared.stopped());
+    matches!(
+        futures_util::future::select(sleep, stop).await,
+        futures_util::future::Either::Left(_)
+    )
+}
+
 async fn retention_loop(shard: std::rc::Rc<Shard>) {
     let every = Duration::from_millis(shard.config().log_retention_check_interval_ms.max(1000));
-    loop {
-        let sleep = std::pin::pin!(compio::time::sleep(every));
-        let stop = std::pin::pin!(shard.shared.stopped());
-        if let futures_util::future::Either::Right(_) =
-            futures_util::future::select(sleep, stop).await
-        {
-            return;
-        }
+    while tick(&shard, every).await {
         shard.apply_retention();
     }
 }
@@ -405,14 +408,7 @@ async fn retention_loop(shard: std::rc::Rc<Shard>) {
 /// reads and writes through io_uring and yields between batches' I/O).
 async fn cleaner_loop(shard: std::rc::Rc<Shard>) {
     let every = Duration::from_millis(shard.config().log_cleaner_backoff_ms.max(100));
-    loop {
-        let sleep = std::pin::pin!(compio::time::sleep(every));
-        let stop = std::pin::pin!(shard.shared.stopped());
-        if let futures_util::future::Either::Right(_) =
-            futures_util::future::select(sleep, stop).await
-        {
-            return;
-        }
+    while tick(&shard, every).await {
         shard.compact_dirty_logs().await;
     }
 }
