@@ -227,6 +227,12 @@ pub fn validate_as(
 
 fn validate_fields(header: &BatchHeader, origin: Origin) -> Result<(), BatchError> {
     header.compression()?;
+    // A producer's horizon would decide when the broker forgets its tombstones.
+    if origin == Origin::Producer && header.delete_horizon().is_some() {
+        return Err(BatchError::DeleteHorizonFromProducer {
+            attributes: header.attributes,
+        });
+    }
     let count_ok = match origin {
         Origin::Producer => {
             header.record_count > 0 && i64::from(header.record_count) == header.offset_count()
@@ -830,6 +836,45 @@ mod tests {
         assert_eq!(first_record_at_or_after(&b, 101), Some((11, 101)));
         assert_eq!(first_record_at_or_after(&b, 102), Some((12, 102)));
         assert_eq!(first_record_at_or_after(&b, 103), None);
+    }
+
+    #[test]
+    fn given_records_retimed_to_a_horizon_should_keep_their_timestamps() {
+        // Records 0 and 2 of a 3-record batch, with long values (two-byte length
+        // prefixes) and timestamps base, base + 1, base + 2.
+        let big = vec![b'v'; 200];
+        let original = build_batch(&[&big, b"x", &big], 1_000);
+        let header = BatchHeader::parse(&original).unwrap();
+        let records: Vec<RawRecord<'_>> =
+            raw_records(&original[BATCH_HEADER_BYTES..], header.record_count)
+                .map(Result::unwrap)
+                .collect();
+        let horizon = 1_700_000_000_000i64;
+        let kept: Vec<Vec<u8>> = [&records[0], &records[2]]
+            .iter()
+            .map(|r| retime(r, header.base_timestamp, horizon))
+            .collect();
+        let parts: Vec<&[u8]> = kept.iter().map(Vec::as_slice).collect();
+        let rebuilt = rebuild_with(&original, &parts, 2, Some(horizon));
+        let h = validate_as(&rebuilt, 1 << 20, Origin::Log).unwrap();
+        assert_eq!(h.delete_horizon(), Some(horizon));
+        assert_eq!((h.record_count, h.last_offset_delta), (2, 2));
+        let again: Vec<RawRecord<'_>> = raw_records(&rebuilt[BATCH_HEADER_BYTES..], 2)
+            .map(Result::unwrap)
+            .collect();
+        let times: Vec<i64> = again.iter().map(|r| horizon + r.timestamp_delta).collect();
+        assert_eq!(times, [1_000, 1_002]);
+        assert_eq!(
+            again.iter().map(|r| r.offset_delta).collect::<Vec<_>>(),
+            [0, 2]
+        );
+        // The timestamp search reads the same times.
+        assert_eq!(first_record_at_or_after(&rebuilt, 1_001), Some((2, 1_002)));
+        // From a producer, the bit is refused.
+        assert!(matches!(
+            validate(&rebuilt, 1 << 20),
+            Err(BatchError::DeleteHorizonFromProducer { .. })
+        ));
     }
 
     #[test]

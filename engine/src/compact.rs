@@ -394,21 +394,22 @@ fn filter_batch(
             Some(_) => retimed.iter().map(Vec::as_slice).collect(),
             None => kept.iter().map(|r| r.bytes).collect(),
         };
-        if codec == Compression::None {
-            Kept::Rebuilt(batch::rebuild_with(bytes, &parts, count, new_horizon))
+        let rebuilt = if codec == Compression::None {
+            batch::rebuild_with(bytes, &parts, count, new_horizon)
         } else {
             let body = codec::compress(codec, &parts.concat(), &bytes[BATCH_HEADER_BYTES..])?;
-            let rebuilt = batch::rebuild_with(bytes, &[&body], count, new_horizon);
-            // Compressed again by another encoder, fewer records may take more bytes
-            // (a producer's higher level). Up to what a segment and a follower take, the
-            // bigger batch is written; past it the batch stays whole, and the tombstones
-            // of the records it still holds stay in this pass (see ARCHITECTURE.md).
-            if rebuilt.len() > plan.batch_bytes_max {
-                guard.extend(dropped_keys.iter().map(|k| k.to_vec()));
-                return Ok(Kept::Whole);
-            }
-            Kept::Rebuilt(rebuilt)
+            batch::rebuild_with(bytes, &[&body], count, new_horizon)
+        };
+        // A rebuilt batch may take more bytes than it had: compressed again by another
+        // encoder (a producer's higher level), or with timestamp deltas counted from a
+        // horizon. Up to what a segment and a follower take, it is written; past it the
+        // batch stays whole, and the tombstones of the records it still holds stay in
+        // this pass (see ARCHITECTURE.md).
+        if rebuilt.len() > plan.batch_bytes_max {
+            guard.extend(dropped_keys.iter().map(|k| k.to_vec()));
+            return Ok(Kept::Whole);
         }
+        Kept::Rebuilt(rebuilt)
     };
     removed.add(&here);
     Ok(outcome)

@@ -33,6 +33,10 @@ pub enum BatchError {
     TrailingBytes { end: usize, len: usize },
     #[error("compressed records: {reason}")]
     Codec { reason: &'static str },
+    #[error(
+        "attributes {attributes:#06x} set the delete horizon bit, which only the broker's cleaner sets"
+    )]
+    DeleteHorizonFromProducer { attributes: i16 },
 }
 
 /// A configuration value out of its bounds.

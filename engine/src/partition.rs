@@ -2146,6 +2146,8 @@ impl Writer {
             built.clear_recent();
             built.rewrite_indexes().await?;
             built.files.sync_indexes().await?;
+            // The unlinks and the new index names are durable before the log's rename.
+            checkpoint::sync_dir(&dir).await?;
             let log_path = dir.join(format!(
                 "{}{}",
                 segment::file_stem(base),

@@ -106,6 +106,12 @@ struct Expect {
 
 async fn check(p: &Partition, model: &[Write], expect: &Expect) {
     assert_eq!(p.offsets().log_end_offset, model.len() as i64, "log end");
+    // Every record keeps its timestamp, whatever delete horizon its batch was given.
+    let records = decode_all(&read_everything(p).await);
+    assert!(
+        records.iter().all(|r| r.timestamp == OLD_TS),
+        "a record's timestamp moved"
+    );
     let got = served(p).await;
     let mut last = -1;
     for (offset, w) in &got {
