@@ -3,7 +3,8 @@
 //! writes: gzip, Snappy in snappy-java's framing (raw Snappy read too, as Kafka's own
 //! reader accepts it), the LZ4 frame format with independent blocks, and zstd frames.
 //! Decompression stops at a caller's bound: a batch's records never take more memory
-//! than that, whatever the compressed bytes claim.
+//! than that, whatever the compressed bytes claim. (The `kafka-protocol` crate, which
+//! the tests use, has these codecs too, but inflates without a bound.)
 
 use std::io::{Read, Write};
 

@@ -35,7 +35,6 @@
 //! `RECORDS_DECOMPRESSED_BYTES_MAX` bytes) and what stays is compressed again with the
 //! same codec. A batch whose records cannot be read is kept whole, its keys left out.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -46,8 +45,7 @@ use compio::io::AsyncWriteAtExt;
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, Compression};
 use crate::codec;
 use crate::error::{LogError, Result};
-use crate::limits::SCAN_CHUNK_BYTES;
-use crate::segment::{self, BatchScanner, Scanned, SegmentFiles};
+use crate::segment::{self, BatchScanner, SegmentFiles};
 
 /// Suffix of a cleaned segment being written (deleted by recovery).
 pub(crate) const CLEANED_SUFFIX: &str = ".log.cleaned";
@@ -216,39 +214,27 @@ async fn build_map(segments: &[SealedSegment], map_bytes_max: usize) -> Result<(
     let mut covered = 0;
     'segments: for seg in segments {
         let path = seg.files.log_path();
-        let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
+        let mut scanner = BatchScanner::new(&seg.files.log, seg.size);
         let mut pos = 0u64;
-        loop {
+        while let Some((header, bytes)) = scanner.written_batch_at(pos, path).await? {
             if covered > 0 && map.bytes > map_bytes_max {
                 // This segment waits for the next clean. The keys already taken from it
                 // are real later writes, so the earlier records they replace may go.
                 break 'segments;
             }
-            let scanned = scanner
-                .batch_at(pos)
-                .await
-                .map_err(|e| LogError::io(path, e))?;
-            let (header, bytes) = match scanned {
-                Scanned::End => break,
-                Scanned::Invalid(reason) => {
-                    return Err(LogError::CorruptSegment {
-                        path: path.to_owned(),
-                        position: pos,
-                        reason,
-                    });
-                }
-                Scanned::Batch { header, bytes } => (header, bytes),
-            };
             pos += bytes.len() as u64;
             if header.is_control() {
                 continue;
             }
             // A compressed batch that cannot be read is kept whole (`filter_batch` finds
             // the same): its keys stay out of the map.
-            let Some(records) = readable_records(&header, bytes) else {
+            let Ok(inflated) = batch::records_of(&header, bytes) else {
                 continue;
             };
-            for record in each_record(&records, header.record_count) {
+            let Some(records) = readable_records(&header, &inflated) else {
+                continue;
+            };
+            for record in records {
                 let Some(key) = record.key else { continue };
                 let offset = header.base_offset + record.offset_delta;
                 match map.latest.get_mut(key) {
@@ -265,29 +251,28 @@ async fn build_map(segments: &[SealedSegment], map_bytes_max: usize) -> Result<(
     Ok((map, covered))
 }
 
-/// The records of a batch as the cleaner reads them (a compressed batch's inflated).
-/// `None` when they cannot be read (a compressed batch past the bound, or records that
-/// do not frame: a producer's compressed records are not checked when they are
-/// appended): the cleaner keeps such a batch whole and leaves its keys alone.
-fn readable_records<'a>(header: &BatchHeader, bytes: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-    let records = batch::records_of(header, bytes).ok()?;
-    let mut count = 0usize;
+/// The records of a batch (`records`: its body, inflated when compressed) as the
+/// cleaner reads them, in one pass. `None` when they do not frame or their offset
+/// deltas are out of order or outside the batch (a producer's compressed records are not
+/// checked when they are appended): the cleaner keeps such a batch whole and leaves its
+/// keys alone, as it does one that does not inflate within the bound.
+fn readable_records<'r>(
+    header: &BatchHeader,
+    records: &'r [u8],
+) -> Option<Vec<batch::RawRecord<'r>>> {
+    let mut out = Vec::new();
     let mut previous = -1i64;
-    for record in batch::raw_records(&records, header.record_count) {
-        let delta = record.ok()?.offset_delta;
-        // Within the batch's offsets and in order.
-        if delta <= previous || delta > i64::from(header.last_offset_delta) {
+    for record in batch::raw_records(records, header.record_count) {
+        let record = record.ok()?;
+        if record.offset_delta <= previous
+            || record.offset_delta > i64::from(header.last_offset_delta)
+        {
             return None;
         }
-        previous = delta;
-        count += 1;
+        previous = record.offset_delta;
+        out.push(record);
     }
-    (count == header.record_count as usize).then_some(records)
-}
-
-/// The records of `records` (checked by `readable_records`).
-fn each_record(records: &[u8], count: i32) -> impl Iterator<Item = batch::RawRecord<'_>> {
-    batch::raw_records(records, count).filter_map(Result::ok)
+    (out.len() == header.record_count as usize).then_some(out)
 }
 
 /// What filtering one batch left of it.
@@ -341,7 +326,10 @@ fn filter_batch(
         });
     }
     let codec = header.compression()?;
-    let Some(records) = readable_records(header, bytes) else {
+    let Ok(inflated) = batch::records_of(header, bytes) else {
+        return Ok(Kept::Whole);
+    };
+    let Some(records) = readable_records(header, &inflated) else {
         return Ok(Kept::Whole);
     };
     let horizon = header.delete_horizon();
@@ -349,7 +337,7 @@ fn filter_batch(
     let mut kept: Vec<batch::RawRecord<'_>> = Vec::new();
     let mut dropped_keys: Vec<&[u8]> = Vec::new();
     let mut here = Removed::default();
-    for record in each_record(&records, header.record_count) {
+    for record in records {
         let offset = header.base_offset + record.offset_delta;
         let stays = match record.key {
             None => {
@@ -529,24 +517,9 @@ async fn write_segment(
     let mut out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK_BYTES);
     let mut changed = false;
     let log_path = seg.files.log_path();
-    let mut scanner = BatchScanner::with_chunk(&seg.files.log, seg.size, SCAN_CHUNK_BYTES);
+    let mut scanner = BatchScanner::new(&seg.files.log, seg.size);
     let mut pos = 0u64;
-    loop {
-        let scanned = scanner
-            .batch_at(pos)
-            .await
-            .map_err(|e| LogError::io(log_path, e))?;
-        let (header, bytes) = match scanned {
-            Scanned::End => break,
-            Scanned::Invalid(reason) => {
-                return Err(LogError::CorruptSegment {
-                    path: log_path.to_owned(),
-                    position: pos,
-                    reason,
-                });
-            }
-            Scanned::Batch { header, bytes } => (header, bytes),
-        };
+    while let Some((header, bytes)) = scanner.written_batch_at(pos, log_path).await? {
         pos += bytes.len() as u64;
         let last_of_segment = header.last_offset() + 1 == seg.next_offset;
         let producers_last = header.producer_id >= 0

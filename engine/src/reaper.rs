@@ -50,31 +50,28 @@ fn sender() -> Option<SyncSender<Doomed>> {
 }
 
 /// Hands duplicates of the descriptors of unlinked files to the reaper, which closes
-/// them: the caller then closes its own cheaply. Returns them when the reaper cannot
-/// take them (the caller's close then frees the files).
+/// them: the caller then closes its own cheaply.
 pub(crate) fn close_later(fds: Vec<OwnedFd>) {
     if fds.is_empty() {
         return;
     }
-    if let Some(tx) = sender()
-        && let Err(TrySendError::Full(d) | TrySendError::Disconnected(d)) =
-            tx.try_send(Doomed::Fds(fds))
-    {
-        drop(d);
+    // Refused (the queue is full), they close here: freed on this thread after all.
+    if let Some(tx) = sender() {
+        let _ = tx.try_send(Doomed::Fds(fds));
     }
 }
 
 /// Removes a directory that nothing reads any more (already renamed away) on the
 /// reaper, or here when it cannot take it.
 pub(crate) fn remove_dir_later(dir: PathBuf) -> std::io::Result<()> {
-    match sender() {
-        Some(tx) => match tx.try_send(Doomed::Dir(dir)) {
-            Ok(()) => Ok(()),
-            Err(
-                TrySendError::Full(Doomed::Dir(d)) | TrySendError::Disconnected(Doomed::Dir(d)),
-            ) => std::fs::remove_dir_all(d),
-            Err(_) => Ok(()),
+    let Some(tx) = sender() else {
+        return std::fs::remove_dir_all(dir);
+    };
+    match tx.try_send(Doomed::Dir(dir)) {
+        Err(TrySendError::Full(doomed) | TrySendError::Disconnected(doomed)) => match doomed {
+            Doomed::Dir(dir) => std::fs::remove_dir_all(dir),
+            Doomed::Fds(_) => Ok(()),
         },
-        None => std::fs::remove_dir_all(dir),
+        Ok(()) => Ok(()),
     }
 }

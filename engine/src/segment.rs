@@ -567,6 +567,29 @@ impl<'a> BatchScanner<'a> {
         Ok(self.window.len() >= len)
     }
 
+    /// The batch at `pos` of bytes the engine wrote and checked (`path` is the file's,
+    /// for errors): `None` at the end, and an error, not a place to stop, for one that
+    /// does not frame.
+    pub async fn written_batch_at(
+        &mut self,
+        pos: u64,
+        path: &Path,
+    ) -> Result<Option<(BatchHeader, &[u8])>> {
+        match self
+            .batch_at(pos)
+            .await
+            .map_err(|e| LogError::io(path, e))?
+        {
+            Scanned::End => Ok(None),
+            Scanned::Invalid(reason) => Err(LogError::CorruptSegment {
+                path: path.to_owned(),
+                position: pos,
+                reason,
+            }),
+            Scanned::Batch { header, bytes } => Ok(Some((header, bytes))),
+        }
+    }
+
     /// The batch starting at `pos`; only its framing is checked here.
     pub async fn batch_at(&mut self, pos: u64) -> io::Result<Scanned<'_>> {
         if pos >= self.end {
@@ -629,28 +652,14 @@ pub(crate) async fn for_each_header(
     for span in spans {
         let mut scanner = BatchScanner::new(&span.files.log, span.size);
         let mut pos = span.start;
-        loop {
-            let scanned = scanner
-                .batch_at(pos)
-                .await
-                .map_err(|e| LogError::io(span.files.log_path(), e))?;
-            match scanned {
-                Scanned::End => break,
-                Scanned::Invalid(reason) => {
-                    return Err(LogError::CorruptSegment {
-                        path: span.files.log_path().to_owned(),
-                        position: pos,
-                        reason,
-                    });
-                }
-                Scanned::Batch { header, bytes } => {
-                    if header.base_offset >= end_offset {
-                        return Ok(());
-                    }
-                    f(&header);
-                    pos += bytes.len() as u64;
-                }
+        while let Some((header, bytes)) =
+            scanner.written_batch_at(pos, span.files.log_path()).await?
+        {
+            if header.base_offset >= end_offset {
+                return Ok(());
             }
+            f(&header);
+            pos += bytes.len() as u64;
         }
     }
     Ok(())
