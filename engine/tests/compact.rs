@@ -451,6 +451,21 @@ async fn leader_compacted(dir: &Path) -> Partition {
     leader
 }
 
+/// Closes `p` (or drops it unclosed: a crash), reopens its directory, and checks that
+/// it serves what it served before, to the same end.
+async fn survives_reopen(p: Partition, dir: &Path, config: LogConfig, crash: bool) {
+    let end = p.offsets().log_end_offset;
+    let before = served(&p).await;
+    if crash {
+        drop(p)
+    } else {
+        p.close().await.unwrap()
+    }
+    let (p, report) = Partition::open(dir, config).await.unwrap();
+    assert_eq!(p.offsets().log_end_offset, end, "crash {crash}: {report:?}");
+    assert_eq!(served(&p).await, before, "crash {crash}");
+}
+
 /// A follower with large segments copies a compacted leader: the gaps land in its active
 /// segment, which recovery must keep, after a clean close and after a crash.
 #[test]
@@ -473,20 +488,7 @@ fn given_gaps_in_a_followers_active_segment_when_reopened_should_keep_them() {
                     .unwrap();
             }
             assert_eq!(follower.segment_count(), 1);
-            let before = served(&follower).await;
-            let end = follower.offsets().log_end_offset;
-            if crash {
-                drop(follower)
-            } else {
-                follower.close().await.unwrap()
-            }
-            let (follower, report) = Partition::open(fd.path(), big).await.unwrap();
-            assert_eq!(
-                follower.offsets().log_end_offset,
-                end,
-                "crash {crash}: {report:?}"
-            );
-            assert_eq!(served(&follower).await, before, "crash {crash}");
+            survives_reopen(follower, fd.path(), big, crash).await;
         });
     }
 }
@@ -500,16 +502,7 @@ fn given_a_truncation_into_a_cleaned_segment_when_reopened_should_keep_what_is_l
             let p = leader_compacted(dir.path()).await;
             let second = list_logs(dir.path())[1];
             p.truncate_to(second - 1).await.unwrap();
-            let end = p.offsets().log_end_offset;
-            let before = served(&p).await;
-            if crash {
-                drop(p)
-            } else {
-                p.close().await.unwrap()
-            }
-            let (p, report) = Partition::open(dir.path(), config()).await.unwrap();
-            assert_eq!(p.offsets().log_end_offset, end, "crash {crash}: {report:?}");
-            assert_eq!(served(&p).await, before, "crash {crash}");
+            survives_reopen(p, dir.path(), config(), crash).await;
         });
     }
 }
