@@ -54,12 +54,7 @@ print("%.0f %.1f" % (w["iops"], w["bw_bytes"] / 1e6))' <<<"$json")"
       --duration "$seconds" --no-verify --quiet --kafka 127.0.0.1:9092 2>&1 || true)
     stop_broker
     rm -rf "$work/data"
-    row=$(grep -E '^\| produce \|' <<<"$result" | head -1)
-    if [[ -z $row ]]; then
-      echo "run failed (batch $batch):" >&2
-      echo "$result" >&2
-      exit 1
-    fi
+    row=$(loadgen_row produce "$result" "batch $batch") || exit 1
     # | produce | target | mode | msgs/s | MB/s | p50 | p99 | p99.9 | max | client CPU | broker CPU | messages | verified |
     IFS='|' read -r _ _ _ _ msgs mbs _ _ _ _ _ cpu _ <<<"$row"
     printf '%s\tbroker-batch-%s\t%s\t%s\t%s\t%s\n' "$round" "$batch" $msgs $mbs \

@@ -50,24 +50,14 @@ for round in $(seq 1 "$rounds"); do
     [[ $target == apache-* ]] || start_ours
     result=$("$loadgen" produce --target "$target" --batch 1 --linger-ms 0 \
       --messages "$max_messages" --no-verify --quiet 2>&1 || true)
-    row=$(grep -E '^\| produce \|' <<<"$result" | head -1)
-    if [[ -z $row ]]; then
-      echo "maximum run failed ($target):" >&2
-      echo "$result" >&2
-      exit 1
-    fi
+    row=$(loadgen_row produce "$result" "maximum, $target") || exit 1
     max=$(cut -d'|' -f5 <<<"$row" | tr -d ' ')
     rate=$((max / 2))
     messages=$((rate * seconds))
     result=$("$loadgen" latency --target "$target" --rate "$rate" --batch 1 --linger-ms 0 \
       --messages "$messages" --warmup "$rate" --quiet 2>&1 || true)
     stop_ours
-    row=$(grep -E '^\| latency' <<<"$result" | head -1)
-    if [[ -z $row ]]; then
-      echo "latency run failed ($target at $rate msgs/s):" >&2
-      echo "$result" >&2
-      exit 1
-    fi
+    row=$(loadgen_row latency "$result" "latency, $target at $rate msgs/s") || exit 1
     # | latency | target | mode | msgs/s | MB/s | p50 | p99 | p99.9 | max | client CPU | broker CPU | messages | verified |
     IFS='|' read -r _ _ _ _ reached _ p50 p99 p999 _ _ cpu _ verified <<<"$row"
     per_msg=$(awk -v c="$cpu" -v n="$messages" 'BEGIN { printf "%.1f", c * 1e6 / n }')

@@ -103,12 +103,7 @@ loadgen_step() { # STEP EXPERIMENT loadgen-arguments...
     --messages "$messages" --quiet --kafka 127.0.0.1:9092 "$@" 2>&1 || true)
   stop_broker
   rm -rf "$work/data"
-  row=$(grep -E "^\| $experiment \|" <<<"$result" | head -1)
-  if [[ -z $row ]]; then
-    echo "run failed ($step):" >&2
-    echo "$result" >&2
-    exit 1
-  fi
+  row=$(loadgen_row "$experiment" "$result" "$step") || exit 1
   # | experiment | target | mode | msgs/s | MB/s | p50 | p99 | p99.9 | max | client CPU | broker CPU | messages | verified |
   IFS='|' read -r _ _ _ _ _ mbs _ _ _ _ client cpu _ <<<"$row"
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$step" $mbs $cpu \

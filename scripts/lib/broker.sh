@@ -1,5 +1,5 @@
 # Sourced by the measurement scripts: our broker on 127.0.0.1:9092, started and stopped
-# around each run. Needs $broker (the binary).
+# around each run (needs $broker, the binary), and the row of loadgen's table.
 
 broker_pid=
 
@@ -17,4 +17,18 @@ stop_broker() {
     wait "$broker_pid" 2>/dev/null || true
     broker_pid=
   fi
+}
+
+# loadgen_row NAME OUTPUT WHAT: the `| NAME |` row of loadgen's table in OUTPUT; when
+# there is none the run failed: says so with WHAT and OUTPUT, and returns 1 (call it as
+# `row=$(loadgen_row ...) || exit 1`).
+loadgen_row() {
+  local row
+  row=$(grep -E "^\| $1 \|" <<<"$2" | head -1)
+  if [[ -z $row ]]; then
+    echo "run failed ($3):" >&2
+    echo "$2" >&2
+    return 1
+  fi
+  echo "$row"
 }
