@@ -18,6 +18,8 @@ use serde::Deserialize;
 /// Prefix of environment variables that override config keys: `BROKER_MESSAGE_MAX_BYTES`
 /// sets `message_max_bytes`.
 pub const ENV_PREFIX: &str = "BROKER_";
+/// Most partitions `__consumer_offsets` may have (each is a partition every replica opens).
+pub const OFFSETS_TOPIC_PARTITIONS_MAX: i32 = 1_000;
 
 /// Largest `fetch_inline_max_bytes`: what one connection may hold in memory for a
 /// response's records.
@@ -170,6 +172,21 @@ pub struct BrokerConfig {
     /// A broker's preferred partitions led elsewhere, in percent, above which they move
     /// back (`leader.imbalance.per.broker.percentage`).
     pub leader_imbalance_per_broker_percentage: u64,
+    /// Partitions of `__consumer_offsets`, the compacted topic that holds committed
+    /// offsets; a group belongs to one of them (`offsets.topic.num.partitions`). Read
+    /// when the topic is created, on the first FindCoordinator.
+    pub offsets_topic_num_partitions: i32,
+    /// Its replication factor (`offsets.topic.replication.factor`); -1 means
+    /// `default_replication_factor`. Creation waits until that many brokers are live.
+    pub offsets_topic_replication_factor: i16,
+    /// Committed offsets of a group without members expire this long after their last
+    /// commit (`offsets.retention.minutes`, Kafka's 7 days).
+    pub offsets_retention_minutes: u64,
+    /// How often expired offsets are looked for (`offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval_ms: u64,
+    /// An OffsetCommit waits this long for its write to reach the ISR
+    /// (`offsets.commit.timeout.ms`).
+    pub offsets_commit_timeout_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -192,6 +209,11 @@ impl Default for BrokerConfig {
             log_cleaner_enable: true,
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_dedupe_buffer_size: 64 * 1024 * 1024,
+            offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: -1,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
+            offsets_commit_timeout_ms: 5_000,
             flush: FlushMode::PerAppend,
             flush_interval_ms: 1000,
             write_path: WriteMode::Adaptive,
@@ -293,6 +315,25 @@ impl BrokerConfig {
         }
         if self.node_id < 0 {
             return bad(format!("node_id = {} must be at least 0", self.node_id));
+        }
+        if !(1..=OFFSETS_TOPIC_PARTITIONS_MAX).contains(&self.offsets_topic_num_partitions) {
+            return bad(format!(
+                "offsets_topic_num_partitions = {} must be 1 to {OFFSETS_TOPIC_PARTITIONS_MAX}",
+                self.offsets_topic_num_partitions
+            ));
+        }
+        if self.offsets_topic_replication_factor == 0 || self.offsets_topic_replication_factor < -1
+        {
+            return bad(
+                "offsets_topic_replication_factor must be at least 1 (or -1 for the default)"
+                    .into(),
+            );
+        }
+        if self.offsets_commit_timeout_ms == 0 || self.offsets_retention_check_interval_ms == 0 {
+            return bad(
+                "offsets_commit_timeout_ms and offsets_retention_check_interval_ms must be positive"
+                    .into(),
+            );
         }
         if self.default_replication_factor < 1 || self.min_insync_replicas < 1 {
             return bad(
@@ -405,6 +446,15 @@ impl BrokerConfig {
 
     pub fn advertised_port(&self) -> i32 {
         i32::from(self.advertised_port.unwrap_or(self.listen.port()))
+    }
+
+    /// The replication factor `__consumer_offsets` is created with.
+    pub fn offsets_topic_replication_factor(&self) -> i16 {
+        if self.offsets_topic_replication_factor == -1 {
+            self.default_replication_factor
+        } else {
+            self.offsets_topic_replication_factor
+        }
     }
 
     pub fn advertised_host(&self) -> String {

@@ -155,7 +155,11 @@ fn spawn(data_dir: &Path, listen: &str, env: &[(String, String)]) -> (Child, Str
             .arg(data_dir)
             .arg("--cores")
             .arg("2")
-            .env("RUST_LOG", "warn")
+            // TEST_BROKER_LOG raises the brokers' log level when a test needs reading.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_BROKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -169,9 +169,7 @@ async fn delete_local(shard: &Rc<Shard>, name: &str) {
     match shard.delete_topic_everywhere(name).await {
         Ok(()) => {
             // A topic recreated under this name must not inherit old offsets.
-            if let Err(e) = shard.shared.offsets().forget_topic(name) {
-                tracing::error!(topic = name, error = %e, "cannot drop the deleted topic's committed offsets");
-            }
+            crate::control::groups::hosting::forget_topic(shard, name).await;
             tracing::info!(topic = name, "deleted topic");
         }
         Err(e) => tracing::error!(topic = name, error = %e, "deleting topic failed"),

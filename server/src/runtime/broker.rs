@@ -135,16 +135,17 @@ pub fn start(mut config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| mpsc::channel::<ShardCommand>(SHARD_INBOX_DEPTH_MAX))
         .unzip();
-    let offsets =
-        crate::control::groups::offsets::OffsetStore::open(&config.data_dir.join(".groups"))
-            .context("cannot load committed offsets")?;
+    let legacy_offsets = crate::control::groups::offsets::OffsetStore::open_existing(
+        &config.data_dir.join(".groups"),
+    )
+    .context("cannot load the committed offsets kept before __consumer_offsets")?;
     let producer_ids =
         crate::control::producer_ids::ProducerIds::open(&config.data_dir.join(".groups"))
             .context("cannot load producer ids")?;
     let shared = Arc::new(BrokerShared::new(
         config,
         registry,
-        offsets,
+        legacy_offsets,
         producer_ids,
         senders,
         controller.handle(),
@@ -362,6 +363,10 @@ fn run_core(
         .detach();
         if id == 0 {
             compio::runtime::spawn(group_timer_loop(std::rc::Rc::clone(&shard))).detach();
+            compio::runtime::spawn(crate::control::groups::hosting::host_offsets_partitions(
+                std::rc::Rc::clone(&shard),
+            ))
+            .detach();
             compio::runtime::spawn(crate::control::metadata_follower::follow_metadata(
                 std::rc::Rc::clone(&shard),
             ))

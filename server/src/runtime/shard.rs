@@ -34,7 +34,10 @@ pub struct BrokerShared {
     pub config: BrokerConfig,
     pub registry: Registry,
     groups: std::sync::Mutex<crate::control::groups::coordinator::Coordinator>,
-    offsets: std::sync::Mutex<crate::control::groups::offsets::OffsetStore>,
+    offsets: std::sync::Mutex<crate::control::groups::offsets_topic::CommittedOffsets>,
+    /// The committed offsets file of a broker from before `__consumer_offsets`, while
+    /// some of its groups have not moved into the topic yet (`hosting::load`).
+    pub legacy_offsets: std::sync::Mutex<Option<crate::control::groups::offsets::OffsetStore>>,
     producer_ids: std::sync::Mutex<crate::control::producer_ids::ProducerIds>,
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
     /// This node's controller: proposals, and the committed cluster metadata.
@@ -58,7 +61,7 @@ impl BrokerShared {
     pub fn new(
         config: BrokerConfig,
         registry: Registry,
-        offsets: crate::control::groups::offsets::OffsetStore,
+        legacy_offsets: Option<crate::control::groups::offsets::OffsetStore>,
         producer_ids: crate::control::producer_ids::ProducerIds,
         shards: Vec<mpsc::Sender<ShardCommand>>,
         controller: cluster::ControllerHandle,
@@ -85,7 +88,8 @@ impl BrokerShared {
             config,
             registry,
             groups: std::sync::Mutex::new(Default::default()),
-            offsets: std::sync::Mutex::new(offsets),
+            offsets: std::sync::Mutex::new(Default::default()),
+            legacy_offsets: std::sync::Mutex::new(legacy_offsets),
             producer_ids: std::sync::Mutex::new(producer_ids),
             shards,
             controller,
@@ -107,10 +111,11 @@ impl BrokerShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Committed offsets (control plane).
+    /// Committed offsets of the `__consumer_offsets` partitions this broker leads
+    /// (control plane; no I/O under this lock).
     pub fn offsets(
         &self,
-    ) -> std::sync::MutexGuard<'_, crate::control::groups::offsets::OffsetStore> {
+    ) -> std::sync::MutexGuard<'_, crate::control::groups::offsets_topic::CommittedOffsets> {
         self.offsets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -355,6 +360,14 @@ pub enum ShardCommand {
         leader_epoch: i32,
         reply: oneshot::Sender<Result<(i32, i64), PartitionError>>,
     },
+    /// A copy of the leader's log from `offset`, for the group coordinator's load.
+    ReadLeaderLog {
+        tp: TopicPartition,
+        offset: i64,
+        max_bytes: u64,
+        leader_epoch: i32,
+        reply: oneshot::Sender<Result<LeaderLogChunk, PartitionError>>,
+    },
     OpenTopic {
         meta: TopicMeta,
         reply: oneshot::Sender<Result<(), String>>,
@@ -382,6 +395,13 @@ pub struct Incoming {
     pub slot: ConnectionSlot,
     /// What a connection moved from another core brings; `None` from the acceptor.
     pub moved: Option<crate::kafka::connection::Moved>,
+}
+
+/// What `Shard::read_leader_log` returns.
+pub struct LeaderLogChunk {
+    pub batches: Vec<u8>,
+    pub log_start: i64,
+    pub log_end: i64,
 }
 
 pub(crate) struct OwnedPartition {
@@ -815,6 +835,61 @@ impl Shard {
         )
         .await?;
         answer.await.map_err(|_| gone(owner))?
+    }
+
+    /// Whole batches of a partition this broker leads at `leader_epoch`, copied, from
+    /// `offset` (or the log start, if later) up to `max_bytes` (at least one batch),
+    /// with the log's start and end: what the group coordinator loads. Reads to the log
+    /// end, not the high watermark: what a new leader holds stays in its log.
+    pub async fn read_leader_log(
+        &self,
+        tp: TopicPartition,
+        offset: i64,
+        max_bytes: u64,
+        leader_epoch: i32,
+    ) -> Result<LeaderLogChunk, PartitionError> {
+        let owner = self.owner(&tp);
+        if owner == self.id {
+            return self
+                .local_read_leader_log(&tp, offset, max_bytes, leader_epoch)
+                .await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            owner,
+            ShardCommand::ReadLeaderLog {
+                tp,
+                offset,
+                max_bytes,
+                leader_epoch,
+                reply,
+            },
+        )
+        .await?;
+        answer.await.map_err(|_| gone(owner))?
+    }
+
+    async fn local_read_leader_log(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        max_bytes: u64,
+        leader_epoch: i32,
+    ) -> Result<LeaderLogChunk, PartitionError> {
+        let (log, _) = self.local(tp)?;
+        self.replica(tp)?
+            .borrow()
+            .check_leader(leader_epoch)
+            .map_err(PartitionError::NotServedHere)?;
+        let offsets = log.offsets();
+        let batches = log
+            .read(offset.max(offsets.log_start_offset), max_bytes)
+            .await?;
+        Ok(LeaderLogChunk {
+            batches,
+            log_start: offsets.log_start_offset,
+            log_end: offsets.log_end_offset,
+        })
     }
 
     /// Opens a new topic's partitions on every core that owns some.
@@ -1305,6 +1380,18 @@ impl Shard {
                 reply,
             } => {
                 let _ = reply.send(self.local_epoch_end(&tp, current_leader_epoch, leader_epoch));
+            }
+            ShardCommand::ReadLeaderLog {
+                tp,
+                offset,
+                max_bytes,
+                leader_epoch,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.local_read_leader_log(&tp, offset, max_bytes, leader_epoch)
+                        .await,
+                );
             }
             ShardCommand::OpenTopic { meta, reply } => {
                 let _ = reply.send(self.open_topic(&meta).await);

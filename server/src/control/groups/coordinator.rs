@@ -559,6 +559,21 @@ impl Coordinator {
         }
     }
 
+    /// Drops the groups `which` names (their coordination moved away): members waiting
+    /// in JoinGroup or SyncGroup are answered NOT_COORDINATOR by their handlers. How many.
+    pub fn forget_where(&mut self, which: impl Fn(&str) -> bool) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|id, _| !which(id));
+        before - self.groups.len()
+    }
+
+    /// Whether the group has members (or members about to join).
+    pub fn has_members(&self, group_id: &str) -> bool {
+        self.groups
+            .get(group_id)
+            .is_some_and(|g| !g.members.is_empty() || !g.pending.is_empty())
+    }
+
     pub fn list(&self) -> Vec<(String, String, GroupState)> {
         let mut out: Vec<_> = self
             .groups

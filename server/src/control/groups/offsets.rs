@@ -1,10 +1,9 @@
-//! Committed offsets, durable across restarts and crashes: an append-only log of commit
-//! records (each with a CRC-32C), fdatasynced before OffsetCommit is answered, replayed at
-//! start (stopping at the first torn or corrupt record), and compacted by rewriting the
-//! live entries when the log grows well past them.
-//!
-//! Control-plane state behind one mutex, like the coordinator; the fsync happens on the
-//! committing core's thread.
+//! The committed offsets file of brokers from before `__consumer_offsets`: an
+//! append-only log of commit records (each with a CRC-32C), replayed at start (stopping
+//! at the first torn or corrupt record). Brokers now keep committed offsets in the
+//! replicated topic (`offsets_topic.rs`); a data directory that still has this file has
+//! its groups moved into the topic as their partitions load (`hosting::load`), and the
+//! file is renamed `offsets.log.migrated` once it is empty.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -130,6 +129,32 @@ fn decode(payload: &[u8]) -> Option<(Key, Committed)> {
 }
 
 impl OffsetStore {
+    /// The store of `dir` when its file exists and holds offsets; `None` otherwise.
+    pub fn open_existing(dir: &Path) -> io::Result<Option<Self>> {
+        if !dir.join(LOG_FILE).exists() {
+            return Ok(None);
+        }
+        let store = Self::open(dir)?;
+        if store.entries.is_empty() {
+            store.retire()?;
+            return Ok(None);
+        }
+        tracing::info!(
+            groups = store.groups().len(),
+            "committed offsets from before __consumer_offsets will move into it"
+        );
+        Ok(Some(store))
+    }
+
+    /// Renames the file `offsets.log.migrated` (kept for the operator, never read again).
+    pub fn retire(&self) -> io::Result<()> {
+        std::fs::rename(
+            self.dir.join(LOG_FILE),
+            self.dir.join(format!("{LOG_FILE}.migrated")),
+        )?;
+        File::open(&self.dir)?.sync_all()
+    }
+
     /// Opens `{dir}/offsets.log`, replaying it; a torn or corrupt tail is cut off.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;

@@ -23,6 +23,7 @@ use kafka_protocol::messages::{
 };
 
 use super::{Request, str_bytes};
+use crate::control::groups::offsets_topic::OFFSETS_TOPIC;
 use crate::control::metadata_follower::{controller_error, wait_applied};
 use crate::control::topics::{TOPIC_CONFIG_KEYS, TopicError, TopicMeta, check_config};
 use crate::kafka::fetch_response::Piece;
@@ -331,6 +332,13 @@ async fn grow_topic(
     validate_only: bool,
 ) -> Result<(), (i16, String)> {
     let metadata = shard.shared.controller.view().current();
+    if name == OFFSETS_TOPIC {
+        // Every group's partition would move, and its committed offsets with it.
+        return Err((
+            error_code::INVALID_REQUEST,
+            "__consumer_offsets cannot grow: groups would lose their committed offsets".into(),
+        ));
+    }
     let topic = metadata.topics.get(name).ok_or_else(|| {
         (
             error_code::UNKNOWN_TOPIC_OR_PARTITION,
@@ -455,6 +463,17 @@ pub async fn delete_topics(
             DeletableTopicResult::default().with_name(Some(TopicName(str_bytes(&topic))));
         if request.version >= 6 {
             result = result.with_topic_id(uuid::Uuid::from_u128(topic_id));
+        }
+        if topic == OFFSETS_TOPIC {
+            // Kafka refuses to delete its internal topics: every group's offsets are there.
+            results.push(
+                result
+                    .with_error_code(error_code::INVALID_REQUEST)
+                    .with_error_message(Some(str_bytes(
+                        "__consumer_offsets is internal and cannot be deleted",
+                    ))),
+            );
+            continue;
         }
         let proposed = shard
             .shared

@@ -2,9 +2,10 @@
 //! Heartbeat (0-4), LeaveGroup (0-5), ListGroups (0-5), DescribeGroups (0-5),
 //! DeleteGroups (0-2); from
 //! FindCoordinator v3, JoinGroup v6, SyncGroup v4, Heartbeat v4, LeaveGroup v4, ListGroups
-//! v3 and DescribeGroups v5 on, the flexible encodings (KIP-482). Every broker
-//! coordinates the groups its clients ask it about (groups move to a replicated offsets
-//! topic with the cluster groups work).
+//! v3 and DescribeGroups v5 on, the flexible encodings (KIP-482). A group's coordinator
+//! is the leader of its `__consumer_offsets` partition; other brokers answer its
+//! requests NOT_COORDINATOR, and a new leader COORDINATOR_LOAD_IN_PROGRESS until it has
+//! loaded the partition (`control::groups::hosting`).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -22,43 +23,142 @@ use kafka_protocol::messages::{
     SyncGroupRequest, SyncGroupResponse,
 };
 
+use kafka_protocol::protocol::StrBytes;
+
 use super::{Request, str_bytes};
 use crate::control::groups::coordinator::{JoinArgs, JoinOutcome, Reply, SyncOutcome};
+use crate::control::groups::hosting;
+use crate::control::groups::offsets_topic::{self, OFFSETS_TOPIC};
 use crate::kafka::fetch_response::Piece;
 use crate::kafka::protocol::{DecodeError, error_code};
 use crate::runtime::shard::Shard;
 
-/// This broker coordinates every group it is asked about. v4+ asks for a batch of keys
-/// (KIP-699) and is answered per key.
-pub fn find_coordinator(
+/// The group's coordinator: the leader of its `__consumer_offsets` partition (the
+/// topic is created on the first ask). v4+ asks for a batch of keys (KIP-699) and is
+/// answered per key. Transactional ids (key type 1) are answered with this broker, as
+/// before (transactions are not served).
+pub async fn find_coordinator(
     shard: &Rc<Shard>,
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: FindCoordinatorRequest = request.decode("FindCoordinator request")?;
-    let config = shard.config();
-    let node = BrokerId(shard.shared.node_id());
-    let host = str_bytes(&config.advertised_host());
-    let port = config.advertised_port();
+    let keys: Vec<StrBytes> = if request.version >= 4 {
+        req.coordinator_keys.clone()
+    } else {
+        vec![req.key.clone()]
+    };
+    let mut answers = Vec::with_capacity(keys.len());
+    for key in keys {
+        let found = if req.key_type == 1 {
+            Ok(self_endpoint(shard))
+        } else {
+            coordinator_of(shard, key.as_str()).await
+        };
+        answers.push((key, found));
+    }
     let response = if request.version >= 4 {
         FindCoordinatorResponse::default().with_coordinators(
-            req.coordinator_keys
-                .iter()
-                .map(|key| {
-                    Coordinator::default()
-                        .with_key(key.clone())
-                        .with_node_id(node)
-                        .with_host(host.clone())
-                        .with_port(port)
+            answers
+                .into_iter()
+                .map(|(key, found)| {
+                    let c = Coordinator::default().with_key(key);
+                    match found {
+                        Ok((node, host, port)) => c
+                            .with_node_id(BrokerId(node))
+                            .with_host(str_bytes(&host))
+                            .with_port(port),
+                        Err(code) => c
+                            .with_node_id(BrokerId(-1))
+                            .with_host(str_bytes(""))
+                            .with_port(-1)
+                            .with_error_code(code),
+                    }
                 })
                 .collect(),
         )
     } else {
-        FindCoordinatorResponse::default()
-            .with_node_id(node)
-            .with_host(host)
-            .with_port(port)
+        match answers
+            .pop()
+            .map_or(Err(error_code::INVALID_REQUEST), |(_, found)| found)
+        {
+            Ok((node, host, port)) => FindCoordinatorResponse::default()
+                .with_node_id(BrokerId(node))
+                .with_host(str_bytes(&host))
+                .with_port(port),
+            Err(code) => FindCoordinatorResponse::default()
+                .with_error_code(code)
+                .with_node_id(BrokerId(-1))
+                .with_host(str_bytes(""))
+                .with_port(-1),
+        }
     };
     request.respond(&response)
+}
+
+fn self_endpoint(shard: &Shard) -> (i32, String, i32) {
+    let config = shard.config();
+    (
+        shard.shared.node_id(),
+        config.advertised_host(),
+        config.advertised_port(),
+    )
+}
+
+/// The leader of the group's `__consumer_offsets` partition and its endpoint.
+async fn coordinator_of(shard: &Rc<Shard>, group: &str) -> Result<(i32, String, i32), i16> {
+    let partitions = hosting::ensure_topic(shard).await?;
+    let p = offsets_topic::partition_for(group, partitions);
+    let table = shard.partition_table();
+    let route = table
+        .route(OFFSETS_TOPIC, p)
+        .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)?;
+    if route.leader == shard.shared.node_id() {
+        return Ok(self_endpoint(shard));
+    }
+    if route.leader < 0 {
+        return Err(error_code::COORDINATOR_NOT_AVAILABLE);
+    }
+    let (host, port) = table
+        .endpoint(route.leader)
+        .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)?;
+    Ok((route.leader, host.to_owned(), port))
+}
+
+/// Whether this broker coordinates `group` now: it leads the group's
+/// `__consumer_offsets` partition and has loaded it at that leader epoch. The partition
+/// and its leader epoch, or why not: NOT_COORDINATOR (another broker leads it),
+/// COORDINATOR_LOAD_IN_PROGRESS (it leads it, the load has not finished), or
+/// COORDINATOR_NOT_AVAILABLE (no topic yet, or no leader).
+pub fn coordinating(shard: &Shard, group: &str) -> Result<(i32, i32), i16> {
+    let status = (|| {
+        let partitions = shard
+            .shared
+            .registry
+            .get(OFFSETS_TOPIC)
+            .map(|m| m.partitions)
+            .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)?;
+        let p = offsets_topic::partition_for(group, partitions);
+        let route = shard
+            .partition_table()
+            .route(OFFSETS_TOPIC, p)
+            .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)?;
+        if route.leader < 0 {
+            return Err(error_code::COORDINATOR_NOT_AVAILABLE);
+        }
+        if route.leader != shard.shared.node_id() {
+            return Err(error_code::NOT_COORDINATOR);
+        }
+        match shard.shared.offsets().status(group) {
+            Ok((q, epoch)) if q == p && epoch == route.leader_epoch => Ok((p, epoch)),
+            // Not hosted yet, loading, or hosted at another epoch than this core's table
+            // says: the hosting loop catches up within its tick.
+            _ => Err(error_code::COORDINATOR_LOAD_IN_PROGRESS),
+        }
+    })();
+    if let Err(code) = status {
+        tracing::debug!(group, code, "not coordinating the group here now");
+    }
+    status
 }
 
 pub async fn join_group(
@@ -87,13 +187,27 @@ pub async fn join_group(
         requires_known_member_id: request.version >= 4,
         supports_skip_assignment: request.version >= 9,
     };
-    let reply = shard.shared.groups().join(args, Instant::now());
+    let group = args.group_id.clone();
+    let refused = |code| JoinOutcome {
+        error_code: code,
+        generation_id: -1,
+        member_id: req.member_id.to_string(),
+        ..JoinOutcome::default()
+    };
+    let reply = match coordinating(shard, &group) {
+        Err(code) => Reply::Now(refused(code)),
+        // Its own statement: the coordinator's lock must be released before any await.
+        Ok(_) => shard.shared.groups().join(args, Instant::now()),
+    };
     let outcome = match reply {
         Reply::Now(o) => o,
-        Reply::Later(rx) => rx.await.unwrap_or_else(|_| JoinOutcome {
-            error_code: error_code::REBALANCE_IN_PROGRESS,
-            generation_id: -1,
-            ..JoinOutcome::default()
+        // The group was dropped while the member waited: coordination moved away.
+        Reply::Later(rx) => rx.await.unwrap_or_else(|_| {
+            refused(
+                coordinating(shard, &group)
+                    .err()
+                    .unwrap_or(error_code::REBALANCE_IN_PROGRESS),
+            )
         }),
     };
     let mut response = JoinGroupResponse::default()
@@ -139,6 +253,9 @@ pub async fn sync_group(
         .iter()
         .map(|a| (a.member_id.to_string(), a.assignment.clone()))
         .collect();
+    if let Err(code) = coordinating(shard, req.group_id.0.as_str()) {
+        return request.respond(&SyncGroupResponse::default().with_error_code(code));
+    }
     let reply = shard.shared.groups().sync(
         req.group_id.0.as_str(),
         req.generation_id,
@@ -155,8 +272,10 @@ pub async fn sync_group(
     );
     let outcome = match reply {
         Reply::Now(o) => o,
-        Reply::Later(rx) => rx.await.unwrap_or(SyncOutcome {
-            error_code: error_code::REBALANCE_IN_PROGRESS,
+        Reply::Later(rx) => rx.await.unwrap_or_else(|_| SyncOutcome {
+            error_code: coordinating(shard, req.group_id.0.as_str())
+                .err()
+                .unwrap_or(error_code::REBALANCE_IN_PROGRESS),
             ..SyncOutcome::default()
         }),
     };
@@ -176,15 +295,18 @@ pub fn heartbeat(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: HeartbeatRequest = request.decode("Heartbeat request")?;
-    let code = shard.shared.groups().heartbeat(
-        req.group_id.0.as_str(),
-        req.generation_id,
-        (
-            req.member_id.as_str(),
-            req.group_instance_id.as_ref().map(|i| i.as_str()),
+    let code = match coordinating(shard, req.group_id.0.as_str()) {
+        Err(code) => code,
+        Ok(_) => shard.shared.groups().heartbeat(
+            req.group_id.0.as_str(),
+            req.generation_id,
+            (
+                req.member_id.as_str(),
+                req.group_instance_id.as_ref().map(|i| i.as_str()),
+            ),
+            Instant::now(),
         ),
-        Instant::now(),
-    );
+    };
     request.respond(&HeartbeatResponse::default().with_error_code(code))
 }
 
@@ -206,6 +328,9 @@ pub fn leave_group(
     } else {
         vec![(req.member_id.to_string(), None)]
     };
+    if let Err(code) = coordinating(shard, req.group_id.0.as_str()) {
+        return request.respond(&LeaveGroupResponse::default().with_error_code(code));
+    }
     let codes = shard
         .shared
         .groups()
@@ -282,6 +407,14 @@ pub fn describe_groups(
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: DescribeGroupsRequest = request.decode("DescribeGroups request")?;
+    let refused: Vec<(String, i16)> = req
+        .groups
+        .iter()
+        .filter_map(|id| {
+            let code = coordinating(shard, id.0.as_str()).err()?;
+            Some((id.0.to_string(), code))
+        })
+        .collect();
     let has_offsets = shard.shared.offsets().groups();
     let coordinator = shard.shared.groups();
     let groups = req
@@ -289,6 +422,13 @@ pub fn describe_groups(
         .iter()
         .map(|id| {
             let described = DescribedGroup::default().with_group_id(id.clone());
+            if let Some(code) = refused
+                .iter()
+                .find(|(g, _)| g == id.0.as_str())
+                .map(|(_, c)| *c)
+            {
+                return described.with_error_code(code);
+            }
             match coordinator.describe(id.0.as_str()) {
                 // A group with committed offsets but no live members (after a restart, or
                 // standalone committers) is Empty, not Dead, as in Kafka.
@@ -327,9 +467,10 @@ pub fn describe_groups(
     request.respond(&DescribeGroupsResponse::default().with_groups(groups))
 }
 
-/// DeleteGroups: an empty group (no members) is forgotten with its committed offsets;
-/// one with members is refused (NON_EMPTY_GROUP), an unknown one is GROUP_ID_NOT_FOUND.
-pub fn delete_groups(
+/// DeleteGroups: an empty group (no members) is forgotten and its committed offsets
+/// deleted (tombstones in `__consumer_offsets`, acknowledged as a commit is); one with
+/// members is refused (NON_EMPTY_GROUP), an unknown one is GROUP_ID_NOT_FOUND.
+pub async fn delete_groups(
     shard: &Rc<Shard>,
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
@@ -338,34 +479,36 @@ pub fn delete_groups(
         DeletableGroupResult, DeleteGroupsResponse,
     };
     let req: DeleteGroupsRequest = request.decode("DeleteGroups request")?;
-    let results = req
-        .groups_names
-        .iter()
-        .map(|id| {
-            let group = id.0.as_str();
-            // Membership first, then the offsets, under the coordinator's lock: no member
-            // can join between the check and the deletion (no path holds the offsets lock
-            // while it takes the coordinator's).
-            let mut coordinator = shard.shared.groups();
-            let code = match coordinator.delete(group) {
-                Err(code) => code,
-                Ok(had_members_state) => match shard.shared.offsets().forget_group(group) {
-                    Ok(had_offsets) if had_offsets || had_members_state => error_code::NONE,
-                    Ok(_) => error_code::GROUP_ID_NOT_FOUND,
-                    Err(e) => {
-                        tracing::error!(group, error = %e, "cannot forget a deleted group's offsets");
-                        error_code::KAFKA_STORAGE_ERROR
+    let mut results = Vec::with_capacity(req.groups_names.len());
+    for id in &req.groups_names {
+        let group = id.0.as_str();
+        let code = match coordinating(shard, group) {
+            Err(code) => code,
+            Ok((p, _)) => {
+                // Membership first: a member joining after this starts a new group.
+                let membership = shard.shared.groups().delete(group);
+                match membership {
+                    Err(code) => code,
+                    Ok(had_members_state) => {
+                        let keys = shard.shared.offsets().keys_of_group(group);
+                        let had_offsets = !keys.is_empty();
+                        match hosting::delete_keys(shard, p, keys).await {
+                            Ok(()) if had_offsets || had_members_state => error_code::NONE,
+                            Ok(()) => error_code::GROUP_ID_NOT_FOUND,
+                            Err(code) => code,
+                        }
                     }
-                },
-            };
-            drop(coordinator);
-            if code == error_code::NONE {
-                tracing::info!(group, "deleted group");
+                }
             }
+        };
+        if code == error_code::NONE {
+            tracing::info!(group, "deleted group");
+        }
+        results.push(
             DeletableGroupResult::default()
                 .with_group_id(id.clone())
-                .with_error_code(code)
-        })
-        .collect();
+                .with_error_code(code),
+        );
+    }
     request.respond(&DeleteGroupsResponse::default().with_results(results))
 }

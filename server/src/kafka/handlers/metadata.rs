@@ -13,6 +13,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, TopicName};
 
 use super::{Request, str_bytes};
+use crate::control::groups::offsets_topic::OFFSETS_TOPIC;
 use crate::control::topics::TopicMeta;
 use crate::kafka::fetch_response::Piece;
 use crate::kafka::handlers::admin::create_committed;
@@ -136,6 +137,14 @@ pub async fn handle(
 /// Creates a topic the client asked about, through the controller, with the broker's
 /// default partitions and replication factor.
 async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<(), i16> {
+    if name == OFFSETS_TOPIC {
+        // Made with its own settings (compacted, its partition count), as on the first
+        // FindCoordinator.
+        return crate::control::groups::hosting::ensure_topic(shard)
+            .await
+            .map(|_| ())
+            .map_err(|_| error_code::LEADER_NOT_AVAILABLE);
+    }
     let config = shard.config();
     let meta = TopicMeta {
         name: name.to_owned(),
@@ -184,7 +193,9 @@ fn topic_entry(
     storage: &StorageHealth,
     me: i32,
 ) -> MetadataResponseTopic {
-    let topic = MetadataResponseTopic::default().with_name(Some(TopicName(str_bytes(name))));
+    let topic = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(name))))
+        .with_is_internal(name == OFFSETS_TOPIC);
     let live = |id: &i32| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
     let ids = |list: &[i32]| list.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
     match found {
@@ -290,7 +301,8 @@ pub fn describe_topic_partitions(
         let mut topic = DescribeTopicPartitionsResponseTopic::default()
             .with_error_code(entry.error_code)
             .with_name(Some(TopicName(str_bytes(&name))))
-            .with_topic_id(entry.topic_id);
+            .with_topic_id(entry.topic_id)
+            .with_is_internal(name == OFFSETS_TOPIC);
         let mut partitions = Vec::new();
         for p in entry
             .partitions

@@ -58,6 +58,7 @@ pub async fn handle(
     shard: &Rc<Shard>,
     request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
+    tracing::trace!(api = ?request.key, version = request.version, client = %request.client_id, "request");
     match request.key {
         ApiKey::ApiVersions => api_versions::handle(request),
         ApiKey::Metadata => metadata::handle(shard, request).await,
@@ -71,16 +72,16 @@ pub async fn handle(
         ApiKey::DescribeConfigs => admin::describe_configs(shard, request),
         ApiKey::DescribeLogDirs => admin::describe_log_dirs(shard, request),
         ApiKey::AlterReplicaLogDirs => admin::alter_replica_log_dirs(shard, request),
-        ApiKey::FindCoordinator => groups::find_coordinator(shard, request),
+        ApiKey::FindCoordinator => groups::find_coordinator(shard, request).await,
         ApiKey::JoinGroup => groups::join_group(shard, request).await,
         ApiKey::SyncGroup => groups::sync_group(shard, request).await,
         ApiKey::Heartbeat => groups::heartbeat(shard, request),
         ApiKey::LeaveGroup => groups::leave_group(shard, request),
-        ApiKey::OffsetCommit => offsets::offset_commit(shard, request),
+        ApiKey::OffsetCommit => offsets::offset_commit(shard, request).await,
         ApiKey::OffsetFetch => offsets::offset_fetch(shard, request),
         ApiKey::ListGroups => groups::list_groups(shard, request),
         ApiKey::DescribeGroups => groups::describe_groups(shard, request),
-        ApiKey::DeleteGroups => groups::delete_groups(shard, request),
+        ApiKey::DeleteGroups => groups::delete_groups(shard, request).await,
         ApiKey::InitProducerId => producer_ids::init_producer_id(shard, request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(shard, request).await,
         ApiKey::ElectLeaders => elect_leaders::handle(shard, request).await,

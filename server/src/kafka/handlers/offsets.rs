@@ -1,4 +1,5 @@
-//! Committed offsets: OffsetCommit (2-7) and OffsetFetch (1-5).
+//! Committed offsets: OffsetCommit (2-7) and OffsetFetch (1-5), served by the group's
+//! coordinator from `__consumer_offsets` (`control::groups::hosting`).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -11,27 +12,35 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetFetchRequest, TopicName};
 
+use super::groups::coordinating;
 use super::{Request, str_bytes};
+use crate::control::groups::hosting;
 use crate::control::groups::offsets::{Committed, OFFSET_METADATA_BYTES_MAX};
 use crate::kafka::fetch_response::Piece;
 use crate::kafka::protocol::{DecodeError, error_code};
 use crate::runtime::shard::Shard;
 
-pub fn offset_commit(
+/// OffsetCommit: checked against the group's generation, then written to the group's
+/// `__consumer_offsets` partition and answered once the ISR has it.
+pub async fn offset_commit(
     shard: &Rc<Shard>,
     mut request: Request,
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: OffsetCommitRequest = request.decode("OffsetCommit request")?;
     let group = req.group_id.0.to_string();
-    let check = shard.shared.groups().check_commit(
-        &group,
-        req.generation_id_or_member_epoch,
-        (
-            req.member_id.as_str(),
-            req.group_instance_id.as_ref().map(|i| i.as_str()),
+    let coordinated = coordinating(shard, &group);
+    let check = match coordinated {
+        Err(code) => code,
+        Ok(_) => shard.shared.groups().check_commit(
+            &group,
+            req.generation_id_or_member_epoch,
+            (
+                req.member_id.as_str(),
+                req.group_instance_id.as_ref().map(|i| i.as_str()),
+            ),
+            Instant::now(),
         ),
-        Instant::now(),
-    );
+    };
     let mut commits = Vec::new();
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in &req.topics {
@@ -76,14 +85,19 @@ pub fn offset_commit(
                 .with_partitions(partitions),
         );
     }
-    if !commits.is_empty()
-        && let Err(e) = shard.shared.offsets().commit(&group, commits)
-    {
-        tracing::error!(%group, error = %e, "cannot store committed offsets");
-        for t in &mut topics {
-            for p in &mut t.partitions {
-                if p.error_code == error_code::NONE {
-                    p.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
+    if let (false, Ok((p, epoch))) = (commits.is_empty(), coordinated) {
+        let now = hosting::now_ms();
+        let records = commits
+            .into_iter()
+            .map(|(topic, partition, c)| ((group.clone(), topic, partition), Some((c, now))))
+            .collect();
+        if let Err(code) = hosting::write(shard, p, epoch, records).await {
+            tracing::debug!(%group, code, "offset commit not stored");
+            for t in &mut topics {
+                for p in &mut t.partitions {
+                    if p.error_code == error_code::NONE {
+                        p.error_code = code;
+                    }
                 }
             }
         }
@@ -97,6 +111,35 @@ pub fn offset_fetch(
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: OffsetFetchRequest = request.decode("OffsetFetch request")?;
     let group = req.group_id.0.to_string();
+    if let Err(code) = coordinating(shard, &group) {
+        // v2+ says it once; v1 only per partition.
+        let topics = req
+            .topics
+            .iter()
+            .flatten()
+            .map(|t| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|&p| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let response = OffsetFetchResponse::default().with_topics(topics);
+        return request.respond(&if request.version >= 2 {
+            response.with_error_code(code)
+        } else {
+            response
+        });
+    }
     let store = shard.shared.offsets();
     let wanted: Vec<(String, Vec<i32>)> = match &req.topics {
         Some(topics) => topics

@@ -14,6 +14,7 @@ use kafka_protocol::messages::produce_response::{
 };
 
 use super::{Request, str_bytes};
+use crate::control::groups::offsets_topic::OFFSETS_TOPIC;
 use crate::kafka::fetch_response::Piece;
 use crate::kafka::protocol::{DecodeError, error_code};
 use crate::runtime::shard::{PartitionError, Shard};
@@ -177,6 +178,12 @@ fn check_partition(
     partition: i32,
     records: Option<&[u8]>,
 ) -> Result<TopicPartition, Outcome> {
+    if topic == OFFSETS_TOPIC {
+        return Err(Outcome::error(
+            error_code::INVALID_TOPIC_EXCEPTION,
+            Some(format!("Cannot append to internal topic {topic}")),
+        ));
+    }
     shard
         .partition_table()
         .check_leader(shard.shared.node_id(), topic, partition)
