@@ -7,7 +7,9 @@ rebalances) and prints `C`; on `close` it leaves; on `exit` it closes at once (a
 member does not leave then: KIP-345).
 Environment: KAFKA_PYTHON_MEMBER_GROUP (py-group), KAFKA_PYTHON_MEMBER_TOPIC (py-shared),
 KAFKA_PYTHON_MEMBER_INSTANCE (a group.instance.id: a static member),
-KAFKA_PYTHON_MEMBER_SESSION_MS (6000).
+KAFKA_PYTHON_MEMBER_SESSION_MS (6000), KAFKA_PYTHON_MEMBER_COMMIT_EVERY (0: when set, prints
+`D partition offset value` per record instead of `V`, and commits its positions after every
+that many records, printing `K p:o,...` for each commit the coordinator acknowledged).
 Two kafka-python consumers in one process share its network thread, and under load that
 thread was seen to stall both (no heartbeats, sessions expiring); real members are
 separate processes anyway.
@@ -59,14 +61,37 @@ class Rebalances(ConsumerRebalanceListener):
 member.partitions_for_topic(topic)
 member.subscribe([topic], listener=Rebalances())
 shown = None
+commit_every = int(os.environ.get("KAFKA_PYTHON_MEMBER_COMMIT_EVERY", "0"))
+since_commit = 0
+
+
+def commit_positions():
+    """Commits the positions; prints `K p:o,...` once the coordinator acknowledged them."""
+    at = {tp: member.position(tp) for tp in member.assignment()}
+    member.commit()
+    say("K " + ",".join(f"{tp.partition}:{o}" for tp, o in sorted(at.items()) if o is not None))
+
+
 while True:
-    for records in member.poll(timeout_ms=1000).values():
-        for r in records:
-            say("V " + r.value.decode())
+    polled = member.poll(timeout_ms=1000)
+    # The assignment first: it changed inside this poll, before its records were fetched.
     assignment = ",".join(str(p) for p in sorted(tp.partition for tp in member.assignment()))
     if assignment != shown:
         say("A " + assignment)
         shown = assignment
+    for records in polled.values():
+        for r in records:
+            if commit_every:
+                say(f"D {r.partition} {r.offset} {r.value.decode()}")
+                since_commit += 1
+            else:
+                say("V " + r.value.decode())
+    if commit_every and since_commit >= commit_every:
+        try:
+            commit_positions()
+            since_commit = 0
+        except Exception as e:  # refused or timed out: not acknowledged, try later
+            logging.getLogger("member").info("commit failed: %r", e)
     said = command(0)
     if said == "stop":
         break
@@ -79,10 +104,18 @@ while True:
 # As with any Kafka broker, a commit during a rebalance is refused; poll and retry.
 for _ in range(50):
     try:
-        member.commit()
+        if commit_every:
+            commit_positions()
+        else:
+            member.commit()
         say("C")
         break
     except RebalanceInProgressError:
+        member.poll(timeout_ms=100)
+    except Exception as e:  # a coordinator moving: find it again and retry
+        if not commit_every:
+            raise
+        logging.getLogger("member").info("final commit failed: %r", e)
         member.poll(timeout_ms=100)
 else:
     say("E commit kept failing")
