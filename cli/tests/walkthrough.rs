@@ -223,7 +223,11 @@ fn given_the_walkthrough_when_run_with_klog_should_print_what_kafka_tools_would(
     assert!(!unreachable.status.success());
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("unreachable"));
     ok(klog(&broker, &["topics", "delete", "army"], None));
-    assert_eq!(ok(klog(&broker, &["topics", "list"], None)), "");
+    // As kafka-topics --list: the groups' internal topic stays.
+    assert_eq!(
+        ok(klog(&broker, &["topics", "list"], None)),
+        "__consumer_offsets\n"
+    );
 }
 
 /// Runs `klog` in the background and SIGKILLs it once `progressed` says it is mid-way.

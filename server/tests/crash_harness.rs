@@ -1121,21 +1121,47 @@ fn given_index_files_deleted_when_restarted_should_rebuild_them_and_lose_nothing
     }
 }
 
+/// One record of the committed-offsets file brokers kept before `__consumer_offsets`
+/// (`.groups/offsets.log`: length, CRC-32C, group, topic, partition, offset, leader epoch,
+/// metadata), written here independently of the broker's reader.
+fn legacy_offset_record(group: &str, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for s in [group, topic] {
+        payload.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        payload.extend_from_slice(s.as_bytes());
+    }
+    payload.extend_from_slice(&partition.to_be_bytes());
+    payload.extend_from_slice(&offset.to_be_bytes());
+    payload.extend_from_slice(&(-1i32).to_be_bytes());
+    payload.extend_from_slice(&(-1i32).to_be_bytes());
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// A data directory from a broker before `__consumer_offsets`, its offsets file torn at
+/// the end (a crash mid-write): the commits before the tear move into the topic when the
+/// group's partition first loads, survive a kill -9 from there, and the file is retired.
 #[test]
-fn given_committed_offsets_log_torn_when_restarted_should_keep_earlier_commits() {
+fn given_an_old_committed_offsets_file_torn_at_the_end_should_move_its_commits_into_the_offsets_topic()
+ {
     let dir = tempfile::tempdir().unwrap();
+    let groups = dir.path().join(".groups");
+    std::fs::create_dir_all(&groups).unwrap();
+    let mut file = Vec::new();
+    for (p, o) in [(0, 1), (1, 2), (2, 3), (0, 10), (1, 20), (2, 30)] {
+        file.extend(legacy_offset_record("torn-group", "commits", p, o));
+    }
+    // The last record torn (its final bytes lost), then garbage where it ended.
+    file.truncate(file.len() - 3);
+    file.extend_from_slice(&[0xAB; 40]);
+    std::fs::write(groups.join("offsets.log"), &file).unwrap();
+
     let mut broker = Broker::start_with(dir.path(), &[("BROKER_FLUSH", "per-append")]);
     create_topic(&broker.addr, "commits", 3, &[]);
-    let c = plain_consumer(&broker.addr, "torn-group");
-    let commit = |c: &BaseConsumer, offsets: &[i64]| {
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets.iter().enumerate() {
-            tpl.add_partition_offset("commits", p as i32, Offset::Offset(*o))
-                .unwrap();
-        }
-        c.commit(&tpl, CommitMode::Sync).expect("commit");
-    };
-    let fetch = |c: &BaseConsumer| -> Vec<Offset> {
+    let fetch = |broker: &Broker| -> Vec<Offset> {
+        let c = plain_consumer(&broker.addr, "torn-group");
         let mut tpl = TopicPartitionList::new();
         for p in 0..3 {
             tpl.add_partition("commits", p);
@@ -1147,32 +1173,26 @@ fn given_committed_offsets_log_torn_when_restarted_should_keep_earlier_commits()
             .map(|e| e.offset())
             .collect()
     };
-    commit(&c, &[1, 2, 3]);
-    commit(&c, &[10, 20, 30]);
-    broker.kill9();
-    let path = dir.path().join(".groups").join("offsets.log");
-    let len = std::fs::metadata(&path).unwrap().len();
-    let mut f = OpenOptions::new().write(true).open(&path).unwrap();
-    // The last record torn (its final bytes lost), then garbage where it ended.
-    f.set_len(len - 3).unwrap();
-    f.seek(SeekFrom::End(0)).unwrap();
-    f.write_all(&[0xAB; 40]).unwrap();
-    drop(f);
-    broker.restart();
-    let c = plain_consumer(&broker.addr, "torn-group");
-    // The last request wrote partitions 0, 1, 2 in order: 2's record was torn.
-    assert_eq!(
-        fetch(&c),
-        [Offset::Offset(10), Offset::Offset(20), Offset::Offset(3)]
-    );
-    commit(&c, &[11, 21, 31]);
+    // Partition 2's last record was torn: its earlier commit stands.
+    let moved = [Offset::Offset(10), Offset::Offset(20), Offset::Offset(3)];
+    assert_eq!(fetch(&broker), moved);
+    assert!(!groups.join("offsets.log").exists(), "the old file retired");
+    assert!(groups.join("offsets.log.migrated").exists());
     broker.kill9();
     broker.restart();
+    assert_eq!(fetch(&broker), moved, "kept in __consumer_offsets");
     let c = plain_consumer(&broker.addr, "torn-group");
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in [(0, 11), (1, 21), (2, 31)] {
+        tpl.add_partition_offset("commits", p, Offset::Offset(o))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+    broker.kill9();
+    broker.restart();
     assert_eq!(
-        fetch(&c),
-        [Offset::Offset(11), Offset::Offset(21), Offset::Offset(31)],
-        "commits after the cut land where replay finds them"
+        fetch(&broker),
+        [Offset::Offset(11), Offset::Offset(21), Offset::Offset(31)]
     );
 }
 
@@ -1477,11 +1497,34 @@ mod raw {
         assert_eq!(response.topics[0].error_code, 0);
     }
 
+    /// Asks FindCoordinator (v2) until the group has a coordinator that has loaded its
+    /// partition, as a client does before joining (the first ask creates
+    /// `__consumer_offsets`; a single broker coordinates every group).
+    pub fn find_coordinator(stream: &mut TcpStream, group: &'static str) {
+        use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+        let start = std::time::Instant::now();
+        loop {
+            let request = FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_static_str(group))
+                .with_key_type(0);
+            let response: FindCoordinatorResponse =
+                call(stream, ApiKey::FindCoordinator, 2, &request);
+            if response.error_code == 0 {
+                return;
+            }
+            assert!(start.elapsed() < super::TIMEOUT, "no coordinator");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Joins `group` as a new member (JoinGroup v4: MEMBER_ID_REQUIRED, then again with
-    /// the id) and syncs; returns (member id, generation).
+    /// the id) and syncs; returns (member id, generation). Retried while the coordinator
+    /// loads the group's partition (COORDINATOR_LOAD_IN_PROGRESS, 14).
     pub fn join(stream: &mut TcpStream, group: &'static str) -> (String, i32) {
+        find_coordinator(stream, group);
         let mut member_id = StrBytes::from_static_str("");
-        for _ in 0..2 {
+        let start = std::time::Instant::now();
+        loop {
             let request = JoinGroupRequest::default()
                 .with_group_id(GroupId(StrBytes::from_static_str(group)))
                 .with_session_timeout_ms(10_000)
@@ -1509,9 +1552,14 @@ mod raw {
                 assert_eq!(synced.error_code, 0);
                 return (member_id.to_string(), response.generation_id);
             }
-            assert_eq!(response.error_code, 79, "MEMBER_ID_REQUIRED first");
+            assert!(
+                matches!(response.error_code, 79 | 14),
+                "MEMBER_ID_REQUIRED first, or a coordinator loading: {}",
+                response.error_code
+            );
+            assert!(start.elapsed() < super::TIMEOUT, "did not join");
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("did not join");
     }
 
     /// OffsetCommit v7 for partition 0 of `topic`; returns its error code.
