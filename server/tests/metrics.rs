@@ -31,7 +31,15 @@ fn log_bytes(dir: &std::path::Path) -> u64 {
 fn given_traffic_when_scraped_should_count_exactly_what_was_produced_and_consumed() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = format!("127.0.0.1:{}", wire::free_port());
-    let mut broker = Broker::start_with(dir.path(), &[("BROKER_METRICS_LISTEN", &metrics)]);
+    // The consumer's group.id makes librdkafka find a coordinator, which creates
+    // __consumer_offsets: one partition of it here, counted with the topic's two below.
+    let mut broker = Broker::start_with(
+        dir.path(),
+        &[
+            ("BROKER_METRICS_LISTEN", &metrics),
+            ("BROKER_OFFSETS_TOPIC_NUM_PARTITIONS", "1"),
+        ],
+    );
     wire::create_topic(&broker.addr, "m", 2);
 
     // acks=all (librdkafka's default), so every write group is fdatasynced.
@@ -145,7 +153,7 @@ fn given_traffic_when_scraped_should_count_exactly_what_was_produced_and_consume
         1.0
     );
     assert_eq!(s.get("broker_write_path", &[("path", "adaptive")]), 1.0);
-    assert_eq!(s.get("broker_recovery_partitions_total", &[]), 2.0);
+    assert_eq!(s.get("broker_recovery_partitions_total", &[]), 3.0);
     assert_eq!(s.get("broker_recovery_truncated_bytes_total", &[]), 0.0);
     assert_eq!(
         wire::http_get(&metrics, "/other").0,
@@ -168,8 +176,8 @@ fn given_traffic_when_scraped_should_count_exactly_what_was_produced_and_consume
         .unwrap();
     broker.restart();
     let s = Scrape::take(&metrics);
-    assert_eq!(s.get("broker_recovery_partitions_total", &[]), 2.0);
-    assert_eq!(s.get("broker_recovery_unclean_partitions_total", &[]), 2.0);
+    assert_eq!(s.get("broker_recovery_partitions_total", &[]), 3.0);
+    assert_eq!(s.get("broker_recovery_unclean_partitions_total", &[]), 3.0);
     assert_eq!(s.get("broker_recovery_truncated_bytes_total", &[]), 100.0);
     assert!(s.get("broker_recovery_validated_bytes_total", &[]) > 0.0);
     assert!(s.get("broker_startup_seconds", &[]) > 0.0);
