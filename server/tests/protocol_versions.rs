@@ -498,6 +498,7 @@ fn given_admin_apis_of_kafka_4_should_page_topics_list_resources_and_delete_grou
     );
 
     // A standalone committer's group (no members): deleted with its offsets.
+    wire::find_coordinator(&mut stream, "gone");
     let committed: OffsetCommitResponse = wire::call(
         &mut stream,
         ApiKey::OffsetCommit,

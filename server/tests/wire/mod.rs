@@ -61,6 +61,46 @@ pub fn call<Q: Encodable, R: Decodable>(
     decode(key, version, read_response(stream).unwrap())
 }
 
+/// Asks FindCoordinator (v2) on `stream` until the group's coordinator answers and has
+/// loaded its partition (the first ask creates `__consumer_offsets`), as a client does
+/// before its first group request; returns the coordinator's node id. `stream` must be
+/// connected to that coordinator (a single broker).
+pub fn find_coordinator(stream: &mut TcpStream, group: &str) -> i32 {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    let started = Instant::now();
+    loop {
+        let r: FindCoordinatorResponse = call(
+            stream,
+            ApiKey::FindCoordinator,
+            2,
+            &FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_string(group.to_owned()))
+                .with_key_type(0),
+        );
+        if r.error_code == 0 {
+            // Then until it has loaded the group's partition (OffsetFetch stops
+            // answering COORDINATOR_LOAD_IN_PROGRESS).
+            let fetched: kafka_protocol::messages::OffsetFetchResponse = call(
+                stream,
+                ApiKey::OffsetFetch,
+                2,
+                &kafka_protocol::messages::OffsetFetchRequest::default()
+                    .with_group_id(StrBytes::from_string(group.to_owned()).into())
+                    .with_topics(None),
+            );
+            if fetched.error_code == 0 {
+                return r.node_id.0;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no coordinator: {}",
+            r.error_code
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// ApiVersions v0: the smallest request every broker answers.
 pub fn api_versions_frame() -> Vec<u8> {
     frame(
