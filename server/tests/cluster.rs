@@ -1084,3 +1084,86 @@ fn given_a_grown_rf3_topic_should_replicate_its_new_partitions_and_keep_them_thr
         seen.len()
     );
 }
+
+/// InitProducerId (v1) on `addr`: the id, or the error (a refused connection is -1).
+fn init_producer_id(addr: &str) -> Result<i64, i16> {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+    let mut stream = TcpStream::connect(addr).map_err(|_| -1i16)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(|_| -1i16)?;
+    stream
+        .write_all(&wire::frame(
+            ApiKey::InitProducerId,
+            1,
+            1,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000),
+        ))
+        .map_err(|_| -1i16)?;
+    let frame = wire::read_response(&mut stream).map_err(|_| -1i16)?;
+    let r: InitProducerIdResponse = wire::decode(ApiKey::InitProducerId, 1, frame);
+    if r.error_code != 0 {
+        return Err(r.error_code);
+    }
+    Ok(r.producer_id.0)
+}
+
+/// Producer ids come in blocks from the controller: 10,000 InitProducerId calls spread
+/// over the three brokers, with the active controller killed (and restarted) after every
+/// 2,000, never hand out an id twice.
+#[test]
+fn given_10000_init_producer_id_calls_over_three_brokers_with_controller_failovers_should_return_distinct_ids()
+ {
+    let mut cluster = start_cluster();
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
+    let all: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    assert!(wire::wait_until(TIMEOUT, || broker_ids(&metadata(all[0], None)).len() == 3).is_some());
+    let mut ids: Vec<i64> = Vec::with_capacity(10_000);
+    let mut refused = 0u64;
+    let mut failovers = 0;
+    let mut down: Option<usize> = None;
+    let started = std::time::Instant::now();
+    while ids.len() < 10_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {} ids",
+            ids.len()
+        );
+        let n = ids.len();
+        if n > 0 && n % 2_000 == 0 && failovers < n / 2_000 {
+            failovers += 1;
+            if let Some(victim) = down.take() {
+                cluster.brokers[victim].restart();
+            }
+            let active = wire::wait_until(TIMEOUT, || agreed_controller(&all).is_some())
+                .and_then(|_| agreed_controller(&all))
+                .expect("an active controller all brokers agree on");
+            let victim = (active - 1) as usize;
+            cluster.brokers[victim].kill9();
+            down = Some(victim);
+        }
+        // Round robin over the brokers; a refusal (the dead one, or no controller yet)
+        // moves on to the next.
+        match init_producer_id(all[n % 3]) {
+            Ok(id) => ids.push(id),
+            Err(_) => {
+                refused += 1;
+                match init_producer_id(all[(n + 1) % 3]) {
+                    Ok(id) => ids.push(id),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+    if let Some(victim) = down {
+        cluster.brokers[victim].restart();
+    }
+    let distinct: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "an id was handed out twice");
+    assert!(ids.iter().all(|id| *id >= 0));
+    eprintln!(
+        "10,000 producer ids, all distinct, over {failovers} controller failovers ({refused} calls refused meanwhile); ids {}..={}",
+        distinct.first().unwrap(),
+        distinct.last().unwrap()
+    );
+}
