@@ -35,10 +35,10 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    FetchRequest, FetchResponse, GroupId, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetCommitRequest, OffsetCommitResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
@@ -359,7 +359,7 @@ impl Target for KafkaLean {
 }
 
 /// One connection: requests framed into a write buffer, responses read in order.
-struct Conn {
+pub(crate) struct Conn {
     addr: String,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -369,7 +369,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn connect(addr: &str) -> anyhow::Result<Self> {
+    pub(crate) fn connect(addr: &str) -> anyhow::Result<Self> {
         let mut last_error = None;
         let addrs = addr
             .to_socket_addrs()
@@ -484,7 +484,7 @@ impl Conn {
     }
 
     /// One request and its response.
-    fn call<Q: Encodable, R: Decodable>(
+    pub(crate) fn call<Q: Encodable, R: Decodable>(
         &mut self,
         key: ApiKey,
         version: i16,
@@ -493,6 +493,62 @@ impl Conn {
         let id = self.queue(key, version, body)?;
         self.flush()?;
         self.recv(key, version, id)
+    }
+}
+
+/// Errors a group request is retried on after finding the coordinator again: loading,
+/// not available, not the coordinator.
+const COORDINATOR_RETRIABLE: [i16; 3] = [14, 15, 16];
+/// How long a group request is retried while its coordinator moves or loads.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(30);
+
+/// The address of `group`'s coordinator, as `via` answers FindCoordinator (v2), retried
+/// while the answer is an error (the coordinator's topic being created, or moving).
+pub(crate) fn find_coordinator(via: &str, group: &str) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let mut conn = Conn::connect(via)?;
+    loop {
+        let r: FindCoordinatorResponse = conn.call(
+            ApiKey::FindCoordinator,
+            2,
+            &FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_string(group.to_owned()))
+                .with_key_type(0),
+        )?;
+        if r.error_code == 0 {
+            return Ok(format!("{}:{}", r.host.as_str(), r.port));
+        }
+        if started.elapsed() > COORDINATOR_WAIT || !COORDINATOR_RETRIABLE.contains(&r.error_code) {
+            bail!(
+                "{via} names no coordinator for group {group}: error {}",
+                r.error_code
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An OffsetCommit sent to the group's coordinator (found through `via`), retried while
+/// the coordinator loads or moves; the response's per-partition codes are the caller's.
+pub(crate) fn commit_at_coordinator(
+    via: &str,
+    group: &str,
+    request: &OffsetCommitRequest,
+) -> anyhow::Result<OffsetCommitResponse> {
+    let started = Instant::now();
+    loop {
+        let mut conn = Conn::connect(&find_coordinator(via, group)?)?;
+        let response: OffsetCommitResponse =
+            conn.call(ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION, request)?;
+        let retry = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| COORDINATOR_RETRIABLE.contains(&p.error_code));
+        if !retry || started.elapsed() > COORDINATOR_WAIT {
+            return Ok(response);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -936,9 +992,7 @@ impl Consumer for LeanConsumer {
                                 .collect(),
                         ),
                 ]);
-            let response: OffsetCommitResponse =
-                self.conn
-                    .call(ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION, &request)?;
+            let response = commit_at_coordinator(&self.conn.addr.clone(), &self.group, &request)?;
             for t in &response.topics {
                 for p in &t.partitions {
                     check_code(

@@ -4,6 +4,7 @@
 //! paper. It starts no brokers: it measures whatever answers at the given addresses.
 
 mod activemq;
+mod commits;
 mod kafka;
 mod kafka_lean;
 mod payload;
@@ -104,6 +105,33 @@ enum Command {
     Consume(RunArgs),
     /// End-to-end latency at a fixed offered rate (open loop).
     Latency(LatencyArgs),
+    /// OffsetCommit throughput and latency from many committers (each its own group),
+    /// and a produce probe's latency alone and during that commit storm.
+    Commits(CommitsArgs),
+}
+
+#[derive(Args)]
+struct CommitsArgs {
+    /// The Kafka broker to drive (ours at --kafka by default; Apache Kafka at
+    /// --apache-kafka works the same).
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Committers, each with its own group and connection.
+    #[arg(long, default_value_t = 100)]
+    committers: usize,
+    /// Seconds of each phase (the probe alone, then with the committers).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Produce requests per second of the probe (one record each, acks=all).
+    #[arg(long, default_value_t = 200.0)]
+    produce_rate: f64,
+    /// Commits per second offered by all committers together, paced; 0 commits back to
+    /// back (the throughput).
+    #[arg(long, default_value_t = 0.0)]
+    commit_rate: f64,
+    /// Where to write the figures as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -298,6 +326,23 @@ fn main() -> anyhow::Result<()> {
             )?;
             cleanup(target.as_ref(), &dest);
             finish(vec![run], Vec::new(), args.out.as_deref(), Vec::new())
+        }
+        Command::Commits(args) => {
+            let bootstrap = args.bootstrap.clone().unwrap_or_else(|| cli.kafka.clone());
+            let report = commits::run(
+                &bootstrap,
+                args.committers,
+                args.seconds,
+                args.produce_rate,
+                args.commit_rate,
+            )?;
+            let json = serde_json::to_string_pretty(&report)?;
+            println!("{json}");
+            if let Some(out) = &args.out {
+                std::fs::write(&out, json + "\n")
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            Ok(())
         }
         Command::Latency(args) => {
             let target = make(args.target)?;
