@@ -1453,3 +1453,391 @@ fn read_all(consumer: &BaseConsumer, high_watermarks: &BTreeMap<i32, i64>) -> Ve
     }
     reads
 }
+
+// ---------------------------------------------------------------------------------------
+// Group coordinators under kill -9.
+
+const OFFSETS_TOPIC: &str = "__consumer_offsets";
+const COORDINATOR_GROUPS: usize = 3;
+/// A committed offset one checker saw, or one a consumer had acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    offset: i64,
+    at: Instant,
+}
+
+/// FindCoordinator (v2) then OffsetFetch (v5, every partition) for `group` through
+/// `via`, with short timeouts: the group's committed offsets, or None when no
+/// coordinator answers them now.
+fn committed_now(via: &str, group: &str) -> Option<BTreeMap<i32, i64>> {
+    use kafka_protocol::messages::{
+        FindCoordinatorRequest, FindCoordinatorResponse, OffsetFetchRequest, OffsetFetchResponse,
+    };
+    let call = |addr: &str, key: ApiKey, version: i16, frame: Vec<u8>| -> Option<Bytes> {
+        let to: SocketAddr = addr.parse().ok()?;
+        let mut stream = TcpStream::connect_timeout(&to, METADATA_TIMEOUT).ok()?;
+        stream.set_read_timeout(Some(METADATA_TIMEOUT)).ok()?;
+        stream.write_all(&frame).ok()?;
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length).ok()?;
+        let length = usize::try_from(i32::from_be_bytes(length))
+            .ok()
+            .filter(|l| *l <= METADATA_FRAME_BYTES_MAX)?;
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).ok()?;
+        let mut body = Bytes::from(body);
+        ResponseHeader::decode(&mut body, key.response_header_version(version)).ok()?;
+        Some(body)
+    };
+    let find = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(group.to_owned()))
+        .with_key_type(0);
+    let mut body = call(
+        via,
+        ApiKey::FindCoordinator,
+        2,
+        wire::frame(ApiKey::FindCoordinator, 2, 1, &find),
+    )?;
+    let found = FindCoordinatorResponse::decode(&mut body, 2).ok()?;
+    if found.error_code != 0 {
+        return None;
+    }
+    let coordinator = format!("{}:{}", found.host.as_str(), found.port);
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(StrBytes::from_string(group.to_owned()).into())
+        .with_topics(None);
+    let mut body = call(
+        &coordinator,
+        ApiKey::OffsetFetch,
+        5,
+        wire::frame(ApiKey::OffsetFetch, 5, 1, &fetch),
+    )?;
+    let fetched = OffsetFetchResponse::decode(&mut body, 5).ok()?;
+    (fetched.error_code == 0).then(|| {
+        fetched
+            .topics
+            .iter()
+            .filter(|t| t.name.0.as_str() == TOPIC)
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.error_code == 0 && p.committed_offset >= 0)
+            .map(|p| (p.partition_index, p.committed_offset))
+            .collect()
+    })
+}
+
+/// The node id of `group`'s coordinator as `via` answers it.
+fn coordinator_of(via: &str, group: &str) -> Option<i32> {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    let to: SocketAddr = via.parse().ok()?;
+    let mut stream = TcpStream::connect_timeout(&to, METADATA_TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(METADATA_TIMEOUT)).ok()?;
+    let find = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(group.to_owned()))
+        .with_key_type(0);
+    stream
+        .write_all(&wire::frame(ApiKey::FindCoordinator, 2, 1, &find))
+        .ok()?;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let length = usize::try_from(i32::from_be_bytes(length))
+        .ok()
+        .filter(|l| *l <= METADATA_FRAME_BYTES_MAX)?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    let mut body = Bytes::from(body);
+    ResponseHeader::decode(
+        &mut body,
+        ApiKey::FindCoordinator.response_header_version(2),
+    )
+    .ok()?;
+    let found = FindCoordinatorResponse::decode(&mut body, 2).ok()?;
+    (found.error_code == 0).then_some(found.node_id.0)
+}
+
+/// Rounds of kill -9 of a group's coordinator while librdkafka consumers (one per group,
+/// partitions assigned, committing every few messages) read on: every commit a consumer
+/// had acknowledged is there afterwards, and what any checker reads of a group's
+/// committed offsets never goes backwards, nor below a commit acknowledged before it
+/// asked. `COORDINATOR_ROUNDS` changes the number of rounds (20).
+#[test]
+fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_every_acknowledged_commit()
+ {
+    let rounds = env_number("COORDINATOR_ROUNDS").unwrap_or(20) as usize;
+    let _alone = one_cluster_at_a_time();
+    let session = SESSION_TIMEOUT_MS.to_string();
+    let heartbeat = HEARTBEAT_INTERVAL_MS.to_string();
+    let lag = REPLICA_LAG_TIME_MAX_MS.to_string();
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            ("BROKER_BROKER_SESSION_TIMEOUT_MS", session.as_str()),
+            ("BROKER_BROKER_HEARTBEAT_INTERVAL_MS", heartbeat.as_str()),
+            ("BROKER_REPLICA_LAG_TIME_MAX_MS", lag.as_str()),
+            ("BROKER_MIN_INSYNC_REPLICAS", "2"),
+            ("BROKER_OFFSETS_TOPIC_NUM_PARTITIONS", "12"),
+        ],
+    );
+    let addrs = cluster.addrs();
+    let bootstrap = addrs.join(",");
+    wait_for("three brokers", || {
+        metadata(&addrs[0], &[]).filter(|m| brokers_of(m).len() == 3)
+    });
+    create_topic(&addrs[0]);
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let values: Vec<String> = (0..60_000).map(|i| format!("c{i}")).collect();
+    let sends: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            producer.send(
+                rdkafka::producer::FutureRecord::<[u8], [u8]>::to(TOPIC)
+                    .partition(i as i32 % PARTITIONS)
+                    .payload(v.as_bytes()),
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+    for s in sends {
+        futures_executor::block_on(s)
+            .map_err(|(e, _)| e)
+            .expect("acknowledged");
+    }
+    drop(producer);
+
+    let groups: Vec<String> = (0..COORDINATOR_GROUPS)
+        .map(|g| format!("committers-{g}"))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    // (group, partition) -> acknowledged commits, in order.
+    let acked: Arc<Mutex<BTreeMap<(usize, i32), Vec<Seen>>>> = Arc::default();
+    let commits_failed = Arc::new(AtomicU64::new(0));
+    let consumers: Vec<_> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let (stop, acked, failed) = (stop.clone(), acked.clone(), commits_failed.clone());
+            let (bootstrap, group) = (bootstrap.clone(), group.clone());
+            std::thread::spawn(move || {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("group.id", &group)
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "50")
+                    .set("max.partition.fetch.bytes", "2048")
+                    .create()
+                    .expect("consumer");
+                let mut tpl = TopicPartitionList::new();
+                for p in 0..PARTITIONS {
+                    tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+                        .expect("partition");
+                }
+                c.assign(&tpl).expect("assign");
+                let mut since = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(Ok(_)) = c.poll(Duration::from_millis(20)) {
+                        since += 1;
+                    }
+                    // Paced, so the log lasts the rounds.
+                    std::thread::sleep(Duration::from_millis(2));
+                    if since < 20 {
+                        continue;
+                    }
+                    let Ok(positions) = c.position() else {
+                        continue;
+                    };
+                    let at: Vec<(i32, i64)> = positions
+                        .elements()
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(o) => Some((e.partition(), o)),
+                            _ => None,
+                        })
+                        .collect();
+                    if c.commit(&positions, rdkafka::consumer::CommitMode::Sync)
+                        .is_ok()
+                    {
+                        let now = Instant::now();
+                        let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+                        for (p, o) in at {
+                            acked
+                                .entry((g, p))
+                                .or_default()
+                                .push(Seen { offset: o, at: now });
+                        }
+                        since = 0;
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // The checker: reads every group's committed offsets over and over through any live
+    // broker. A read never goes below an earlier read, nor below a commit acknowledged
+    // before the read was sent.
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let reads = Arc::new(AtomicU64::new(0));
+    let checker = {
+        let (stop, acked, violations, reads) = (
+            stop.clone(),
+            acked.clone(),
+            violations.clone(),
+            reads.clone(),
+        );
+        let (addrs, groups) = (addrs.clone(), groups.clone());
+        std::thread::spawn(move || {
+            let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
+            let mut turn = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                turn += 1;
+                let g = turn % groups.len();
+                let sent = Instant::now();
+                let Some(read) = committed_now(&addrs[turn % addrs.len()], &groups[g]) else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                reads.fetch_add(1, Ordering::Relaxed);
+                let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+                let mut violations = violations.lock().unwrap_or_else(|e| e.into_inner());
+                for p in 0..PARTITIONS {
+                    let floor = acked
+                        .get(&(g, p))
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| s.at < sent)
+                        .map(|s| s.offset)
+                        .max();
+                    let have = read.get(&p).copied();
+                    if let Some(floor) = floor
+                        && have.is_none_or(|h| h < floor)
+                    {
+                        violations.push(format!(
+                            "{} partition {p}: read {have:?}, below the commit {floor} acknowledged before the read",
+                            groups[g]
+                        ));
+                    }
+                    if let (Some(before), Some(h)) = (last.get(&(g, p)), have)
+                        && h < *before
+                    {
+                        violations.push(format!(
+                            "{} partition {p}: read {h} after {before}: went backwards",
+                            groups[g]
+                        ));
+                    }
+                    if let Some(h) = have {
+                        last.insert((g, p), h);
+                    }
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut moves = Vec::new();
+    for round in 0..rounds {
+        let group = &groups[round % groups.len()];
+        let victim = wait_for("a coordinator", || {
+            addrs.iter().find_map(|a| coordinator_of(a, group))
+        });
+        let before = acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .count();
+        cluster.node(victim).kill9();
+        let killed = Instant::now();
+        let others: Vec<&String> = addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as i32 + 1 != victim)
+            .map(|(_, a)| a)
+            .collect();
+        // Another broker coordinates the group and answers its offsets.
+        wait_for("a new coordinator", || {
+            others
+                .iter()
+                .find_map(|a| coordinator_of(a, group).filter(|c| *c != victim))
+                .and_then(|_| committed_now(others[0], group))
+        });
+        moves.push(killed.elapsed());
+        // The consumers commit again.
+        wait_for("commits after the kill", || {
+            let n = acked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .flatten()
+                .count();
+            (n > before + COORDINATOR_GROUPS * PARTITIONS as usize).then_some(())
+        });
+        cluster.node(victim).restart();
+        // Every offsets partition's ISR full again before the next kill.
+        wait_for("full ISRs of __consumer_offsets", || {
+            let m = metadata(&addrs[0], &[OFFSETS_TOPIC])?;
+            let t = m.topics.first().filter(|t| t.error_code == 0)?;
+            t.partitions
+                .iter()
+                .all(|p| p.isr_nodes.len() == 3)
+                .then_some(())
+        });
+        eprintln!(
+            "round {}: coordinator {victim} of {group} killed; another answered after {:?}",
+            round + 1,
+            moves.last().copied().unwrap_or_default()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.join().expect("consumer thread");
+    }
+    checker.join().expect("checker thread");
+    // Afterwards: every acknowledged commit is there.
+    for (g, group) in groups.iter().enumerate() {
+        let stored = wait_for("the final committed offsets", || {
+            addrs.iter().find_map(|a| committed_now(a, group))
+        });
+        let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+        for p in 0..PARTITIONS {
+            let max = acked
+                .get(&(g, p))
+                .into_iter()
+                .flatten()
+                .map(|s| s.offset)
+                .max();
+            if let Some(max) = max {
+                assert!(
+                    stored.get(&p).is_some_and(|h| *h >= max),
+                    "{group} partition {p}: {:?} stored, {max} acknowledged",
+                    stored.get(&p)
+                );
+            }
+        }
+    }
+    let violations = violations.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        violations.is_empty(),
+        "{:#?}",
+        &violations[..violations.len().min(20)]
+    );
+    moves.sort();
+    let commits = acked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .flatten()
+        .count();
+    eprintln!(
+        "coordinator kill -9, {rounds} rounds in {:?}: {commits} commits acknowledged ({} refused meanwhile), {} checker reads, no violation; a new coordinator answered after p50 {:?} max {:?}",
+        started.elapsed(),
+        commits_failed.load(Ordering::Relaxed),
+        reads.load(Ordering::Relaxed),
+        moves.get(moves.len() / 2),
+        moves.last()
+    );
+}
