@@ -339,7 +339,7 @@ fn main() -> anyhow::Result<()> {
             let json = serde_json::to_string_pretty(&report)?;
             println!("{json}");
             if let Some(out) = &args.out {
-                std::fs::write(&out, json + "\n")
+                std::fs::write(out, json + "\n")
                     .with_context(|| format!("writing {}", out.display()))?;
             }
             Ok(())

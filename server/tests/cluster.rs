@@ -1130,7 +1130,7 @@ fn given_10000_init_producer_id_calls_over_three_brokers_with_controller_failove
             ids.len()
         );
         let n = ids.len();
-        if n > 0 && n % 2_000 == 0 && failovers < n / 2_000 {
+        if n > 0 && n.is_multiple_of(2_000) && failovers < n / 2_000 {
             failovers += 1;
             if let Some(victim) = down.take() {
                 cluster.brokers[victim].restart();

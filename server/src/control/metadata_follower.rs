@@ -168,8 +168,6 @@ async fn delete_local(shard: &Rc<Shard>, name: &str) {
     }
     match shard.delete_topic_everywhere(name).await {
         Ok(()) => {
-            // A topic recreated under this name must not inherit old offsets.
-            crate::control::groups::hosting::forget_topic(shard, name).await;
             tracing::info!(topic = name, "deleted topic");
         }
         Err(e) => tracing::error!(topic = name, error = %e, "deleting topic failed"),

@@ -7,7 +7,7 @@
 //! The loop runs on core 0; loads, writes and the log reads go to the core that owns the
 //! partition through `Shard`. Nothing here holds a lock across an await.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,11 @@ const LOAD_CHUNK_BYTES: u64 = 1 << 20;
 /// A load that cannot read yet (the partition's core has not taken the leadership yet)
 /// tries again after this long.
 const LOAD_RETRY: Duration = Duration::from_millis(50);
-/// Keys per tombstone batch (retention and deletions).
-const TOMBSTONES_PER_BATCH: usize = 1_000;
+/// Records per batch the coordinator writes itself (tombstones, moved offsets): with
+/// names of at most 255 + 249 bytes, a batch stays far below `message_max_bytes`.
+const RECORDS_PER_BATCH: usize = 500;
+/// A load whose old offsets could not be moved in tries again after this long.
+const MIGRATION_RETRY: Duration = Duration::from_secs(1);
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -86,6 +89,9 @@ pub async fn host_offsets_partitions(shard: Rc<Shard>) {
     let controller = shard.shared.controller.clone();
     let mut seen = 0;
     let mut last_expiry = Instant::now();
+    let expiring = Rc::new(std::cell::Cell::new(false));
+    // Topic name -> id, to see deletions (and creations again under the same name).
+    let mut topics: Option<HashMap<String, u128>> = None;
     loop {
         let changed = std::pin::pin!(controller.view().changed_since(seen));
         let tick = std::pin::pin!(compio::time::sleep(HOSTING_TICK));
@@ -161,10 +167,32 @@ pub async fn host_offsets_partitions(shard: Rc<Shard>) {
         for (p, epoch) in to_load {
             compio::runtime::spawn(load(Rc::clone(&shard), p, epoch)).detach();
         }
+        // Committed offsets of deleted topics go (a topic created again under the name
+        // must not inherit them), on every broker for the partitions it leads.
+        let now_topics: HashMap<String, u128> = metadata
+            .topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.topic_id))
+            .collect();
+        if let Some(before) = topics.replace(now_topics.clone()) {
+            for (name, id) in before {
+                if now_topics.get(&name) != Some(&id) {
+                    let shard = Rc::clone(&shard);
+                    compio::runtime::spawn(async move { forget_topic(&shard, &name).await })
+                        .detach();
+                }
+            }
+        }
         let every = Duration::from_millis(shard.config().offsets_retention_check_interval_ms);
-        if last_expiry.elapsed() >= every {
+        if last_expiry.elapsed() >= every && !expiring.get() {
             last_expiry = Instant::now();
-            expire_offsets(&shard).await;
+            expiring.set(true);
+            let (shard, expiring) = (Rc::clone(&shard), Rc::clone(&expiring));
+            compio::runtime::spawn(async move {
+                expire_offsets(&shard).await;
+                expiring.set(false);
+            })
+            .detach();
         }
     }
 }
@@ -236,6 +264,18 @@ async fn load(shard: Rc<Shard>, p: i32, epoch: i32) {
                     }
                     Err(e) => {
                         tracing::warn!(partition = p, offset, error = %e, "skipping a __consumer_offsets batch that does not decode");
+                        // The decoder may have read none of it: step over it by its
+                        // header (the engine validated its length), or stop this chunk.
+                        let whole = engine::BatchHeader::parse(&buf)
+                            .ok()
+                            .and_then(|h| usize::try_from(h.declared_total_bytes()).ok())
+                            .filter(|n| *n > 0 && *n <= buf.len());
+                        match whole {
+                            Some(n) => {
+                                let _ = buf.split_to(n);
+                            }
+                            None => buf.clear(),
+                        }
                     }
                 }
                 match next {
@@ -251,8 +291,44 @@ async fn load(shard: Rc<Shard>, p: i32, epoch: i32) {
             cache.apply(p, at, entry);
         }
     }
-    migrate_legacy(&shard, p, epoch).await;
-    if shard.shared.offsets().finish_load(p, epoch) {
+    // Served only once the old file's groups are in the topic: a coordinator answering
+    // without them would let consumers start over and commit past them.
+    while let Err(code) = migrate_legacy(&shard, p, epoch).await {
+        if !shard.shared.offsets().is_hosting(p, epoch) || shard.shared.stopping() {
+            return;
+        }
+        tracing::warn!(
+            partition = p,
+            code,
+            "cannot move old committed offsets into __consumer_offsets yet; trying again"
+        );
+        compio::time::sleep(MIGRATION_RETRY).await;
+    }
+    if shard.shared.offsets().finish_load(p, epoch, now_ms()) {
+        // Offsets of topics deleted while nobody led this partition go now.
+        let gone: Vec<String> = {
+            let metadata = shard.shared.controller.view().current();
+            shard
+                .shared
+                .offsets()
+                .topics_in(p)
+                .into_iter()
+                .filter(|t| !metadata.topics.contains_key(t))
+                .collect()
+        };
+        for topic in gone {
+            let keys: Vec<Key> = shard
+                .shared
+                .offsets()
+                .keys_of_topic(&topic)
+                .into_iter()
+                .filter(|(q, _)| *q == p)
+                .flat_map(|(_, keys)| keys)
+                .collect();
+            if let Err(code) = delete_keys(&shard, p, keys).await {
+                tracing::warn!(partition = p, %topic, code, "cannot delete a deleted topic's committed offsets");
+            }
+        }
         tracing::debug!(
             partition = p,
             epoch,
@@ -263,9 +339,10 @@ async fn load(shard: Rc<Shard>, p: i32, epoch: i32) {
     }
 }
 
-/// Moves the groups of partition `p` from the old offsets file into the topic (those the
-/// topic has nothing for), then forgets them in the file.
-async fn migrate_legacy(shard: &Rc<Shard>, p: i32, epoch: i32) {
+/// Moves the groups of partition `p` from the old offsets file into the topic (groups
+/// the topic has no record of at all: one it has any record of, even a deletion, is
+/// newer there), in bounded batches, then forgets them in the file.
+async fn migrate_legacy(shard: &Rc<Shard>, p: i32, epoch: i32) -> Result<(), i16> {
     type GroupOffsets = (String, Vec<(String, i32, Committed)>);
     let moving: Vec<GroupOffsets> = {
         let legacy = shard
@@ -273,7 +350,9 @@ async fn migrate_legacy(shard: &Rc<Shard>, p: i32, epoch: i32) {
             .legacy_offsets
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(store) = legacy.as_ref() else { return };
+        let Some(store) = legacy.as_ref() else {
+            return Ok(());
+        };
         let cache = shard.shared.offsets();
         store
             .groups()
@@ -286,37 +365,34 @@ async fn migrate_legacy(shard: &Rc<Shard>, p: i32, epoch: i32) {
             .collect()
     };
     if moving.is_empty() {
-        return;
+        return Ok(());
     }
     let ts = now_ms();
-    let mut records = Vec::new();
-    {
+    let records: Vec<Written> = {
         let cache = shard.shared.offsets();
-        for (g, entries) in &moving {
-            for (t, part, c) in entries {
-                // The topic's own record is newer than anything in the file.
-                if !cache.has_key(p, &(g.clone(), t.clone(), *part)) {
-                    records.push(((g.clone(), t.clone(), *part), Some((c.clone(), ts))));
-                }
-            }
-        }
-    }
-    if !records.is_empty()
-        && let Err(code) = write(shard, p, epoch, records).await
-    {
-        tracing::warn!(
-            partition = p,
-            code,
-            "cannot move old committed offsets into __consumer_offsets yet; the next load tries again"
-        );
-        return;
+        moving
+            .iter()
+            .filter(|(g, _)| !cache.has_group_record(p, g))
+            .flat_map(|(g, entries)| {
+                entries
+                    .iter()
+                    .map(move |(t, part, c)| ((g.clone(), t.clone(), *part), Some((c.clone(), ts))))
+            })
+            .collect()
+    };
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let chunk: Vec<_> = records.by_ref().take(RECORDS_PER_BATCH).collect();
+        write(shard, p, epoch, chunk).await?;
     }
     let mut legacy = shard
         .shared
         .legacy_offsets
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let Some(store) = legacy.as_mut() else { return };
+    let Some(store) = legacy.as_mut() else {
+        return Ok(());
+    };
     for (g, _) in &moving {
         if let Err(e) = store.forget_group(g) {
             tracing::warn!(group = %g, error = %e, "cannot forget a moved group in the old offsets file");
@@ -333,7 +409,11 @@ async fn migrate_legacy(shard: &Rc<Shard>, p: i32, epoch: i32) {
             Err(e) => tracing::warn!(error = %e, "cannot retire the old offsets file"),
         }
     }
+    Ok(())
 }
+
+/// A record the coordinator writes: a commit (with its commit time), or a tombstone.
+pub type Written = (Key, Option<(Committed, i64)>);
 
 /// Writes records (a commit, or a tombstone for `None`) to partition `p` as one batch,
 /// acknowledged once the ISR has it (as acks=all), and applies them to the cache. The
@@ -342,7 +422,7 @@ pub async fn write(
     shard: &Rc<Shard>,
     p: i32,
     epoch: i32,
-    records: Vec<(Key, Option<(Committed, i64)>)>,
+    records: Vec<Written>,
 ) -> Result<(), i16> {
     let tp = offsets_tp(p)?;
     let encoded = records
@@ -412,9 +492,9 @@ pub async fn delete_keys(shard: &Rc<Shard>, p: i32, keys: Vec<Key>) -> Result<()
         .ok_or(error_code::NOT_COORDINATOR)?;
     let mut keys = keys.into_iter().peekable();
     while keys.peek().is_some() {
-        let chunk: Vec<(Key, Option<(Committed, i64)>)> = keys
+        let chunk: Vec<Written> = keys
             .by_ref()
-            .take(TOMBSTONES_PER_BATCH)
+            .take(RECORDS_PER_BATCH)
             .map(|k| (k, None))
             .collect();
         write(shard, p, epoch, chunk).await?;
@@ -449,7 +529,9 @@ pub async fn forget_topic(shard: &Rc<Shard>, topic: &str) {
 }
 
 /// Offsets retention: the offsets of a group with no members whose every commit is
-/// older than `offsets_retention_minutes` are deleted.
+/// older than `offsets_retention_minutes` (and whose partition has been loaded here for
+/// that long) are deleted. Each batch is checked again just before it is written: a
+/// group that committed or gained members meanwhile keeps its offsets.
 async fn expire_offsets(shard: &Rc<Shard>) {
     let retention_ms = shard
         .config()
@@ -463,13 +545,48 @@ async fn expire_offsets(shard: &Rc<Shard>) {
     };
     for (p, keys) in expired {
         let n = keys.len();
-        match delete_keys(shard, p, keys).await {
-            Ok(()) => tracing::info!(
+        let mut keys = keys.into_iter().peekable();
+        let mut deleted = 0;
+        while keys.peek().is_some() {
+            let chunk: Vec<Key> = keys.by_ref().take(RECORDS_PER_BATCH).collect();
+            let (still, epoch): (Vec<Written>, Option<i32>) = {
+                let groups = shard.shared.groups();
+                let cache = shard.shared.offsets();
+                let epoch = cache
+                    .hosted()
+                    .into_iter()
+                    .find(|(q, _)| *q == p)
+                    .map(|(_, e)| e);
+                let still = chunk
+                    .into_iter()
+                    .filter(|k| {
+                        !groups.has_members(&k.0)
+                            && cache.commit_timestamp(p, k).is_some_and(|ts| ts < before)
+                    })
+                    .map(|k| (k, None))
+                    .collect();
+                (still, epoch)
+            };
+            let Some(epoch) = epoch else { break };
+            if still.is_empty() {
+                continue;
+            }
+            let count = still.len();
+            match write(shard, p, epoch, still).await {
+                Ok(()) => deleted += count,
+                Err(code) => {
+                    tracing::warn!(partition = p, code, "cannot expire committed offsets");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
                 partition = p,
-                offsets = n,
+                offsets = deleted,
+                of = n,
                 "expired committed offsets of groups without members"
-            ),
-            Err(code) => tracing::warn!(partition = p, code, "cannot expire committed offsets"),
+            );
         }
     }
 }

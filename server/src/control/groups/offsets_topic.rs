@@ -189,7 +189,8 @@ pub fn batch_of(records: Vec<(Bytes, Option<Bytes>)>, now_ms: i64) -> Result<Byt
 /// was committed (for offset retention).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stored {
-    /// `None`: deleted by a tombstone read during a load (dropped when the load ends).
+    /// `None`: deleted by a tombstone (kept as a marker while hosted, so that an older
+    /// record applied later cannot bring the key back; not counted anywhere).
     committed: Option<Committed>,
     commit_timestamp: i64,
     log_offset: i64,
@@ -198,6 +199,9 @@ struct Stored {
 struct Hosted {
     leader_epoch: i32,
     loaded: bool,
+    /// When the load finished (wall clock, ms): offsets expire only after retention has
+    /// passed since then too, as groups had no chance to rejoin here before.
+    loaded_at_ms: i64,
     entries: BTreeMap<Key, Stored>,
 }
 
@@ -240,6 +244,7 @@ impl CommittedOffsets {
             Hosted {
                 leader_epoch,
                 loaded: false,
+                loaded_at_ms: i64::MAX,
                 entries: BTreeMap::new(),
             },
         );
@@ -293,51 +298,70 @@ impl CommittedOffsets {
         {
             return;
         }
-        match value {
-            Some((committed, commit_timestamp)) => {
-                h.entries.insert(
-                    key,
-                    Stored {
-                        committed: Some(committed),
-                        commit_timestamp,
-                        log_offset,
-                    },
-                );
-            }
-            None if !h.loaded => {
-                h.entries.insert(
-                    key,
-                    Stored {
-                        committed: None,
-                        commit_timestamp: 0,
-                        log_offset,
-                    },
-                );
-            }
-            None => {
-                h.entries.remove(&key);
-            }
-        }
+        // A tombstone stays as a marker (`committed: None`), so that a commit with a lower
+        // log offset that finishes after it cannot bring the key back.
+        let (committed, commit_timestamp) = match value {
+            Some((c, ts)) => (Some(c), ts),
+            None => (None, 0),
+        };
+        h.entries.insert(
+            key,
+            Stored {
+                committed,
+                commit_timestamp,
+                log_offset,
+            },
+        );
     }
 
     /// The load of `partition` at `leader_epoch` is done: it is served from now on.
-    pub fn finish_load(&mut self, partition: i32, leader_epoch: i32) -> bool {
+    pub fn finish_load(&mut self, partition: i32, leader_epoch: i32, now_ms: i64) -> bool {
         match self.hosted.get_mut(&partition) {
             Some(h) if h.leader_epoch == leader_epoch => {
-                h.entries.retain(|_, s| s.committed.is_some());
                 h.loaded = true;
+                h.loaded_at_ms = now_ms;
                 true
             }
             _ => false,
         }
     }
 
-    /// Whether hosted partition `partition` holds a record for `key` (committed or, while
-    /// loading, deleted).
+    /// Whether hosted partition `partition` holds a record for `key` (committed or
+    /// deleted).
     pub fn has_key(&self, partition: i32, key: &Key) -> bool {
         self.hosted
             .get(&partition)
             .is_some_and(|h| h.entries.contains_key(key))
+    }
+
+    /// The topics hosted `partition` holds committed offsets of.
+    pub fn topics_in(&self, partition: i32) -> std::collections::BTreeSet<String> {
+        self.hosted
+            .get(&partition)
+            .map(|h| {
+                h.entries
+                    .iter()
+                    .filter(|(_, s)| s.committed.is_some())
+                    .map(|((_, t, _), _)| t.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether hosted `partition` holds any record (committed or deleted) of `group`.
+    pub fn has_group_record(&self, partition: i32, group: &str) -> bool {
+        self.hosted.get(&partition).is_some_and(|h| {
+            h.entries
+                .range((group.to_owned(), String::new(), i32::MIN)..)
+                .next()
+                .is_some_and(|((g, _, _), _)| g == group)
+        })
+    }
+
+    /// When `key` was last committed, if it is committed in hosted `partition`.
+    pub fn commit_timestamp(&self, partition: i32, key: &Key) -> Option<i64> {
+        let s = self.hosted.get(&partition)?.entries.get(key)?;
+        s.committed.as_ref().map(|_| s.commit_timestamp)
     }
 
     fn loaded(&self, group: &str) -> Option<&Hosted> {
@@ -371,7 +395,12 @@ impl CommittedOffsets {
             .hosted
             .values()
             .filter(|h| h.loaded)
-            .flat_map(|h| h.entries.keys().map(|(g, _, _)| g.clone()))
+            .flat_map(|h| {
+                h.entries
+                    .iter()
+                    .filter(|(_, s)| s.committed.is_some())
+                    .map(|((g, _, _), _)| g.clone())
+            })
             .collect();
         out.sort();
         out.dedup();
@@ -386,9 +415,9 @@ impl CommittedOffsets {
             .map(|(p, h)| {
                 let keys = h
                     .entries
-                    .keys()
-                    .filter(|(_, t, _)| t == topic)
-                    .cloned()
+                    .iter()
+                    .filter(|((_, t, _), s)| t == topic && s.committed.is_some())
+                    .map(|(k, _)| k.clone())
                     .collect();
                 (*p, keys)
             })
@@ -409,7 +438,7 @@ impl CommittedOffsets {
     pub fn expired(&self, before_ms: i64, expires: impl Fn(&str) -> bool) -> Vec<(i32, Vec<Key>)> {
         self.hosted
             .iter()
-            .filter(|(_, h)| h.loaded)
+            .filter(|(_, h)| h.loaded && h.loaded_at_ms < before_ms)
             .map(|(p, h)| {
                 let mut keys: Vec<Key> = Vec::new();
                 let mut group_keys: Vec<Key> = Vec::new();
@@ -421,7 +450,7 @@ impl CommittedOffsets {
                     }
                     group_keys.clear();
                 };
-                for (k, s) in &h.entries {
+                for (k, s) in h.entries.iter().filter(|(_, s)| s.committed.is_some()) {
                     if group != Some(k.0.as_str()) {
                         flush(&mut group_keys, all_old);
                         group = Some(k.0.as_str());
@@ -531,7 +560,7 @@ mod tests {
             },
         );
         cache.apply(0, 11, commit(11));
-        assert!(cache.finish_load(0, 4));
+        assert!(cache.finish_load(0, 4, 0));
         assert_eq!(cache.status("g"), Ok((0, 4)));
         assert_eq!(cache.fetch("g", "t", 0), None);
         cache.apply(0, 13, commit(13));
@@ -540,7 +569,7 @@ mod tests {
         // A new epoch starts over.
         assert!(cache.host(0, 5));
         assert_eq!(cache.fetch("g", "t", 0), None);
-        assert!(!cache.finish_load(0, 4));
+        assert!(!cache.finish_load(0, 4, 0));
         cache.unhost(0);
         assert_eq!(cache.status("g"), Err(error_code::NOT_COORDINATOR));
     }
@@ -550,7 +579,7 @@ mod tests {
         let mut cache = CommittedOffsets::default();
         cache.set_partitions(1);
         cache.host(0, 0);
-        cache.finish_load(0, 0);
+        cache.finish_load(0, 0, 0);
         let put = |cache: &mut CommittedOffsets, g: &str, p, ts, at| {
             cache.apply(
                 0,

@@ -89,6 +89,14 @@ async fn create_one(
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
 ) -> Result<(TopicMeta, i16), (i16, String)> {
+    if topic.name.0.as_str() == OFFSETS_TOPIC {
+        // Made by the broker itself, compacted, on the first FindCoordinator: one made by
+        // hand with other settings (a delete policy) would lose committed offsets.
+        return Err((
+            error_code::INVALID_REQUEST,
+            "__consumer_offsets is internal: the brokers create it".into(),
+        ));
+    }
     let config = shard.config();
     let (meta, rf) = requested_topic(
         topic,

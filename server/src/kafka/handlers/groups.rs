@@ -296,6 +296,9 @@ pub fn heartbeat(
 ) -> Result<Option<Vec<Piece>>, DecodeError> {
     let req: HeartbeatRequest = request.decode("Heartbeat request")?;
     let code = match coordinating(shard, req.group_id.0.as_str()) {
+        // As Kafka: a heartbeat while the coordinator loads is not an error (the Java
+        // client counts one as a failed heartbeat); the member rejoins after the load.
+        Err(error_code::COORDINATOR_LOAD_IN_PROGRESS) => error_code::NONE,
         Err(code) => code,
         Ok(_) => shard.shared.groups().heartbeat(
             req.group_id.0.as_str(),
