@@ -430,7 +430,15 @@ async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
         {
             return;
         }
-        shard.shared.groups().tick(Instant::now());
+        let emptied = shard.shared.groups().tick(Instant::now());
+        // Groups whose last member expired: their kept state says so.
+        for (group, state) in emptied {
+            let shard = std::rc::Rc::clone(&shard);
+            compio::runtime::spawn(async move {
+                crate::control::groups::hosting::persist_group(&shard, group, Some(state)).await;
+            })
+            .detach();
+        }
     }
 }
 

@@ -151,6 +151,62 @@ impl Group {
     }
 }
 
+/// A group's state as `__consumer_offsets` keeps it (Kafka's `GroupMetadataValue`):
+/// written when a generation becomes stable and when the group empties, read by the
+/// next coordinator so that its members carry on without a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupSnapshot {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    /// When the snapshot was taken (ms since the epoch).
+    pub state_timestamp: i64,
+    pub members: Vec<MemberSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberSnapshot {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    /// The member's metadata for the group's protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+fn snapshot_of(group: &Group) -> GroupSnapshot {
+    let protocol = group.protocol.clone().unwrap_or_default();
+    GroupSnapshot {
+        protocol_type: group.protocol_type.clone().unwrap_or_default(),
+        generation: group.generation,
+        protocol: group.protocol.clone(),
+        leader: group.leader.clone(),
+        state_timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        members: group
+            .members
+            .iter()
+            .map(|(id, m)| MemberSnapshot {
+                member_id: id.clone(),
+                group_instance_id: m.group_instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                rebalance_timeout_ms: i32::try_from(m.rebalance_timeout.as_millis())
+                    .unwrap_or(i32::MAX),
+                session_timeout_ms: i32::try_from(m.session_timeout.as_millis())
+                    .unwrap_or(i32::MAX),
+                subscription: m.metadata_for(&protocol),
+                assignment: m.assignment.clone(),
+            })
+            .collect(),
+    }
+}
+
 /// A group as DescribeGroups shows it.
 pub struct GroupView {
     pub state: GroupState,
@@ -511,8 +567,12 @@ impl Coordinator {
 
     /// Expires members whose session ran out and completes rebalances whose deadline
     /// passed. Called every `TICK` by one core.
-    pub fn tick(&mut self, now: Instant) {
+    /// Returns the groups whose last member's session expired (their empty state, to
+    /// keep in `__consumer_offsets`).
+    pub fn tick(&mut self, now: Instant) -> Vec<(String, GroupSnapshot)> {
+        let mut emptied = Vec::new();
         for group in self.groups.values_mut() {
+            let had_members = !group.members.is_empty();
             group.pending.retain(|_, deadline| *deadline > now);
             // Members waiting in JoinGroup or SyncGroup cannot heartbeat meanwhile.
             let expired: Vec<String> = group
@@ -537,11 +597,15 @@ impl Coordinator {
             {
                 maybe_complete_join(group, now, true);
             }
+            if had_members && group.members.is_empty() {
+                emptied.push((group.id.clone(), snapshot_of(group)));
+            }
         }
         // Empty groups are forgotten (their committed offsets live in the offset store).
         self.groups.retain(|_, g| {
             !(g.state == GroupState::Empty && g.members.is_empty() && g.pending.is_empty())
         });
+        emptied
     }
 
     /// DeleteGroups for the membership side: refused while the group has members
@@ -557,6 +621,64 @@ impl Coordinator {
                 Ok(true)
             }
         }
+    }
+
+    /// The state to keep in `__consumer_offsets` of a stable group, or of an empty one;
+    /// `None` for a group in a rebalance (its next stable generation is written) or unknown.
+    pub fn snapshot(&self, group_id: &str) -> Option<GroupSnapshot> {
+        let g = self.groups.get(group_id)?;
+        matches!(g.state, GroupState::Stable | GroupState::Empty).then(|| snapshot_of(g))
+    }
+
+    /// A group a new coordinator read from `__consumer_offsets`: a stable one comes back
+    /// stable, with its members, generation and assignments (each member's session
+    /// starts now); an empty one leaves nothing to restore. A group already known here is
+    /// left alone.
+    pub fn restore(&mut self, group_id: &str, snapshot: GroupSnapshot, now: Instant) {
+        if snapshot.members.is_empty()
+            || self.groups.contains_key(group_id)
+            || self.groups.len() >= GROUPS_MAX
+        {
+            return;
+        }
+        let mut group = Group::new(group_id.to_owned());
+        group.state = GroupState::Stable;
+        group.generation = snapshot.generation;
+        group.protocol_type = Some(snapshot.protocol_type);
+        group.protocol = snapshot.protocol.clone();
+        group.leader = snapshot.leader;
+        let protocol = snapshot.protocol.unwrap_or_default();
+        for m in snapshot.members.into_iter().take(GROUP_MEMBERS_MAX) {
+            self.next_member += 1;
+            let clamp = |ms: i32| {
+                Duration::from_millis(
+                    ms.clamp(SESSION_TIMEOUT_MS_MIN, SESSION_TIMEOUT_MS_MAX) as u64
+                )
+            };
+            group.members.insert(
+                m.member_id,
+                Member {
+                    seq: self.next_member,
+                    group_instance_id: m.group_instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout: clamp(m.session_timeout_ms),
+                    rebalance_timeout: clamp(m.rebalance_timeout_ms),
+                    protocols: vec![(protocol.clone(), m.subscription)],
+                    assignment: m.assignment,
+                    last_seen: now,
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            );
+        }
+        tracing::info!(
+            group = group_id,
+            generation = group.generation,
+            members = group.members.len(),
+            "restored a stable group from __consumer_offsets"
+        );
+        self.groups.insert(group_id.to_owned(), group);
     }
 
     /// Drops the groups `which` names (their coordination moved away): members waiting
@@ -926,6 +1048,58 @@ mod tests {
             Reply::Now(o) => o,
             Reply::Later(mut rx) => rx.try_recv().ok().flatten().expect("answered"),
         }
+    }
+
+    #[test]
+    fn given_a_stable_group_restored_by_another_coordinator_should_carry_on_without_a_rebalance() {
+        let mut old = Coordinator::default();
+        let t = Instant::now();
+        let first = now_of(old.join(args("g", ""), t));
+        let joined = now_of(old.join(args("g", &first.member_id), t));
+        let member = joined.member_id.clone();
+        let _ = old.sync(
+            "g",
+            1,
+            (&member, None),
+            (None, None),
+            vec![(member.clone(), Bytes::from_static(b"a"))],
+            t,
+        );
+        let state = old.snapshot("g").expect("a stable group has a snapshot");
+        assert_eq!(state.members.len(), 1);
+        assert_eq!(state.members[0].assignment, Bytes::from_static(b"a"));
+
+        // The next coordinator (another incarnation) restores it: the member's heartbeat
+        // and commit at its generation pass, and a rejoin with unchanged metadata gets
+        // its assignment back at the same generation.
+        let mut new = Coordinator::default();
+        let later = t + Duration::from_secs(1);
+        new.restore("g", state.clone(), later);
+        assert_eq!(
+            new.heartbeat("g", 1, (&member, None), later),
+            error_code::NONE
+        );
+        assert_eq!(
+            new.check_commit("g", 1, (&member, None), later),
+            error_code::NONE
+        );
+        assert_eq!(new.describe("g").map(|v| v.state), Some(GroupState::Stable));
+        // A stale generation is still refused, and the session runs from the restore.
+        assert_eq!(
+            new.heartbeat("g", 0, (&member, None), later),
+            error_code::ILLEGAL_GENERATION
+        );
+        let emptied = new.tick(later + Duration::from_secs(11));
+        assert!(
+            new.describe("g").is_none(),
+            "its session expired: the group emptied"
+        );
+        assert_eq!(emptied.len(), 1);
+        assert!(emptied[0].1.members.is_empty(), "kept as empty from now on");
+        // An empty snapshot restores nothing; a known group is left alone.
+        let mut other = Coordinator::default();
+        other.restore("g", GroupSnapshot::default(), later);
+        assert!(other.describe("g").is_none());
     }
 
     #[test]

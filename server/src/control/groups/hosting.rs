@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use engine::{AppendWait, TopicPartition};
 
+use super::coordinator::GroupSnapshot;
 use super::offsets::Committed;
 use super::offsets_topic::{self, Entry, Key, OFFSETS_TOPIC};
 use crate::control::topics::TopicMeta;
@@ -304,7 +305,23 @@ async fn load(shard: Rc<Shard>, p: i32, epoch: i32) {
         );
         compio::time::sleep(MIGRATION_RETRY).await;
     }
-    if shard.shared.offsets().finish_load(p, epoch, now_ms()) {
+    // The groups' last stable states come back with the partition, so their members
+    // carry on without a rebalance; in the same step as the load's end (both locks, the
+    // coordinator's first), so nothing joins in between.
+    let served = {
+        let mut groups = shard.shared.groups();
+        let mut cache = shard.shared.offsets();
+        let restored = cache.stable_groups(p);
+        let served = cache.finish_load(p, epoch, now_ms());
+        if served {
+            let now = Instant::now();
+            for (group, state) in restored {
+                groups.restore(&group, state, now);
+            }
+        }
+        served
+    };
+    if served {
         // Offsets of topics deleted while nobody led this partition go now.
         let gone: Vec<String> = {
             let metadata = shard.shared.controller.view().current();
@@ -424,22 +441,62 @@ pub async fn write(
     epoch: i32,
     records: Vec<Written>,
 ) -> Result<(), i16> {
-    let tp = offsets_tp(p)?;
-    let encoded = records
-        .iter()
-        .map(|((g, t, part), value)| {
-            (
-                offsets_topic::commit_key(g, t, *part),
-                value
-                    .as_ref()
-                    .map(|(c, ts)| offsets_topic::commit_value(c, *ts)),
-            )
-        })
+    let entries = records
+        .into_iter()
+        .map(|(key, value)| Entry::Commit { key, value })
         .collect();
-    let batch = offsets_topic::batch_of(encoded, now_ms()).map_err(|e| {
-        tracing::error!(error = %e, "cannot encode a __consumer_offsets batch");
-        error_code::UNKNOWN_SERVER_ERROR
-    })?;
+    append_entries(shard, p, epoch, entries).await
+}
+
+/// Keeps a group's state (or, with `None`, deletes it) in its `__consumer_offsets`
+/// partition, if this broker coordinates the group; best effort: a failure only means
+/// the next coordinator rebalances the group, as it would without the record.
+pub async fn persist_group(shard: &Rc<Shard>, group: String, state: Option<GroupSnapshot>) {
+    let Ok((p, epoch)) = crate::kafka::handlers::groups::coordinating(shard, &group) else {
+        return;
+    };
+    let generation = state.as_ref().map(|s| s.generation);
+    let entry = Entry::Group {
+        group: group.clone(),
+        value: state,
+    };
+    if let Err(code) = append_entries(shard, p, epoch, vec![entry]).await {
+        tracing::debug!(%group, ?generation, code, "group state not written");
+    }
+}
+
+fn encode(entry: &Entry) -> (Bytes, Option<Bytes>) {
+    match entry {
+        Entry::Commit {
+            key: (g, t, part),
+            value,
+        } => (
+            offsets_topic::commit_key(g, t, *part),
+            value
+                .as_ref()
+                .map(|(c, ts)| offsets_topic::commit_value(c, *ts)),
+        ),
+        Entry::Group { group, value } => (
+            offsets_topic::group_key(group),
+            value.as_ref().map(offsets_topic::group_value),
+        ),
+    }
+}
+
+/// Appends `entries` to partition `p` as one batch, acknowledged once the ISR has it
+/// (as acks=all), and applies them to the cache if it still hosts `p` at `epoch`.
+async fn append_entries(
+    shard: &Rc<Shard>,
+    p: i32,
+    epoch: i32,
+    entries: Vec<Entry>,
+) -> Result<(), i16> {
+    let tp = offsets_tp(p)?;
+    let batch =
+        offsets_topic::batch_of(entries.iter().map(encode).collect(), now_ms()).map_err(|e| {
+            tracing::error!(error = %e, "cannot encode a __consumer_offsets batch");
+            error_code::UNKNOWN_SERVER_ERROR
+        })?;
     let timeout = Duration::from_millis(shard.config().offsets_commit_timeout_ms);
     let appended = compio::time::timeout(timeout, shard.append(tp, batch, AppendWait::Durable))
         .await
@@ -456,8 +513,8 @@ pub async fn write(
         // Leadership moved meanwhile: the new load reads this record from the log.
         return Err(error_code::NOT_COORDINATOR);
     }
-    for (i, (key, value)) in records.into_iter().enumerate() {
-        cache.apply(p, info.base_offset + i as i64, Entry::Commit { key, value });
+    for (i, entry) in entries.into_iter().enumerate() {
+        cache.apply(p, info.base_offset + i as i64, entry);
     }
     Ok(())
 }

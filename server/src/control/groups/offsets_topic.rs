@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
+use super::coordinator::{GroupSnapshot, MemberSnapshot};
 use super::offsets::Committed;
 use crate::kafka::protocol::error_code;
 
@@ -24,6 +25,8 @@ const COMMIT_KEY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
 /// The value version written (v3 adds the leader epoch; v4 is flexible).
 const COMMIT_VALUE_VERSION: i16 = 3;
+/// The group value version written (v3 adds static members' instance ids).
+const GROUP_VALUE_VERSION: i16 = 3;
 
 /// Java's `String.hashCode` over UTF-16 code units.
 fn java_hash(s: &str) -> i32 {
@@ -50,8 +53,11 @@ pub enum Entry {
         key: Key,
         value: Option<(Committed, i64)>,
     },
-    /// A group's metadata record: kept for Kafka's tools, not read here.
-    Group { group: String },
+    /// A group's state (generation, members, assignments), or its tombstone.
+    Group {
+        group: String,
+        value: Option<GroupSnapshot>,
+    },
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -81,6 +87,109 @@ pub fn commit_value(c: &Committed, commit_timestamp: i64) -> Bytes {
     out.into()
 }
 
+pub fn group_key(group: &str) -> Bytes {
+    let mut out = Vec::with_capacity(4 + group.len());
+    out.extend_from_slice(&GROUP_KEY_VERSION.to_be_bytes());
+    put_str(&mut out, group);
+    out.into()
+}
+
+fn put_nullable_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(out, s),
+        None => out.extend_from_slice(&(-1i16).to_be_bytes()),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Kafka's `GroupMetadataValue` v3.
+pub fn group_value(g: &GroupSnapshot) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&GROUP_VALUE_VERSION.to_be_bytes());
+    put_str(&mut out, &g.protocol_type);
+    out.extend_from_slice(&g.generation.to_be_bytes());
+    put_nullable_str(&mut out, g.protocol.as_deref());
+    put_nullable_str(&mut out, g.leader.as_deref());
+    out.extend_from_slice(&g.state_timestamp.to_be_bytes());
+    out.extend_from_slice(&(g.members.len() as i32).to_be_bytes());
+    for m in &g.members {
+        put_str(&mut out, &m.member_id);
+        put_nullable_str(&mut out, m.group_instance_id.as_deref());
+        put_str(&mut out, &m.client_id);
+        put_str(&mut out, &m.client_host);
+        out.extend_from_slice(&m.rebalance_timeout_ms.to_be_bytes());
+        out.extend_from_slice(&m.session_timeout_ms.to_be_bytes());
+        put_bytes(&mut out, &m.subscription);
+        put_bytes(&mut out, &m.assignment);
+    }
+    out.into()
+}
+
+/// Kafka's `GroupMetadataValue` v0-v3; `None` for anything else or damage. Counts and
+/// lengths are bounded by the bytes present.
+fn decode_group_value(value: &[u8]) -> Option<GroupSnapshot> {
+    let mut v = Reader {
+        bytes: value,
+        at: 0,
+    };
+    let version = v.i16()?;
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let protocol_type = v.string()?;
+    let generation = v.i32()?;
+    let protocol = v.nullable_string()?;
+    let leader = v.nullable_string()?;
+    let state_timestamp = if version >= 2 { v.i64()? } else { -1 };
+    let count = usize::try_from(v.i32()?).ok()?;
+    // Each member takes at least 20 bytes: no count larger than the bytes allow.
+    if count > value.len() / 20 {
+        return None;
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let member_id = v.string()?;
+        let group_instance_id = if version >= 3 {
+            v.nullable_string()?
+        } else {
+            None
+        };
+        let client_id = v.string()?;
+        let client_host = v.string()?;
+        let rebalance_timeout_ms = if version >= 1 { v.i32()? } else { -1 };
+        let session_timeout_ms = v.i32()?;
+        let rebalance_timeout_ms = if version >= 1 {
+            rebalance_timeout_ms
+        } else {
+            session_timeout_ms
+        };
+        let subscription = v.bytes()?;
+        let assignment = v.bytes()?;
+        members.push(MemberSnapshot {
+            member_id,
+            group_instance_id,
+            client_id,
+            client_host,
+            rebalance_timeout_ms,
+            session_timeout_ms,
+            subscription,
+            assignment,
+        });
+    }
+    Some(GroupSnapshot {
+        protocol_type,
+        generation,
+        protocol,
+        leader,
+        state_timestamp,
+        members,
+    })
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -104,6 +213,24 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Option<String> {
         let len = usize::try_from(self.i16()?).ok()?;
         String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+    /// `Some(None)` for a null string.
+    fn nullable_string(&mut self) -> Option<Option<String>> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Some(None);
+        }
+        let len = usize::try_from(len).ok()?;
+        Some(Some(String::from_utf8(self.take(len)?.to_vec()).ok()?))
+    }
+    fn bytes(&mut self) -> Option<Bytes> {
+        let len = self.i32()?;
+        if len < 0 {
+            return Some(Bytes::new());
+        }
+        Some(Bytes::copy_from_slice(
+            self.take(usize::try_from(len).ok()?)?,
+        ))
     }
 }
 
@@ -141,7 +268,14 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
                 )),
             })
         }
-        GROUP_KEY_VERSION => Some(Entry::Group { group: k.string()? }),
+        GROUP_KEY_VERSION => {
+            let group = k.string()?;
+            let value = match value {
+                None => None,
+                Some(v) => Some(decode_group_value(v)?),
+            };
+            Some(Entry::Group { group, value })
+        }
         _ => None,
     }
 }
@@ -197,6 +331,8 @@ struct Stored {
 }
 
 struct Hosted {
+    /// Each group's latest state record: (its log offset, the state; `None` a tombstone).
+    groups: BTreeMap<String, (i64, Option<GroupSnapshot>)>,
     leader_epoch: i32,
     loaded: bool,
     /// When the load finished (wall clock, ms): offsets expire only after retention has
@@ -242,6 +378,7 @@ impl CommittedOffsets {
         self.hosted.insert(
             partition,
             Hosted {
+                groups: BTreeMap::new(),
                 leader_epoch,
                 loaded: false,
                 loaded_at_ms: i64::MAX,
@@ -289,8 +426,14 @@ impl CommittedOffsets {
         let Some(h) = self.hosted.get_mut(&partition) else {
             return;
         };
-        let Entry::Commit { key, value } = entry else {
-            return;
+        let (key, value) = match entry {
+            Entry::Commit { key, value } => (key, value),
+            Entry::Group { group, value } => {
+                if h.groups.get(&group).is_none_or(|(at, _)| *at < log_offset) {
+                    h.groups.insert(group, (log_offset, value));
+                }
+                return;
+            }
         };
         if h.entries
             .get(&key)
@@ -332,6 +475,32 @@ impl CommittedOffsets {
         self.hosted
             .get(&partition)
             .is_some_and(|h| h.entries.contains_key(key))
+    }
+
+    /// The groups whose latest state record in hosted `partition` has members: what a
+    /// new coordinator restores.
+    pub fn stable_groups(&self, partition: i32) -> Vec<(String, GroupSnapshot)> {
+        self.hosted
+            .get(&partition)
+            .map(|h| {
+                h.groups
+                    .iter()
+                    .filter_map(|(g, (_, s))| {
+                        s.as_ref()
+                            .filter(|s| !s.members.is_empty())
+                            .map(|s| (g.clone(), s.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether hosted `partition` holds a live state record of `group` (not deleted).
+    pub fn has_group_state(&self, partition: i32, group: &str) -> bool {
+        self.hosted
+            .get(&partition)
+            .and_then(|h| h.groups.get(group))
+            .is_some_and(|(_, s)| s.is_some())
     }
 
     /// The topics hosted `partition` holds committed offsets of.
@@ -511,6 +680,51 @@ mod tests {
         assert_eq!(decode(&key[..key.len() - 1], Some(&value)), None);
         assert_eq!(decode(&key, Some(&value[..value.len() - 1])), None);
         assert_eq!(decode(&[0, 9, 0, 0], None), None);
+    }
+
+    #[test]
+    fn given_a_group_record_should_decode_what_was_encoded() {
+        let g = GroupSnapshot {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some("m1".into()),
+            state_timestamp: 1_700_000_000_000,
+            members: vec![MemberSnapshot {
+                member_id: "m1".into(),
+                group_instance_id: Some("i1".into()),
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                rebalance_timeout_ms: 30_000,
+                session_timeout_ms: 6_000,
+                subscription: Bytes::from_static(b"sub"),
+                assignment: Bytes::from_static(b"asg"),
+            }],
+        };
+        let key = group_key("g");
+        let value = group_value(&g);
+        assert_eq!(
+            decode(&key, Some(&value)),
+            Some(Entry::Group {
+                group: "g".into(),
+                value: Some(g.clone())
+            })
+        );
+        assert_eq!(
+            decode(&key, None),
+            Some(Entry::Group {
+                group: "g".into(),
+                value: None
+            })
+        );
+        // A member count the bytes cannot hold is refused before allocating.
+        let mut huge = value.to_vec();
+        let at = 2 + 2 + 8 + 4 + 2 + 5 + 2 + 2 + 8;
+        huge[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(decode(&key, Some(&huge)), None);
+        for cut in 0..value.len() {
+            assert_eq!(decode(&key, Some(&value[..cut])), None, "cut at {cut}");
+        }
     }
 
     #[test]

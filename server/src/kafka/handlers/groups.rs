@@ -256,6 +256,7 @@ pub async fn sync_group(
     if let Err(code) = coordinating(shard, req.group_id.0.as_str()) {
         return request.respond(&SyncGroupResponse::default().with_error_code(code));
     }
+    let from_leader = !req.assignments.is_empty();
     let reply = shard.shared.groups().sync(
         req.group_id.0.as_str(),
         req.generation_id,
@@ -279,6 +280,18 @@ pub async fn sync_group(
             ..SyncOutcome::default()
         }),
     };
+    if from_leader && outcome.error_code == error_code::NONE {
+        // The new generation is stable: keep it for the next coordinator.
+        let group = req.group_id.0.to_string();
+        let state = shard.shared.groups().snapshot(&group);
+        if let Some(state) = state.filter(|s| s.generation == req.generation_id) {
+            let shard = Rc::clone(shard);
+            compio::runtime::spawn(async move {
+                hosting::persist_group(&shard, group, Some(state)).await;
+            })
+            .detach();
+        }
+    }
     let mut response = SyncGroupResponse::default()
         .with_error_code(outcome.error_code)
         .with_assignment(outcome.assignment);
@@ -338,6 +351,19 @@ pub fn leave_group(
         .shared
         .groups()
         .leave(req.group_id.0.as_str(), &members, Instant::now());
+    // The last member gone: the group's kept state says so (no members to restore).
+    let emptied = shard
+        .shared
+        .groups()
+        .snapshot(req.group_id.0.as_str())
+        .filter(|s| s.members.is_empty());
+    if let Some(state) = emptied {
+        let (shard, group) = (Rc::clone(shard), req.group_id.0.to_string());
+        compio::runtime::spawn(async move {
+            hosting::persist_group(&shard, group, Some(state)).await;
+        })
+        .detach();
+    }
     let response = if request.version >= 3 {
         LeaveGroupResponse::default().with_members(
             members
@@ -495,7 +521,12 @@ pub async fn delete_groups(
                     Ok(had_members_state) => {
                         let keys = shard.shared.offsets().keys_of_group(group);
                         let had_offsets = !keys.is_empty();
+                        let had_state = shard.shared.offsets().has_group_state(p, group);
                         match hosting::delete_keys(shard, p, keys).await {
+                            Ok(()) if had_state => {
+                                hosting::persist_group(shard, group.to_owned(), None).await;
+                                error_code::NONE
+                            }
                             Ok(()) if had_offsets || had_members_state => error_code::NONE,
                             Ok(()) => error_code::GROUP_ID_NOT_FOUND,
                             Err(code) => code,
