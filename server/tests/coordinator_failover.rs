@@ -128,20 +128,26 @@ fn setup(bootstrap: &str, count: usize) {
         .create()
         .unwrap();
     let values: Vec<String> = (0..count).map(|i| format!("m{i}")).collect();
+    // send_result enqueues at once (an awaited `send` would go one message at a time).
     let sends: Vec<_> = values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            producer.send(
-                FutureRecord::<[u8], [u8]>::to(TOPIC)
-                    .partition((i % PARTITIONS as usize) as i32)
-                    .payload(v.as_bytes()),
-                Duration::from_secs(60),
-            )
+            producer
+                .send_result(
+                    FutureRecord::<[u8], [u8]>::to(TOPIC)
+                        .partition((i % PARTITIONS as usize) as i32)
+                        .payload(v.as_bytes()),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueued")
         })
         .collect();
     for s in sends {
-        block_on(s).map_err(|(e, _)| e).expect("acknowledged");
+        block_on(s)
+            .expect("delivered")
+            .map_err(|(e, _)| e)
+            .expect("acknowledged");
     }
 }
 

@@ -1594,20 +1594,24 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
         .create()
         .expect("producer");
     let values: Vec<String> = (0..9_000).map(|i| format!("c{i}")).collect();
+    // send_result enqueues at once (an awaited `send` would go one message at a time).
     let sends: Vec<_> = values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            producer.send(
-                rdkafka::producer::FutureRecord::<[u8], [u8]>::to(TOPIC)
-                    .partition(i as i32 % PARTITIONS)
-                    .payload(v.as_bytes()),
-                Duration::from_secs(60),
-            )
+            producer
+                .send_result(
+                    rdkafka::producer::FutureRecord::<[u8], [u8]>::to(TOPIC)
+                        .partition(i as i32 % PARTITIONS)
+                        .payload(v.as_bytes()),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueued")
         })
         .collect();
     for s in sends {
         futures_executor::block_on(s)
+            .expect("delivered")
             .map_err(|(e, _)| e)
             .expect("acknowledged");
     }
