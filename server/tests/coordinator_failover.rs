@@ -291,8 +291,10 @@ fn given_three_librdkafka_members_when_the_coordinator_is_killed_mid_stream_shou
             "processed {} of {COUNT}; killed {killed:?}",
             history.values.len()
         );
+        // Paced (about 750 messages/s), so that the stream outlasts the failover.
+        std::thread::sleep(Duration::from_millis(5));
         for (i, m) in members.iter().enumerate() {
-            for _ in 0..20 {
+            for _ in 0..5 {
                 let Some(Ok(msg)) = m.poll(Duration::from_millis(5)) else {
                     break;
                 };
@@ -398,6 +400,9 @@ impl PyMember {
             .env("KAFKA_PYTHON_MEMBER_GROUP", group)
             .env("KAFKA_PYTHON_MEMBER_TOPIC", TOPIC)
             .env("KAFKA_PYTHON_MEMBER_COMMIT_EVERY", "50")
+            // Paced (about 300 records/s each), so that the stream outlasts the failover.
+            .env("KAFKA_PYTHON_MEMBER_MAX_POLL_RECORDS", "10")
+            .env("KAFKA_PYTHON_MEMBER_PAUSE_MS", "30")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -9,7 +9,9 @@ Environment: KAFKA_PYTHON_MEMBER_GROUP (py-group), KAFKA_PYTHON_MEMBER_TOPIC (py
 KAFKA_PYTHON_MEMBER_INSTANCE (a group.instance.id: a static member),
 KAFKA_PYTHON_MEMBER_SESSION_MS (6000), KAFKA_PYTHON_MEMBER_COMMIT_EVERY (0: when set, prints
 `D partition offset value` per record instead of `V`, and commits its positions after every
-that many records, printing `K p:o,...` for each commit the coordinator acknowledged).
+that many records, printing `K p:o,...` for each commit the coordinator acknowledged),
+KAFKA_PYTHON_MEMBER_MAX_POLL_RECORDS (500) and KAFKA_PYTHON_MEMBER_PAUSE_MS (0: a pause
+after each poll, to pace the member).
 Two kafka-python consumers in one process share its network thread, and under load that
 thread was seen to stall both (no heartbeats, sessions expiring); real members are
 separate processes anyway.
@@ -42,6 +44,7 @@ member = KafkaConsumer(bootstrap_servers=sys.argv[1],
                        group_instance_id=os.environ.get("KAFKA_PYTHON_MEMBER_INSTANCE"),
                        auto_offset_reset="earliest", enable_auto_commit=False,
                        session_timeout_ms=int(os.environ.get("KAFKA_PYTHON_MEMBER_SESSION_MS", "6000")),
+                       max_poll_records=int(os.environ.get("KAFKA_PYTHON_MEMBER_MAX_POLL_RECORDS", "500")),
                        heartbeat_interval_ms=500)
 
 
@@ -72,8 +75,11 @@ def commit_positions():
     say("K " + ",".join(f"{tp.partition}:{o}" for tp, o in sorted(at.items()) if o is not None))
 
 
+pause = int(os.environ.get("KAFKA_PYTHON_MEMBER_PAUSE_MS", "0")) / 1000
 while True:
     polled = member.poll(timeout_ms=1000)
+    if pause:
+        select.select([], [], [], pause)
     # The assignment first: it changed inside this poll, before its records were fetched.
     assignment = ",".join(str(p) for p in sorted(tp.partition for tp in member.assignment()))
     if assignment != shown:
