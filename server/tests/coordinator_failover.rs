@@ -210,6 +210,22 @@ impl History {
         }
     }
 
+    /// The group's committed offsets after the run, each at least the last commit
+    /// acknowledged for its partition, and no delivery below a commit acknowledged
+    /// before its partition was assigned.
+    fn check(&self, addrs: &[String], killed: Option<i32>, group: &str) -> BTreeMap<i32, i64> {
+        let stored = committed(&addrs_without(addrs, killed), group);
+        for (p, acked) in self.max_acked() {
+            let have = stored.get(&p).copied().unwrap_or(-1);
+            assert!(
+                have >= acked,
+                "partition {p}: committed {have} after the failover, below the acknowledged {acked}"
+            );
+        }
+        assert!(self.violations.is_empty(), "{:#?}", self.violations);
+        stored
+    }
+
     fn max_acked(&self) -> BTreeMap<i32, i64> {
         self.acked
             .iter()
@@ -333,12 +349,6 @@ fn given_three_librdkafka_members_when_the_coordinator_is_killed_mid_stream_shou
     }
     // Everything processed: commit where each member stands, then check the group's
     // committed offsets against every acknowledged commit.
-    let live: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i as i32 + 1) != killed)
-        .map(|(_, a)| a.clone())
-        .collect();
     let final_start = Instant::now();
     for (i, m) in members.iter().enumerate() {
         loop {
@@ -351,15 +361,7 @@ fn given_three_librdkafka_members_when_the_coordinator_is_killed_mid_stream_shou
             assert!(final_start.elapsed() < DEADLINE, "member {i} cannot commit");
         }
     }
-    let stored = committed(&addrs_with_dead(&addrs, &live), GROUP);
-    for (p, acked) in history.max_acked() {
-        let have = stored.get(&p).copied().unwrap_or(-1);
-        assert!(
-            have >= acked,
-            "partition {p}: committed {have} after the failover, below the acknowledged {acked}"
-        );
-    }
-    assert!(history.violations.is_empty(), "{:#?}", history.violations);
+    let stored = history.check(&addrs, killed, GROUP);
     eprintln!(
         "processed {COUNT} messages with {} re-reads; coordinator {killed:?} killed; {moved_after_kill} assignment changes after the kill; committed {stored:?}",
         history.rereads
@@ -367,17 +369,34 @@ fn given_three_librdkafka_members_when_the_coordinator_is_killed_mid_stream_shou
     assert!(killed.is_some());
 }
 
-/// `addrs` with the dead broker's address replaced by a live one (the helpers index
+/// `addrs` with the killed broker's address replaced by a live one (the helpers index
 /// brokers by node id).
-fn addrs_with_dead(addrs: &[String], live: &[String]) -> Vec<String> {
+fn addrs_without(addrs: &[String], killed: Option<i32>) -> Vec<String> {
+    let live = addrs
+        .iter()
+        .enumerate()
+        .find(|(i, _)| Some(*i as i32 + 1) != killed)
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
     addrs
         .iter()
-        .map(|a| {
-            if live.contains(a) {
-                a.clone()
+        .enumerate()
+        .map(|(i, a)| {
+            if Some(i as i32 + 1) == killed {
+                live.clone()
             } else {
-                live[0].clone()
+                a.clone()
             }
+        })
+        .collect()
+}
+
+/// `p:o,p:o` as a member prints an acknowledged commit.
+fn parse_commit(text: &str) -> Vec<(i32, i64)> {
+    text.split(',')
+        .filter_map(|e| {
+            let (p, o) = e.split_once(':')?;
+            Some((p.parse().ok()?, o.parse().ok()?))
         })
         .collect()
 }
@@ -471,16 +490,7 @@ fn given_two_kafka_python_members_when_the_coordinator_is_killed_mid_stream_shou
                         history.deliver(i, p, o, v);
                     }
                     // `K p:o,p:o`: a commit the coordinator acknowledged.
-                    "K" => {
-                        let at: Vec<(i32, i64)> = rest
-                            .split(',')
-                            .filter_map(|e| {
-                                let (p, o) = e.split_once(':')?;
-                                Some((p.parse().ok()?, o.parse().ok()?))
-                            })
-                            .collect();
-                        history.ack(&at);
-                    }
+                    "K" => history.ack(&parse_commit(rest)),
                     _ => {}
                 }
             }
@@ -498,12 +508,6 @@ fn given_two_kafka_python_members_when_the_coordinator_is_killed_mid_stream_shou
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let live: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i as i32 + 1) != killed)
-        .map(|(_, a)| a.clone())
-        .collect();
     // Each member commits where it stands (printing `K ...` and then `C`).
     for m in &mut members {
         m.say("stop");
@@ -517,14 +521,7 @@ fn given_two_kafka_python_members_when_the_coordinator_is_killed_mid_stream_shou
                 if line == "C" {
                     stopped += 1;
                 } else if let Some(rest) = line.strip_prefix("K ") {
-                    let at: Vec<(i32, i64)> = rest
-                        .split(',')
-                        .filter_map(|e| {
-                            let (p, o) = e.split_once(':')?;
-                            Some((p.parse().ok()?, o.parse().ok()?))
-                        })
-                        .collect();
-                    history.ack(&at);
+                    history.ack(&parse_commit(rest));
                 }
             }
         }
@@ -534,15 +531,7 @@ fn given_two_kafka_python_members_when_the_coordinator_is_killed_mid_stream_shou
         m.say("exit");
         let _ = m.child.wait();
     }
-    let stored = committed(&addrs_with_dead(&addrs, &live), GROUP);
-    for (p, acked) in history.max_acked() {
-        let have = stored.get(&p).copied().unwrap_or(-1);
-        assert!(
-            have >= acked,
-            "partition {p}: committed {have} after the failover, below the acknowledged {acked}"
-        );
-    }
-    assert!(history.violations.is_empty(), "{:#?}", history.violations);
+    history.check(&addrs, killed, GROUP);
     eprintln!(
         "kafka-python: processed {COUNT} messages with {} re-reads; coordinator {killed:?} killed",
         history.rereads

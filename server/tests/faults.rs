@@ -1033,13 +1033,36 @@ fn brokers_of(m: &MetadataResponse) -> BTreeSet<i32> {
     m.brokers.iter().map(|b| b.node_id.0).collect()
 }
 
-/// Metadata v8 for `topics` from one broker; None when it does not answer in time or
-/// answers something that does not decode.
-fn metadata(addr: &str, topics: &[&str]) -> Option<MetadataResponse> {
+/// One request to `addr` on a fresh connection with short timeouts; None when it does not
+/// answer in time or answers something that does not decode.
+fn call_briefly<Q: kafka_protocol::protocol::Encodable, R: Decodable>(
+    addr: &str,
+    key: ApiKey,
+    version: i16,
+    request: &Q,
+) -> Option<R> {
     let to: SocketAddr = addr.parse().ok()?;
     let mut stream = TcpStream::connect_timeout(&to, METADATA_TIMEOUT).ok()?;
     stream.set_read_timeout(Some(METADATA_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(METADATA_TIMEOUT)).ok()?;
+    stream
+        .write_all(&wire::frame(key, version, 1, request))
+        .ok()?;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let length = usize::try_from(i32::from_be_bytes(length))
+        .ok()
+        .filter(|l| *l <= METADATA_FRAME_BYTES_MAX)?;
+    let mut frame = vec![0u8; length];
+    stream.read_exact(&mut frame).ok()?;
+    let mut frame = Bytes::from(frame);
+    ResponseHeader::decode(&mut frame, key.response_header_version(version)).ok()?;
+    R::decode(&mut frame, version).ok()
+}
+
+/// Metadata v8 for `topics` from one broker; None when it does not answer in time or
+/// answers something that does not decode.
+fn metadata(addr: &str, topics: &[&str]) -> Option<MetadataResponse> {
     let request = MetadataRequest::default()
         .with_topics(Some(
             topics
@@ -1052,19 +1075,7 @@ fn metadata(addr: &str, topics: &[&str]) -> Option<MetadataResponse> {
                 .collect(),
         ))
         .with_allow_auto_topic_creation(false);
-    stream
-        .write_all(&wire::frame(ApiKey::Metadata, 8, 1, &request))
-        .ok()?;
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).ok()?;
-    let length = usize::try_from(i32::from_be_bytes(length))
-        .ok()
-        .filter(|l| *l <= METADATA_FRAME_BYTES_MAX)?;
-    let mut frame = vec![0u8; length];
-    stream.read_exact(&mut frame).ok()?;
-    let mut frame = Bytes::from(frame);
-    ResponseHeader::decode(&mut frame, ApiKey::Metadata.response_header_version(8)).ok()?;
-    MetadataResponse::decode(&mut frame, 8).ok()
+    call_briefly(addr, ApiKey::Metadata, 8, &request)
 }
 
 fn create_topic(addr: &str) {
@@ -1469,53 +1480,30 @@ struct Seen {
     at: Instant,
 }
 
-/// FindCoordinator (v2) then OffsetFetch (v5, every partition) for `group` through
-/// `via`, with short timeouts: the group's committed offsets, or None when no
-/// coordinator answers them now.
-fn committed_now(via: &str, group: &str) -> Option<BTreeMap<i32, i64>> {
-    use kafka_protocol::messages::{
-        FindCoordinatorRequest, FindCoordinatorResponse, OffsetFetchRequest, OffsetFetchResponse,
-    };
-    let call = |addr: &str, key: ApiKey, version: i16, frame: Vec<u8>| -> Option<Bytes> {
-        let to: SocketAddr = addr.parse().ok()?;
-        let mut stream = TcpStream::connect_timeout(&to, METADATA_TIMEOUT).ok()?;
-        stream.set_read_timeout(Some(METADATA_TIMEOUT)).ok()?;
-        stream.write_all(&frame).ok()?;
-        let mut length = [0u8; 4];
-        stream.read_exact(&mut length).ok()?;
-        let length = usize::try_from(i32::from_be_bytes(length))
-            .ok()
-            .filter(|l| *l <= METADATA_FRAME_BYTES_MAX)?;
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body).ok()?;
-        let mut body = Bytes::from(body);
-        ResponseHeader::decode(&mut body, key.response_header_version(version)).ok()?;
-        Some(body)
-    };
+/// FindCoordinator (v2) for `group` through `via`: the coordinator's node id and address.
+fn coordinator_of(via: &str, group: &str) -> Option<(i32, String)> {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
     let find = FindCoordinatorRequest::default()
         .with_key(StrBytes::from_string(group.to_owned()))
         .with_key_type(0);
-    let mut body = call(
-        via,
-        ApiKey::FindCoordinator,
-        2,
-        wire::frame(ApiKey::FindCoordinator, 2, 1, &find),
-    )?;
-    let found = FindCoordinatorResponse::decode(&mut body, 2).ok()?;
-    if found.error_code != 0 {
-        return None;
-    }
-    let coordinator = format!("{}:{}", found.host.as_str(), found.port);
+    let found: FindCoordinatorResponse = call_briefly(via, ApiKey::FindCoordinator, 2, &find)?;
+    (found.error_code == 0).then(|| {
+        (
+            found.node_id.0,
+            format!("{}:{}", found.host.as_str(), found.port),
+        )
+    })
+}
+
+/// The group's committed offsets (OffsetFetch v5, every partition) from its coordinator
+/// as `via` names it; None when no coordinator answers them now.
+fn committed_now(via: &str, group: &str) -> Option<BTreeMap<i32, i64>> {
+    use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
+    let (_, coordinator) = coordinator_of(via, group)?;
     let fetch = OffsetFetchRequest::default()
         .with_group_id(StrBytes::from_string(group.to_owned()).into())
         .with_topics(None);
-    let mut body = call(
-        &coordinator,
-        ApiKey::OffsetFetch,
-        5,
-        wire::frame(ApiKey::OffsetFetch, 5, 1, &fetch),
-    )?;
-    let fetched = OffsetFetchResponse::decode(&mut body, 5).ok()?;
+    let fetched: OffsetFetchResponse = call_briefly(&coordinator, ApiKey::OffsetFetch, 5, &fetch)?;
     (fetched.error_code == 0).then(|| {
         fetched
             .topics
@@ -1526,35 +1514,6 @@ fn committed_now(via: &str, group: &str) -> Option<BTreeMap<i32, i64>> {
             .map(|p| (p.partition_index, p.committed_offset))
             .collect()
     })
-}
-
-/// The node id of `group`'s coordinator as `via` answers it.
-fn coordinator_of(via: &str, group: &str) -> Option<i32> {
-    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
-    let to: SocketAddr = via.parse().ok()?;
-    let mut stream = TcpStream::connect_timeout(&to, METADATA_TIMEOUT).ok()?;
-    stream.set_read_timeout(Some(METADATA_TIMEOUT)).ok()?;
-    let find = FindCoordinatorRequest::default()
-        .with_key(StrBytes::from_string(group.to_owned()))
-        .with_key_type(0);
-    stream
-        .write_all(&wire::frame(ApiKey::FindCoordinator, 2, 1, &find))
-        .ok()?;
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).ok()?;
-    let length = usize::try_from(i32::from_be_bytes(length))
-        .ok()
-        .filter(|l| *l <= METADATA_FRAME_BYTES_MAX)?;
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).ok()?;
-    let mut body = Bytes::from(body);
-    ResponseHeader::decode(
-        &mut body,
-        ApiKey::FindCoordinator.response_header_version(2),
-    )
-    .ok()?;
-    let found = FindCoordinatorResponse::decode(&mut body, 2).ok()?;
-    (found.error_code == 0).then_some(found.node_id.0)
 }
 
 /// Rounds of kill -9 of a group's coordinator while librdkafka consumers (one per group,
@@ -1757,8 +1716,10 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
         // The coordinator every broker names (a broker just restarted may name a stale
         // one for a moment).
         let victim = wait_for("a coordinator all brokers agree on", || {
-            let named: BTreeSet<Option<i32>> =
-                addrs.iter().map(|a| coordinator_of(a, group)).collect();
+            let named: BTreeSet<Option<i32>> = addrs
+                .iter()
+                .map(|a| coordinator_of(a, group).map(|(node, _)| node))
+                .collect();
             match named.into_iter().collect::<Vec<_>>().as_slice() {
                 [Some(node)] => Some(*node),
                 _ => None,
@@ -1782,7 +1743,7 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
         wait_for("a new coordinator", || {
             others
                 .iter()
-                .find_map(|a| coordinator_of(a, group).filter(|c| *c != victim))
+                .find_map(|a| coordinator_of(a, group).filter(|(c, _)| *c != victim))
                 .and_then(|_| committed_now(others[0], group))
         });
         moves.push(killed.elapsed());
