@@ -1470,15 +1470,8 @@ fn read_all(consumer: &BaseConsumer, high_watermarks: &BTreeMap<i32, i64>) -> Ve
 
 const OFFSETS_TOPIC: &str = "__consumer_offsets";
 const COORDINATOR_GROUPS: usize = 3;
-/// (group, partition) -> the commits acknowledged to its consumer, in order.
-type Acked = Arc<Mutex<BTreeMap<(usize, i32), Vec<Seen>>>>;
-
-/// A committed offset one checker saw, or one a consumer had acknowledged.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    offset: i64,
-    at: Instant,
-}
+/// The commits acknowledged to the consumers, in order.
+type Acked = Arc<Mutex<Vec<history::commits::CommitAck>>>;
 
 /// FindCoordinator (v2) for `group` through `via`: the coordinator's node id and address.
 fn coordinator_of(via: &str, group: &str) -> Option<(i32, String)> {
@@ -1517,10 +1510,10 @@ fn committed_now(via: &str, group: &str) -> Option<BTreeMap<i32, i64>> {
 }
 
 /// Rounds of kill -9 of a group's coordinator while librdkafka consumers (one per group,
-/// partitions assigned, committing every few messages) read on: every commit a consumer
-/// had acknowledged is there afterwards, and what any checker reads of a group's
-/// committed offsets never goes backwards, nor below a commit acknowledged before it
-/// asked. `COORDINATOR_ROUNDS` changes the number of rounds (20).
+/// partitions assigned, committing every few messages) read on, checked by
+/// `history::commits`: every commit a consumer had acknowledged is there afterwards, and
+/// what a reader sees of a group's committed offsets never goes backwards, nor below a
+/// commit acknowledged before it asked. `COORDINATOR_ROUNDS` changes the number of rounds (20).
 #[test]
 fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_every_acknowledged_commit()
  {
@@ -1634,12 +1627,14 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
                     {
                         let now = Instant::now();
                         let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
-                        for (p, o) in at {
-                            acked
-                                .entry((g, p))
-                                .or_default()
-                                .push(Seen { offset: o, at: now });
-                        }
+                        acked.extend(at.into_iter().map(|(partition, offset)| {
+                            history::commits::CommitAck {
+                                group: g,
+                                partition,
+                                offset,
+                                at: now,
+                            }
+                        }));
                         since = 0;
                     } else {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -1649,62 +1644,30 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
         })
         .collect();
 
-    // The checker: reads every group's committed offsets over and over through any live
-    // broker. A read never goes below an earlier read, nor below a commit acknowledged
-    // before the read was sent.
-    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let reads = Arc::new(AtomicU64::new(0));
-    let checker = {
-        let (stop, acked, violations, reads) = (
-            stop.clone(),
-            acked.clone(),
-            violations.clone(),
-            reads.clone(),
-        );
+    // The reader: reads every group's committed offsets over and over through any live
+    // broker, for `history::commits::check`.
+    let reads: Arc<Mutex<Vec<history::commits::CommitRead>>> = Arc::default();
+    let reader = {
+        let (stop, reads) = (stop.clone(), reads.clone());
         let (addrs, groups) = (addrs.clone(), groups.clone());
         std::thread::spawn(move || {
-            let mut last: BTreeMap<(usize, i32), i64> = BTreeMap::new();
             let mut turn = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 turn += 1;
-                let g = turn % groups.len();
+                let group = turn % groups.len();
                 let sent = Instant::now();
-                let Some(read) = committed_now(&addrs[turn % addrs.len()], &groups[g]) else {
+                let Some(offsets) = committed_now(&addrs[turn % addrs.len()], &groups[group])
+                else {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 };
-                reads.fetch_add(1, Ordering::Relaxed);
-                let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
-                let mut violations = violations.lock().unwrap_or_else(|e| e.into_inner());
-                for p in 0..PARTITIONS {
-                    let floor = acked
-                        .get(&(g, p))
-                        .into_iter()
-                        .flatten()
-                        .filter(|s| s.at < sent)
-                        .map(|s| s.offset)
-                        .max();
-                    let have = read.get(&p).copied();
-                    if let Some(floor) = floor
-                        && have.is_none_or(|h| h < floor)
-                    {
-                        violations.push(format!(
-                            "{} partition {p}: read {have:?}, below the commit {floor} acknowledged before the read",
-                            groups[g]
-                        ));
-                    }
-                    if let (Some(before), Some(h)) = (last.get(&(g, p)), have)
-                        && h < *before
-                    {
-                        violations.push(format!(
-                            "{} partition {p}: read {h} after {before}: went backwards",
-                            groups[g]
-                        ));
-                    }
-                    if let Some(h) = have {
-                        last.insert((g, p), h);
-                    }
-                }
+                reads.lock().unwrap_or_else(|e| e.into_inner()).push(
+                    history::commits::CommitRead {
+                        group,
+                        sent,
+                        offsets,
+                    },
+                );
             }
         })
     };
@@ -1725,12 +1688,7 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
                 _ => None,
             }
         });
-        let before = acked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .flatten()
-            .count();
+        let before = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
         cluster.node(victim).kill9();
         let killed = Instant::now();
         let others: Vec<&String> = addrs
@@ -1749,12 +1707,7 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
         moves.push(killed.elapsed());
         // The consumers commit again.
         wait_for("commits after the kill", || {
-            let n = acked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .flatten()
-                .count();
+            let n = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
             (n > before + COORDINATOR_GROUPS * PARTITIONS as usize).then_some(())
         });
         cluster.node(victim).restart();
@@ -1777,47 +1730,34 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
     for c in consumers {
         c.join().expect("consumer thread");
     }
-    checker.join().expect("checker thread");
-    // Afterwards: every acknowledged commit is there.
-    for (g, group) in groups.iter().enumerate() {
-        let stored = wait_for("the final committed offsets", || {
-            addrs.iter().find_map(|a| committed_now(a, group))
+    reader.join().expect("reader thread");
+    // Afterwards, a last read of each group: every acknowledged commit is there.
+    let mut reads = std::mem::take(&mut *reads.lock().unwrap_or_else(|e| e.into_inner()));
+    let during = reads.len();
+    for (group, name) in groups.iter().enumerate() {
+        let sent = Instant::now();
+        let offsets = wait_for("the final committed offsets", || {
+            addrs.iter().find_map(|a| committed_now(a, name))
         });
-        let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
-        for p in 0..PARTITIONS {
-            let max = acked
-                .get(&(g, p))
-                .into_iter()
-                .flatten()
-                .map(|s| s.offset)
-                .max();
-            if let Some(max) = max {
-                assert!(
-                    stored.get(&p).is_some_and(|h| *h >= max),
-                    "{group} partition {p}: {:?} stored, {max} acknowledged",
-                    stored.get(&p)
-                );
-            }
-        }
+        reads.push(history::commits::CommitRead {
+            group,
+            sent,
+            offsets,
+        });
     }
-    let violations = violations.lock().unwrap_or_else(|e| e.into_inner());
+    let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|e| e.into_inner()));
+    let violations = history::commits::check(&acked, &reads, PARTITIONS);
     assert!(
         violations.is_empty(),
         "{:#?}",
         &violations[..violations.len().min(20)]
     );
     moves.sort();
-    let commits = acked
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .flatten()
-        .count();
     eprintln!(
-        "coordinator kill -9, {rounds} rounds in {:?}: {commits} commits acknowledged ({} refused meanwhile), {} checker reads, no violation; a new coordinator answered after p50 {:?} max {:?}",
+        "coordinator kill -9, {rounds} rounds in {:?}: {} commits acknowledged ({} refused meanwhile), {during} reads of the committed offsets, no violation; a new coordinator answered after p50 {:?} max {:?}",
         started.elapsed(),
+        acked.len(),
         commits_failed.load(Ordering::Relaxed),
-        reads.load(Ordering::Relaxed),
         moves.get(moves.len() / 2),
         moves.last()
     );
