@@ -361,8 +361,8 @@ fn run_core(
             std::rc::Rc::clone(&shard),
         ))
         .detach();
+        compio::runtime::spawn(group_timer_loop(std::rc::Rc::clone(&shard))).detach();
         if id == 0 {
-            compio::runtime::spawn(group_timer_loop(std::rc::Rc::clone(&shard))).detach();
             compio::runtime::spawn(crate::control::groups::hosting::host_offsets_partitions(
                 std::rc::Rc::clone(&shard),
             ))
@@ -418,7 +418,8 @@ async fn cleaner_loop(shard: std::rc::Rc<Shard>) {
     }
 }
 
-/// How often group session and rebalance deadlines are checked.
+/// How often group session and rebalance deadlines are checked (by each core, for the
+/// groups whose `__consumer_offsets` partition it owns).
 const GROUP_TICK: Duration = Duration::from_millis(100);
 
 async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
@@ -430,7 +431,21 @@ async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
         {
             return;
         }
-        let emptied = shard.shared.groups().tick(Instant::now());
+        // This core's groups: those whose __consumer_offsets partition it owns (core 0
+        // takes them all while the topic does not exist).
+        let partitions = shard.shared.offsets().partitions();
+        let mine = |group: &str| {
+            if partitions <= 0 {
+                return shard.id == 0;
+            }
+            let p = crate::control::groups::offsets_topic::partition_for(group, partitions);
+            shard
+                .shared
+                .registry
+                .owner(crate::control::groups::offsets_topic::OFFSETS_TOPIC, p)
+                == shard.id
+        };
+        let emptied = shard.shared.groups().tick_where(Instant::now(), mine);
         // Groups whose last member expired: their kept state says so.
         for (group, state) in emptied {
             let shard = std::rc::Rc::clone(&shard);

@@ -570,8 +570,18 @@ impl Coordinator {
     /// Returns the groups whose last member's session expired (their empty state, to
     /// keep in `__consumer_offsets`).
     pub fn tick(&mut self, now: Instant) -> Vec<(String, GroupSnapshot)> {
+        self.tick_where(now, |_| true)
+    }
+
+    /// As `tick`, for the groups `which` names only (each core ticks the groups whose
+    /// `__consumer_offsets` partition it owns).
+    pub fn tick_where(
+        &mut self,
+        now: Instant,
+        which: impl Fn(&str) -> bool,
+    ) -> Vec<(String, GroupSnapshot)> {
         let mut emptied = Vec::new();
-        for group in self.groups.values_mut() {
+        for group in self.groups.values_mut().filter(|g| which(&g.id)) {
             let had_members = !group.members.is_empty();
             group.pending.retain(|_, deadline| *deadline > now);
             // Members waiting in JoinGroup or SyncGroup cannot heartbeat meanwhile.
@@ -602,8 +612,11 @@ impl Coordinator {
             }
         }
         // Empty groups are forgotten (their committed offsets live in the offset store).
-        self.groups.retain(|_, g| {
-            !(g.state == GroupState::Empty && g.members.is_empty() && g.pending.is_empty())
+        self.groups.retain(|id, g| {
+            !(which(id)
+                && g.state == GroupState::Empty
+                && g.members.is_empty()
+                && g.pending.is_empty())
         });
         emptied
     }
@@ -1100,6 +1113,23 @@ mod tests {
         let mut other = Coordinator::default();
         other.restore("g", GroupSnapshot::default(), later);
         assert!(other.describe("g").is_none());
+    }
+
+    #[test]
+    fn given_a_tick_for_some_groups_should_expire_members_of_those_only() {
+        let mut c = Coordinator::default();
+        let t = Instant::now();
+        for g in ["a", "b"] {
+            let first = now_of(c.join(args(g, ""), t));
+            now_of(c.join(args(g, &first.member_id), t));
+        }
+        let later = t + Duration::from_secs(11);
+        let emptied = c.tick_where(later, |g| g == "a");
+        assert_eq!(emptied.len(), 1);
+        assert_eq!(emptied[0].0, "a");
+        assert!(c.describe("a").is_none());
+        assert!(c.describe("b").is_some(), "b's core has not ticked yet");
+        assert_eq!(c.tick_where(later, |g| g == "b").len(), 1);
     }
 
     #[test]
