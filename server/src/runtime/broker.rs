@@ -450,7 +450,13 @@ async fn group_timer_loop(shard: std::rc::Rc<Shard>) {
         for (group, state) in emptied {
             let shard = std::rc::Rc::clone(&shard);
             compio::runtime::spawn(async move {
-                crate::control::groups::hosting::persist_group(&shard, group, Some(state)).await;
+                let fallback = Some(state);
+                let _ = crate::control::groups::hosting::persist_group(
+                    &shard,
+                    group,
+                    crate::control::groups::hosting::GroupRecord::Current { fallback },
+                )
+                .await;
             })
             .detach();
         }

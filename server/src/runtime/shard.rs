@@ -38,6 +38,9 @@ pub struct BrokerShared {
     /// The committed offsets file of a broker from before `__consumer_offsets`, while
     /// some of its groups have not moved into the topic yet (`hosting::load`).
     pub legacy_offsets: std::sync::Mutex<Option<crate::control::groups::offsets::OffsetStore>>,
+    /// Taken (asynchronously) around each write of a group's state to
+    /// `__consumer_offsets`, so the log holds them in the order the states were taken.
+    pub group_state_writes: futures_util::lock::Mutex<()>,
     producer_ids: std::sync::Mutex<crate::control::producer_ids::ProducerIds>,
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
     /// This node's controller: proposals, and the committed cluster metadata.
@@ -90,6 +93,7 @@ impl BrokerShared {
             groups: std::sync::Mutex::new(Default::default()),
             offsets: std::sync::Mutex::new(Default::default()),
             legacy_offsets: std::sync::Mutex::new(legacy_offsets),
+            group_state_writes: futures_util::lock::Mutex::new(()),
             producer_ids: std::sync::Mutex::new(producer_ids),
             shards,
             controller,

@@ -237,6 +237,7 @@ async fn load(shard: Rc<Shard>, p: i32, epoch: i32) {
             compio::time::sleep(LOAD_RETRY).await;
             continue;
         }
+        let read_from = offset;
         let mut buf = Bytes::from(chunk.batches);
         let decoded: Vec<(i64, Entry)> = {
             let mut out = Vec::new();
@@ -287,9 +288,21 @@ async fn load(shard: Rc<Shard>, p: i32, epoch: i32) {
             out
         };
         records += decoded.len() as u64;
-        let mut cache = shard.shared.offsets();
-        for (at, entry) in decoded {
-            cache.apply(p, at, entry);
+        {
+            let mut cache = shard.shared.offsets();
+            for (at, entry) in decoded {
+                cache.apply(p, at, entry);
+            }
+        }
+        if offset == read_from {
+            // A batch whose header does not parse (damage the engine let through):
+            // never spin on it; the partition stays loading, and says why.
+            tracing::error!(
+                partition = p,
+                offset,
+                "a __consumer_offsets batch does not parse; the load cannot pass it"
+            );
+            compio::time::sleep(MIGRATION_RETRY).await;
         }
     }
     // Served only once the old file's groups are in the topic: a coordinator answering
@@ -448,21 +461,46 @@ pub async fn write(
     append_entries(shard, p, epoch, entries).await
 }
 
-/// Keeps a group's state (or, with `None`, deletes it) in its `__consumer_offsets`
-/// partition, if this broker coordinates the group; best effort: a failure only means
-/// the next coordinator rebalances the group, as it would without the record.
-pub async fn persist_group(shard: &Rc<Shard>, group: String, state: Option<GroupSnapshot>) {
-    let Ok((p, epoch)) = crate::kafka::handlers::groups::coordinating(shard, &group) else {
-        return;
+/// What `persist_group` writes.
+pub enum GroupRecord {
+    /// The group's state as it is when the write's turn comes (stable or empty); the
+    /// fallback when the coordinator no longer holds it then (an emptied group it
+    /// forgot). Nothing when it is in a rebalance: its next stable state is written.
+    Current { fallback: Option<GroupSnapshot> },
+    /// A tombstone (DeleteGroups).
+    Delete,
+}
+
+/// Keeps a group's state (or deletes it) in its `__consumer_offsets` partition, if this
+/// broker coordinates the group. One write at a time on this broker, each taking the
+/// state when its turn comes: the last record is the last state. A failure leaves the
+/// previous record, so the next coordinator may rebalance the group (or, after a
+/// failed delete, know it again).
+pub async fn persist_group(shard: &Rc<Shard>, group: String, what: GroupRecord) -> Result<(), i16> {
+    let _turn = shard.shared.group_state_writes.lock().await;
+    let (p, epoch) = crate::kafka::handlers::groups::coordinating(shard, &group)?;
+    let value = match what {
+        GroupRecord::Delete => None,
+        GroupRecord::Current { fallback } => {
+            let current = shard.shared.groups().snapshot(&group);
+            let Some(state) = current.or(fallback) else {
+                return Ok(());
+            };
+            if !offsets_topic::encodable(&state) {
+                tracing::warn!(%group, "group state has a name too long for the record format; not kept");
+                return Ok(());
+            }
+            Some(state)
+        }
     };
-    let generation = state.as_ref().map(|s| s.generation);
+    let generation = value.as_ref().map(|s| s.generation);
     let entry = Entry::Group {
         group: group.clone(),
-        value: state,
+        value,
     };
-    if let Err(code) = append_entries(shard, p, epoch, vec![entry]).await {
-        tracing::debug!(%group, ?generation, code, "group state not written");
-    }
+    append_entries(shard, p, epoch, vec![entry])
+        .await
+        .inspect_err(|code| tracing::debug!(%group, ?generation, code, "group state not written"))
 }
 
 fn encode(entry: &Entry) -> (Bytes, Option<Bytes>) {

@@ -106,7 +106,21 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Kafka's `GroupMetadataValue` v3.
+/// Whether every string of the state fits the record format (an `i16` length).
+pub fn encodable(g: &GroupSnapshot) -> bool {
+    let fits = |s: &str| s.len() <= i16::MAX as usize;
+    fits(&g.protocol_type)
+        && g.protocol.as_deref().is_none_or(fits)
+        && g.leader.as_deref().is_none_or(fits)
+        && g.members.iter().all(|m| {
+            fits(&m.member_id)
+                && m.group_instance_id.as_deref().is_none_or(fits)
+                && fits(&m.client_id)
+                && fits(&m.client_host)
+        })
+}
+
+/// Kafka's `GroupMetadataValue` v3 (`encodable` first).
 pub fn group_value(g: &GroupSnapshot) -> Bytes {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&GROUP_VALUE_VERSION.to_be_bytes());

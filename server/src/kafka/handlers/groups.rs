@@ -26,7 +26,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Request, str_bytes};
-use crate::control::groups::coordinator::{JoinArgs, JoinOutcome, Reply, SyncOutcome};
+use crate::control::groups::coordinator::{
+    GroupSnapshot, JoinArgs, JoinOutcome, Reply, SyncOutcome,
+};
 use crate::control::groups::hosting;
 use crate::control::groups::offsets_topic::{self, OFFSETS_TOPIC};
 use crate::kafka::fetch_response::Piece;
@@ -124,6 +126,17 @@ async fn coordinator_of(shard: &Rc<Shard>, group: &str) -> Result<(i32, String, 
     Ok((route.leader, host.to_owned(), port))
 }
 
+/// Writes the group's current state (or `fallback`) to `__consumer_offsets` in the
+/// background, after this answer (best effort: see `hosting::persist_group`).
+fn spawn_persist(shard: &Rc<Shard>, group: String, fallback: Option<GroupSnapshot>) {
+    let shard = Rc::clone(shard);
+    compio::runtime::spawn(async move {
+        let _ =
+            hosting::persist_group(&shard, group, hosting::GroupRecord::Current { fallback }).await;
+    })
+    .detach();
+}
+
 /// Whether this broker coordinates `group` now: it leads the group's
 /// `__consumer_offsets` partition and has loaded it at that leader epoch. The partition
 /// and its leader epoch, or why not: NOT_COORDINATOR (another broker leads it),
@@ -199,6 +212,13 @@ pub async fn join_group(
         // Its own statement: the coordinator's lock must be released before any await.
         Ok(_) => shard.shared.groups().join(args, Instant::now()),
     };
+    if let Reply::Now(o) = &reply
+        && o.error_code == error_code::NONE
+    {
+        // Answered at once without a rebalance (a static member back under a new member
+        // id, KIP-345): the stable group changed, keep it.
+        spawn_persist(shard, group.clone(), None);
+    }
     let outcome = match reply {
         Reply::Now(o) => o,
         // The group was dropped while the member waited: coordination moved away.
@@ -282,15 +302,7 @@ pub async fn sync_group(
     };
     if from_leader && outcome.error_code == error_code::NONE {
         // The new generation is stable: keep it for the next coordinator.
-        let group = req.group_id.0.to_string();
-        let state = shard.shared.groups().snapshot(&group);
-        if let Some(state) = state.filter(|s| s.generation == req.generation_id) {
-            let shard = Rc::clone(shard);
-            compio::runtime::spawn(async move {
-                hosting::persist_group(&shard, group, Some(state)).await;
-            })
-            .detach();
-        }
+        spawn_persist(shard, req.group_id.0.to_string(), None);
     }
     let mut response = SyncGroupResponse::default()
         .with_error_code(outcome.error_code)
@@ -358,11 +370,7 @@ pub fn leave_group(
         .snapshot(req.group_id.0.as_str())
         .filter(|s| s.members.is_empty());
     if let Some(state) = emptied {
-        let (shard, group) = (Rc::clone(shard), req.group_id.0.to_string());
-        compio::runtime::spawn(async move {
-            hosting::persist_group(&shard, group, Some(state)).await;
-        })
-        .detach();
+        spawn_persist(shard, req.group_id.0.to_string(), Some(state));
     }
     let response = if request.version >= 3 {
         LeaveGroupResponse::default().with_members(
@@ -523,10 +531,16 @@ pub async fn delete_groups(
                         let had_offsets = !keys.is_empty();
                         let had_state = shard.shared.offsets().has_group_state(p, group);
                         match hosting::delete_keys(shard, p, keys).await {
-                            Ok(()) if had_state => {
-                                hosting::persist_group(shard, group.to_owned(), None).await;
-                                error_code::NONE
-                            }
+                            Ok(()) if had_state => match hosting::persist_group(
+                                shard,
+                                group.to_owned(),
+                                hosting::GroupRecord::Delete,
+                            )
+                            .await
+                            {
+                                Ok(()) => error_code::NONE,
+                                Err(code) => code,
+                            },
                             Ok(()) if had_offsets || had_members_state => error_code::NONE,
                             Ok(()) => error_code::GROUP_ID_NOT_FOUND,
                             Err(code) => code,
