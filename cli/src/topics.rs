@@ -170,9 +170,12 @@ fn describe(ctx: &Ctx, topic: Option<&str>) -> anyhow::Result<()> {
         if let Some(err) = t.error() {
             bail!("unknown topic {}: {:?}", t.name(), err);
         }
-        let configs = block_on(
-            admin.describe_configs(&[ResourceSpecifier::Topic(t.name())], &AdminOptions::new()),
-        )
+        // Bounded like every other admin call here: with a broker just killed, librdkafka
+        // may send it to that broker and wait out its socket timeout (a minute).
+        let configs = block_on(admin.describe_configs(
+            &[ResourceSpecifier::Topic(t.name())],
+            &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+        ))
         .ok()
         .and_then(|mut r| r.pop())
         .and_then(|r| r.ok())
