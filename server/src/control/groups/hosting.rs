@@ -105,19 +105,6 @@ pub async fn host_offsets_partitions(shard: Rc<Shard>) {
         }
         let (version, metadata) = controller.view().versioned();
         seen = version;
-        let rf = shard.config().offsets_topic_replication_factor();
-        let live = metadata.brokers.values().filter(|b| !b.fenced).count();
-        if !metadata.topics.contains_key(OFFSETS_TOPIC)
-            && rf > 1
-            && live >= rf as usize
-            && controller.caught_up()
-        {
-            // A cluster places the topic while every broker it needs is up, rather than
-            // at the first FindCoordinator, which may come when one is down (the single
-            // broker default creates it on demand, as Kafka does).
-            let _ = ensure_topic(&shard).await;
-            continue;
-        }
         let me = shard.shared.node_id();
         let wanted: Vec<(i32, i32)> = match metadata.topics.get(OFFSETS_TOPIC) {
             // Leads only what it holds open here (the follower opens it on every core).
