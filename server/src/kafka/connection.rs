@@ -24,6 +24,7 @@ use crate::kafka::handlers;
 use crate::kafka::protocol::{self, Frame, FrameError, RequestBody};
 use crate::metrics::CloseKind;
 use crate::runtime::limits::{ConnectionSlot, MemoryPermit, RequestMemory};
+use crate::runtime::pacing;
 use crate::runtime::shard::{Incoming, Shard};
 
 /// Bytes moved per splice step; also the copy-path chunk.
@@ -343,10 +344,14 @@ async fn serve_requests(
             Some(&[a, b, c, d]) => (i16::from_be_bytes([a, b]), i16::from_be_bytes([c, d])),
             _ => return Err(FrameError::FrameLength(frame.len() as i64).into()),
         };
-        let (response, placement) = handle_frame(shard, frame, peer).await?;
+        let (response, placement, unhurried) = handle_frame(shard, frame, peer).await?;
         // The request's bytes are gone once its response is built; the response holds
         // no budget (file ranges, and small encoded parts).
         drop(permit);
+        let small = response
+            .as_deref()
+            .is_none_or(|pieces| pieces_len(pieces) <= PACED_RESPONSE_BYTES_MAX);
+        pacing::note_request(unhurried && small);
         if let Some(pieces) = response {
             sender.send(pieces).await?;
         }
@@ -478,6 +483,7 @@ impl FrameReader {
         let mut reader = stream;
         let BufResult(res, frame) = reader.read_exact(frame.slice(got..len)).await;
         res?;
+        pacing::note_backlog();
         Ok((frame.into_inner(), permit))
     }
 
@@ -494,7 +500,12 @@ impl FrameReader {
         let buf = std::mem::take(&mut self.buf);
         let BufResult(res, buf) = reader.read(buf.slice(filled..READ_AHEAD_BYTES)).await;
         self.buf = buf.into_inner();
-        Ok(res? > 0)
+        let n = res?;
+        if n == READ_AHEAD_BYTES - filled {
+            // More may be queued in the socket: the read pacer must not sleep on it.
+            pacing::note_backlog();
+        }
+        Ok(n > 0)
     }
 }
 
@@ -503,17 +514,18 @@ async fn handle_frame(
     shard: &Rc<Shard>,
     frame: Vec<u8>,
     peer: std::net::SocketAddr,
-) -> Result<(Option<Vec<Piece>>, Placement), CloseReason> {
+) -> Result<(Option<Vec<Piece>>, Placement, bool), CloseReason> {
     let request = match protocol::decode_frame(frame)? {
         Frame::ApiVersionsUnsupported { correlation_id } => {
             let response = vec![Piece::Bytes(handlers::api_versions::unsupported(
                 correlation_id,
             )?)];
-            return Ok((Some(response), Placement::Other));
+            return Ok((Some(response), Placement::Other, false));
         }
         Frame::Request(r) => r,
     };
     let placement = placement(shard, &request.body, request.version);
+    let unhurried = unhurried(&request.body, request.version);
     let request = handlers::Request {
         key: request.key,
         version: request.version,
@@ -527,8 +539,45 @@ async fn handle_frame(
         peer: peer.ip(),
         body: Some(request.body),
     };
-    Ok((handlers::handle(shard, request).await?, placement))
+    Ok((
+        handlers::handle(shard, request).await?,
+        placement,
+        unhurried,
+    ))
 }
+
+/// Whether a request's client is not waiting on its answer to go on: an acks=0 Produce
+/// (no answer at all) or a consumer's Fetch (a long poll; a follower's fetch is not,
+/// as acks=all producers wait on it).
+fn unhurried(body: &RequestBody, version: i16) -> bool {
+    match body {
+        RequestBody::Produce(req) => req.acks == 0,
+        RequestBody::Fetch(req) => {
+            let replica = if version >= 15 {
+                req.replica_state.replica_id.0
+            } else {
+                req.replica_id.0
+            };
+            replica < 0
+        }
+        _ => false,
+    }
+}
+
+/// Bytes of a response's pieces (records ranges and encoded parts).
+fn pieces_len(pieces: &[Piece]) -> u64 {
+    pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::File { len, .. } => *len,
+        })
+        .sum()
+}
+
+/// An unhurried request whose answer is bigger is counted as hurried by the read pacer
+/// (`runtime::pacing`): a consumer catching up (full responses) is never paced.
+const PACED_RESPONSE_BYTES_MAX: u64 = 16 * 1024;
 
 /// Writes responses: memory pieces by vectored writes, file ranges by io_uring splice
 /// (file -> pipe -> socket, never through user space), or by a copy where splice is not

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::config::BrokerConfig;
 use crate::control::topics::Registry;
 use crate::metrics::RejectKind;
 use crate::runtime::limits::Refusal;
+use crate::runtime::pacing::Pacer;
 use crate::runtime::shard::{
     BrokerShared, DrainedGuard, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand,
 };
@@ -272,12 +274,23 @@ const TICKS_PER_POLL: u32 = 8;
 ///   `Driver::poll` returns before `set_awake` on a timeout). A zero-timeout poll here
 ///   is preceded by a wake of the driver's own waker, which marks it notified (no
 ///   syscall while it is awake), so that poll returns at once and marks it awake.
-fn drive<F: std::future::Future>(runtime: &compio::runtime::Runtime, future: F) -> F::Output {
+fn drive<F: std::future::Future>(
+    runtime: &compio::runtime::Runtime,
+    pacing_window: Duration,
+    future: F,
+) -> F::Output {
     use std::task::{Context, Poll};
     runtime.enter(|| {
         let waker = runtime.waker();
         let mut cx = Context::from_waker(&waker);
         let mut future = std::pin::pin!(future);
+        let mut pacer = Pacer::new(pacing_window);
+        if pacer.enabled() {
+            // The pacing sleep is a window, not a window plus the default 50 µs slack.
+            if let Err(e) = rustix::thread::set_current_timer_slack(NonZeroU64::new(1_000)) {
+                tracing::debug!(error = %e, "cannot set the core's timer slack");
+            }
+        }
         loop {
             if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
                 runtime.run();
@@ -292,6 +305,17 @@ fn drive<F: std::future::Future>(runtime: &compio::runtime::Runtime, future: F) 
             if queued {
                 waker.wake_by_ref();
                 runtime.poll_with(Some(Duration::ZERO));
+            } else if let Some(window) = pacer.window() {
+                // Submit what the tasks queued (their reads must be armed for the
+                // kernel to queue their completions), sleep outside the ring, then take
+                // everything that came (`runtime::pacing`).
+                runtime.poll_with(Some(Duration::ZERO));
+                std::thread::sleep(window);
+                runtime.poll_with(Some(Duration::ZERO));
+            } else if pacer.enabled() {
+                let waiting = Instant::now();
+                runtime.poll();
+                pacer.woke_after(waiting.elapsed());
             } else {
                 runtime.poll();
             }
@@ -341,7 +365,8 @@ fn run_core(
             return;
         }
     };
-    drive(&runtime, async move {
+    let pacing_window = Duration::from_micros(shared.config.read_pacing_us);
+    drive(&runtime, pacing_window, async move {
         let shard = std::rc::Rc::new(Shard::new(id, Arc::clone(&shared)));
         for meta in shared.registry.list() {
             if let Err(e) = shard.open_topic(&meta).await {

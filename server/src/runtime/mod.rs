@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod fetcher;
 pub mod limits;
+pub mod pacing;
 pub mod partition_table;
 pub mod replica;
 pub mod replication;

@@ -1,0 +1,246 @@
+//! Read pacing (`read_pacing_us`): a core that serves only clients that wait on no
+//! answer sleeps one window at a time instead of waking at each arrival.
+//!
+//! At modest rates each message used to cost a core two wake-ups (the produce request,
+//! then the consumer's next fetch request), each with its own read, ACK and fetch
+//! response: the kernel's share of that (wake-ups, loopback TCP) was most of the CPU a
+//! message cost. While pacing, the core's loop sleeps for a window, then takes
+//! everything that arrived meanwhile in one pass: while it sleeps outside
+//! `io_uring_enter`, the armed reads' completions queue as deferred task work without
+//! waking it (`DEFER_TASKRUN`), and the next enter runs them all. The messages of a
+//! window share one wake-up, one read per connection, and one fetch response.
+//!
+//! The price is at most one window of added latency for what arrives while the core
+//! sleeps, so the core paces only while every request it serves is *unhurried*: an
+//! acks=0 produce (no answer at all) or a consumer's fetch whose answer is small (a
+//! consumer at the end of its partitions; a follower's fetch is hurried, as acks=all
+//! producers wait on it). It stops at the first window that
+//!
+//! - served a hurried request (acks=1/all, metadata, groups, a big fetch answer), and
+//!   starts again only after `CALM_WAKES` wake-ups without one: a client that waits on
+//!   its answers is never paced;
+//! - ended a read with the socket not drained (data queued: pacing never limits
+//!   throughput);
+//! - served fewer than `WINDOW_REQUESTS_MIN` requests (the rate fell: below it a window
+//!   would be a wake-up of its own, not one shared).
+//!
+//! It starts after `SHORT_WAITS` consecutive waits for completions that each ended
+//! within a window (the core is woken more often than once per window).
+//!
+//! Requests report to the pacer through this thread's counters: a core is one thread.
+
+use std::cell::Cell;
+use std::time::Duration;
+
+/// Consecutive waits shorter than a window before pacing starts.
+const SHORT_WAITS: u32 = 2;
+/// Wake-ups without a hurried request before pacing may start.
+const CALM_WAKES: u32 = 8;
+/// A window that served fewer requests ends pacing.
+const WINDOW_REQUESTS_MIN: u64 = 2;
+
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    unhurried: u64,
+    hurried: u64,
+    backlogged: u64,
+}
+
+thread_local! {
+    static COUNTS: Cell<Counts> = const {
+        Cell::new(Counts { unhurried: 0, hurried: 0, backlogged: 0 })
+    };
+}
+
+/// Counts a request served by this core: `unhurried` when its client waits on no answer
+/// (see the module's description).
+pub fn note_request(unhurried: bool) {
+    COUNTS.with(|c| {
+        let mut n = c.get();
+        if unhurried {
+            n.unhurried = n.unhurried.wrapping_add(1);
+        } else {
+            n.hurried = n.hurried.wrapping_add(1);
+        }
+        c.set(n);
+    });
+}
+
+/// Counts a read that left data in its socket (the reader's buffer was filled).
+pub fn note_backlog() {
+    COUNTS.with(|c| {
+        let mut n = c.get();
+        n.backlogged = n.backlogged.wrapping_add(1);
+        c.set(n);
+    });
+}
+
+fn counts() -> Counts {
+    COUNTS.with(Cell::get)
+}
+
+/// One core's pacing state, driven by its loop (`broker::drive`).
+pub struct Pacer {
+    window: Duration,
+    pacing: bool,
+    short_waits: u32,
+    calm_wakes: u32,
+    /// The counters at the last decision.
+    seen: Counts,
+    /// The first decision after pacing starts judges the wake-up that started it, not a
+    /// window: it is skipped.
+    judge: bool,
+}
+
+impl Pacer {
+    /// `window` zero: never paces.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            pacing: false,
+            short_waits: 0,
+            calm_wakes: 0,
+            seen: counts(),
+            judge: false,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.window.is_zero()
+    }
+
+    /// Counters since the last call.
+    fn since_last(&mut self) -> Counts {
+        let now = counts();
+        let delta = Counts {
+            unhurried: now.unhurried.wrapping_sub(self.seen.unhurried),
+            hurried: now.hurried.wrapping_sub(self.seen.hurried),
+            backlogged: now.backlogged.wrapping_sub(self.seen.backlogged),
+        };
+        self.seen = now;
+        delta
+    }
+
+    /// Called when the core has nothing queued: the window to sleep before taking what
+    /// arrived, or `None` to wait for completions as usual.
+    pub fn window(&mut self) -> Option<Duration> {
+        if !self.pacing {
+            return None;
+        }
+        let served = self.since_last();
+        if std::mem::replace(&mut self.judge, true) {
+            let stop = served.hurried > 0
+                || served.backlogged > 0
+                || served.unhurried + served.hurried < WINDOW_REQUESTS_MIN;
+            if stop {
+                self.pacing = false;
+                self.short_waits = 0;
+                if served.hurried > 0 {
+                    self.calm_wakes = 0;
+                }
+                return None;
+            }
+        }
+        Some(self.window)
+    }
+
+    /// Called after a wait for completions that took `waited`, before what it brought
+    /// is run.
+    pub fn woke_after(&mut self, waited: Duration) {
+        if !self.enabled() {
+            return;
+        }
+        // What the previous wake-up served (its tasks ran since the last call).
+        let served = self.since_last();
+        if served.hurried > 0 || served.backlogged > 0 {
+            self.calm_wakes = 0;
+        } else {
+            self.calm_wakes = self.calm_wakes.saturating_add(1);
+        }
+        if waited < self.window {
+            self.short_waits = self.short_waits.saturating_add(1);
+        } else {
+            self.short_waits = 0;
+        }
+        if self.short_waits >= SHORT_WAITS && self.calm_wakes >= CALM_WAKES {
+            self.pacing = true;
+            self.judge = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Duration = Duration::from_micros(200);
+
+    fn busy_unhurried(pacer: &mut Pacer, wakes: u32) {
+        for _ in 0..wakes {
+            note_request(true);
+            pacer.woke_after(Duration::from_micros(50));
+        }
+    }
+
+    #[test]
+    fn given_frequent_unhurried_requests_should_pace_until_a_hurried_one() {
+        let mut pacer = Pacer::new(W);
+        busy_unhurried(&mut pacer, CALM_WAKES + 1);
+        assert_eq!(
+            pacer.window(),
+            Some(W),
+            "the wake-up that started it is not judged"
+        );
+        note_request(true);
+        note_request(true);
+        assert_eq!(
+            pacer.window(),
+            Some(W),
+            "a window of two unhurried requests"
+        );
+        note_request(true);
+        note_request(false);
+        assert_eq!(pacer.window(), None, "a hurried request ends pacing");
+        busy_unhurried(&mut pacer, CALM_WAKES - 1);
+        assert_eq!(pacer.window(), None, "not calm for long enough yet");
+    }
+
+    #[test]
+    fn given_a_client_waiting_on_every_answer_should_never_pace() {
+        let mut pacer = Pacer::new(W);
+        for _ in 0..1000 {
+            note_request(false);
+            pacer.woke_after(Duration::from_micros(30));
+            assert_eq!(pacer.window(), None);
+        }
+    }
+
+    #[test]
+    fn given_a_backlogged_socket_or_a_thin_window_should_stop_pacing() {
+        let mut pacer = Pacer::new(W);
+        busy_unhurried(&mut pacer, CALM_WAKES + 1);
+        assert!(pacer.window().is_some());
+        note_request(true);
+        note_request(true);
+        note_backlog();
+        assert_eq!(pacer.window(), None, "data left queued in a socket");
+
+        busy_unhurried(&mut pacer, CALM_WAKES + 1);
+        assert!(pacer.window().is_some());
+        note_request(true);
+        assert_eq!(pacer.window(), None, "one request in a window");
+    }
+
+    #[test]
+    fn given_slow_arrivals_or_no_window_should_not_pace() {
+        let mut pacer = Pacer::new(W);
+        for _ in 0..100 {
+            note_request(true);
+            pacer.woke_after(Duration::from_millis(1));
+            assert_eq!(pacer.window(), None);
+        }
+        let mut off = Pacer::new(Duration::ZERO);
+        busy_unhurried(&mut off, 100);
+        assert_eq!(off.window(), None);
+    }
+}
