@@ -312,6 +312,7 @@ impl Partition {
             unsynced: Vec::new(),
             last_sync: Instant::now(),
             sealing: None,
+            flushing: None,
         };
         compio::runtime::spawn(writer.run(rx)).detach();
         Ok((
@@ -1136,6 +1137,17 @@ struct Writer {
     /// The last roll's sealing of the segment it closed (sync, indexes, recovery point),
     /// running beside the appends to the new segment; see `roll`.
     sealing: Option<compio::runtime::JoinHandle<Result<()>>>,
+    /// Under `FlushPolicy::Interval`, the interval's sync, running beside the appends;
+    /// see `start_flush`.
+    flushing: Option<Flushing>,
+}
+
+/// An interval sync running on its own task: it syncs the segments written before it
+/// started (after the sealing it found, if any), so everything below `target` is durable
+/// once it succeeds.
+struct Flushing {
+    target: i64,
+    task: compio::runtime::JoinHandle<Result<()>>,
 }
 
 impl Writer {
@@ -1242,10 +1254,24 @@ impl Writer {
         }
     }
 
-    /// Waits for the next command; under an interval policy, syncs when the interval
-    /// passes with unsynced writes.
+    /// Waits for the next command; under an interval policy, starts the interval's sync
+    /// when the interval passes with unsynced writes, and finishes it (durable offset,
+    /// waiters) when it ends, while commands go on being served.
     async fn next_command(&mut self, rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
+        use futures_util::future::{Either, select};
         loop {
+            if let Some(flushing) = self.flushing.as_mut() {
+                match select(rx.next(), &mut flushing.task).await {
+                    Either::Left((command, _)) => return command,
+                    Either::Right((result, _)) => {
+                        let target = flushing.target;
+                        self.flushing = None;
+                        let result = result.unwrap_or(Err(LogError::Closed));
+                        self.finish_flush(target, result.is_ok());
+                        continue;
+                    }
+                }
+            }
             let FlushPolicy::Interval(every) = self.policy() else {
                 return rx.next().await;
             };
@@ -1256,7 +1282,59 @@ impl Writer {
             let deadline = self.last_sync + every;
             match compio::time::timeout_at(deadline, rx.next()).await {
                 Ok(command) => return command,
-                Err(_) => self.sync_and_answer().await,
+                Err(_) => self.start_flush(),
+            }
+        }
+    }
+
+    /// Starts the interval's sync on a task of its own: appends go on while it runs (an
+    /// fdatasync of a second's writes took milliseconds, and appends waiting behind it
+    /// were most of the p99 at 10,000 msgs/s). It takes the segments written so far and
+    /// the running sealing (which it waits for first), so one sync at a time still runs
+    /// per file; everything that would sync or change files settles it first
+    /// (`settle_sealing`).
+    fn start_flush(&mut self) {
+        let target = self.state.borrow().active().next_offset;
+        let files = std::mem::take(&mut self.unsynced);
+        let sealing = self.sealing.take();
+        let state = Rc::clone(&self.state);
+        let task = compio::runtime::spawn(async move {
+            if let Some(sealing) = sealing {
+                sealing.await.unwrap_or(Err(LogError::Closed))?;
+            }
+            for files in files {
+                timed_sync(&state, &files).await?;
+            }
+            Ok(())
+        });
+        self.flushing = Some(Flushing { target, task });
+    }
+
+    /// An interval sync ended: the durable offset moves to its target if it succeeded
+    /// (and no sync failed anywhere), the waiters it covers are answered, and the others
+    /// wait for the next one, unless a failure means none will cover them.
+    fn finish_flush(&mut self, target: i64, synced: bool) {
+        self.last_sync = Instant::now();
+        let unsynced_failure = self
+            .state
+            .borrow()
+            .failed
+            .as_ref()
+            .is_some_and(|f| !f.readable());
+        if synced && !unsynced_failure {
+            let mut st = self.state.borrow_mut();
+            st.durable_offset = st.durable_offset.max(target);
+        }
+        let durable = self.state.borrow().durable_offset;
+        let failed = !synced || unsynced_failure;
+        let waiters = std::mem::take(&mut self.durable_waiters);
+        for w in waiters {
+            if w.last_offset < durable {
+                w.succeed(durable);
+            } else if failed {
+                w.fail(self.failed().unwrap_or(LogError::Closed));
+            } else {
+                self.durable_waiters.push(w);
             }
         }
     }
@@ -1270,6 +1348,13 @@ impl Writer {
     /// point or changes sealed segments (truncation, a new start, close, the next roll)
     /// runs after it, so checkpoints are written in order.
     async fn settle_sealing(&mut self) -> Result<()> {
+        // A running interval sync holds the sealing it found; it is finished here, so the
+        // durable offset and its waiters are where they would be after an inline sync.
+        if let Some(flushing) = self.flushing.take() {
+            let result = flushing.task.await.unwrap_or(Err(LogError::Closed));
+            self.finish_flush(flushing.target, result.is_ok());
+            result?;
+        }
         match self.sealing.take() {
             Some(task) => task.await.unwrap_or(Err(LogError::Closed)),
             None => Ok(()),

@@ -237,6 +237,45 @@ fn given_interval_policy_when_durable_append_should_resolve_at_next_tick() {
     });
 }
 
+/// The interval's sync runs beside the appends: one made while it runs is not covered by
+/// it, and must be answered only by a later one (never before its bytes are synced).
+#[test]
+fn given_interval_syncs_running_beside_appends_should_answer_durable_waiters_only_once_covered() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_policy: FlushPolicy::Interval(Duration::from_millis(2)),
+            ..LogConfig::default()
+        };
+        let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        // Appends keep coming, each on its own task, so that some are written while a
+        // sync runs.
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let p = p.clone();
+            tasks.push(compio::runtime::spawn(async move {
+                let info = p
+                    .append(batch(1, 100, i), AppendWait::Durable)
+                    .await
+                    .unwrap();
+                assert!(info.durable);
+                let durable = p.offsets().durable_offset;
+                assert!(
+                    durable > info.last_offset,
+                    "answered at durable offset {durable}, before its offset {} was synced",
+                    info.last_offset
+                );
+            }));
+            compio::time::sleep(Duration::from_micros(100)).await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(p.offsets().durable_offset, 400);
+        assert!(p.stats().syncs > 1, "{:?}", p.stats());
+    });
+}
+
 #[test]
 fn given_retention_by_size_should_delete_oldest_segments_but_never_active() {
     run(async {
