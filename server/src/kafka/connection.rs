@@ -348,10 +348,12 @@ async fn serve_requests(
         // The request's bytes are gone once its response is built; the response holds
         // no budget (file ranges, and small encoded parts).
         drop(permit);
-        let small = response
-            .as_deref()
-            .is_none_or(|pieces| pieces_len(pieces) <= PACED_RESPONSE_BYTES_MAX);
-        pacing::note_request(unhurried && small);
+        if unhurried {
+            let small = response
+                .as_deref()
+                .is_none_or(|pieces| pieces_len(pieces) <= PACED_RESPONSE_BYTES_MAX);
+            pacing::note_request(small);
+        }
         if let Some(pieces) = response {
             sender.send(pieces).await?;
         }
@@ -526,6 +528,11 @@ async fn handle_frame(
     };
     let placement = placement(shard, &request.body, request.version);
     let unhurried = unhurried(&request.body, request.version);
+    if !unhurried {
+        // Counted as it starts, so the pacer stops before this request's own waits (a
+        // reply from another core, a write) could sit through a window.
+        pacing::note_request(false);
+    }
     let request = handlers::Request {
         key: request.key,
         version: request.version,

@@ -311,6 +311,7 @@ fn drive<F: std::future::Future>(
                 // everything that came (`runtime::pacing`).
                 runtime.poll_with(Some(Duration::ZERO));
                 std::thread::sleep(window);
+                pacer.slept();
                 runtime.poll_with(Some(Duration::ZERO));
             } else if pacer.enabled() {
                 let waiting = Instant::now();

@@ -102,6 +102,9 @@ pub async fn run(shard: Rc<Shard>, leader: BrokerId) {
         let Some((_, connection)) = client.as_mut() else {
             continue;
         };
+        // Replication is hurried work (acks=all producers wait on it): a core that
+        // follows a leader is never paced (`runtime::pacing`).
+        crate::runtime::pacing::note_request(false);
         let (truncating, fetching) = plan_round(&partitions, &mut searches);
         let mut result = Ok(false);
         if !truncating.is_empty() {
@@ -411,6 +414,9 @@ mod tests {
     fn given_a_partition_waiting_for_truncation_should_fetch_the_others_in_the_same_round() {
         let partitions = [view(0, 5, true), view(1, 5, false), view(2, 5, false)];
         let mut searches = HashMap::new();
+        // Replication is hurried work (acks=all producers wait on it): a core that
+        // follows a leader is never paced (`runtime::pacing`).
+        crate::runtime::pacing::note_request(false);
         let (truncating, fetching) = plan_round(&partitions, &mut searches);
         assert_eq!(names(&truncating), vec![0]);
         assert_eq!(names(&fetching), vec![1, 2], "never the truncating one");

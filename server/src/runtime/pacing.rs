@@ -14,15 +14,24 @@
 //! sleeps, so the core paces only while every request it serves is *unhurried*: an
 //! acks=0 produce (no answer at all) or a consumer's fetch whose answer is small (a
 //! consumer at the end of its partitions; a follower's fetch is hurried, as acks=all
-//! producers wait on it). It stops at the first window that
+//! producers wait on it).
 //!
-//! - served a hurried request (acks=1/all, metadata, groups, a big fetch answer), and
-//!   starts again only after `CALM_WAKES` wake-ups without one: a client that waits on
-//!   its answers is never paced;
+//! It stops as soon as the core serves anything hurried: a request a client waits on
+//! (acks=1/all, metadata, groups, a big fetch answer; counted as it starts), a command
+//! from another core on behalf of one (all but forwarded acks=0 batches), or a round of
+//! this core's follower fetcher (acks=all producers wait on replication). It starts again
+//! only after `CALM_WAKES` wake-ups without one, so a client that waits on its answers is
+//! not paced while it keeps sending; one that sends a hurried request after a quiet spell
+//! may find the core asleep and wait up to a window once. It also stops at the first
+//! window that
+//!
 //! - ended a read with the socket not drained (data queued: pacing never limits
 //!   throughput);
 //! - served fewer than `WINDOW_REQUESTS_MIN` requests (the rate fell: below it a window
-//!   would be a wake-up of its own, not one shared).
+//!   would be a wake-up of its own, not one shared), or more than `WINDOW_REQUESTS_MAX`
+//!   (a busy core: wake-ups are shared anyway, and an enter runs at most 20 completions'
+//!   task work on kernels from 6.13, so more would wait another window);
+//! - took half a window or more to serve (a core near its limit).
 //!
 //! It starts after `SHORT_WAITS` consecutive waits for completions that each ended
 //! within a window (the core is woken more often than once per window).
@@ -30,7 +39,7 @@
 //! Requests report to the pacer through this thread's counters: a core is one thread.
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Consecutive waits shorter than a window before pacing starts.
 const SHORT_WAITS: u32 = 2;
@@ -38,6 +47,11 @@ const SHORT_WAITS: u32 = 2;
 const CALM_WAKES: u32 = 8;
 /// A window that served fewer requests ends pacing.
 const WINDOW_REQUESTS_MIN: u64 = 2;
+/// A window that served more requests ends pacing: the core is busy enough that its
+/// wake-ups are shared anyway, and one `io_uring_enter` runs at most 20 completions'
+/// deferred task work on kernels from 6.13, so what came beyond that would wait a window
+/// more.
+const WINDOW_REQUESTS_MAX: u64 = 16;
 
 #[derive(Clone, Copy, Default)]
 struct Counts {
@@ -88,8 +102,10 @@ pub struct Pacer {
     /// The counters at the last decision.
     seen: Counts,
     /// The first decision after pacing starts judges the wake-up that started it, not a
-    /// window: it is skipped.
+    /// window: it is skipped (but a hurried request always stops pacing).
     judge: bool,
+    /// When the last pacing sleep ended.
+    woke_at: Option<Instant>,
 }
 
 impl Pacer {
@@ -102,6 +118,7 @@ impl Pacer {
             calm_wakes: 0,
             seen: counts(),
             judge: false,
+            woke_at: None,
         }
     }
 
@@ -128,20 +145,32 @@ impl Pacer {
             return None;
         }
         let served = self.since_last();
-        if std::mem::replace(&mut self.judge, true) {
-            let stop = served.hurried > 0
-                || served.backlogged > 0
-                || served.unhurried + served.hurried < WINDOW_REQUESTS_MIN;
-            if stop {
-                self.pacing = false;
-                self.short_waits = 0;
-                if served.hurried > 0 {
-                    self.calm_wakes = 0;
-                }
-                return None;
+        let judged = std::mem::replace(&mut self.judge, true);
+        // A pass that took half a window or more: the core is near its limit, and a
+        // sleep would cost throughput.
+        let long_pass = self
+            .woke_at
+            .is_some_and(|at| at.elapsed() >= self.window / 2);
+        let total = served.unhurried + served.hurried;
+        let stop = served.hurried > 0
+            || (judged
+                && (served.backlogged > 0
+                    || long_pass
+                    || !(WINDOW_REQUESTS_MIN..=WINDOW_REQUESTS_MAX).contains(&total)));
+        if stop {
+            self.pacing = false;
+            self.short_waits = 0;
+            if served.hurried > 0 {
+                self.calm_wakes = 0;
             }
+            return None;
         }
         Some(self.window)
+    }
+
+    /// Called when a pacing sleep ends, before what came meanwhile is taken.
+    pub fn slept(&mut self) {
+        self.woke_at = Some(Instant::now());
     }
 
     /// Called after a wait for completions that took `waited`, before what it brought
@@ -165,6 +194,7 @@ impl Pacer {
         if self.short_waits >= SHORT_WAITS && self.calm_wakes >= CALM_WAKES {
             self.pacing = true;
             self.judge = false;
+            self.woke_at = None;
         }
     }
 }
@@ -229,6 +259,21 @@ mod tests {
         assert!(pacer.window().is_some());
         note_request(true);
         assert_eq!(pacer.window(), None, "one request in a window");
+    }
+
+    #[test]
+    fn given_a_hurried_request_right_after_pacing_starts_or_a_crowded_window_should_stop() {
+        let mut pacer = Pacer::new(W);
+        busy_unhurried(&mut pacer, CALM_WAKES + 1);
+        note_request(false);
+        assert_eq!(pacer.window(), None, "hurried, even in the first window");
+
+        busy_unhurried(&mut pacer, CALM_WAKES + 1);
+        assert!(pacer.window().is_some());
+        for _ in 0..=WINDOW_REQUESTS_MAX {
+            note_request(true);
+        }
+        assert_eq!(pacer.window(), None, "more than a window should hold");
     }
 
     #[test]

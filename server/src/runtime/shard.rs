@@ -1291,6 +1291,12 @@ impl Shard {
                 self.accept(*incoming);
                 continue;
             }
+            // Another core's request waits on this command, except for forwarded acks=0
+            // batches: the read pacer must see it (`runtime::pacing`).
+            crate::runtime::pacing::note_request(matches!(
+                command,
+                ShardCommand::AppendBulk { .. }
+            ));
             let shard = Rc::clone(&self);
             compio::runtime::spawn(async move { shard.handle_command(command).await }).detach();
         }
