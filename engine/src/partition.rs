@@ -1310,8 +1310,10 @@ impl Writer {
         self.flushing = Some(Flushing { target, task });
     }
 
-    /// An interval sync ended: the durable offset moves to its target if it succeeded
-    /// (and no sync failed anywhere), the waiters it covers are answered, and the others
+    /// A sync of everything below `target` ended (an interval's, or an inline one): the
+    /// durable offset moves to its target if it succeeded and no sync failed anywhere (a
+    /// failed one, also a sealing's, means the page cache may hold bytes the disk does
+    /// not: nothing more is durable); the waiters it covers are answered, and the others
     /// wait for the next one, unless a failure means none will cover them.
     fn finish_flush(&mut self, target: i64, synced: bool) {
         self.last_sync = Instant::now();
@@ -2094,28 +2096,11 @@ impl Writer {
                 }
             }
         }
-        self.last_sync = Instant::now();
-        // A sync that failed anywhere (also one a sealing ran) means the page cache may
-        // hold bytes the disk does not: nothing more is durable.
-        let unsynced_failure = self
-            .state
-            .borrow()
-            .failed
-            .as_ref()
-            .is_some_and(|f| !f.readable());
-        if result.is_ok() && !unsynced_failure {
-            let mut st = self.state.borrow_mut();
-            st.durable_offset = st.durable_offset.max(target);
-        }
-        let durable = self.state.borrow().durable_offset;
-        let waiters = std::mem::take(&mut self.durable_waiters);
-        for w in waiters {
-            if w.last_offset < durable {
-                w.succeed(durable);
-            } else {
-                // Only a failed sync leaves a waiter uncovered: it is never acknowledged.
-                w.fail(self.failed().unwrap_or(LogError::Closed));
-            }
+        self.finish_flush(target, result.is_ok());
+        // Every waiter was below `target` (truncations fail those they cut first): only a
+        // failed sync leaves one uncovered, and it is never acknowledged.
+        for w in std::mem::take(&mut self.durable_waiters) {
+            w.fail(self.failed().unwrap_or(LogError::Closed));
         }
     }
 
