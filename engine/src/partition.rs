@@ -138,8 +138,10 @@ pub struct WriterStats {
     pub writes: u64,
     /// Batches appended.
     pub batches: u64,
-    /// fdatasync calls on segment files (group commits, rolls, flushes).
+    /// fdatasync calls on segment files (group commits, rolls, flushes) that ended.
     pub syncs: u64,
+    /// Those that started (one more than `syncs` while one runs).
+    pub sync_starts: u64,
     /// Time spent in those fdatasync calls.
     pub sync_time: Duration,
     pub rolls: u64,
@@ -2417,6 +2419,7 @@ fn fail_log(state: &RefCell<LogState>, step: FailedStep, error: &LogError) {
 /// fdatasyncs one segment's log file, counting and timing it for the stats and the sync
 /// observer; a failure latches the partition's.
 async fn timed_sync(state: &RefCell<LogState>, files: &SegmentFiles) -> Result<()> {
+    state.borrow_mut().stats.sync_starts += 1;
     let started = Instant::now();
     let result = files.sync_log().await;
     let took = started.elapsed();

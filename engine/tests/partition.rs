@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use common::*;
@@ -248,11 +250,25 @@ fn given_interval_syncs_running_beside_appends_should_answer_durable_waiters_onl
             ..LogConfig::default()
         };
         let (p, _) = Partition::open(dir.path(), config).await.unwrap();
+        // Each write: the log end it made readable, and how many syncs had started then.
+        // Only a sync started after a batch was written covers it, and syncs end in the
+        // order they start (one file here, one sync at a time).
+        let writes: Rc<RefCell<Vec<(i64, u64)>>> = Rc::default();
+        {
+            let (writes, observed) = (Rc::clone(&writes), p.clone());
+            p.set_write_observer(Rc::new(move || {
+                let end = observed.offsets().log_end_offset;
+                writes
+                    .borrow_mut()
+                    .push((end, observed.stats().sync_starts));
+            }));
+        }
         // Appends keep coming, each on its own task, so that some are written while a
         // sync runs.
         let mut tasks = Vec::new();
         for i in 0..400 {
             let p = p.clone();
+            let writes = Rc::clone(&writes);
             tasks.push(compio::runtime::spawn(async move {
                 let info = p
                     .append(batch(1, 100, i), AppendWait::Durable)
@@ -263,6 +279,17 @@ fn given_interval_syncs_running_beside_appends_should_answer_durable_waiters_onl
                 assert!(
                     durable > info.last_offset,
                     "answered at durable offset {durable}, before its offset {} was synced",
+                    info.last_offset
+                );
+                let started_before = writes
+                    .borrow()
+                    .iter()
+                    .find(|(end, _)| *end > info.last_offset)
+                    .map(|(_, starts)| *starts)
+                    .unwrap();
+                assert!(
+                    p.stats().syncs > started_before,
+                    "offset {} answered by a sync that started before it was written",
                     info.last_offset
                 );
             }));
