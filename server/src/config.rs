@@ -114,11 +114,11 @@ pub struct BrokerConfig {
     pub fetch_inline_max_bytes: u64,
     /// Longest a fetch may wait for data, whatever the client asks.
     pub fetch_max_wait_ms_max: u64,
-    /// Read pacing: connections whose clients wait on no answer (acks=0 producers,
-    /// consumers at the end of their partitions) are read at most this often while they
-    /// are busy, all of a core's at the same ticks, which costs at most this much
-    /// end-to-end latency and saves wake-ups and responses per message; 0 reads every
-    /// connection as its bytes arrive (`kafka::connection::ReadPacing`).
+    /// Read pacing: while a core serves only clients that wait on no answer (acks=0
+    /// producers, consumers at the end of their partitions) and is woken more often
+    /// than this, it sleeps this long and serves what came in one pass, which costs at
+    /// most this much end-to-end latency and saves wake-ups and responses per message;
+    /// 0 turns it off (`runtime::pacing`).
     pub read_pacing_us: u64,
     /// Open connections the acceptor deals to one core; more are closed at accept.
     /// Connections that moved to a core for their partitions are not counted
@@ -229,7 +229,7 @@ impl Default for BrokerConfig {
             fetch_zero_copy: true,
             fetch_inline_max_bytes: 64 * 1024,
             fetch_max_wait_ms_max: 30_000,
-            read_pacing_us: 0,
+            read_pacing_us: 250,
             connections_per_core_max: 10_000,
             connections_max_idle_ms: 10 * 60 * 1000,
             max_connections: 10_000,

@@ -533,6 +533,10 @@ async fn handle_frame(
         // reply from another core, a write) could sit through a window.
         pacing::note_request(false);
     }
+    if unhurried && matches!(request.body, RequestBody::Fetch(_)) {
+        // While the core paces, served after the produce requests of the same pass.
+        pacing::end_of_pass().await;
+    }
     let request = handlers::Request {
         key: request.key,
         version: request.version,

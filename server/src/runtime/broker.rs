@@ -21,7 +21,7 @@ use crate::config::BrokerConfig;
 use crate::control::topics::Registry;
 use crate::metrics::RejectKind;
 use crate::runtime::limits::Refusal;
-use crate::runtime::pacing::Pacer;
+use crate::runtime::pacing::{self, Pacer};
 use crate::runtime::shard::{
     BrokerShared, DrainedGuard, SHARD_INBOX_DEPTH_MAX, Shard, ShardCommand,
 };
@@ -305,6 +305,8 @@ fn drive<F: std::future::Future>(
             if queued {
                 waker.wake_by_ref();
                 runtime.poll_with(Some(Duration::ZERO));
+            } else if pacing::end_pass() {
+                // Fetches that waited for the end of this pass run next.
             } else if let Some(window) = pacer.window() {
                 // Submit what the tasks queued (their reads must be armed for the
                 // kernel to queue their completions), sleep outside the ring, then take
