@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the engine: append throughput by batch size and flush policy,
-//! group commit under concurrent durable appends, index lookups, batch validation, and
-//! how long deleting a partition holds its core.
+//! group commit under concurrent durable appends, appends beside interval syncs, index
+//! lookups, batch validation, and how long deleting a partition holds its core.
 //!
 //! Run: `cargo bench -p benches` (set `BENCH_DIR` to measure a particular disk; the
 //! default is the system temp directory).
@@ -110,6 +110,28 @@ fn bench_appends(
         })
     });
     rt.block_on(partition.close()).expect("close");
+}
+
+/// One producer appending 1 KiB batches back to back (each written before the next) to a
+/// log synced every 10 ms (`flush = interval`, Kafka's `log.flush.interval.ms`): what the
+/// periodic fdatasync costs the appends around it. Before #16 the partition's writer
+/// awaited each sync inline, and appends waited behind it; now it runs beside them.
+fn interval_sync(c: &mut Criterion) {
+    let mut group = c.benchmark_group("interval_sync");
+    group.measurement_time(Duration::from_secs(10));
+    group.sample_size(20);
+    let config = LogConfig {
+        write_path: WritePath::Inline,
+        ..log_config(FlushPolicy::Interval(Duration::from_millis(10)))
+    };
+    bench_appends(
+        &mut group,
+        BenchmarkId::new("every_10ms", "1KiB"),
+        config,
+        &batch_of(KIB),
+        AppendWait::Written,
+    );
+    group.finish();
 }
 
 /// 16 producers appending 16 KiB batches concurrently, each waiting for durability:
@@ -311,6 +333,7 @@ criterion_group!(
     index_lookup,
     append_throughput,
     group_commit,
+    interval_sync,
     delete_stall
 );
 criterion_main!(benches);
