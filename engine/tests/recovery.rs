@@ -276,12 +276,19 @@ fn apply(dir: &Path, damage: &Damage, full_scope: bool, total: usize) -> usize {
             }
             let mut pos = ((bytes.len() - 1) as f64 * at) as usize;
             // The partition leader epoch (bytes 12..16 of a batch) sits outside the CRC by
-            // Kafka's format, and the broker owns it: move off it.
+            // Kafka's format, and the broker owns it: move off it. The base offset (bytes
+            // 0..8) is outside it too: raised, the active segment's last batch passes for
+            // one after a compaction gap, as in Kafka, since no batch follows to check it
+            // against (`Segment::scan_from`): move off it there.
+            let batches = split_batches(&bytes);
             let mut start = 0usize;
-            for b in split_batches(&bytes) {
+            for (i, b) in batches.iter().enumerate() {
                 if pos < start + b.len() {
-                    if (12..16).contains(&(pos - start)) {
+                    let at = pos - start;
+                    if (12..16).contains(&at) {
                         pos = start + 16;
+                    } else if at < 8 && victim == last && i + 1 == batches.len() {
+                        pos = start + 8;
                     }
                     break;
                 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Broker, require_tool};
+use common::{Broker, close_members, require_tool};
 use futures_executor::block_on;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -149,7 +149,7 @@ fn given_three_members_in_one_group_should_share_six_partitions_without_loss_or_
     for m in [&a, &b, &c] {
         assert!(m.poll(Duration::from_millis(300)).is_none());
     }
-    close_all(vec![a, b, c]);
+    close_members(vec![a, b, c], TIMEOUT);
 }
 
 #[test]
@@ -221,30 +221,7 @@ fn given_a_member_killed_mid_stream_should_rebalance_its_partitions_to_the_other
         120
     );
     assert_eq!(sets.iter().flatten().count(), 6);
-    close_all(vec![a, b]);
-}
-
-/// Closes the members each on its own thread, as members in their own processes close:
-/// closing one starts a rebalance, and a member's close can wait on that rebalance,
-/// which needs the others to go on polling (a drop polls only its own consumer). A close
-/// that does not end within `TIMEOUT` fails the test rather than hanging it.
-fn close_all(members: Vec<BaseConsumer>) {
-    let (done, closed) = std::sync::mpsc::channel();
-    let count = members.len();
-    for (i, m) in members.into_iter().enumerate() {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            drop(m);
-            let _ = done.send(i);
-        });
-    }
-    let deadline = Instant::now() + TIMEOUT;
-    for _ in 0..count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        closed
-            .recv_timeout(left)
-            .expect("every member closed within the timeout");
-    }
+    close_members(vec![a, b], TIMEOUT);
 }
 
 fn consume_and_commit(broker: &Broker, group: &str, topic: &str, count: usize) -> Vec<String> {

@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{bounded, require_python_clients};
+use common::{bounded, close_members, require_python_clients};
 use futures_executor::block_on;
 use kafka_protocol::messages::{
     ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, OffsetFetchRequest,
@@ -367,6 +367,7 @@ fn given_three_librdkafka_members_when_the_coordinator_is_killed_mid_stream_shou
         history.rereads
     );
     assert!(killed.is_some());
+    close_members(members, Duration::from_secs(60));
 }
 
 /// `addrs` with the killed broker's address replaced by a live one (the helpers index

@@ -303,6 +303,9 @@ fn drive<F: std::future::Future>(
                 ticks += 1;
             }
             if queued {
+                // A burst: fetches waiting for the end of the pass go with it rather than
+                // after it (`runtime::pacing`).
+                pacing::end_pass();
                 waker.wake_by_ref();
                 runtime.poll_with(Some(Duration::ZERO));
             } else if pacing::end_pass() {

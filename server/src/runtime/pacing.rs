@@ -45,6 +45,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -89,12 +90,15 @@ thread_local! {
 pub fn end_of_pass() -> impl Future<Output = ()> {
     EndOfPass {
         waiting_since: None,
+        _this_thread: PhantomData,
     }
 }
 
 struct EndOfPass {
     /// The count of ended passes when this started waiting.
     waiting_since: Option<u64>,
+    /// The wait is this thread's (the waker list and counter are thread-local).
+    _this_thread: PhantomData<*const ()>,
 }
 
 impl Future for EndOfPass {
@@ -108,7 +112,9 @@ impl Future for EndOfPass {
                 Some(since) if pass_end.1 != since => Poll::Ready(()),
                 _ => {
                     self.waiting_since.get_or_insert(pass_end.1);
-                    pass_end.0.push(cx.waker().clone());
+                    if !pass_end.0.iter().any(|w| w.will_wake(cx.waker())) {
+                        pass_end.0.push(cx.waker().clone());
+                    }
                     Poll::Pending
                 }
             }
@@ -179,6 +185,7 @@ pub struct Pacer {
 impl Pacer {
     /// `window` zero: never paces.
     pub fn new(window: Duration) -> Self {
+        PACING.with(|p| p.set(false));
         Self {
             window,
             pacing: false,
