@@ -116,9 +116,9 @@ pub struct BrokerConfig {
     pub fetch_max_wait_ms_max: u64,
     /// Read pacing: while a core serves only clients that wait on no answer (acks=0
     /// producers, consumers at the end of their partitions) and is woken more often
-    /// than this, it sleeps this long and serves what came in one pass, which costs at
-    /// most this much end-to-end latency and saves wake-ups and responses per message;
-    /// 0 turns it off (`runtime::pacing`).
+    /// than this, it sleeps this long and serves what came in one pass, which costs about
+    /// this much end-to-end latency and saves wake-ups and responses per message; 0
+    /// turns it off (`runtime::pacing`).
     pub read_pacing_us: u64,
     /// Open connections the acceptor deals to one core; more are closed at accept.
     /// Connections that moved to a core for their partitions are not counted

@@ -379,7 +379,10 @@ mod tests {
             Poll::Pending,
             "polled again, same pass"
         );
-        assert!(end_pass(), "two waited");
+        assert!(
+            end_pass(),
+            "they waited (one entry: both share the noop waker)"
+        );
         assert_eq!(poll_once(&mut first), Poll::Ready(()));
         assert_eq!(poll_once(&mut second), Poll::Ready(()));
         assert!(!end_pass(), "both were taken");
