@@ -539,18 +539,23 @@ pub enum Divergence {
 pub async fn replication_loop(shard: Rc<Shard>) {
     let view = std::sync::Arc::clone(shard.shared.controller.view());
     let mut seen = 0;
+    let mut kicked = shard.replication_kick.listen();
     loop {
         let changed = std::pin::pin!(view.changed_since(seen));
-        let kicked = shard.replication_kick.listen();
         let tick = std::pin::pin!(compio::time::sleep(ISR_CHECK_INTERVAL));
         let stop = std::pin::pin!(shard.shared.stopped());
-        let woken = futures_util::future::select(changed, kicked);
+        let woken = futures_util::future::select(changed, &mut kicked);
         let timed = futures_util::future::select(woken, tick);
         if let futures_util::future::Either::Right(_) =
             futures_util::future::select(timed, stop).await
         {
             return;
         }
+        // Listening again before this round's reconcile: a partition opened while it runs
+        // (after it looked) kicks the next round at once. A listener made after the
+        // round missed that kick, and the partition waited for the next tick (250 ms) to
+        // lead; acks=0 appends to it meanwhile were refused.
+        kicked = shard.replication_kick.listen();
         seen = view.version();
         shard.reconcile().await;
         shard.maintain_isr();
