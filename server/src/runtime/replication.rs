@@ -538,27 +538,53 @@ pub enum Divergence {
 /// shutdown.
 pub async fn replication_loop(shard: Rc<Shard>) {
     let view = std::sync::Arc::clone(shard.shared.controller.view());
-    let mut seen = 0;
-    let mut kicked = shard.replication_kick.listen();
+    let seen = std::cell::Cell::new(0);
+    rounds(
+        &shard.replication_kick,
+        ISR_CHECK_INTERVAL,
+        || view.changed_since(seen.get()),
+        shard.shared.stopped(),
+        || async {
+            seen.set(view.version());
+            shard.reconcile().await;
+            shard.maintain_isr();
+        },
+    )
+    .await;
+}
+
+/// Runs `round` each time `kick` is notified, `changed()` resolves or `interval` passes,
+/// until `stop` resolves. `changed` is asked for a fresh future before every wait, so that
+/// it can compare against what the last round saw.
+///
+/// A kick listener is alive at every moment, rounds included: the one for the next wait
+/// is made before each round starts. A kick that comes while a round runs (a partition
+/// opened on this core after the round looked at its partitions) then starts the next
+/// round at once. `event_listener` drops a notification that finds no listener: when the
+/// loop listened only while it waited, such a kick was lost and the partition waited for
+/// the interval (250 ms) to lead; acks=0 appends to it meanwhile were refused.
+async fn rounds<C, R>(
+    kick: &event_listener::Event,
+    interval: Duration,
+    mut changed: impl FnMut() -> C,
+    stop: impl std::future::Future<Output = ()>,
+    mut round: impl FnMut() -> R,
+) where
+    C: std::future::Future<Output = ()>,
+    R: std::future::Future<Output = ()>,
+{
+    use futures_util::future::{Either, select};
+    let mut stop = std::pin::pin!(stop);
+    let mut kicked = kick.listen();
     loop {
-        let changed = std::pin::pin!(view.changed_since(seen));
-        let tick = std::pin::pin!(compio::time::sleep(ISR_CHECK_INTERVAL));
-        let stop = std::pin::pin!(shard.shared.stopped());
-        let woken = futures_util::future::select(changed, &mut kicked);
-        let timed = futures_util::future::select(woken, tick);
-        if let futures_util::future::Either::Right(_) =
-            futures_util::future::select(timed, stop).await
-        {
+        let changed = std::pin::pin!(changed());
+        let tick = std::pin::pin!(compio::time::sleep(interval));
+        let woken = select(changed, &mut kicked);
+        if let Either::Right(_) = select(select(woken, tick), stop.as_mut()).await {
             return;
         }
-        // Listening again before this round's reconcile: a partition opened while it runs
-        // (after it looked) kicks the next round at once. A listener made after the
-        // round missed that kick, and the partition waited for the next tick (250 ms) to
-        // lead; acks=0 appends to it meanwhile were refused.
-        kicked = shard.replication_kick.listen();
-        seen = view.version();
-        shard.reconcile().await;
-        shard.maintain_isr();
+        kicked = kick.listen();
+        round().await;
     }
 }
 
@@ -624,5 +650,55 @@ mod tests {
             Divergence::TruncateTo(10)
         );
         assert_eq!(divergence(&ours, 30, 5, (-1, -1)), Divergence::Unknown);
+    }
+
+    #[test]
+    fn given_a_kick_while_a_round_runs_should_start_the_next_round_without_waiting_for_the_interval()
+     {
+        let rt = compio::runtime::Runtime::new().expect("a test runtime");
+        rt.block_on(async {
+            let kick = event_listener::Event::new();
+            let done = event_listener::Event::new();
+            let runs = std::cell::Cell::new(0u32);
+            let first = std::cell::Cell::new(true);
+            let ran = rounds(
+                &kick,
+                Duration::from_secs(3600),
+                // Metadata has moved once, before the loop started: that wakes round 1.
+                || {
+                    let moved = first.replace(false);
+                    async move {
+                        if !moved {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                },
+                async {
+                    let listener = done.listen();
+                    if runs.get() < 2 {
+                        listener.await;
+                    }
+                },
+                || async {
+                    runs.set(runs.get() + 1);
+                    if runs.get() == 1 {
+                        // A partition opens on this core while round 1 runs, after it has
+                        // looked at the partitions.
+                        compio::time::sleep(Duration::from_millis(1)).await;
+                        kick.notify(usize::MAX);
+                        compio::time::sleep(Duration::from_millis(1)).await;
+                    } else {
+                        done.notify(usize::MAX);
+                    }
+                },
+            );
+            let bounded = compio::time::timeout(Duration::from_secs(30), ran).await;
+            assert!(
+                bounded.is_ok(),
+                "round 2 waited for the interval: the kick during round 1 was lost (rounds run: {})",
+                runs.get()
+            );
+            assert_eq!(runs.get(), 2);
+        });
     }
 }
