@@ -196,15 +196,18 @@ pub enum CloseKind {
     BadRequest,
     /// A socket error.
     Io,
+    /// A partition refused one of its acks=0 appends (Kafka closes those at once).
+    ProduceRefused,
 }
 
-const CLOSE_KINDS: [(CloseKind, &str); 6] = [
+const CLOSE_KINDS: [(CloseKind, &str); 7] = [
     (CloseKind::Client, "client"),
     (CloseKind::Idle, "idle"),
     (CloseKind::SendTimeout, "send_timeout"),
     (CloseKind::FrameTooLarge, "frame_too_large"),
     (CloseKind::BadRequest, "bad_request"),
     (CloseKind::Io, "io"),
+    (CloseKind::ProduceRefused, "produce_refused"),
 ];
 
 /// Why a connection was refused at accept, as the `reason` label of

@@ -1,6 +1,8 @@
 //! A connection's produce requests land in the order it sent them, whatever their acks,
 //! including for partitions that another core owns (acks=0 appends for those travel in
-//! bulk, and an acknowledged append must not overtake the ones still queued).
+//! bulk, and an acknowledged append must not overtake the ones still queued). An acks=0
+//! append that a partition refuses closes its connection, as Kafka does, whichever core
+//! refused it.
 
 mod common;
 mod wire;
@@ -11,7 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Broker;
-use kafka_protocol::messages::{ApiKey, ProduceResponse};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use wire::{Scrape, wait_until};
 
 const PARTITIONS: usize = 8;
 const ACKS_0_REQUESTS: usize = 3_000;
@@ -44,6 +49,118 @@ fn given_acks_1_right_after_many_acks_0_on_one_connection_should_land_after_all_
             p.base_offset, ACKS_0_REQUESTS as i64,
             "partition {}: the acks=1 batch landed among the acks=0 ones sent before it",
             p.index
+        );
+    }
+}
+
+/// Starts a broker on 4 cores with metrics on a free port; returns it and the metrics
+/// address.
+fn broker_with_metrics(dir: &std::path::Path) -> (Broker, String) {
+    let metrics = format!("127.0.0.1:{}", wire::free_port());
+    let env = [
+        ("BROKER_CORES", "4"),
+        ("BROKER_METRICS_LISTEN", metrics.as_str()),
+    ];
+    (Broker::start_with(dir, &env), metrics)
+}
+
+/// A Produce v7 frame carrying one batch to one partition.
+fn produce_to(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Vec<u8> {
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(batch)),
+                ]),
+        ]);
+    wire::frame(ApiKey::Produce, 7, 1, &request)
+}
+
+fn refused_closes(metrics: &str) -> f64 {
+    Scrape::take(metrics).get(
+        "broker_connections_closed_total",
+        &[("reason", "produce_refused")],
+    )
+}
+
+/// The base offset an acks=1 append of one good batch gets now: the records the
+/// partition holds.
+fn held(addr: &str, topic: &str, partition: i32) -> i64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&produce_to(topic, partition, wire::batch(1, 100), 1))
+        .unwrap();
+    let response: ProduceResponse =
+        wire::decode(ApiKey::Produce, 7, wire::read_response(&mut s).unwrap());
+    let p = &response.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0, "{topic}-{partition}");
+    p.base_offset
+}
+
+#[test]
+fn given_an_acks_0_produce_to_a_partition_that_does_not_exist_should_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, metrics) = broker_with_metrics(dir.path());
+    wire::create_topic(&broker.addr, "one", 1);
+    let mut s = TcpStream::connect(&broker.addr).unwrap();
+    assert!(wire::answered(&mut s), "a fresh connection is served");
+    // Partition 0 takes its batch; partition 1 does not exist.
+    let batches = [wire::batch(1, 100), wire::batch(1, 100)];
+    s.write_all(&wire::produce_frame_acks("one", &batches, 0))
+        .unwrap();
+    assert!(
+        !wire::answered(&mut s),
+        "the connection stayed open after its acks=0 append was refused"
+    );
+    assert_eq!(refused_closes(&metrics), 1.0);
+    // Everyone else is served, and the partition that exists took its batch.
+    let mut other = TcpStream::connect(&broker.addr).unwrap();
+    assert!(wire::answered(&mut other));
+    assert_eq!(held(&broker.addr, "one", 0), 1);
+}
+
+#[test]
+fn given_acks_0_batches_that_their_core_refuses_should_close_the_connection_whichever_core_it_is() {
+    const PARTITIONS: i32 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, metrics) = broker_with_metrics(dir.path());
+    wire::create_topic(&broker.addr, "crc", PARTITIONS);
+    // Its CRC no longer matches: only the owning core's append finds out (after the
+    // request was taken, with nothing to answer), on the connection's core for some
+    // partitions and on another core for the others (4 cores, 8 partitions).
+    let mut corrupt = wire::batch(1, 100).to_vec();
+    corrupt[17] ^= 0xff;
+    let corrupt = Bytes::from(corrupt);
+    for partition in 0..PARTITIONS {
+        let mut s = TcpStream::connect(&broker.addr).unwrap();
+        s.write_all(&produce_to("crc", partition, corrupt.clone(), 0))
+            .unwrap();
+        // Closed before its next request once the refusal is known: a request sent
+        // before that may still be answered.
+        let closed = (0..3).any(|_| !wire::answered(&mut s));
+        assert!(
+            closed,
+            "partition {partition}: still served after its acks=0 append was refused"
+        );
+    }
+    let all_closed = wait_until(Duration::from_secs(10), || {
+        refused_closes(&metrics) == f64::from(PARTITIONS)
+    });
+    assert!(
+        all_closed.is_some(),
+        "closes counted: {}",
+        refused_closes(&metrics)
+    );
+    for partition in 0..PARTITIONS {
+        assert_eq!(
+            held(&broker.addr, "crc", partition),
+            0,
+            "partition {partition}"
         );
     }
 }

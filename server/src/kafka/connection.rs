@@ -25,7 +25,7 @@ use crate::kafka::protocol::{self, Frame, FrameError, RequestBody};
 use crate::metrics::CloseKind;
 use crate::runtime::limits::{ConnectionSlot, MemoryPermit, RequestMemory};
 use crate::runtime::pacing;
-use crate::runtime::shard::{Incoming, Shard};
+use crate::runtime::shard::{Incoming, Shard, UnackedRefusals};
 
 /// Bytes moved per splice step; also the copy-path chunk.
 const SEND_CHUNK_BYTES: usize = 1024 * 1024;
@@ -43,6 +43,10 @@ pub enum CloseReason {
     Decode(#[from] protocol::DecodeError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "acks=0 produce to {0} refused; closing, as Kafka does, so that the client refreshes its metadata"
+    )]
+    ProduceRefused(String),
 }
 
 impl CloseReason {
@@ -53,6 +57,7 @@ impl CloseReason {
             CloseReason::SendTimeout(_) => CloseKind::SendTimeout,
             CloseReason::Frame(_) | CloseReason::Decode(_) => CloseKind::BadRequest,
             CloseReason::Io(_) => CloseKind::Io,
+            CloseReason::ProduceRefused(_) => CloseKind::ProduceRefused,
         }
     }
 }
@@ -289,6 +294,10 @@ pub async fn serve(
     match result {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(CloseReason::Io(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
+        // Expected while leadership moves; the client reconnects at once.
+        Err(reason @ CloseReason::ProduceRefused(_)) => {
+            tracing::info!(%peer, %reason, "closing connection")
+        }
         Err(reason) => tracing::warn!(%peer, %reason, "closing connection"),
     }
     drop(stream);
@@ -314,6 +323,12 @@ async fn serve_requests(
     // request: the timer is armed again only when it fires early.
     let mut stop = std::pin::pin!(shard.shared.stopped());
     let mut idle_timer = std::pin::pin!(compio::time::sleep_until(Instant::now() + idle));
+    // Refusals of this connection's acks=0 appends, noted by the cores that tried them.
+    let refusals = Arc::new(UnackedRefusals::default());
+    let refused = |refusals: &UnackedRefusals| match refusals.first() {
+        Some(first) => Err(CloseReason::ProduceRefused(first.to_string())),
+        None => Ok(()),
+    };
     loop {
         let frame = {
             // A connection that sends nothing, or only part of a frame, for `idle` is
@@ -339,25 +354,28 @@ async fn serve_requests(
         let Some((frame, permit)) = frame else {
             return Ok(None);
         };
+        // An earlier acks=0 append refused since: the frame is dropped with the connection.
+        refused(&refusals)?;
         let started = Instant::now();
         let (api_key, version) = match frame.get(..4) {
             Some(&[a, b, c, d]) => (i16::from_be_bytes([a, b]), i16::from_be_bytes([c, d])),
             _ => return Err(FrameError::FrameLength(frame.len() as i64).into()),
         };
-        let (response, placement, unhurried) = handle_frame(shard, frame, peer).await?;
+        let (response, placement, unhurried) = handle_frame(shard, frame, peer, &refusals).await?;
         // The request's bytes are gone once its response is built; the response holds
         // no budget (file ranges, and small encoded parts).
         drop(permit);
         if unhurried {
-            let small = response
-                .as_deref()
-                .is_none_or(|pieces| pieces_len(pieces) <= PACED_RESPONSE_BYTES_MAX);
+            let small = response.as_deref().is_none_or(|pieces| {
+                pieces.iter().map(Piece::len).sum::<u64>() <= PACED_RESPONSE_BYTES_MAX
+            });
             pacing::note_request(small);
         }
         if let Some(pieces) = response {
             sender.send(pieces).await?;
         }
         metrics.observe_request(api_key, version, started.elapsed());
+        refused(&refusals)?;
         // Moving is safe only once every acks=0 append this core took is written: they
         // are not answered, and one of this connection's could otherwise be overtaken by
         // its next append made directly on the owning core. An acks=0 producer's own
@@ -367,6 +385,8 @@ async fn serve_requests(
             && !shard.shared.stopping()
         {
             if shard.unacknowledged_drained(MOVE_DRAIN_WAIT).await {
+                // Its appends are written or refused now: a refusal closes it here.
+                refused(&refusals)?;
                 // Shutdown may have begun meanwhile: then the connection ends here.
                 if shard.shared.stopping() {
                     return Ok(None);
@@ -516,6 +536,7 @@ async fn handle_frame(
     shard: &Rc<Shard>,
     frame: Vec<u8>,
     peer: std::net::SocketAddr,
+    refusals: &Arc<UnackedRefusals>,
 ) -> Result<(Option<Vec<Piece>>, Placement, bool), CloseReason> {
     let request = match protocol::decode_frame(frame)? {
         Frame::ApiVersionsUnsupported { correlation_id } => {
@@ -528,14 +549,13 @@ async fn handle_frame(
     };
     let placement = placement(shard, &request.body, request.version);
     let unhurried = unhurried(&request.body, request.version);
-    if !unhurried {
+    match unhurried {
         // Counted as it starts, so the pacer stops before this request's own waits (a
         // reply from another core, a write) could sit through a window.
-        pacing::note_request(false);
-    }
-    if unhurried && matches!(request.body, RequestBody::Fetch(_)) {
+        None => pacing::note_request(false),
         // While the core paces, served after the produce requests of the same pass.
-        pacing::end_of_pass().await;
+        Some(Unhurried::ConsumerFetch) => pacing::end_of_pass().await,
+        Some(Unhurried::Acks0Produce) => {}
     }
     let request = handlers::Request {
         key: request.key,
@@ -549,41 +569,37 @@ async fn handle_frame(
             .unwrap_or_default(),
         peer: peer.ip(),
         body: Some(request.body),
+        unacked_refusals: Arc::clone(refusals),
     };
     Ok((
         handlers::handle(shard, request).await?,
         placement,
-        unhurried,
+        unhurried.is_some(),
     ))
 }
 
-/// Whether a request's client is not waiting on its answer to go on: an acks=0 Produce
-/// (no answer at all) or a consumer's Fetch (a long poll; a follower's fetch is not,
-/// as acks=all producers wait on it).
-fn unhurried(body: &RequestBody, version: i16) -> bool {
+/// A request whose client is not waiting on its answer to go on (see `runtime::pacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unhurried {
+    /// No answer at all.
+    Acks0Produce,
+    /// A long poll; a follower's fetch is hurried, as acks=all producers wait on it.
+    ConsumerFetch,
+}
+
+fn unhurried(body: &RequestBody, version: i16) -> Option<Unhurried> {
     match body {
-        RequestBody::Produce(req) => req.acks == 0,
+        RequestBody::Produce(req) if req.acks == 0 => Some(Unhurried::Acks0Produce),
         RequestBody::Fetch(req) => {
             let replica = if version >= 15 {
                 req.replica_state.replica_id.0
             } else {
                 req.replica_id.0
             };
-            replica < 0
+            (replica < 0).then_some(Unhurried::ConsumerFetch)
         }
-        _ => false,
+        _ => None,
     }
-}
-
-/// Bytes of a response's pieces (records ranges and encoded parts).
-fn pieces_len(pieces: &[Piece]) -> u64 {
-    pieces
-        .iter()
-        .map(|p| match p {
-            Piece::Bytes(b) => b.len() as u64,
-            Piece::File { len, .. } => *len,
-        })
-        .sum()
 }
 
 /// An unhurried request whose answer is bigger is counted as hurried by the read pacer
@@ -626,13 +642,7 @@ impl Drop for ResponseSender<'_> {
 impl ResponseSender<'_> {
     async fn send(&mut self, pieces: Vec<Piece>) -> Result<(), CloseReason> {
         let mut pending: Vec<Vec<u8>> = Vec::new();
-        let file_bytes: u64 = pieces
-            .iter()
-            .map(|p| match p {
-                Piece::File { len, .. } => *len,
-                Piece::Bytes(_) => 0,
-            })
-            .sum();
+        let file_bytes: u64 = pieces.iter().map(Piece::file_len).sum();
         // A small response goes out in one write, its records read into memory. Above
         // the size every connection may hold anyway, that memory comes from the request
         // budget, and when the budget has no room the records are spliced instead: the

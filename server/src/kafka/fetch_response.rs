@@ -49,6 +49,14 @@ impl Piece {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes of this piece that come from a file (records not in memory).
+    pub fn file_len(&self) -> u64 {
+        match self {
+            Piece::Bytes(_) => 0,
+            Piece::File { len, .. } => *len,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -73,11 +73,22 @@ thread_local! {
     static COUNTS: Cell<Counts> = const {
         Cell::new(Counts { unhurried: 0, hurried: 0, backlogged: 0 })
     };
-    /// Whether this core paces now (its `Pacer` says so).
+    /// Whether this core paces now: its `Pacer`'s state, kept here for `end_of_pass`.
     static PACING: Cell<bool> = const { Cell::new(false) };
-    /// Tasks waiting for the end of the core's pass (`end_of_pass`), and how many passes
-    /// ended so far.
-    static PASS_END: RefCell<(Vec<Waker>, u64)> = const { RefCell::new((Vec::new(), 0)) };
+    static PASS_END: RefCell<PassEnd> = const {
+        RefCell::new(PassEnd { waiting: Vec::new(), spare: Vec::new(), passes: 0 })
+    };
+}
+
+/// This core's waits for the end of its pass (`end_of_pass`).
+struct PassEnd {
+    /// Tasks waiting for the end of the pass.
+    waiting: Vec<Waker>,
+    /// An empty buffer that takes `waiting`'s place at the end of a pass: the two
+    /// alternate, so ending a pass allocates nothing.
+    spare: Vec<Waker>,
+    /// Passes ended so far.
+    passes: u64,
 }
 
 /// Waits, while this core paces, until it has run everything that is ready (the end of
@@ -109,11 +120,11 @@ impl Future for EndOfPass {
             let mut pass_end = cell.borrow_mut();
             match self.waiting_since {
                 None if !PACING.with(Cell::get) => Poll::Ready(()),
-                Some(since) if pass_end.1 != since => Poll::Ready(()),
+                Some(since) if pass_end.passes != since => Poll::Ready(()),
                 _ => {
-                    self.waiting_since.get_or_insert(pass_end.1);
-                    if !pass_end.0.iter().any(|w| w.will_wake(cx.waker())) {
-                        pass_end.0.push(cx.waker().clone());
+                    self.waiting_since.get_or_insert(pass_end.passes);
+                    if !pass_end.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                        pass_end.waiting.push(cx.waker().clone());
                     }
                     Poll::Pending
                 }
@@ -127,17 +138,22 @@ impl Future for EndOfPass {
 pub fn end_pass() -> bool {
     let woken = PASS_END.with(|cell| {
         let mut pass_end = cell.borrow_mut();
-        if pass_end.0.is_empty() {
-            return Vec::new();
+        if pass_end.waiting.is_empty() {
+            return None;
         }
-        pass_end.1 = pass_end.1.wrapping_add(1);
-        std::mem::take(&mut pass_end.0)
+        pass_end.passes = pass_end.passes.wrapping_add(1);
+        let spare = std::mem::take(&mut pass_end.spare);
+        Some(std::mem::replace(&mut pass_end.waiting, spare))
     });
-    let any = !woken.is_empty();
-    for waker in woken {
+    let Some(mut woken) = woken else {
+        return false;
+    };
+    // Woken outside the borrow: a waker may run code that waits for a pass again.
+    for waker in woken.drain(..) {
         waker.wake();
     }
-    any
+    PASS_END.with(|cell| cell.borrow_mut().spare = woken);
+    true
 }
 
 /// Counts a request served by this core: `unhurried` when its client waits on no answer
@@ -170,7 +186,6 @@ fn counts() -> Counts {
 /// One core's pacing state, driven by its loop (`broker::drive`).
 pub struct Pacer {
     window: Duration,
-    pacing: bool,
     short_waits: u32,
     calm_wakes: u32,
     /// The counters at the last decision.
@@ -188,7 +203,6 @@ impl Pacer {
         PACING.with(|p| p.set(false));
         Self {
             window,
-            pacing: false,
             short_waits: 0,
             calm_wakes: 0,
             seen: counts(),
@@ -198,8 +212,11 @@ impl Pacer {
     }
 
     fn set_pacing(&mut self, pacing: bool) {
-        self.pacing = pacing;
         PACING.with(|p| p.set(pacing));
+    }
+
+    fn pacing(&self) -> bool {
+        PACING.with(Cell::get)
     }
 
     pub fn enabled(&self) -> bool {
@@ -221,7 +238,7 @@ impl Pacer {
     /// Called when the core has nothing queued: the window to sleep before taking what
     /// arrived, or `None` to wait for completions as usual.
     pub fn window(&mut self) -> Option<Duration> {
-        if !self.pacing {
+        if !self.pacing() {
             return None;
         }
         let served = self.since_last();

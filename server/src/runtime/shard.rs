@@ -468,10 +468,38 @@ struct Forward {
     sending: bool,
 }
 
+/// Where the first refused acks=0 append of a connection is noted, by whichever core
+/// tried it. Nobody answers an acks=0 request, so Kafka closes the connection instead: the
+/// client sees the connection drop, refreshes its metadata and finds the partition's
+/// leader, where a silent refusal would lose everything it sends until its next periodic
+/// metadata refresh. The connection is closed before its next request.
+#[derive(Debug, Default)]
+pub struct UnackedRefusals(std::sync::OnceLock<String>);
+
+impl UnackedRefusals {
+    /// Notes an append the partition's core refused (the first refusal is kept).
+    pub fn note(&self, tp: &TopicPartition, error: &PartitionError) {
+        self.note_code(tp.topic(), tp.partition(), error.code(), error);
+    }
+
+    /// Notes an append refused with a Kafka error code (the first refusal is kept).
+    pub fn note_code(&self, topic: &str, partition: i32, code: i16, why: &dyn std::fmt::Display) {
+        let _ = self
+            .0
+            .get_or_init(|| format!("{topic}-{partition} (error {code}): {why}"));
+    }
+
+    /// The first refused append and why, if any was.
+    pub fn first(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
 /// One append on its way to the owning core in an `AppendBulk`.
 pub enum Forwarded {
-    /// acks=0: its bytes count in the sending core's `unacked_bytes` until it is written.
-    Unacknowledged(TopicPartition, Bytes),
+    /// acks=0: its bytes count in the sending core's `unacked_bytes` until it is written;
+    /// a refusal is noted in the connection's `UnackedRefusals`.
+    Unacknowledged(TopicPartition, Bytes, Arc<UnackedRefusals>),
     /// An acknowledged append that arrived while acks=0 ones for the same core were still
     /// queued here: it waits its turn, so a connection's appends keep their order.
     Acknowledged {
@@ -646,7 +674,12 @@ impl Shard {
     /// connection's earlier ones and this returns without waiting for the write, so one
     /// connection can keep many small batches in flight, as Kafka's acks=0 producers expect.
     /// What is queued and unwritten is bounded by `UNACKED_PRODUCE_BYTES_MAX` per core.
-    pub async fn append_unacknowledged(self: &Rc<Self>, tp: TopicPartition, batch: Bytes) {
+    pub async fn append_unacknowledged(
+        self: &Rc<Self>,
+        tp: TopicPartition,
+        batch: Bytes,
+        refusals: &Arc<UnackedRefusals>,
+    ) {
         let n = batch.len();
         while self.unacked_bytes.get() != 0
             && self.unacked_bytes.get() + n > UNACKED_PRODUCE_BYTES_MAX
@@ -661,12 +694,17 @@ impl Shard {
                 let mut forwards = self.forwards.borrow_mut();
                 match forwards.get_mut(owner) {
                     Some(f) => {
-                        f.queue.push_back(Forwarded::Unacknowledged(tp, batch));
+                        f.queue.push_back(Forwarded::Unacknowledged(
+                            tp,
+                            batch,
+                            Arc::clone(refusals),
+                        ));
                         !std::mem::replace(&mut f.sending, true)
                     }
                     None => {
                         drop(forwards);
                         tracing::debug!(owner, "acks=0 produce refused: no such core");
+                        refusals.note(&tp, &gone(owner));
                         self.release_unacknowledged(n);
                         return;
                     }
@@ -678,10 +716,12 @@ impl Shard {
             return;
         }
         let shard = Rc::clone(self);
+        let refusals = Arc::clone(refusals);
         // Tasks first run in the order they were spawned, so appends keep request order.
         compio::runtime::spawn(async move {
             if let Err(e) = shard.local_append(&tp, batch, AppendWait::Written).await {
                 tracing::debug!(error = %e, "acks=0 produce refused");
+                refusals.note(&tp, &e);
             }
             shard.release_unacknowledged(n);
         })
@@ -731,10 +771,12 @@ impl Shard {
             let bytes = appends
                 .iter()
                 .map(|a| match a {
-                    Forwarded::Unacknowledged(_, batch) => batch.len(),
+                    Forwarded::Unacknowledged(_, batch, _) => batch.len(),
                     Forwarded::Acknowledged { .. } => 0,
                 })
                 .sum();
+            // The owning core notes its refusals itself. It is gone only while the broker
+            // stops, and then every connection closes anyway.
             let (reply, answer) = oneshot::channel();
             let command = ShardCommand::AppendBulk { appends, reply };
             match self.send(owner, command).await {
@@ -1418,11 +1460,12 @@ impl Shard {
                         let shard = Rc::clone(&self);
                         compio::runtime::spawn(async move {
                             match append {
-                                Forwarded::Unacknowledged(tp, batch) => {
+                                Forwarded::Unacknowledged(tp, batch, refusals) => {
                                     if let Err(e) =
                                         shard.local_append(&tp, batch, AppendWait::Written).await
                                     {
                                         tracing::debug!(error = %e, "acks=0 produce refused");
+                                        refusals.note(&tp, &e);
                                     }
                                 }
                                 Forwarded::Acknowledged {

@@ -2,13 +2,14 @@
 //! frame as pieces (or nothing, for Produce with acks=0).
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::kafka::fetch_response::Piece;
 use crate::kafka::protocol::{self, DecodeError, FromBody, RequestBody};
-use crate::runtime::shard::Shard;
+use crate::runtime::shard::{Shard, UnackedRefusals};
 
 pub mod admin;
 pub mod api_versions;
@@ -31,6 +32,8 @@ pub struct Request {
     pub peer: std::net::IpAddr,
     /// Decoded by `protocol::decode_frame` before dispatch; the handler takes it once.
     pub body: Option<RequestBody>,
+    /// The connection's refused acks=0 appends (it closes before its next request).
+    pub unacked_refusals: Arc<UnackedRefusals>,
 }
 
 impl Request {

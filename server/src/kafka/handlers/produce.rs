@@ -66,12 +66,22 @@ pub async fn handle(
     }
     if req.acks == 0 {
         // Nobody waits for an answer: queue the appends in order and go on reading.
+        // A refusal closes the connection before its next request, as Kafka closes it.
         for (name, index, checked, records) in pending {
             match (checked, records) {
-                (Ok(tp), Some(records)) => shard.append_unacknowledged(tp, records).await,
+                (Ok(tp), Some(records)) => {
+                    shard
+                        .append_unacknowledged(tp, records, &request.unacked_refusals)
+                        .await
+                }
                 (checked, _) => {
-                    let code = checked.err().map_or(error_code::INVALID_RECORD, |o| o.code);
+                    let (code, message) = checked.err().map_or(
+                        (error_code::INVALID_RECORD, Some("no records".to_string())),
+                        |o| (o.code, o.message),
+                    );
                     tracing::debug!(topic = %name, partition = index, code, "acks=0 produce refused");
+                    let why = message.as_deref().unwrap_or("refused");
+                    request.unacked_refusals.note_code(&name, index, code, &why);
                 }
             }
         }
