@@ -229,7 +229,7 @@ impl Default for BrokerConfig {
             fetch_zero_copy: true,
             fetch_inline_max_bytes: 64 * 1024,
             fetch_max_wait_ms_max: 30_000,
-            read_pacing_us: 0,
+            read_pacing_us: 300,
             connections_per_core_max: 10_000,
             connections_max_idle_ms: 10 * 60 * 1000,
             max_connections: 10_000,
