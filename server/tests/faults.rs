@@ -1763,6 +1763,11 @@ fn given_rounds_of_coordinator_kill_9_under_committing_consumers_should_keep_eve
     }
     stop.store(true, Ordering::Relaxed);
     let stuck = join_or_leave(consumers, CLIENT_DEADLOCK_WAIT);
+    // One client deadlocked is librdkafka's rare bug; more at once looks like ours.
+    assert!(
+        stuck.len() <= 1,
+        "consumers of groups {stuck:?} still blocked {CLIENT_DEADLOCK_WAIT:?} after being told to stop"
+    );
     if !stuck.is_empty() {
         eprintln!(
             "consumers of groups {stuck:?} left behind, still blocked in librdkafka {CLIENT_DEADLOCK_WAIT:?} after being told to stop (librdkafka's own lock-order deadlock, confluentinc/librdkafka#5476); their acknowledged commits are checked like the others'"

@@ -323,12 +323,14 @@ async fn serve_requests(
     // request: the timer is armed again only when it fires early.
     let mut stop = std::pin::pin!(shard.shared.stopped());
     let mut idle_timer = std::pin::pin!(compio::time::sleep_until(Instant::now() + idle));
-    // Refusals of this connection's acks=0 appends, noted by the cores that tried them.
+    // Refusals of this connection's acks=0 appends, noted by the cores that tried them. A
+    // refusal noted while the connection waits for its next frame closes it at once.
     let refusals = Arc::new(UnackedRefusals::default());
     let refused = |refusals: &UnackedRefusals| match refusals.first() {
         Some(first) => Err(CloseReason::ProduceRefused(first.to_string())),
         None => Ok(()),
     };
+    let mut noted = std::pin::pin!(refusals.noted());
     loop {
         let frame = {
             // A connection that sends nothing, or only part of a frame, for `idle` is
@@ -338,9 +340,13 @@ async fn serve_requests(
             let mut read = std::pin::pin!(reader.next(stream, max, memory));
             loop {
                 use futures_util::future::{Either, select};
-                match select(select(read.as_mut(), stop.as_mut()), idle_timer.as_mut()).await {
+                let stopped = select(stop.as_mut(), noted.as_mut());
+                match select(select(read.as_mut(), stopped), idle_timer.as_mut()).await {
                     Either::Left((Either::Left((frame, _)), _)) => break frame?,
-                    Either::Left((Either::Right(_), _)) => return Ok(None),
+                    Either::Left((Either::Right((Either::Left(_), _)), _)) => return Ok(None),
+                    Either::Left((Either::Right((Either::Right((first, _)), _)), _)) => {
+                        return Err(CloseReason::ProduceRefused(first.to_string()));
+                    }
                     Either::Right(_) => {
                         if waiting_since.elapsed() >= idle {
                             return Err(CloseReason::Idle(idle));

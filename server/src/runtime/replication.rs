@@ -580,7 +580,8 @@ async fn rounds<C, R>(
         let changed = std::pin::pin!(changed());
         let tick = std::pin::pin!(compio::time::sleep(interval));
         let woken = select(changed, &mut kicked);
-        if let Either::Right(_) = select(select(woken, tick), stop.as_mut()).await {
+        // Stop first: with it and a wake-up both ready, no round more runs.
+        if let Either::Left(_) = select(stop.as_mut(), select(woken, tick)).await {
             return;
         }
         kicked = kick.listen();

@@ -472,9 +472,12 @@ struct Forward {
 /// tried it. Nobody answers an acks=0 request, so Kafka closes the connection instead: the
 /// client sees the connection drop, refreshes its metadata and finds the partition's
 /// leader, where a silent refusal would lose everything it sends until its next periodic
-/// metadata refresh. The connection is closed before its next request.
+/// metadata refresh. The connection closes as soon as a refusal is noted (`noted`).
 #[derive(Debug, Default)]
-pub struct UnackedRefusals(std::sync::OnceLock<String>);
+pub struct UnackedRefusals {
+    first: std::sync::OnceLock<String>,
+    noted: Event,
+}
 
 impl UnackedRefusals {
     /// Notes an append the partition's core refused (the first refusal is kept).
@@ -484,14 +487,33 @@ impl UnackedRefusals {
 
     /// Notes an append refused with a Kafka error code (the first refusal is kept).
     pub fn note_code(&self, topic: &str, partition: i32, code: i16, why: &dyn std::fmt::Display) {
-        let _ = self
-            .0
-            .get_or_init(|| format!("{topic}-{partition} (error {code}): {why}"));
+        if self.first.get().is_none() {
+            // `set`, not `get_or_init`: a second core noting at the same moment neither
+            // waits nor overwrites.
+            let _ = self
+                .first
+                .set(format!("{topic}-{partition} (error {code}): {why}"));
+            self.noted.notify(usize::MAX);
+        }
     }
 
     /// The first refused append and why, if any was.
     pub fn first(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
+        self.first.get().map(String::as_str)
+    }
+
+    /// Waits until a refusal is noted; the first one.
+    pub async fn noted(&self) -> &str {
+        loop {
+            if let Some(first) = self.first() {
+                return first;
+            }
+            let listener = self.noted.listen();
+            if let Some(first) = self.first() {
+                return first;
+            }
+            listener.await;
+        }
     }
 }
 
