@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Broker;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, ProduceResponse};
 use wire::{Scrape, wait_until};
 
 const PARTITIONS: usize = 8;
@@ -66,19 +64,7 @@ fn broker_with_metrics(dir: &std::path::Path) -> (Broker, String) {
 
 /// A Produce v7 frame carrying one batch to one partition.
 fn produce_to(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Vec<u8> {
-    let request = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(batch)),
-                ]),
-        ]);
-    wire::frame(ApiKey::Produce, 7, 1, &request)
+    wire::produce_frame_to(topic, [(partition, batch)], acks)
 }
 
 fn refused_closes(metrics: &str) -> f64 {

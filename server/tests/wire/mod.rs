@@ -274,6 +274,22 @@ pub fn produce_frame(topic: &str, batches: &[Bytes]) -> Vec<u8> {
 
 /// A Produce v7 frame with the given acks carrying `batches[i]` to partition `i`.
 pub fn produce_frame_acks(topic: &str, batches: &[Bytes], acks: i16) -> Vec<u8> {
+    produce_frame_to(
+        topic,
+        batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as i32, b.clone())),
+        acks,
+    )
+}
+
+/// A Produce v7 frame with the given acks carrying each (partition, batch) given.
+pub fn produce_frame_to(
+    topic: &str,
+    batches: impl IntoIterator<Item = (i32, Bytes)>,
+    acks: i16,
+) -> Vec<u8> {
     let request = ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(10_000)
@@ -282,12 +298,11 @@ pub fn produce_frame_acks(topic: &str, batches: &[Bytes], acks: i16) -> Vec<u8> 
                 .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
                 .with_partition_data(
                     batches
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| {
+                        .into_iter()
+                        .map(|(partition, batch)| {
                             PartitionProduceData::default()
-                                .with_index(i as i32)
-                                .with_records(Some(b.clone()))
+                                .with_index(partition)
+                                .with_records(Some(batch))
                         })
                         .collect(),
                 ),
