@@ -32,7 +32,7 @@ pub struct Request {
     pub peer: std::net::IpAddr,
     /// Decoded by `protocol::decode_frame` before dispatch; the handler takes it once.
     pub body: Option<RequestBody>,
-    /// The connection's refused acks=0 appends (it closes before its next request).
+    /// The connection's refused acks=0 appends (it closes as soon as one is noted).
     pub unacked_refusals: Arc<UnackedRefusals>,
 }
 

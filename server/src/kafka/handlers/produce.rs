@@ -66,7 +66,7 @@ pub async fn handle(
     }
     if req.acks == 0 {
         // Nobody waits for an answer: queue the appends in order and go on reading.
-        // A refusal closes the connection before its next request, as Kafka closes it.
+        // A refusal closes the connection, as Kafka closes it.
         for (name, index, checked, records) in pending {
             match (checked, records) {
                 (Ok(tp), Some(records)) => {
