@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{bounded, require_python_clients};
+use common::{bounded, join_or_leave, require_python_clients};
 use history::{Ack, Read, replicas};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, ResponseHeader};
@@ -1510,39 +1510,10 @@ fn committed_now(via: &str, group: &str) -> Option<BTreeMap<i32, i64>> {
 }
 
 /// How long a librdkafka client thread may take to finish once told to stop before it
-/// is taken as deadlocked inside librdkafka: well past its own request timeouts
-/// (`socket.timeout.ms`, 60 s), after which any call not stuck returns.
+/// is taken as deadlocked inside librdkafka (`common::join_or_leave` says how): well past
+/// its own request timeouts (`socket.timeout.ms`, 60 s), after which any call not stuck
+/// returns.
 const CLIENT_DEADLOCK_WAIT: Duration = Duration::from_secs(120);
-
-/// Joins threads that run librdkafka clients, waiting at most `within` for them all;
-/// returns the indexes of those still running then, which are left behind (detached).
-///
-/// librdkafka 2.12 can deadlock a client's own threads: when a broker leaves the metadata
-/// (killed, then fenced) while an OffsetForLeaderEpoch request to it is in flight, its
-/// main thread holds a partition's lock and waits for the handle's, and the broker's
-/// thread, decommissioning it, holds the handle's and waits for the partition's
-/// (confluentinc/librdkafka#5476, open; seen here in a CI run of the coordinator rounds,
-/// with a consumer blocked in a Sync commit for good). Such a thread never ends, so a
-/// plain join would hang the suite. A thread that panicked fails the test as a join does.
-fn join_or_leave(threads: Vec<std::thread::JoinHandle<()>>, within: Duration) -> Vec<usize> {
-    let deadline = Instant::now() + within;
-    let mut running: Vec<(usize, std::thread::JoinHandle<()>)> =
-        threads.into_iter().enumerate().collect();
-    loop {
-        let (finished, still): (Vec<_>, Vec<_>) =
-            running.into_iter().partition(|(_, t)| t.is_finished());
-        for (_, t) in finished {
-            if let Err(panic) = t.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        running = still;
-        if running.is_empty() || Instant::now() >= deadline {
-            return running.into_iter().map(|(i, _)| i).collect();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Rounds of kill -9 of a group's coordinator while librdkafka consumers (one per group,
 /// partitions assigned, committing every few messages) read on, checked by
